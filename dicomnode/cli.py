@@ -1,0 +1,224 @@
+"""Command-line interface: ``dicomnode serve|echo|send|jobs``.
+
+Logging is configured here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from dicomnode import __version__
+from dicomnode.config import Config, load_config
+from dicomnode.errors import DicomNodeError
+from storage.errors import StorageError
+
+logger = logging.getLogger("dicomnode")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def configure_logging(level: str) -> None:
+    """Log to stderr with timestamps; quieten pynetdicom below WARNING."""
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # pynetdicom logs every PDU at INFO/DEBUG, including dataset contents.
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING if level.upper() != "DEBUG" else logging.INFO)
+
+
+def _config(args: argparse.Namespace) -> Config:
+    return load_config(getattr(args, "config", None))
+
+
+# ----------------------------------------------------------------- commands
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from dicomnode.node import Node
+
+    cfg = _config(args)
+    if args.port is not None:
+        from dataclasses import replace
+
+        cfg = replace(cfg, node=replace(cfg.node, port=args.port))
+    configure_logging(args.log_level or cfg.log_level)
+    logger.info("dicomnode %s starting (config: %s)", __version__, cfg.source or "embedded defaults")
+    Node(cfg).serve_forever(ready_file=args.ready_file)
+    return EXIT_OK
+
+
+def _destination(args: argparse.Namespace, target: str):  # type: ignore[no-untyped-def]
+    from dicomnode.scu import parse_peer
+
+    if "@" in target:
+        return parse_peer(target)
+    return _config(args).destination(target)
+
+
+def cmd_echo(args: argparse.Namespace) -> int:
+    from dicomnode.scu import echo
+
+    configure_logging(args.log_level or "WARNING")
+    dest = _destination(args, args.peer)
+    rtt = echo(dest, calling_ae=args.calling_ae, timeout=args.timeout)
+    print(f"C-ECHO {dest.ae_title}@{dest.host}:{dest.port}: success in {rtt * 1000:.1f} ms")
+    return EXIT_OK
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from dicomnode.scu import iter_dicom_files, send_files
+
+    configure_logging(args.log_level or "WARNING")
+    dest = _destination(args, args.to)
+    files = list(iter_dicom_files(Path(p) for p in args.paths))
+    if not files:
+        print("send: no DICOM files found under the given paths", file=sys.stderr)
+        return EXIT_FAILED
+    with tqdm(total=len(files), unit="img", desc=f"-> {dest.ae_title}", disable=args.quiet) as bar:
+        report = send_files(files, dest, calling_ae=args.calling_ae, timeout=args.timeout, on_progress=bar.update)
+    rate = report.sent / report.seconds if report.seconds else 0.0
+    print(f"sent {report.sent} of {len(files)} instance(s) to {dest.ae_title} in {report.seconds:.1f} s ({rate:.0f} img/s)")
+    for path, why in report.failed[:20]:
+        print(f"  failed: {path}: {why}", file=sys.stderr)
+    if len(report.failed) > 20:
+        print(f"  ... and {len(report.failed) - 20} more failures", file=sys.stderr)
+    return EXIT_OK if not report.failed else EXIT_FAILED
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from storage.database import migrate, open_engine
+    from storage.records import list_jobs
+
+    cfg = _config(args)
+    configure_logging(args.log_level or "WARNING")
+    engine = open_engine(cfg.node.database_url, sqlite_synchronous=cfg.node.sqlite_synchronous)
+    migrate(engine)
+    jobs = list_jobs(engine, state=args.state, limit=args.limit)
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {
+                        **{k: v for k, v in vars(j).items() if not k.endswith("_at")},
+                        **{k: (v.isoformat() if v else None) for k, v in vars(j).items() if k.endswith("_at")},
+                    }
+                    for j in jobs
+                ],
+                indent=2,
+            )
+        )
+        return EXIT_OK
+    if not jobs:
+        print("no jobs")
+        return EXIT_OK
+    header = f"{'JOB':>5} {'SERIES':>6} {'VER':>3} {'STATE':<8} {'MOD':<4} {'IMAGES':>6} {'COMPLETED BY':<21} {'CREATED (UTC)':<19} ERROR"
+    print(header)
+    for j in jobs:
+        print(
+            f"{j.id:>5} {j.series_id:>6} {j.version:>3} {j.state:<8} {(j.modality or '-'):<4} {j.instance_count:>6} "
+            f"{j.completion_reason:<21} {j.created_at:%Y-%m-%d %H:%M:%S} {j.error or ''}"
+        )
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``dicomnode`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="dicomnode",
+        description=(
+            "An AI DICOM node: receives series over DICOM (C-STORE), stores every instance durably, "
+            "decides when each series is complete and queues a job for it."
+        ),
+        epilog="Run 'dicomnode COMMAND --help' for the options of a command.",
+    )
+    parser.add_argument("--version", action="version", version=f"dicomnode {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def common(p: argparse.ArgumentParser, config: bool = True) -> None:
+        if config:
+            p.add_argument(
+                "--config",
+                "-c",
+                type=Path,
+                help="TOML configuration file (default: $DICOMNODE_CONFIG or config/dicomnode.toml; "
+                "DICOMNODE_<SECTION>__<KEY> environment variables override it)",
+            )
+        p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="logging verbosity")
+
+    p = sub.add_parser(
+        "serve",
+        help="run the node: DICOM listener, durable storage and series completion",
+        description=(
+            "Run the node in the foreground until SIGINT/SIGTERM. It listens for C-STORE and C-ECHO, "
+            "acknowledges an instance only once it is fsynced to disk and committed to the database, "
+            "and queues one job per completed series."
+        ),
+    )
+    common(p)
+    p.add_argument("--port", type=int, help="override node.port (0: let the OS choose)")
+    p.add_argument("--ready-file", type=Path, help="write {port, pid} as JSON here once listening")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser(
+        "echo",
+        help="check that a DICOM peer answers (C-ECHO)",
+        description="Send a C-ECHO to a peer and print the round-trip time. Exit status 0 on success.",
+    )
+    common(p)
+    p.add_argument("peer", help="AE@HOST:PORT, or the name of a configured destination")
+    p.add_argument("--calling-ae", default="DICOMNODE", help="our AE title (default: %(default)s)")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds (default: %(default)s)")
+    p.set_defaults(func=cmd_echo)
+
+    p = sub.add_parser(
+        "send",
+        help="send DICOM files or folders to a peer (C-STORE)",
+        description=(
+            "Send every DICOM file found under PATH (files or folders, recursively) to a peer, as stored "
+            "(no transcoding), with a progress bar. Exit status 1 if any instance failed."
+        ),
+    )
+    common(p)
+    p.add_argument("paths", nargs="+", metavar="PATH", help="DICOM files or folders")
+    p.add_argument("--to", required=True, help="AE@HOST:PORT, or the name of a configured destination")
+    p.add_argument("--calling-ae", default="DICOMNODE", help="our AE title (default: %(default)s)")
+    p.add_argument("--timeout", type=float, default=60.0, help="network timeout in seconds (default: %(default)s)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_send)
+
+    p = sub.add_parser(
+        "jobs",
+        help="list jobs (one per completed series version)",
+        description="List the most recent jobs with their series, state, how the series was completed and any error.",
+    )
+    common(p)
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--state", choices=["queued", "running", "done", "failed"], help="only jobs in this state")
+    p.add_argument("--limit", type=int, default=50, help="at most this many (default: %(default)s)")
+    p.set_defaults(func=cmd_jobs)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``dicomnode`` command."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (DicomNodeError, StorageError) as exc:
+        print(f"dicomnode {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return EXIT_FAILED

@@ -1,0 +1,309 @@
+"""Deciding when a series is complete, from evidence rather than a timer alone.
+
+Signals, strongest first:
+
+``expected_count``
+    The headers announce how many instances there are (ImagesInAcquisition,
+    PET NumberOfSlices x NumberOfTimeSlices, NumberOfTemporalPositions x the
+    distinct slice positions), that many have arrived and the slice positions
+    have no gap.
+``association_released``
+    The association that carried *every* instance of the series was released
+    normally and the positions have no gap.  (A sender that opens one
+    association per instance never triggers this; it falls back to the quiet
+    period.  An aborted association never counts.)
+``quiet_period``
+    Nothing arrived for ``quiet_seconds`` and no evidence says anything is missing.
+``incomplete_timeout``
+    Evidence says instances are missing (a gap in positions, fewer than
+    announced), but nothing arrived for ``incomplete_timeout_seconds``: the
+    series is completed anyway, with the missing evidence in the detail, so
+    that it never hangs.
+
+Completion and the job it queues are one transaction, so exactly one job is
+queued per completed version of a series, across restarts.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import statistics
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from sqlalchemy import Engine
+
+from dicomnode.config import SeriesConfig
+from storage.errors import StorageError
+from storage.records import InstanceGeometry, OpenSeries, RecordResult, complete_series, open_series, series_geometry
+
+logger = logging.getLogger(__name__)
+
+REASON_EXPECTED_COUNT = "expected_count"
+REASON_RELEASED = "association_released"
+REASON_QUIET = "quiet_period"
+REASON_TIMEOUT = "incomplete_timeout"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Whether to complete a series now, and why."""
+
+    complete: bool
+    reason: str | None = None
+    detail: str | None = None
+    missing: str | None = None  # evidence that something is missing, if any
+
+
+def _normal(orientation: Sequence[float]) -> tuple[float, float, float]:
+    r, c = orientation[:3], orientation[3:6]
+    return (r[1] * c[2] - r[2] * c[1], r[2] * c[0] - r[0] * c[2], r[0] * c[1] - r[1] * c[0])
+
+
+def find_gaps(geometry: Iterable[InstanceGeometry], factor: float = 1.5) -> list[str]:
+    """Describe gaps in slice positions, per stack of one orientation.
+
+    Stacks of fewer than three distinct positions (localizers) are ignored.
+    A gap is a step between neighbouring positions, along the slice normal,
+    larger than ``factor`` times the median step.
+
+    Returns
+    -------
+    list of str
+        One readable line per gap, empty when there is none.
+    """
+    stacks: dict[tuple[float, ...], set[float]] = {}
+    for g in geometry:
+        if g.position is None or g.orientation is None or len(g.orientation) != 6:
+            continue
+        key = tuple(round(v, 3) for v in g.orientation)
+        n = _normal(g.orientation)
+        d = g.position[0] * n[0] + g.position[1] * n[1] + g.position[2] * n[2]
+        stacks.setdefault(key, set()).add(round(d, 3))
+    gaps: list[str] = []
+    for key, positions in stacks.items():
+        if len(positions) < 3:
+            continue
+        ordered = sorted(positions)
+        steps = [b - a for a, b in zip(ordered, ordered[1:])]
+        median = statistics.median(steps)
+        if median <= 0:
+            continue
+        for a, b, step in zip(ordered, ordered[1:], steps):
+            if step > factor * median:
+                missing = round(step / median) - 1
+                gaps.append(
+                    f"gap of {step:.2f} mm between slices at {a:.2f} and {b:.2f} mm "
+                    f"(median spacing {median:.2f} mm, about {missing} slice(s) missing)"
+                )
+    return gaps
+
+
+def judge(
+    series: OpenSeries,
+    geometry: Sequence[InstanceGeometry],
+    now: datetime,
+    cfg: SeriesConfig,
+    released_assoc: str | None = None,
+) -> Verdict:
+    """Decide whether ``series`` is complete now.
+
+    Parameters
+    ----------
+    series : storage.records.OpenSeries
+        The series' counters as committed.
+    geometry : sequence of storage.records.InstanceGeometry
+        Its instances.
+    now : datetime
+        Current time (UTC).
+    cfg : SeriesConfig
+        Quiet period, timeout, gap factor.
+    released_assoc : str, optional
+        UID of an association that was just released normally.
+    """
+    count = series.instance_count
+    missing: list[str] = find_gaps(geometry, cfg.gap_factor)
+    expected = series.expected_count
+    if series.temporal_positions and series.temporal_positions > 1:
+        positions = {g.position for g in geometry if g.position is not None}
+        if positions:
+            expected = max(expected or 0, len(positions) * series.temporal_positions)
+    if expected is not None and count < expected:
+        missing.append(f"{count} of {expected} announced instances received")
+    missing_text = "; ".join(missing) or None
+    idle = (now - series.last_received_at).total_seconds()
+
+    if not missing:
+        if expected is not None:
+            return Verdict(True, REASON_EXPECTED_COUNT, f"{count} of {expected} announced instances")
+        if (
+            released_assoc is not None
+            and cfg.complete_on_release
+            and geometry
+            and all(g.assoc_uid == released_assoc for g in geometry)
+        ):
+            return Verdict(True, REASON_RELEASED, f"{count} instances, all in one association")
+        if idle >= cfg.quiet_seconds:
+            return Verdict(True, REASON_QUIET, f"{count} instances, nothing new for {idle:.0f} s")
+        return Verdict(False)
+    if idle >= cfg.incomplete_timeout_seconds:
+        return Verdict(True, REASON_TIMEOUT, f"{count} instances; incomplete: {missing_text}", missing_text)
+    return Verdict(False, missing=missing_text)
+
+
+class CompletionMonitor:
+    """Background thread that completes series and queues their jobs.
+
+    The database is the only state: hints from the receiver (an instance was
+    stored, an association was released) only make it look sooner.  After a
+    restart it finds the open series in the database and their quiet timers
+    continue from the last arrival.
+
+    Parameters
+    ----------
+    engine : sqlalchemy.Engine
+    cfg : SeriesConfig
+    on_job : callable, optional
+        Called with ``(job_id, series_id, reason)`` after a job is queued.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        cfg: SeriesConfig,
+        on_job: Callable[[int, int, str], None] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.cfg = cfg
+        self.on_job = on_job
+        self._hints: queue.SimpleQueue[tuple[str, object]] = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._waiting_logged: dict[int, str] = {}
+
+    # -- hints (called from association threads) --------------------------
+    def instance_stored(self, result: RecordResult) -> None:
+        """Hint: an instance of ``result.series_id`` was committed."""
+        self._hints.put(("stored", result.series_id))
+
+    def association_released(self, assoc_uid: str, series_ids: Iterable[int]) -> None:
+        """Hint: the association ``assoc_uid`` that carried ``series_ids`` was released."""
+        self._hints.put(("released", (assoc_uid, frozenset(series_ids))))
+
+    # -- life cycle --------------------------------------------------------
+    def start(self) -> None:
+        """Start the monitor thread."""
+        self._thread = threading.Thread(target=self._run, name="series-completion", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the thread after its current check."""
+        self._stop.set()
+        self._hints.put(("stop", None))
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        next_scan = 0.0
+        while not self._stop.is_set():
+            released: dict[int, str] = {}
+            touched: set[int] = set()
+            timeout = max(0.0, next_scan - time.monotonic())
+            try:
+                kind, payload = self._hints.get(timeout=timeout)
+                self._collect(kind, payload, released, touched)
+                while True:  # drain what else is waiting
+                    kind, payload = self._hints.get_nowait()
+                    self._collect(kind, payload, released, touched)
+            except queue.Empty:
+                pass
+            scan = time.monotonic() >= next_scan
+            try:
+                self.check(released=released, touched=touched, full_scan=scan)
+            except StorageError as exc:
+                logger.error("series completion check failed, will retry: %s", exc)
+            except Exception:
+                logger.exception("series completion check failed, will retry")
+            if scan:
+                next_scan = time.monotonic() + self.cfg.check_interval_seconds
+
+    @staticmethod
+    def _collect(kind: str, payload: object, released: dict[int, str], touched: set[int]) -> None:
+        if kind == "stored":
+            touched.add(payload)  # type: ignore[arg-type]
+        elif kind == "released":
+            assoc_uid, series_ids = payload  # type: ignore[misc]
+            for sid in series_ids:
+                released[sid] = assoc_uid
+
+    def check(
+        self,
+        *,
+        released: dict[int, str] | None = None,
+        touched: set[int] | None = None,
+        full_scan: bool = True,
+        now: datetime | None = None,
+    ) -> list[int]:
+        """Judge open series and complete those that are done.
+
+        Returns
+        -------
+        list of int
+            Ids of the jobs queued.
+        """
+        released = released or {}
+        touched = touched or set()
+        now = now or datetime.now(timezone.utc)
+        jobs: list[int] = []
+        for s in open_series(self.engine):
+            idle = (now - s.last_received_at).total_seconds()
+            interesting = (
+                s.id in released
+                or idle >= self.cfg.quiet_seconds
+                or (s.id in touched and (s.expected_count is not None and s.instance_count >= s.expected_count))
+                or (s.id in touched and s.temporal_positions)
+            )
+            if not interesting or (not full_scan and s.id not in released and s.id not in touched):
+                continue
+            verdict = judge(s, series_geometry(self.engine, s.id), now, self.cfg, released.get(s.id))
+            if not verdict.complete:
+                if verdict.missing and idle >= self.cfg.quiet_seconds and self._waiting_logged.get(s.id) != verdict.missing:
+                    self._waiting_logged[s.id] = verdict.missing
+                    logger.warning(
+                        "series %d looks incomplete (%s); waiting up to %.0f s for the rest",
+                        s.id,
+                        verdict.missing,
+                        self.cfg.incomplete_timeout_seconds,
+                    )
+                continue
+            job_id = complete_series(
+                self.engine,
+                s.id,
+                seen_count=s.instance_count,
+                seen_last_received_at=s.last_received_at,
+                reason=verdict.reason or REASON_QUIET,
+                detail=verdict.detail,
+            )
+            if job_id is None:
+                continue  # something arrived meanwhile: judge again later
+            self._waiting_logged.pop(s.id, None)
+            log = logger.warning if verdict.reason == REASON_TIMEOUT else logger.info
+            log(
+                "series %d complete (%s): %s -> job %d (version %d)",
+                s.id,
+                verdict.reason,
+                verdict.detail,
+                job_id,
+                s.version + 1,
+            )
+            jobs.append(job_id)
+            if self.on_job is not None:
+                try:
+                    self.on_job(job_id, s.id, verdict.reason or REASON_QUIET)
+                except Exception:
+                    logger.exception("job callback failed for job %d", job_id)
+        return jobs

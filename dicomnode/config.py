@@ -1,0 +1,363 @@
+"""Configuration: a TOML file with ``DICOMNODE_*`` environment overrides.
+
+Every value is validated when the node starts; a bad value raises
+:class:`~dicomnode.errors.ConfigError` naming the key, e.g.
+``node.port: must be an integer from 0 to 65535, got 'abc'``.
+
+Environment overrides use a double underscore between the section and the
+key: ``DICOMNODE_NODE__PORT=11113``, ``DICOMNODE_SERIES__QUIET_SECONDS=5``.
+Their values are read as TOML when they parse (numbers, booleans, arrays)
+and as plain strings otherwise.  ``DICOMNODE_CONFIG`` names the file.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dicomnode.errors import ConfigError
+
+ENV_PREFIX = "DICOMNODE_"
+DEFAULT_CONFIG = Path("config/dicomnode.toml")
+_AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable, no backslash
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    """Optional TLS for the listener."""
+
+    cert_file: Path
+    key_file: Path
+    ca_file: Path | None = None
+    require_client_cert: bool = False
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """The ``[node]`` section: identity, listener and storage."""
+
+    ae_title: str = "DICOMNODE"
+    host: str = "0.0.0.0"
+    port: int = 11112
+    storage_dir: Path = Path("storage")
+    database_url: str = "sqlite:///storage/dicomnode.db"
+    sqlite_synchronous: str = "FULL"
+    max_associations: int = 16
+    max_pdu_size: int = 1048576
+    min_free_mb: int = 1024
+    allowed_calling_aes: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()
+    require_called_ae: bool = True
+    network_timeout: float = 60.0
+    tls: TLSConfig | None = None
+
+    @property
+    def incoming_dir(self) -> Path:
+        """Where received instances live: ``<storage_dir>/incoming/<study>/<series>/<sop>.dcm``."""
+        return self.storage_dir / "incoming"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        """Where the files of failed series are moved (never deleted)."""
+        return self.storage_dir / "quarantine"
+
+
+@dataclass(frozen=True)
+class SeriesConfig:
+    """The ``[series]`` section: when a series counts as complete."""
+
+    quiet_seconds: float = 10.0
+    incomplete_timeout_seconds: float = 300.0
+    complete_on_release: bool = True
+    gap_factor: float = 1.5
+    check_interval_seconds: float = 0.5
+
+
+@dataclass(frozen=True)
+class Destination:
+    """A DICOM peer that results can be sent to."""
+
+    name: str
+    ae_title: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration."""
+
+    node: NodeConfig = field(default_factory=NodeConfig)
+    series: SeriesConfig = field(default_factory=SeriesConfig)
+    destinations: tuple[Destination, ...] = ()
+    log_level: str = "INFO"
+    source: Path | None = None
+
+    def destination(self, name: str) -> Destination:
+        """The destination called ``name``.
+
+        Raises
+        ------
+        ConfigError
+            There is none; the message lists the configured names.
+        """
+        for dest in self.destinations:
+            if dest.name == name:
+                return dest
+        known = ", ".join(d.name for d in self.destinations) or "none"
+        raise ConfigError(f"destinations: no destination named {name!r} (configured: {known})")
+
+
+# ---------------------------------------------------------------- validators
+
+
+def _int(key: str, v: Any, lo: int, hi: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise ConfigError(f"{key}: must be an integer from {lo} to {hi}, got {v!r}")
+    return v
+
+
+def _num(key: str, v: Any, lo: float, hi: float = float("inf")) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
+        rng = f"at least {lo}" if hi == float("inf") else f"from {lo} to {hi}"
+        raise ConfigError(f"{key}: must be a number {rng}, got {v!r}")
+    return float(v)
+
+
+def _str(key: str, v: Any) -> str:
+    if not isinstance(v, str) or not v.strip():
+        raise ConfigError(f"{key}: must be a non-empty string, got {v!r}")
+    return v
+
+
+def _bool(key: str, v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise ConfigError(f"{key}: must be true or false, got {v!r}")
+    return v
+
+
+def _ae(key: str, v: Any) -> str:
+    if not isinstance(v, str) or not _AE_RE.match(v) or not v.strip():
+        raise ConfigError(f"{key}: must be an AE title of 1 to 16 printable characters without backslash, got {v!r}")
+    return v.strip()
+
+
+def _str_list(key: str, v: Any) -> tuple[str, ...]:
+    if isinstance(v, str):
+        v = [s for s in (p.strip() for p in v.split(",")) if s]
+    if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
+        raise ConfigError(f"{key}: must be a list of strings, got {v!r}")
+    return tuple(v)
+
+
+def _hosts(key: str, v: Any) -> tuple[str, ...]:
+    hosts = _str_list(key, v)
+    for h in hosts:
+        try:
+            ipaddress.ip_network(h, strict=False)
+        except ValueError as exc:
+            raise ConfigError(f"{key}: {h!r} is not an IP address or network (e.g. 10.0.0.0/8)") from exc
+    return hosts
+
+
+def _check_keys(section: str, data: Mapping[str, Any], allowed: set[str]) -> None:
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise ConfigError(f"{section}.{unknown[0]}: unknown key (allowed: {', '.join(sorted(allowed))})")
+
+
+def _table(key: str, v: Any) -> Mapping[str, Any]:
+    if not isinstance(v, Mapping):
+        raise ConfigError(f"{key}: must be a table, got {v!r}")
+    return v
+
+
+def _parse_tls(data: Any) -> TLSConfig | None:
+    if data is None:
+        return None
+    data = _table("node.tls", data)
+    _check_keys("node.tls", data, {"cert_file", "key_file", "ca_file", "require_client_cert"})
+    for k in ("cert_file", "key_file"):
+        if k not in data:
+            raise ConfigError(f"node.tls.{k}: required when [node.tls] is present")
+    paths = {}
+    for k in ("cert_file", "key_file", "ca_file"):
+        if data.get(k) is not None:
+            p = Path(_str(f"node.tls.{k}", data[k]))
+            if not p.is_file():
+                raise ConfigError(f"node.tls.{k}: file {p} does not exist")
+            paths[k] = p
+    return TLSConfig(
+        cert_file=paths["cert_file"],
+        key_file=paths["key_file"],
+        ca_file=paths.get("ca_file"),
+        require_client_cert=_bool("node.tls.require_client_cert", data.get("require_client_cert", False)),
+    )
+
+
+def _parse_node(data: Mapping[str, Any]) -> NodeConfig:
+    d = NodeConfig()
+    _check_keys("node", data, set(NodeConfig.__dataclass_fields__))
+    sync = str(data.get("sqlite_synchronous", d.sqlite_synchronous)).upper()
+    if sync not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+        raise ConfigError(f"node.sqlite_synchronous: must be OFF, NORMAL, FULL or EXTRA, got {sync!r}")
+    url = _str("node.database_url", data.get("database_url", d.database_url))
+    if not re.match(r"^(sqlite|postgresql)(\+\w+)?://", url):
+        raise ConfigError(f"node.database_url: must be a sqlite:/// or postgresql:// URL, got {url!r}")
+    return NodeConfig(
+        ae_title=_ae("node.ae_title", data.get("ae_title", d.ae_title)),
+        host=_str("node.host", data.get("host", d.host)),
+        port=_int("node.port", data.get("port", d.port), 0, 65535),
+        storage_dir=Path(_str("node.storage_dir", data.get("storage_dir", str(d.storage_dir)))),
+        database_url=url,
+        sqlite_synchronous=sync,
+        max_associations=_int("node.max_associations", data.get("max_associations", d.max_associations), 1, 1000),
+        max_pdu_size=_int("node.max_pdu_size", data.get("max_pdu_size", d.max_pdu_size), 0, 2**32 - 1),
+        min_free_mb=_int("node.min_free_mb", data.get("min_free_mb", d.min_free_mb), 0, 2**40),
+        allowed_calling_aes=tuple(
+            _ae("node.allowed_calling_aes", a)
+            for a in _str_list("node.allowed_calling_aes", data.get("allowed_calling_aes", []))
+        ),
+        allowed_hosts=_hosts("node.allowed_hosts", data.get("allowed_hosts", [])),
+        require_called_ae=_bool("node.require_called_ae", data.get("require_called_ae", d.require_called_ae)),
+        network_timeout=_num("node.network_timeout", data.get("network_timeout", d.network_timeout), 1),
+        tls=_parse_tls(data.get("tls")),
+    )
+
+
+def _parse_series(data: Mapping[str, Any]) -> SeriesConfig:
+    d = SeriesConfig()
+    _check_keys("series", data, set(SeriesConfig.__dataclass_fields__))
+    quiet = _num("series.quiet_seconds", data.get("quiet_seconds", d.quiet_seconds), 0.1)
+    timeout = _num(
+        "series.incomplete_timeout_seconds",
+        data.get("incomplete_timeout_seconds", max(d.incomplete_timeout_seconds, quiet)),
+        0.1,
+    )
+    if timeout < quiet:
+        raise ConfigError(
+            f"series.incomplete_timeout_seconds: must be at least series.quiet_seconds ({quiet}), got {timeout}"
+        )
+    return SeriesConfig(
+        quiet_seconds=quiet,
+        incomplete_timeout_seconds=timeout,
+        complete_on_release=_bool("series.complete_on_release", data.get("complete_on_release", d.complete_on_release)),
+        gap_factor=_num("series.gap_factor", data.get("gap_factor", d.gap_factor), 1.01),
+        check_interval_seconds=_num(
+            "series.check_interval_seconds", data.get("check_interval_seconds", d.check_interval_seconds), 0.05, 60
+        ),
+    )
+
+
+def _parse_destinations(data: Any) -> tuple[Destination, ...]:
+    if not isinstance(data, list):
+        raise ConfigError(f"destinations: must be an array of tables ([[destinations]]), got {data!r}")
+    out: list[Destination] = []
+    for i, item in enumerate(data):
+        key = f"destinations[{i}]"
+        item = _table(key, item)
+        _check_keys(key, item, {"name", "ae_title", "host", "port"})
+        for k in ("name", "ae_title", "host", "port"):
+            if k not in item:
+                raise ConfigError(f"{key}.{k}: required")
+        dest = Destination(
+            name=_str(f"{key}.name", item["name"]),
+            ae_title=_ae(f"{key}.ae_title", item["ae_title"]),
+            host=_str(f"{key}.host", item["host"]),
+            port=_int(f"{key}.port", item["port"], 1, 65535),
+        )
+        if any(d.name == dest.name for d in out):
+            raise ConfigError(f"{key}.name: duplicate destination name {dest.name!r}")
+        out.append(dest)
+    return tuple(out)
+
+
+def _env_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    """Return ``data`` with ``DICOMNODE_SECTION__KEY`` overrides applied.
+
+    ``DICOMNODE_LOG_LEVEL`` sets the top-level ``log_level``.
+    """
+    out = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in data.items()}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == "DICOMNODE_CONFIG" or name == "DICOMNODE_TORCH":
+            continue
+        rest = name[len(ENV_PREFIX):].lower()
+        if "__" in rest:
+            section, key = rest.split("__", 1)
+            if section not in ("node", "series"):
+                raise ConfigError(f"{name}: unknown section {section!r} (use NODE or SERIES)")
+            if key.startswith("tls__"):
+                tls = dict(out.setdefault(section, {}).get("tls", {}))
+                tls[key[5:]] = _env_value(raw)
+                out[section]["tls"] = tls
+            else:
+                out.setdefault(section, {})[key] = _env_value(raw)
+        elif rest == "log_level":
+            out["log_level"] = raw
+    return out
+
+
+def parse_config(data: Mapping[str, Any], source: Path | None = None) -> Config:
+    """Validate a configuration mapping (as read from TOML).
+
+    Raises
+    ------
+    ConfigError
+        A value is invalid; the message names its key.
+    """
+    _check_keys("config", data, {"node", "series", "destinations", "log_level"})
+    level = str(data.get("log_level", "INFO")).upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError(f"log_level: must be DEBUG, INFO, WARNING or ERROR, got {level!r}")
+    return Config(
+        node=_parse_node(_table("node", data.get("node", {}))),
+        series=_parse_series(_table("series", data.get("series", {}))),
+        destinations=_parse_destinations(data.get("destinations", [])),
+        log_level=level,
+        source=source,
+    )
+
+
+def load_config(path: Path | str | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Read, override and validate the configuration.
+
+    Parameters
+    ----------
+    path : path, optional
+        TOML file.  Defaults to ``$DICOMNODE_CONFIG`` or ``config/dicomnode.toml``;
+        if that default does not exist the embedded defaults are used.
+    environ : mapping, optional
+        Environment to take overrides from (defaults to ``os.environ``).
+
+    Raises
+    ------
+    ConfigError
+        The file is missing or not valid TOML, or a value is invalid.
+    """
+    env = os.environ if environ is None else environ
+    explicit = path is not None or "DICOMNODE_CONFIG" in env
+    p = Path(path) if path is not None else Path(env.get("DICOMNODE_CONFIG", DEFAULT_CONFIG))
+    data: dict[str, Any] = {}
+    if p.is_file():
+        try:
+            data = tomllib.loads(p.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{p}: not valid TOML: {exc}") from exc
+        except OSError as exc:
+            raise ConfigError(f"{p}: cannot read: {exc.strerror}") from exc
+    elif explicit:
+        raise ConfigError(f"configuration file {p} does not exist")
+    return parse_config(apply_env(data, env), source=p if p.is_file() else None)

@@ -1,0 +1,209 @@
+"""Durable ingest of one received instance: check, write, record, then acknowledge.
+
+The caller (the C-STORE handler) turns the returned status into the
+response, so success is only ever sent after the file is fsynced under its
+final name *and* its row is committed.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom.dataset import FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import UID
+from sqlalchemy import Engine, select
+
+from dicomnode import __version__
+from dicomnode.errors import IngestError
+from dicomnode.header import InstanceHeader, parse_header
+from dicomnode.status import PROCESSING_FAILURE, REFUSED_OUT_OF_RESOURCES, SUCCESS, describe
+from storage.errors import DatabaseError, DiskFullError, StorageError
+from storage.files import durable_write, free_bytes
+from storage.models import Instance
+from storage.records import InstanceRecord, RecordOutcome, RecordResult, record_instance
+
+logger = logging.getLogger(__name__)
+
+IMPLEMENTATION_CLASS_UID = UID("1.2.826.0.1.3680043.10.1459.1")  # dicomnode's implementation UID
+IMPLEMENTATION_VERSION = f"DICOMNODE_{__version__}"[:16]
+PREAMBLE = b"\x00" * 128 + b"DICM"
+
+
+@dataclass(frozen=True)
+class StoreResult:
+    """What happened to one C-STORE request."""
+
+    status: int
+    outcome: RecordOutcome | None = None
+    series_id: int | None = None
+    reason: str | None = None  # for failures: readable, no patient data
+
+
+def file_meta_bytes(sop_class: str, sop_uid: str, transfer_syntax: str, calling_ae: str | None) -> bytes:
+    """Encode the File Meta Information group for a received instance."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = transfer_syntax
+    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION
+    if calling_ae:
+        meta.SourceApplicationEntityTitle = calling_ae
+    buf = DicomBytesIO()
+    buf.is_little_endian = True
+    buf.is_implicit_VR = False
+    write_file_meta_info(buf, meta, enforce_standard=True)
+    return buf.getvalue()
+
+
+class Ingestor:
+    """Stores received instances under ``incoming/<study>/<series>/<sop>.dcm`` and records them.
+
+    Parameters
+    ----------
+    engine : sqlalchemy.Engine
+        The node's database.
+    incoming_dir : pathlib.Path
+        Root of the stored files.
+    min_free_bytes : int
+        Refuse new instances (0xA700) while free space is below this.
+    on_stored : callable, optional
+        Called with the :class:`~storage.records.RecordResult` after each
+        committed instance (the completion monitor's hint).
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        incoming_dir: Path,
+        *,
+        min_free_bytes: int = 0,
+        on_stored: Callable[[RecordResult], None] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.incoming_dir = incoming_dir
+        self.min_free_bytes = min_free_bytes
+        self.on_stored = on_stored
+        self._low_disk_logged = False
+
+    def store(
+        self,
+        data: bytes,
+        transfer_syntax: str,
+        *,
+        assoc_uid: str,
+        calling_ae: str | None = None,
+        affected_sop_class: str | None = None,
+        affected_sop_instance: str | None = None,
+    ) -> StoreResult:
+        """Check, write durably and record one encoded dataset.
+
+        Never raises: every failure becomes a DICOM status with a reason.
+        """
+        try:
+            return self._store(data, UID(transfer_syntax), assoc_uid, calling_ae, affected_sop_class, affected_sop_instance)
+        except IngestError as exc:
+            return StoreResult(exc.status, reason=str(exc))
+        except DiskFullError as exc:
+            logger.error("refusing instance: %s", exc)
+            return StoreResult(REFUSED_OUT_OF_RESOURCES, reason="disk full")
+        except DatabaseError as exc:
+            logger.error("refusing instance, database unavailable: %s", exc)
+            return StoreResult(REFUSED_OUT_OF_RESOURCES, reason="database unavailable")
+        except StorageError as exc:
+            logger.error("refusing instance, storage failed: %s", exc)
+            return StoreResult(PROCESSING_FAILURE, reason="storage failure")
+        except Exception:  # never crash the association
+            logger.exception("unexpected error while storing an instance")
+            return StoreResult(PROCESSING_FAILURE, reason="internal error")
+
+    def _check_space(self) -> None:
+        if self.min_free_bytes <= 0:
+            return
+        free = free_bytes(self.incoming_dir)
+        if free < self.min_free_bytes:
+            if not self._low_disk_logged:
+                logger.error(
+                    "free disk space %.0f MB is below the watermark %.0f MB: refusing instances (0xA700)",
+                    free / 1e6,
+                    self.min_free_bytes / 1e6,
+                )
+                self._low_disk_logged = True
+            raise IngestError(
+                f"free disk space below the configured watermark ({self.min_free_bytes // 1_000_000} MB)",
+                REFUSED_OUT_OF_RESOURCES,
+            )
+        self._low_disk_logged = False
+
+    def _store(
+        self,
+        data: bytes,
+        ts: UID,
+        assoc_uid: str,
+        calling_ae: str | None,
+        affected_sop_class: str | None,
+        affected_sop_instance: str | None,
+    ) -> StoreResult:
+        self._check_space()
+        header, _ = parse_header(
+            data, ts, affected_sop_class=affected_sop_class, affected_sop_instance=affected_sop_instance
+        )
+        crc = zlib.crc32(data)
+        meta = file_meta_bytes(header.sop_class_uid, header.sop_uid, ts, calling_ae)
+        size = len(PREAMBLE) + len(meta) + len(data)
+        rel = Path(header.study_uid) / header.series_uid / f"{header.sop_uid}.dcm"
+        if not (self._is_known_duplicate(header.sop_uid, size, crc) and (self.incoming_dir / rel).is_file()):
+            durable_write(self.incoming_dir / rel, (PREAMBLE, meta, data))
+        result = record_instance(self.engine, self._record(header, ts, rel, size, crc, assoc_uid, calling_ae))
+        if result.reopened:
+            logger.warning("series %d re-opened by an instance that arrived after completion", result.series_id)
+        if self.on_stored is not None:
+            self.on_stored(result)
+        return StoreResult(SUCCESS, result.outcome, result.series_id)
+
+    def _is_known_duplicate(self, sop_uid: str, size: int, crc: int) -> bool:
+        # A byte-identical re-send need not be written again (saves an fsync).
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(Instance.size, Instance.crc32).where(Instance.sop_uid == sop_uid)
+            ).one_or_none()
+        return row is not None and row.size == size and row.crc32 == crc
+
+    @staticmethod
+    def _record(
+        h: InstanceHeader, ts: UID, rel: Path, size: int, crc: int, assoc_uid: str, calling_ae: str | None
+    ) -> InstanceRecord:
+        return InstanceRecord(
+            study_uid=h.study_uid,
+            series_uid=h.series_uid,
+            sop_uid=h.sop_uid,
+            sop_class_uid=h.sop_class_uid,
+            transfer_syntax_uid=str(ts),
+            path=rel.as_posix(),
+            size=size,
+            crc32=crc,
+            assoc_uid=assoc_uid,
+            calling_ae=calling_ae,
+            patient_id=h.patient_id,
+            modality=h.modality,
+            body_part=h.body_part,
+            series_description=h.series_description,
+            series_number=h.series_number,
+            instance_number=h.instance_number,
+            acquisition_number=h.acquisition_number,
+            temporal_position=h.temporal_position,
+            number_of_frames=h.number_of_frames,
+            position=h.position,
+            orientation=h.orientation,
+            expected_count=h.expected_count,
+            temporal_positions=h.temporal_positions,
+        )
+
+
+__all__ = ["Ingestor", "StoreResult", "describe", "file_meta_bytes"]

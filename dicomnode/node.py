@@ -1,0 +1,97 @@
+"""The running node: database, listener and series completion, wired together."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+
+from dicomnode.completion import CompletionMonitor
+from dicomnode.config import Config
+from dicomnode.ingest import Ingestor
+from dicomnode.scp import StorageSCP
+from storage.database import migrate, open_engine
+from storage.files import ensure_dir, remove_stale_temp_files
+
+logger = logging.getLogger(__name__)
+
+
+class Node:
+    """Everything ``dicomnode serve`` runs, in one object.
+
+    Parameters
+    ----------
+    cfg : Config
+        Validated configuration.
+    """
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.engine = open_engine(cfg.node.database_url, sqlite_synchronous=cfg.node.sqlite_synchronous)
+        self.monitor = CompletionMonitor(self.engine, cfg.series)
+        self.ingestor = Ingestor(
+            self.engine,
+            cfg.node.incoming_dir,
+            min_free_bytes=cfg.node.min_free_mb * 1_000_000,
+            on_stored=self.monitor.instance_stored,
+        )
+        self.scp = StorageSCP(cfg.node, self.ingestor, on_released=self.monitor.association_released)
+        self._stopped = threading.Event()
+
+    def start(self) -> int:
+        """Migrate the database, clean up after a crash, start completion and the listener.
+
+        Returns
+        -------
+        int
+            The port the listener is bound to.
+        """
+        ensure_dir(self.cfg.node.incoming_dir)
+        migrate(self.engine)
+        stale = remove_stale_temp_files(self.cfg.node.incoming_dir)
+        if stale:
+            logger.warning("removed %d partial file(s) left by an earlier crash (never acknowledged)", stale)
+        self.monitor.start()
+        return self.scp.start()
+
+    def stop(self) -> None:
+        """Stop listening, then stop series completion."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        logger.info("stopping")
+        self.scp.stop()
+        self.monitor.stop()
+        self.engine.dispose()
+
+    def serve_forever(self, ready_file: Path | None = None) -> None:
+        """Start, then block until SIGINT or SIGTERM.
+
+        Parameters
+        ----------
+        ready_file : pathlib.Path, optional
+            Written (atomically) with ``{"port": ..., "pid": ...}`` once the
+            node listens, for scripts and tests that start it on port 0.
+        """
+        done = threading.Event()
+
+        def _signal(signum: int, _frame: FrameType | None) -> None:
+            logger.info("received %s", signal.Signals(signum).name)
+            done.set()
+
+        signal.signal(signal.SIGTERM, _signal)
+        signal.signal(signal.SIGINT, _signal)
+        port = self.start()
+        if ready_file is not None:
+            tmp = ready_file.with_name(ready_file.name + ".tmp")
+            tmp.write_text(json.dumps({"port": port, "pid": os.getpid(), "ae_title": self.cfg.node.ae_title}))
+            os.replace(tmp, ready_file)
+        try:
+            while not done.wait(1.0):
+                pass
+        finally:
+            self.stop()

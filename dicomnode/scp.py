@@ -1,0 +1,277 @@
+"""The DICOM listener: a pynetdicom Storage and Verification SCP.
+
+Each association runs in its own thread.  A C-STORE is answered only after
+:class:`~dicomnode.ingest.Ingestor` has written the file durably and
+committed its row; every failure becomes a DICOM status with an
+ErrorComment, never a crashed association.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+import ssl
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pynetdicom import AE, evt
+from pynetdicom.association import Association
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
+
+from dicomnode.config import NodeConfig, TLSConfig
+from dicomnode.errors import NetworkError
+from dicomnode.ingest import Ingestor
+from dicomnode.sopclasses import storage_contexts
+from dicomnode.status import PROCESSING_FAILURE, SUCCESS, describe, is_success
+from storage.records import RecordOutcome
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class AssociationStats:
+    """Counters of one association, for its summary log line and the completion hint."""
+
+    uid: str
+    calling_ae: str
+    peer: str
+    started: float = field(default_factory=time.monotonic)
+    stored: int = 0
+    duplicates: int = 0
+    failed: int = 0
+    series_ids: set[int] = field(default_factory=set)
+
+
+def make_ssl_context(tls: TLSConfig) -> ssl.SSLContext:
+    """Server-side TLS context from the ``[node.tls]`` section."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(tls.cert_file, tls.key_file)
+    if tls.ca_file:
+        ctx.load_verify_locations(cafile=tls.ca_file)
+    ctx.verify_mode = ssl.CERT_REQUIRED if tls.require_client_cert else ssl.CERT_NONE
+    return ctx
+
+
+class StorageSCP:
+    """The node's listener.
+
+    Parameters
+    ----------
+    cfg : NodeConfig
+        AE title, port, limits, allow-lists and TLS.
+    ingestor : Ingestor
+        Where received datasets go.
+    on_released : callable, optional
+        Called with ``(assoc_uid, series_ids)`` when an association that
+        stored instances is released normally (not aborted).
+    """
+
+    def __init__(self, cfg: NodeConfig, ingestor: Ingestor, on_released: Any = None) -> None:
+        self.cfg = cfg
+        self.ingestor = ingestor
+        self.on_released = on_released
+        self._assocs: dict[int, AssociationStats] = {}
+        self._lock = threading.Lock()
+        self._networks = [ipaddress.ip_network(h, strict=False) for h in cfg.allowed_hosts]
+        self.server: ThreadedAssociationServer | None = None
+        self.ae = self._build_ae()
+
+    def _build_ae(self) -> AE:
+        ae = AE(ae_title=self.cfg.ae_title)
+        ae.supported_contexts = storage_contexts()
+        ae.add_supported_context(Verification)
+        ae.maximum_pdu_size = self.cfg.max_pdu_size
+        ae.maximum_associations = self.cfg.max_associations
+        ae.network_timeout = self.cfg.network_timeout
+        ae.acse_timeout = 30
+        ae.dimse_timeout = self.cfg.network_timeout
+        ae.require_called_aet = self.cfg.require_called_ae
+        ae.require_calling_aet = list(self.cfg.allowed_calling_aes)
+        return ae
+
+    # -- life cycle --------------------------------------------------------
+    def start(self) -> int:
+        """Start listening in background threads.
+
+        Returns
+        -------
+        int
+            The bound port (useful when the configured port is 0).
+
+        Raises
+        ------
+        NetworkError
+            The port cannot be bound.
+        """
+        handlers = [
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_ACCEPTED, self._on_accepted),
+            (evt.EVT_REJECTED, self._on_rejected),
+            (evt.EVT_RELEASED, self._on_released),
+            (evt.EVT_ABORTED, self._on_aborted),
+            (evt.EVT_CONN_CLOSE, self._on_closed),
+        ]
+        ssl_ctx = make_ssl_context(self.cfg.tls) if self.cfg.tls else None
+        try:
+            server = self.ae.start_server(
+                (self.cfg.host, self.cfg.port), block=False, evt_handlers=handlers, ssl_context=ssl_ctx
+            )
+        except OSError as exc:
+            raise NetworkError(
+                f"cannot listen on {self.cfg.host}:{self.cfg.port}: {exc.strerror or exc}"
+            ) from exc
+        assert isinstance(server, ThreadedAssociationServer)
+        server.verify_request = self._verify_request  # type: ignore[method-assign]
+        self.server = server
+        port = int(server.server_address[1])
+        logger.info(
+            "listening as %s on %s:%d%s (max %d associations, max PDU %d)",
+            self.cfg.ae_title,
+            self.cfg.host,
+            port,
+            " with TLS" if ssl_ctx else "",
+            self.cfg.max_associations,
+            self.cfg.max_pdu_size,
+        )
+        return port
+
+    @property
+    def port(self) -> int:
+        """The bound port."""
+        if self.server is None:
+            raise NetworkError("the listener is not started")
+        return int(self.server.server_address[1])
+
+    def stop(self) -> None:
+        """Stop accepting and close the listener; running associations are aborted."""
+        if self.server is not None:
+            self.server.shutdown()
+            self.server = None
+        self.ae.shutdown()
+
+    # -- connection and association events ---------------------------------
+    def _verify_request(self, request: Any, client_address: Any) -> bool:
+        host = client_address[0] if isinstance(client_address, tuple) else str(client_address)
+        if self._networks:
+            try:
+                addr = ipaddress.ip_address(host)
+            except ValueError:
+                addr = None
+            if addr is None or not any(addr in net for net in self._networks):
+                logger.warning("connection from %s refused: not in node.allowed_hosts", host)
+                return False
+        try:
+            # Our C-STORE responses are small writes; without TCP_NODELAY, Nagle's
+            # algorithm and the peer's delayed ACK stall every round trip.
+            request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+        return True
+
+    def _on_accepted(self, event: evt.Event) -> None:
+        assoc = event.assoc
+        stats = AssociationStats(
+            uid=str(uuid.uuid4()),
+            calling_ae=assoc.requestor.ae_title.strip(),
+            peer=f"{assoc.requestor.address}:{assoc.requestor.port}",
+        )
+        with self._lock:
+            self._assocs[id(assoc)] = stats
+        logger.info("association %s accepted from %s@%s", stats.uid[:8], stats.calling_ae, stats.peer)
+
+    def _on_rejected(self, event: evt.Event) -> None:
+        rq = event.assoc.requestor
+        logger.warning(
+            "association from %s@%s:%s to %s rejected (calling AE not allowed, called AE wrong, "
+            "or too many associations)",
+            rq.ae_title.strip(),
+            rq.address,
+            rq.port,
+            event.assoc.acceptor.ae_title.strip(),
+        )
+
+    def _stats(self, assoc: Association) -> AssociationStats:
+        with self._lock:
+            stats = self._assocs.get(id(assoc))
+            if stats is None:  # should not happen; keep going rather than fail the store
+                stats = AssociationStats(str(uuid.uuid4()), assoc.requestor.ae_title.strip(), "?")
+                self._assocs[id(assoc)] = stats
+            return stats
+
+    def _summary(self, stats: AssociationStats, how: str) -> None:
+        logger.info(
+            "association %s from %s %s after %.1f s: %d stored, %d duplicate, %d refused",
+            stats.uid[:8],
+            stats.calling_ae,
+            how,
+            time.monotonic() - stats.started,
+            stats.stored,
+            stats.duplicates,
+            stats.failed,
+        )
+
+    def _on_released(self, event: evt.Event) -> None:
+        with self._lock:
+            stats = self._assocs.pop(id(event.assoc), None)
+        if stats is None:
+            return
+        self._summary(stats, "released")
+        if stats.series_ids and self.on_released is not None:
+            self.on_released(stats.uid, set(stats.series_ids))
+
+    def _on_aborted(self, event: evt.Event) -> None:
+        with self._lock:
+            stats = self._assocs.pop(id(event.assoc), None)
+        if stats is not None:
+            self._summary(stats, "aborted")
+
+    def _on_closed(self, event: evt.Event) -> None:
+        with self._lock:
+            stats = self._assocs.pop(id(event.assoc), None)
+        if stats is not None:  # connection dropped without release or abort
+            self._summary(stats, "closed without release")
+
+    # -- DIMSE services ----------------------------------------------------
+    def _on_echo(self, event: evt.Event) -> int:
+        return SUCCESS
+
+    def _on_store(self, event: evt.Event) -> int | Dataset:
+        stats = self._stats(event.assoc)
+        try:
+            request = event.request
+            data = request.DataSet.getvalue()  # the dataset exactly as received
+            result = self.ingestor.store(
+                data,
+                event.context.transfer_syntax,
+                assoc_uid=stats.uid,
+                calling_ae=stats.calling_ae,
+                affected_sop_class=request.AffectedSOPClassUID,
+                affected_sop_instance=request.AffectedSOPInstanceUID,
+            )
+        except Exception:  # never let an exception reach pynetdicom
+            logger.exception("C-STORE handler failed")
+            return PROCESSING_FAILURE
+        if is_success(result.status):
+            if result.outcome is RecordOutcome.DUPLICATE:
+                stats.duplicates += 1
+            else:
+                stats.stored += 1
+            if result.series_id is not None:
+                stats.series_ids.add(result.series_id)
+            return result.status
+        stats.failed += 1
+        logger.warning(
+            "C-STORE from %s refused with %s: %s", stats.calling_ae, describe(result.status), result.reason
+        )
+        rsp = Dataset()
+        rsp.Status = result.status
+        rsp.ErrorComment = (result.reason or describe(result.status))[:64]
+        return rsp

@@ -1,0 +1,55 @@
+"""Named DICOM status codes and association rejection reasons (PS3.7 Annex C, PS3.8 9.3.4)."""
+
+from __future__ import annotations
+
+# C-STORE / C-ECHO response statuses (PS3.4 B.2.3, PS3.7 C)
+SUCCESS = 0x0000
+WARNING_COERCION_OF_DATA_ELEMENTS = 0xB000
+WARNING_ELEMENTS_DISCARDED = 0xB006
+WARNING_DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xB007
+REFUSED_OUT_OF_RESOURCES = 0xA700
+ERROR_DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+ERROR_CANNOT_UNDERSTAND = 0xC210
+PROCESSING_FAILURE = 0x0110
+SOP_CLASS_NOT_SUPPORTED = 0x0122
+
+# A-ASSOCIATE-RJ (result, source, reason)
+REJECTED_PERMANENT = 0x01
+REJECTED_TRANSIENT = 0x02
+SOURCE_SERVICE_USER = 0x01
+SOURCE_PROVIDER_PRESENTATION = 0x03
+REASON_CALLING_AE_NOT_RECOGNIZED = 0x03
+REASON_CALLED_AE_NOT_RECOGNIZED = 0x07
+REASON_LOCAL_LIMIT_EXCEEDED = 0x02
+
+_NAMES = {
+    SUCCESS: "Success",
+    WARNING_COERCION_OF_DATA_ELEMENTS: "Warning: coercion of data elements",
+    WARNING_ELEMENTS_DISCARDED: "Warning: elements discarded",
+    WARNING_DATASET_DOES_NOT_MATCH_SOP_CLASS: "Warning: data set does not match SOP class",
+    REFUSED_OUT_OF_RESOURCES: "Refused: out of resources",
+    ERROR_DATASET_DOES_NOT_MATCH_SOP_CLASS: "Error: data set does not match SOP class",
+    ERROR_CANNOT_UNDERSTAND: "Error: cannot understand",
+    PROCESSING_FAILURE: "Failure: processing failure",
+    SOP_CLASS_NOT_SUPPORTED: "Failure: SOP class not supported",
+}
+
+
+def describe(status: int) -> str:
+    """Readable name of a status code, e.g. ``0xA700 Refused: out of resources``."""
+    name = _NAMES.get(status)
+    if name is None:
+        if 0xA700 <= status <= 0xA7FF:
+            name = "Refused: out of resources"
+        elif 0xC000 <= status <= 0xCFFF:
+            name = "Error: cannot understand"
+        elif 0xB000 <= status <= 0xBFFF:
+            name = "Warning"
+        else:
+            name = "Failure"
+    return f"0x{status:04X} {name}"
+
+
+def is_success(status: int) -> bool:
+    """True for success and warning statuses (the instance was stored)."""
+    return status == SUCCESS or 0xB000 <= status <= 0xBFFF
