@@ -39,7 +39,7 @@ from sqlalchemy import Engine
 
 from dicomnode.config import SeriesConfig
 from storage.errors import StorageError
-from storage.records import InstanceGeometry, OpenSeries, RecordResult, complete_series, open_series, series_geometry
+from storage.records import InstanceGeometry, OpenSeries, complete_series, open_series, series_geometry
 
 logger = logging.getLogger(__name__)
 
@@ -186,9 +186,14 @@ class CompletionMonitor:
         self._waiting_logged: dict[int, str] = {}
 
     # -- hints (called from association threads) --------------------------
-    def instance_stored(self, result: RecordResult) -> None:
-        """Hint: an instance of ``result.series_id`` was committed."""
-        self._hints.put(("stored", result.series_id))
+    def instance_stored(self, series_id: int, has_count_evidence: bool) -> None:
+        """Hint: an instance of ``series_id`` was committed.
+
+        Only instances whose headers announce a count can complete a series
+        before its association ends, so the others are not worth a look.
+        """
+        if has_count_evidence:
+            self._hints.put(("stored", series_id))
 
     def association_released(self, assoc_uid: str, series_ids: Iterable[int]) -> None:
         """Hint: the association ``assoc_uid`` that carried ``series_ids`` was released."""

@@ -17,7 +17,9 @@ from io import BytesIO
 from typing import Any
 
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.filereader import read_dataset
+from pydicom.tag import Tag
 from pydicom.uid import DeflatedExplicitVRLittleEndian, UID
 
 from dicomnode.errors import IngestError
@@ -31,6 +33,39 @@ _ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _PIXEL_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}  # Pixel, Float Pixel, Double Float Pixel Data
 # Path-safe UID: real UIDs are digits and dots; some devices add letters.
 _UID_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]{0,63}$")
+
+
+# Only these are parsed: the rest of the header is skipped, which is what makes
+# parsing cheap enough to run for every received instance.
+_WANTED_TAGS = [
+    Tag(keyword)
+    for keyword in (
+        "SpecificCharacterSet",
+        "SOPClassUID",
+        "SOPInstanceUID",
+        "StudyInstanceUID",
+        "SeriesInstanceUID",
+        "PatientID",
+        "Modality",
+        "BodyPartExamined",
+        "SeriesDescription",
+        "SeriesNumber",
+        "InstanceNumber",
+        "AcquisitionNumber",
+        "TemporalPositionIdentifier",
+        "NumberOfTemporalPositions",
+        "NumberOfFrames",
+        "ImagePositionPatient",
+        "ImageOrientationPatient",
+        "ImagesInAcquisition",
+        "NumberOfSlices",
+        "NumberOfTimeSlices",
+        "Rows",
+        "Columns",
+        "BitsAllocated",
+        "SamplesPerPixel",
+    )
+]
 
 
 class _Truncated(Exception):
@@ -184,8 +219,8 @@ def _get(ds: Dataset, keyword: str) -> Any:
 
 def _int(ds: Dataset, keyword: str) -> int | None:
     v = _get(ds, keyword)
-    if isinstance(v, (list, tuple)) or hasattr(v, "__iter__") and not isinstance(v, (str, bytes)):
-        v = next(iter(v), None)
+    if isinstance(v, MultiValue):
+        v = v[0] if len(v) else None
     try:
         return int(v) if v not in (None, "") else None
     except (TypeError, ValueError):
@@ -247,7 +282,12 @@ def parse_header(
     structure = check_structure(plain, transfer_syntax)
     prefix = plain if structure.pixel_offset is None else plain[: structure.pixel_offset]
     try:
-        ds = read_dataset(BytesIO(prefix), transfer_syntax.is_implicit_VR, transfer_syntax.is_little_endian)
+        ds = read_dataset(
+            BytesIO(prefix),
+            transfer_syntax.is_implicit_VR,
+            transfer_syntax.is_little_endian,
+            specific_tags=_WANTED_TAGS,
+        )
     except Exception as exc:
         raise IngestError(f"dataset cannot be parsed: {exc}", ERROR_CANNOT_UNDERSTAND) from exc
 

