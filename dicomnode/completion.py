@@ -109,6 +109,7 @@ def judge(
     now: datetime,
     cfg: SeriesConfig,
     released_assoc: str | None = None,
+    released_carried: int | None = None,
 ) -> Verdict:
     """Decide whether ``series`` is complete now.
 
@@ -124,6 +125,11 @@ def judge(
         Quiet period, timeout, gap factor.
     released_assoc : str, optional
         UID of an association that was just released normally.
+    released_carried : int, optional
+        How many distinct instances of this series that association carried
+        (new ones and identical re-sends).  When given, the release completes
+        the series if it carried all of them; otherwise every stored instance
+        must have arrived on ``released_assoc``.
     """
     count = series.instance_count
     missing: list[str] = find_gaps(geometry, cfg.gap_factor)
@@ -140,12 +146,12 @@ def judge(
     if not missing:
         if expected is not None:
             return Verdict(True, REASON_EXPECTED_COUNT, f"{count} of {expected} announced instances")
-        if (
-            released_assoc is not None
-            and cfg.complete_on_release
-            and geometry
-            and all(g.assoc_uid == released_assoc for g in geometry)
-        ):
+        carried_all = (
+            released_carried >= count
+            if released_carried is not None
+            else bool(geometry) and all(g.assoc_uid == released_assoc for g in geometry)
+        )
+        if released_assoc is not None and cfg.complete_on_release and count > 0 and carried_all:
             return Verdict(True, REASON_RELEASED, f"{count} instances, all in one association")
         if idle >= cfg.quiet_seconds:
             return Verdict(True, REASON_QUIET, f"{count} instances, nothing new for {idle:.0f} s")
@@ -195,9 +201,13 @@ class CompletionMonitor:
         if has_count_evidence:
             self._hints.put(("stored", series_id))
 
-    def association_released(self, assoc_uid: str, series_ids: Iterable[int]) -> None:
-        """Hint: the association ``assoc_uid`` that carried ``series_ids`` was released."""
-        self._hints.put(("released", (assoc_uid, frozenset(series_ids))))
+    def association_released(self, assoc_uid: str, carried: dict[int, int]) -> None:
+        """Hint: the association ``assoc_uid`` was released normally.
+
+        ``carried`` maps each series id to the number of distinct instances
+        of it that the association stored or re-sent.
+        """
+        self._hints.put(("released", (assoc_uid, dict(carried))))
 
     # -- life cycle --------------------------------------------------------
     def start(self) -> None:
@@ -215,7 +225,7 @@ class CompletionMonitor:
     def _run(self) -> None:
         next_scan = 0.0
         while not self._stop.is_set():
-            released: dict[int, str] = {}
+            released: dict[int, tuple[str, int]] = {}
             touched: set[int] = set()
             timeout = max(0.0, next_scan - time.monotonic())
             try:
@@ -237,18 +247,20 @@ class CompletionMonitor:
                 next_scan = time.monotonic() + self.cfg.check_interval_seconds
 
     @staticmethod
-    def _collect(kind: str, payload: object, released: dict[int, str], touched: set[int]) -> None:
+    def _collect(
+        kind: str, payload: object, released: dict[int, tuple[str, int]], touched: set[int]
+    ) -> None:
         if kind == "stored":
             touched.add(payload)  # type: ignore[arg-type]
         elif kind == "released":
-            assoc_uid, series_ids = payload  # type: ignore[misc]
-            for sid in series_ids:
-                released[sid] = assoc_uid
+            assoc_uid, carried = payload  # type: ignore[misc]
+            for sid, n in carried.items():
+                released[sid] = (assoc_uid, n)
 
     def check(
         self,
         *,
-        released: dict[int, str] | None = None,
+        released: dict[int, tuple[str, int]] | None = None,
         touched: set[int] | None = None,
         full_scan: bool = True,
         now: datetime | None = None,
@@ -274,7 +286,8 @@ class CompletionMonitor:
             )
             if not interesting or (not full_scan and s.id not in released and s.id not in touched):
                 continue
-            verdict = judge(s, series_geometry(self.engine, s.id), now, self.cfg, released.get(s.id))
+            assoc_uid, carried = released.get(s.id, (None, None))
+            verdict = judge(s, series_geometry(self.engine, s.id), now, self.cfg, assoc_uid, carried)
             if not verdict.complete:
                 if verdict.missing and idle >= self.cfg.quiet_seconds and self._waiting_logged.get(s.id) != verdict.missing:
                     self._waiting_logged[s.id] = verdict.missing

@@ -346,6 +346,6 @@ def _check_native_length(ds: Dataset, actual: int, frames: int) -> None:
     needed = (pixels + 7) // 8 if bits == 1 else pixels * ((bits + 7) // 8)
     if actual < needed:
         raise IngestError(
-            f"pixel data has {actual} bytes but {rows}x{cols}x{frames} frames at {bits} bits need {needed}",
+            f"pixel data truncated: {actual} bytes, but {rows}x{cols}x{frames} frames at {bits} bits need {needed}",
             ERROR_CANNOT_UNDERSTAND,
         )

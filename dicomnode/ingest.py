@@ -39,6 +39,7 @@ class StoreResult:
     status: int
     outcome: RecordOutcome | None = None
     series_id: int | None = None
+    sop_uid: str | None = None
     reason: str | None = None  # for failures: readable, no patient data
 
 
@@ -181,7 +182,7 @@ class Ingestor:
             logger.warning("series %d re-opened by an instance that arrived after completion", result.series_id)
         if self.on_stored is not None and result.outcome is not RecordOutcome.DUPLICATE:
             self.on_stored(result.series_id, bool(header.expected_count or header.temporal_positions))
-        return StoreResult(SUCCESS, result.outcome, result.series_id)
+        return StoreResult(SUCCESS, result.outcome, result.series_id, header.sop_uid)
 
     def _is_known_duplicate(self, sop_uid: str, path: Path, size: int, crc: int) -> bool:
         # A byte-identical re-send need not be written again (saves an fsync).

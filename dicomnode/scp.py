@@ -50,7 +50,8 @@ class AssociationStats:
     stored: int = 0
     duplicates: int = 0
     failed: int = 0
-    series_ids: set[int] = field(default_factory=set)
+    # series id -> SOP instance UIDs this association stored or re-sent
+    carried: dict[int, set[str]] = field(default_factory=dict)
 
 
 def _recv_exact(self: Any, nr_bytes: int) -> bytearray:
@@ -98,8 +99,8 @@ class StorageSCP:
     ingestor : Ingestor
         Where received datasets go.
     on_released : callable, optional
-        Called with ``(assoc_uid, series_ids)`` when an association that
-        stored instances is released normally (not aborted).
+        Called with ``(assoc_uid, {series_id: instances carried})`` when an
+        association that stored instances is released normally (not aborted).
     """
 
     def __init__(self, cfg: NodeConfig, ingestor: Ingestor, on_released: Any = None) -> None:
@@ -269,8 +270,8 @@ class StorageSCP:
         if stats is None:
             return
         self._summary(stats, "released")
-        if stats.series_ids and self.on_released is not None:
-            self.on_released(stats.uid, set(stats.series_ids))
+        if stats.carried and self.on_released is not None:
+            self.on_released(stats.uid, {sid: len(sops) for sid, sops in stats.carried.items()})
 
     def _on_aborted(self, event: evt.Event) -> None:
         with self._lock:
@@ -309,8 +310,8 @@ class StorageSCP:
                 stats.duplicates += 1
             else:
                 stats.stored += 1
-            if result.series_id is not None:
-                stats.series_ids.add(result.series_id)
+            if result.series_id is not None and result.sop_uid is not None:
+                stats.carried.setdefault(result.series_id, set()).add(result.sop_uid)
             return result.status
         stats.failed += 1
         logger.warning(

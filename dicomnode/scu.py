@@ -81,6 +81,12 @@ def _why_not(assoc: Association, dest: Destination) -> str:
         rsp = assoc.acceptor.primitive
         reason = getattr(rsp, "reason_str", None) or "rejected"
         return f"association to {where} rejected: {reason}"
+    ac = getattr(assoc.acceptor, "primitive", None)
+    if ac is not None and getattr(ac, "result", None) == 0 and not assoc.accepted_contexts:
+        return (
+            f"{where} accepted the association but none of the offered SOP classes / transfer syntaxes "
+            "(the peer does not store this kind of object)"
+        )
     if assoc.is_aborted:
         return f"association to {where} aborted by the peer"
     return f"cannot connect to {where} (no DICOM peer listening, or the network blocks it)"
