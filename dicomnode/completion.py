@@ -32,7 +32,7 @@ import statistics
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 
 from sqlalchemy import Engine
@@ -190,6 +190,10 @@ class CompletionMonitor:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._waiting_logged: dict[int, str] = {}
+        # Silence while the node was down is not evidence that a series is
+        # complete: quiet timers restart when the node starts, so that senders
+        # have time to reconnect and re-send after a crash or restart.
+        self._started_at = datetime.now(timezone.utc)
 
     # -- hints (called from association threads) --------------------------
     def instance_stored(self, series_id: int, has_count_evidence: bool) -> None:
@@ -212,6 +216,7 @@ class CompletionMonitor:
     # -- life cycle --------------------------------------------------------
     def start(self) -> None:
         """Start the monitor thread."""
+        self._started_at = datetime.now(timezone.utc)
         self._thread = threading.Thread(target=self._run, name="series-completion", daemon=True)
         self._thread.start()
 
@@ -277,6 +282,9 @@ class CompletionMonitor:
         now = now or datetime.now(timezone.utc)
         jobs: list[int] = []
         for s in open_series(self.engine):
+            seen = s
+            if s.last_received_at < self._started_at:
+                s = replace(s, last_received_at=self._started_at)
             idle = (now - s.last_received_at).total_seconds()
             interesting = (
                 s.id in released
@@ -301,8 +309,8 @@ class CompletionMonitor:
             job_id = complete_series(
                 self.engine,
                 s.id,
-                seen_count=s.instance_count,
-                seen_last_received_at=s.last_received_at,
+                seen_count=seen.instance_count,
+                seen_last_received_at=seen.last_received_at,
                 reason=verdict.reason or REASON_QUIET,
                 detail=verdict.detail,
             )

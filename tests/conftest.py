@@ -74,3 +74,44 @@ def wait_for_jobs(node: Node, n: int, timeout: float = 20.0) -> list[Job]:
         return jobs if len(jobs) >= n else None
 
     return wait_for(enough, timeout, what=f"{n} job(s)")
+
+
+@pytest.fixture(scope="session")
+def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A throw-away PostgreSQL server (Debian's package) on a private Unix socket."""
+    import glob
+    import os
+    import pwd
+    import shutil
+    import subprocess
+    import tempfile
+
+    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+    if not bins:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is not installed; scripts/test.sh should have installed it")
+        pytest.skip("PostgreSQL is not installed (scripts/test.sh installs it)")
+    pg = Path(bins[-1])
+    # Not under pytest's tmp dir: that is private to root and postgres runs as its own user.
+    base = Path(tempfile.mkdtemp(prefix="dicomnode-pg-"))
+    data, sock = base / "data", base / "sock"
+    sock.mkdir()
+    run_as: list[str] = []
+    if os.geteuid() == 0:  # postgres refuses to run as root
+        user = pwd.getpwnam("postgres")
+        os.chown(base, user.pw_uid, user.pw_gid)
+        os.chown(sock, user.pw_uid, user.pw_gid)
+        run_as = ["runuser", "-u", "postgres", "--"]
+    subprocess.run([*run_as, str(pg / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust"], check=True, capture_output=True)
+    subprocess.run(
+        [*run_as, str(pg / "pg_ctl"), "-D", str(data), "-w", "-l", str(base / "log"), "-o",
+         f"-k {sock} -c listen_addresses='' -c fsync=off", "start"],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        subprocess.run([*run_as, str(pg / "createdb"), "-h", str(sock), "-U", "postgres", "dicomnode"], check=True, capture_output=True)
+        yield f"postgresql+psycopg://postgres@/dicomnode?host={sock}"
+    finally:
+        subprocess.run([*run_as, str(pg / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"], capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)

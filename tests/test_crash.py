@@ -1,0 +1,82 @@
+"""kill -9 in the middle of a series: nothing acknowledged is lost, one job results."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from pydicom import dcmread
+from pynetdicom import AE
+from sqlalchemy import func, select
+
+from dicomnode.scu import iter_dicom_files, parse_peer, send_files
+from storage.database import open_engine
+from storage.models import Instance, Job, Series
+from tests.helpers import NodeProcess, wait_for, write_config
+
+
+def test_kill9_mid_series_then_restart(tmp_path: Path, make_series: Callable[..., list[Path]]) -> None:
+    files = make_series("crash", slices=40, rows=128, columns=128)
+    cfg = write_config(tmp_path, series="quiet_seconds = 3")
+    node = NodeProcess(cfg, tmp_path / "node.log").start()
+    acked: list[Path] = []
+    killed = threading.Event()
+
+    def sender() -> None:
+        ae = AE(ae_title="CRASHSCU")
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 5
+        ae.add_requested_context("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1")
+        assoc = ae.associate("127.0.0.1", node.port, ae_title="DICOMNODE")
+        assert assoc.is_established
+        for f in files:
+            try:
+                rsp = assoc.send_c_store(f)
+            except Exception:
+                break
+            if rsp and "Status" in rsp and rsp.Status == 0:
+                acked.append(f)
+            if not assoc.is_established:
+                break
+        if assoc.is_established:
+            assoc.abort()
+
+    t = threading.Thread(target=sender)
+    t.start()
+    wait_for(lambda: len(acked) >= 15, 60, what="15 acknowledged instances")
+    node.kill9()  # mid-series, most likely mid-instance
+    killed.set()
+    t.join(60)
+    assert 15 <= len(acked) < 40
+
+    node = NodeProcess(cfg, tmp_path / "node.log").start()
+    try:
+        engine = open_engine(f"sqlite:///{tmp_path / 'storage' / 'dicomnode.db'}")
+        incoming = tmp_path / "storage" / "incoming"
+        with engine.connect() as conn:
+            stored = set(conn.execute(select(Instance.sop_uid)).scalars())
+        for f in acked:
+            ds = dcmread(f, stop_before_pixels=True)
+            assert ds.SOPInstanceUID in stored, "an acknowledged instance is missing from the database"
+            out = incoming / ds.StudyInstanceUID / ds.SeriesInstanceUID / f"{ds.SOPInstanceUID}.dcm"
+            assert out.read_bytes()[-1000:] == f.read_bytes()[-1000:], "an acknowledged file is missing or partial"
+        assert not list(incoming.rglob(".tmp-*")), "partial files must be cleaned up at restart"
+
+        # The sender, like any SCU, re-sends what was not acknowledged.
+        rest = [f for f in files if f not in acked]
+        report = send_files(list(iter_dicom_files(rest)), parse_peer(f"DICOMNODE@127.0.0.1:{node.port}"), calling_ae="CRASHSCU")
+        assert report.sent == len(rest) and not report.failed
+
+        def one_complete_series() -> bool:
+            with engine.connect() as conn:
+                return conn.execute(select(Series.state)).scalar() == "complete"
+
+        wait_for(one_complete_series, 30, what="the series to complete")
+        with engine.connect() as conn:
+            jobs = conn.execute(select(Job.version, Job.instance_count)).all()
+            count = conn.execute(select(func.count()).select_from(Instance)).scalar()
+        assert count == 40
+        assert [tuple(j) for j in jobs] == [(1, 40)], "exactly one job for the series"
+        engine.dispose()
+    finally:
+        node.stop()
