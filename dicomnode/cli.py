@@ -14,7 +14,7 @@ from pathlib import Path
 
 from dicomnode import __version__
 from dicomnode.config import Config, load_config
-from dicomnode.errors import DicomNodeError
+from dicomnode.errors import ConfigError, DicomNodeError
 from storage.errors import StorageError
 
 logger = logging.getLogger("dicomnode")
@@ -29,8 +29,9 @@ def configure_logging(level: str) -> None:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    # pynetdicom logs every PDU at INFO/DEBUG, including dataset contents.
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING if level.upper() != "DEBUG" else logging.INFO)
+    # pynetdicom logs every PDU at INFO/DEBUG, including dataset contents, and
+    # tracebacks for refused connections that we report in plain words.
+    logging.getLogger("pynetdicom").setLevel(logging.CRITICAL if level.upper() != "DEBUG" else logging.INFO)
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -59,7 +60,10 @@ def _destination(args: argparse.Namespace, target: str):  # type: ignore[no-unty
 
     if "@" in target:
         return parse_peer(target)
-    return _config(args).destination(target)
+    try:
+        return _config(args).destination(target)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc}; or give the peer as AE@HOST:PORT") from exc
 
 
 def cmd_echo(args: argparse.Namespace) -> int:

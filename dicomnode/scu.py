@@ -77,11 +77,13 @@ def echo(dest: Destination, calling_ae: str = "DICOMNODE", timeout: float = 10.0
 
 def _why_not(assoc: Association, dest: Destination) -> str:
     where = f"{dest.ae_title}@{dest.host}:{dest.port}"
+    ac = getattr(assoc.acceptor, "primitive", None)
+    if ac is None and not assoc.is_rejected:
+        return f"cannot connect to {where} (no DICOM peer listening, or the network blocks it)"
     if assoc.is_rejected:
         rsp = assoc.acceptor.primitive
         reason = getattr(rsp, "reason_str", None) or "rejected"
         return f"association to {where} rejected: {reason}"
-    ac = getattr(assoc.acceptor, "primitive", None)
     if ac is not None and getattr(ac, "result", None) == 0 and not assoc.accepted_contexts:
         return (
             f"{where} accepted the association but none of the offered SOP classes / transfer syntaxes "
