@@ -10,8 +10,9 @@ Signals, strongest first:
 ``association_released``
     The association that carried *every* instance of the series was released
     normally and the positions have no gap.  (A sender that opens one
-    association per instance never triggers this; it falls back to the quiet
-    period.  An aborted association never counts.)
+    association per instance never triggers this, because a lone single-frame
+    slice is not taken as a whole series; it falls back to the quiet period.
+    An aborted association never counts.)
 ``quiet_period``
     Nothing arrived for ``quiet_seconds`` and no evidence says anything is missing.
 ``incomplete_timeout``
@@ -151,7 +152,11 @@ def judge(
             if released_carried is not None
             else bool(geometry) and all(g.assoc_uid == released_assoc for g in geometry)
         )
-        if released_assoc is not None and cfg.complete_on_release and count > 0 and carried_all:
+        # One single-frame slice is not evidence of a whole series: senders that
+        # open one association per instance would complete after the first.
+        # A lone multi-frame or projection (no position) image is.
+        lone_ok = count >= 2 or any(g.number_of_frames > 1 or g.position is None for g in geometry)
+        if released_assoc is not None and cfg.complete_on_release and count > 0 and carried_all and lone_ok:
             return Verdict(True, REASON_RELEASED, f"{count} instances, all in one association")
         if idle >= cfg.quiet_seconds:
             return Verdict(True, REASON_QUIET, f"{count} instances, nothing new for {idle:.0f} s")
