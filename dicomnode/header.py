@@ -2,8 +2,8 @@
 
 :func:`check_structure` walks the top-level elements of the received bytes,
 so that a truncated or garbled dataset is refused (0xC210) instead of being
-acknowledged and failing later.  :func:`parse_header` then reads the
-attributes before the pixel data with pydicom.
+acknowledged and failing later.  On the way it picks up the raw values of
+the few attributes the node needs, which :func:`parse_header` decodes.
 """
 
 from __future__ import annotations
@@ -13,12 +13,7 @@ import re
 import struct
 import zlib
 from dataclasses import dataclass
-from io import BytesIO
-from typing import Any
-
-from pydicom.dataset import Dataset
-from pydicom.multival import MultiValue
-from pydicom.filereader import read_dataset
+from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.tag import Tag
 from pydicom.uid import DeflatedExplicitVRLittleEndian, UID
 
@@ -35,37 +30,38 @@ _PIXEL_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}  # Pixel, Float Pixel, Double
 _UID_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]{0,63}$")
 
 
-# Only these are parsed: the rest of the header is skipped, which is what makes
-# parsing cheap enough to run for every received instance.
-_WANTED_TAGS = [
-    Tag(keyword)
-    for keyword in (
-        "SpecificCharacterSet",
-        "SOPClassUID",
-        "SOPInstanceUID",
-        "StudyInstanceUID",
-        "SeriesInstanceUID",
-        "PatientID",
-        "Modality",
-        "BodyPartExamined",
-        "SeriesDescription",
-        "SeriesNumber",
-        "InstanceNumber",
-        "AcquisitionNumber",
-        "TemporalPositionIdentifier",
-        "NumberOfTemporalPositions",
-        "NumberOfFrames",
-        "ImagePositionPatient",
-        "ImageOrientationPatient",
-        "ImagesInAcquisition",
-        "NumberOfSlices",
-        "NumberOfTimeSlices",
-        "Rows",
-        "Columns",
-        "BitsAllocated",
-        "SamplesPerPixel",
+# The attributes read from each instance, with their VRs (needed for implicit
+# VR data).  They are decoded straight from the bytes the walker visits: going
+# through pydicom's Dataset cost 0.5 ms per instance, more than all the rest.
+_WANTED: dict[int, str] = {
+    Tag(keyword): vr
+    for keyword, vr in (
+        ("SpecificCharacterSet", "CS"),
+        ("SOPClassUID", "UI"),
+        ("SOPInstanceUID", "UI"),
+        ("StudyInstanceUID", "UI"),
+        ("SeriesInstanceUID", "UI"),
+        ("PatientID", "LO"),
+        ("Modality", "CS"),
+        ("BodyPartExamined", "CS"),
+        ("SeriesDescription", "LO"),
+        ("SeriesNumber", "IS"),
+        ("InstanceNumber", "IS"),
+        ("AcquisitionNumber", "IS"),
+        ("TemporalPositionIdentifier", "IS"),
+        ("NumberOfTemporalPositions", "IS"),
+        ("NumberOfFrames", "IS"),
+        ("ImagePositionPatient", "DS"),
+        ("ImageOrientationPatient", "DS"),
+        ("ImagesInAcquisition", "IS"),
+        ("NumberOfSlices", "US"),
+        ("NumberOfTimeSlices", "US"),
+        ("Rows", "US"),
+        ("Columns", "US"),
+        ("BitsAllocated", "US"),
+        ("SamplesPerPixel", "US"),
     )
-]
+}
 
 
 class _Truncated(Exception):
@@ -78,6 +74,7 @@ class Structure:
 
     pixel_offset: int | None  # offset of the pixel data element's tag
     pixel_value_length: int | None  # None when encapsulated (undefined length)
+    values: dict[int, bytes]  # raw values of the wanted top-level attributes
 
 
 class _Walker:
@@ -145,9 +142,12 @@ class _Walker:
         pos, end = 0, len(self.buf)
         pixel_offset: int | None = None
         pixel_len: int | None = None
+        values: dict[int, bytes] = {}
         while pos < end:
             start = pos
             tag, vr, length, value = self.header(pos, self.implicit)
+            if tag in _WANTED and length != UNDEFINED:
+                values[tag] = self.buf[value : value + length]
             if tag in _PIXEL_TAGS and pixel_offset is None:
                 pixel_offset, pixel_len = start, (None if length == UNDEFINED else length)
             if length == UNDEFINED:
@@ -159,7 +159,7 @@ class _Walker:
                         f"element ({tag >> 16:04X},{tag & 0xFFFF:04X}) declares {length} bytes "
                         f"but only {end - value} remain"
                     )
-        return Structure(pixel_offset, pixel_len)
+        return Structure(pixel_offset, pixel_len, values)
 
 
 def inflate(data: bytes) -> bytes:
@@ -209,49 +209,65 @@ class InstanceHeader:
     temporal_positions: int | None
 
 
-def _get(ds: Dataset, keyword: str) -> Any:
-    try:
-        return ds.get(keyword)
-    except Exception:  # a malformed value of an optional attribute: ignore it
-        logger.debug("ignoring malformed %s", keyword)
-        return None
+class _Values:
+    """Typed access to the raw attribute values found by the walker."""
 
+    def __init__(self, raw: dict[int, bytes], little: bool) -> None:
+        self.raw = raw
+        self.us = struct.Struct("<H" if little else ">H")
+        charset = self._text(Tag("SpecificCharacterSet"), "iso8859")
+        try:
+            self.encodings = convert_encodings([c.strip() for c in charset.split("\\")] if charset else None)
+        except Exception:  # an unknown character set: fall back to the default repertoire
+            self.encodings = convert_encodings(None)
 
-def _int(ds: Dataset, keyword: str) -> int | None:
-    v = _get(ds, keyword)
-    if isinstance(v, MultiValue):
-        v = v[0] if len(v) else None
-    try:
-        return int(v) if v not in (None, "") else None
-    except (TypeError, ValueError):
-        return None
+    def _text(self, tag: int, encoding: str) -> str | None:
+        b = self.raw.get(tag)
+        if b is None:
+            return None
+        return b.decode(encoding, "replace").strip(" \x00") or None
 
+    def text(self, keyword: str, limit: int = 64) -> str | None:
+        """A string attribute (first value), decoded with the dataset's character set."""
+        b = self.raw.get(Tag(keyword))
+        if b is None:
+            return None
+        try:
+            s = decode_bytes(b, self.encodings, set())
+        except Exception:
+            s = b.decode("latin-1", "replace")
+        s = s.split("\\")[0].strip(" \x00")
+        return s[:limit] or None
 
-def _str(ds: Dataset, keyword: str, limit: int = 64) -> str | None:
-    v = _get(ds, keyword)
-    if v is None:
-        return None
-    s = str(v).strip()
-    return s[:limit] or None
+    def int(self, keyword: str) -> int | None:
+        tag = Tag(keyword)
+        b = self.raw.get(tag)
+        if not b:
+            return None
+        if _WANTED[tag] == "US":
+            return self.us.unpack_from(b)[0] if len(b) >= 2 else None
+        try:
+            return int(float(b.decode("ascii").split("\\")[0].strip(" \x00")))
+        except (UnicodeDecodeError, ValueError):
+            return None  # a malformed optional value is ignored, never fatal
 
+    def floats(self, keyword: str, n: int) -> tuple[float, ...] | None:
+        b = self.raw.get(Tag(keyword))
+        if not b:
+            return None
+        try:
+            values = tuple(float(v) for v in b.decode("ascii").strip(" \x00").split("\\"))
+        except (UnicodeDecodeError, ValueError):
+            return None
+        return values if len(values) == n else None
 
-def _floats(ds: Dataset, keyword: str, n: int) -> tuple[float, ...] | None:
-    v = _get(ds, keyword)
-    try:
-        values = tuple(float(x) for x in v) if v is not None else None
-    except (TypeError, ValueError):
-        return None
-    return values if values is not None and len(values) == n else None
-
-
-def _uid(ds: Dataset, keyword: str) -> str:
-    v = _get(ds, keyword)
-    s = str(v).strip().rstrip("\x00") if v is not None else ""
-    if not s:
-        raise IngestError(f"{keyword} is missing", ERROR_CANNOT_UNDERSTAND)
-    if not _UID_RE.match(s):
-        raise IngestError(f"{keyword} is not a valid UID", ERROR_CANNOT_UNDERSTAND)
-    return s
+    def uid(self, keyword: str) -> str:
+        s = self._text(Tag(keyword), "ascii") if self.raw.get(Tag(keyword)) is not None else None
+        if not s:
+            raise IngestError(f"{keyword} is missing", ERROR_CANNOT_UNDERSTAND)
+        if not _UID_RE.match(s):
+            raise IngestError(f"{keyword} is not a valid UID", ERROR_CANNOT_UNDERSTAND)
+        return s
 
 
 def parse_header(
@@ -280,19 +296,13 @@ def parse_header(
     """
     plain = inflate(data) if transfer_syntax == DeflatedExplicitVRLittleEndian else data
     structure = check_structure(plain, transfer_syntax)
-    prefix = plain if structure.pixel_offset is None else plain[: structure.pixel_offset]
     try:
-        ds = read_dataset(
-            BytesIO(prefix),
-            transfer_syntax.is_implicit_VR,
-            transfer_syntax.is_little_endian,
-            specific_tags=_WANTED_TAGS,
-        )
-    except Exception as exc:
-        raise IngestError(f"dataset cannot be parsed: {exc}", ERROR_CANNOT_UNDERSTAND) from exc
+        v = _Values(structure.values, transfer_syntax.is_little_endian)
+    except UnicodeDecodeError as exc:
+        raise IngestError(f"SpecificCharacterSet cannot be read: {exc}", ERROR_CANNOT_UNDERSTAND) from exc
 
-    sop_class = _uid(ds, "SOPClassUID")
-    sop_uid = _uid(ds, "SOPInstanceUID")
+    sop_class = v.uid("SOPClassUID")
+    sop_uid = v.uid("SOPInstanceUID")
     if affected_sop_class and sop_class != affected_sop_class.strip():
         raise IngestError(
             f"SOPClassUID {sop_class} in the dataset differs from the request's {affected_sop_class}",
@@ -301,45 +311,44 @@ def parse_header(
     if affected_sop_instance and sop_uid != affected_sop_instance.strip():
         raise IngestError("SOPInstanceUID in the dataset differs from the request's", ERROR_CANNOT_UNDERSTAND)
 
-    frames = _int(ds, "NumberOfFrames") or 1
+    frames = v.int("NumberOfFrames") or 1
     if structure.pixel_value_length is not None:
-        _check_native_length(ds, structure.pixel_value_length, frames)
+        _check_native_length(v, structure.pixel_value_length, frames)
 
     expected: int | None = None
-    pet_slices = _int(ds, "NumberOfSlices")
+    pet_slices = v.int("NumberOfSlices")
     if pet_slices:
-        expected = pet_slices * max(1, _int(ds, "NumberOfTimeSlices") or 1)
+        expected = pet_slices * max(1, v.int("NumberOfTimeSlices") or 1)
     else:
-        iia = _int(ds, "ImagesInAcquisition")
+        iia = v.int("ImagesInAcquisition")
         expected = iia if iia and iia > 0 else None
 
-    position = _floats(ds, "ImagePositionPatient", 3)
     header = InstanceHeader(
-        study_uid=_uid(ds, "StudyInstanceUID"),
-        series_uid=_uid(ds, "SeriesInstanceUID"),
+        study_uid=v.uid("StudyInstanceUID"),
+        series_uid=v.uid("SeriesInstanceUID"),
         sop_uid=sop_uid,
         sop_class_uid=sop_class,
-        patient_id=_str(ds, "PatientID"),
-        modality=_str(ds, "Modality", 16),
-        body_part=_str(ds, "BodyPartExamined"),
-        series_description=_str(ds, "SeriesDescription"),
-        series_number=_int(ds, "SeriesNumber"),
-        instance_number=_int(ds, "InstanceNumber"),
-        acquisition_number=_int(ds, "AcquisitionNumber"),
-        temporal_position=_int(ds, "TemporalPositionIdentifier"),
+        patient_id=v.text("PatientID"),
+        modality=v.text("Modality", 16),
+        body_part=v.text("BodyPartExamined"),
+        series_description=v.text("SeriesDescription"),
+        series_number=v.int("SeriesNumber"),
+        instance_number=v.int("InstanceNumber"),
+        acquisition_number=v.int("AcquisitionNumber"),
+        temporal_position=v.int("TemporalPositionIdentifier"),
         number_of_frames=frames,
-        position=position,  # type: ignore[arg-type]
-        orientation=_floats(ds, "ImageOrientationPatient", 6),
+        position=v.floats("ImagePositionPatient", 3),  # type: ignore[arg-type]
+        orientation=v.floats("ImageOrientationPatient", 6),
         expected_count=expected,
-        temporal_positions=_int(ds, "NumberOfTemporalPositions") or None,
+        temporal_positions=v.int("NumberOfTemporalPositions") or None,
     )
     return header, structure
 
 
-def _check_native_length(ds: Dataset, actual: int, frames: int) -> None:
-    rows, cols = _int(ds, "Rows"), _int(ds, "Columns")
-    bits = _int(ds, "BitsAllocated")
-    spp = _int(ds, "SamplesPerPixel") or 1
+def _check_native_length(v: _Values, actual: int, frames: int) -> None:
+    rows, cols = v.int("Rows"), v.int("Columns")
+    bits = v.int("BitsAllocated")
+    spp = v.int("SamplesPerPixel") or 1
     if not rows or not cols or not bits:
         return  # not an image, or float pixel data: nothing to check against
     pixels = rows * cols * spp * frames
