@@ -1,0 +1,183 @@
+"""Durable file writes: temp file, fsync, rename, fsync of the directory.
+
+A file written with :func:`durable_write` either exists completely under its
+final name after the call returns, or not at all, even if the process is
+killed or the machine loses power at any point.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+
+from storage.errors import DiskFullError, StorageError
+
+logger = logging.getLogger(__name__)
+
+TEMP_PREFIX = ".tmp-"
+
+
+def fsync_dir(path: Path) -> None:
+    """Flush a directory's entries (a rename in it becomes durable)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def ensure_dir(path: Path) -> None:
+    """Create ``path`` and its parents durably (each new entry is fsynced).
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        Directory to create.
+    """
+    if path.is_dir():
+        return
+    missing: list[Path] = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        try:
+            d.mkdir()
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise _translate(exc, d) from exc
+        # The new directory entry lives in its parent: make it durable there.
+        fsync_dir(d.parent)
+
+
+def _translate(exc: OSError, path: Path) -> StorageError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFullError(f"disk full while writing {path}")
+    return StorageError(f"cannot write {path}: {exc.strerror or exc}")
+
+
+def durable_write(path: Path, chunks: Iterable[bytes | memoryview], *, sync_dir: bool = True) -> int:
+    """Write ``chunks`` to ``path`` atomically and durably.
+
+    The data goes to a temporary file in the same directory, which is fsynced
+    and renamed over ``path``; then the directory is fsynced so the rename
+    itself survives a power loss.
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        Final file name.  Its directory is created if needed.
+    chunks : iterable of bytes
+        The content, in order.
+    sync_dir : bool
+        Fsync the directory after the rename (default).  A caller that passes
+        ``False`` must call :func:`fsync_dir` itself before it reports success;
+        the receiver does so in parallel with its database commit, which lets
+        the filesystem journal both in one commit.
+
+    Returns
+    -------
+    int
+        Number of bytes written.
+
+    Raises
+    ------
+    DiskFullError
+        The disk ran out of space (the temporary file is removed).
+    StorageError
+        Any other I/O failure.
+    """
+    ensure_dir(path.parent)
+    tmp = path.parent / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
+    written = 0
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        try:
+            for chunk in chunks:
+                view = memoryview(chunk)
+                while view:
+                    n = os.write(fd, view)
+                    view = view[n:]
+                    written += n
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        if sync_dir:
+            fsync_dir(path.parent)
+    except OSError as exc:
+        try:
+            tmp.unlink()
+        except FileNotFoundError:
+            pass
+        raise _translate(exc, path) from exc
+    return written
+
+
+def free_bytes(path: Path) -> int:
+    """Free bytes available to unprivileged users on the filesystem of ``path``."""
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    return shutil.disk_usage(probe).free
+
+
+def remove_stale_temp_files(root: Path) -> int:
+    """Delete temporary files left by a crash under ``root``.
+
+    A temporary file never got a success status, so removing it loses nothing.
+
+    Returns
+    -------
+    int
+        How many files were removed.
+    """
+    removed = 0
+    if not root.exists():
+        return 0
+    for tmp in root.rglob(f"{TEMP_PREFIX}*"):
+        try:
+            tmp.unlink()
+            removed += 1
+        except OSError:
+            logger.warning("could not remove stale temporary file %s", tmp)
+    return removed
+
+
+def quarantine(paths: Iterable[Path], root: Path, quarantine_dir: Path) -> list[Path]:
+    """Move files out of the live tree into ``quarantine_dir``, keeping their layout.
+
+    Files are never deleted: a bad series stays available for inspection.
+
+    Parameters
+    ----------
+    paths : iterable of pathlib.Path
+        Files under ``root``.
+    root : pathlib.Path
+        The live storage root.
+    quarantine_dir : pathlib.Path
+        Destination root.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The new locations.
+    """
+    moved: list[Path] = []
+    for src in paths:
+        rel = src.relative_to(root)
+        dst = quarantine_dir / rel
+        ensure_dir(dst.parent)
+        try:
+            os.replace(src, dst)
+        except OSError as exc:
+            raise _translate(exc, dst) from exc
+        moved.append(dst)
+    return moved

@@ -1,0 +1,173 @@
+"""Database schema: series, instances, jobs and deliveries (SQLAlchemy 2.0 typed models).
+
+The schema itself is created and upgraded by the Alembic migrations in
+``storage/migrations``; these classes must stay in step with them (a test
+compares the two).
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime, timezone
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    """Timezone-aware current time in UTC."""
+    return datetime.now(timezone.utc)
+
+
+class SeriesState(str, enum.Enum):
+    """Life cycle of a series."""
+
+    RECEIVING = "receiving"  # instances are (or may still be) arriving
+    COMPLETE = "complete"  # a job was queued for the current version
+
+
+class JobState(str, enum.Enum):
+    """Life cycle of a job: queued → running → done | failed."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class DeliveryState(str, enum.Enum):
+    """Life cycle of one output delivery to one destination."""
+
+    PENDING = "pending"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class Base(DeclarativeBase):
+    """Declarative base of all tables."""
+
+    type_annotation_map = {datetime: DateTime(timezone=True)}
+
+
+class Series(Base):
+    """A DICOM series as received, and how it was completed."""
+
+    __tablename__ = "series"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    series_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    study_uid: Mapped[str] = mapped_column(String(64), index=True)
+    patient_id: Mapped[str | None] = mapped_column(String(64))
+    modality: Mapped[str | None] = mapped_column(String(16))
+    sop_class_uid: Mapped[str | None] = mapped_column(String(64))
+    body_part: Mapped[str | None] = mapped_column(String(64))
+    series_description: Mapped[str | None] = mapped_column(String(64))
+    series_number: Mapped[int | None] = mapped_column(Integer)
+    calling_ae: Mapped[str | None] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(16), default=SeriesState.RECEIVING.value, index=True)
+    # Number of times the series was completed; the next job gets version + 1.
+    version: Mapped[int] = mapped_column(Integer, default=0)
+    instance_count: Mapped[int] = mapped_column(Integer, default=0)
+    # Instance count announced by the headers (ImagesInAcquisition, PET NumberOfSlices...).
+    expected_count: Mapped[int | None] = mapped_column(Integer)
+    # NumberOfTemporalPositions: expected = distinct slice positions x this.
+    temporal_positions: Mapped[int | None] = mapped_column(Integer)
+    reopen_count: Mapped[int] = mapped_column(Integer, default=0)
+    first_received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_received_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    completed_at: Mapped[datetime | None]
+    completion_reason: Mapped[str | None] = mapped_column(String(32))
+    completion_detail: Mapped[str | None] = mapped_column(Text)
+
+    instances: Mapped[list[Instance]] = relationship(back_populates="series")
+    jobs: Mapped[list[Job]] = relationship(back_populates="series", order_by="Job.version")
+
+
+class Instance(Base):
+    """One stored SOP instance (one file)."""
+
+    __tablename__ = "instances"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    series_id: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
+    sop_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    transfer_syntax_uid: Mapped[str] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(Text)
+    size: Mapped[int] = mapped_column(BigInteger)
+    crc32: Mapped[int] = mapped_column(BigInteger)
+    instance_number: Mapped[int | None] = mapped_column(Integer)
+    acquisition_number: Mapped[int | None] = mapped_column(Integer)
+    temporal_position: Mapped[int | None] = mapped_column(Integer)
+    number_of_frames: Mapped[int] = mapped_column(Integer, default=1)
+    # ImagePositionPatient / ImageOrientationPatient, for gap detection.
+    pos_x: Mapped[float | None] = mapped_column(Float)
+    pos_y: Mapped[float | None] = mapped_column(Float)
+    pos_z: Mapped[float | None] = mapped_column(Float)
+    orientation: Mapped[list[float] | None] = mapped_column(JSON)
+    assoc_uid: Mapped[str] = mapped_column(String(36), index=True)
+    calling_ae: Mapped[str | None] = mapped_column(String(16))
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Identical re-sends of this SOP instance (idempotent, not stored again).
+    duplicates: Mapped[int] = mapped_column(Integer, default=0)
+
+    series: Mapped[Series] = relationship(back_populates="instances")
+
+
+class Job(Base):
+    """Work queued for one completed version of a series."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        UniqueConstraint("series_id", "version", name="uq_jobs_series_version"),
+        Index("ix_jobs_state_priority", "state", "priority", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    series_id: Mapped[int] = mapped_column(ForeignKey("series.id"))
+    version: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16), default=JobState.QUEUED.value)
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    completion_reason: Mapped[str] = mapped_column(String(32))
+    instance_count: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    worker: Mapped[str | None] = mapped_column(String(128))
+    heartbeat_at: Mapped[datetime | None]
+    timings: Mapped[dict[str, float] | None] = mapped_column(JSON)
+
+    series: Mapped[Series] = relationship(back_populates="jobs")
+    deliveries: Mapped[list[Delivery]] = relationship(back_populates="job")
+
+
+class Delivery(Base):
+    """One job output set sent to one destination, with its attempts."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (UniqueConstraint("job_id", "destination", name="uq_deliveries_job_dest"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    destination: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16), default=DeliveryState.PENDING.value)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    job: Mapped[Job] = relationship(back_populates="deliveries")
