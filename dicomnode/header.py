@@ -12,6 +12,7 @@ import logging
 import re
 import struct
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.tag import Tag
@@ -138,7 +139,7 @@ class _Walker:
             raise _Truncated("data ends inside a sequence item")
         return pos
 
-    def top_level(self) -> Structure:
+    def top_level(self, wanted: Mapping[int, str], stop_at_pixels: bool = False) -> Structure:
         pos, end = 0, len(self.buf)
         pixel_offset: int | None = None
         pixel_len: int | None = None
@@ -146,10 +147,12 @@ class _Walker:
         while pos < end:
             start = pos
             tag, vr, length, value = self.header(pos, self.implicit)
-            if tag in _WANTED and length != UNDEFINED:
+            if tag in wanted and length != UNDEFINED:
                 values[tag] = self.buf[value : value + length]
             if tag in _PIXEL_TAGS and pixel_offset is None:
                 pixel_offset, pixel_len = start, (None if length == UNDEFINED else length)
+                if stop_at_pixels:
+                    break
             if length == UNDEFINED:
                 pos = self.skip_undefined(value, self.implicit or vr == b"UN")
             else:
@@ -170,8 +173,23 @@ def inflate(data: bytes) -> bytes:
         raise IngestError(f"deflated dataset does not decompress: {exc}", ERROR_CANNOT_UNDERSTAND) from exc
 
 
-def check_structure(data: bytes, transfer_syntax: UID) -> Structure:
+def check_structure(
+    data: bytes, transfer_syntax: UID, wanted: Mapping[int, str] | None = None, *, stop_at_pixels: bool = False
+) -> Structure:
     """Walk every element of ``data``; refuse truncated or garbled datasets.
+
+    Parameters
+    ----------
+    data : bytes
+        An encoded dataset (no preamble, no file meta).
+    transfer_syntax : pydicom.uid.UID
+        How it is encoded.
+    wanted : mapping of tag to VR, optional
+        Top-level attributes whose raw values to collect (default: those the
+        receiver needs).
+    stop_at_pixels : bool
+        Stop at the pixel data element (reading only a file's head); its
+        length is then not checked against the data.
 
     Raises
     ------
@@ -179,7 +197,8 @@ def check_structure(data: bytes, transfer_syntax: UID) -> Structure:
         With status 0xC210 (cannot understand) and the reason.
     """
     try:
-        return _Walker(data, transfer_syntax.is_implicit_VR, transfer_syntax.is_little_endian).top_level()
+        walker = _Walker(data, transfer_syntax.is_implicit_VR, transfer_syntax.is_little_endian)
+        return walker.top_level(_WANTED if wanted is None else wanted, stop_at_pixels)
     except _Truncated as exc:
         raise IngestError(f"dataset is truncated or corrupt: {exc}", ERROR_CANNOT_UNDERSTAND) from None
     except struct.error as exc:
@@ -209,11 +228,22 @@ class InstanceHeader:
     temporal_positions: int | None
 
 
-class _Values:
-    """Typed access to the raw attribute values found by the walker."""
+class RawValues:
+    """Typed access to the raw attribute values found by :func:`check_structure`.
 
-    def __init__(self, raw: dict[int, bytes], little: bool) -> None:
+    Parameters
+    ----------
+    raw : dict
+        Tag to value bytes.
+    little : bool
+        Byte order of the dataset.
+    vrs : mapping of tag to VR, optional
+        The VRs of the collected tags (binary VRs such as US are unpacked).
+    """
+
+    def __init__(self, raw: dict[int, bytes], little: bool, vrs: Mapping[int, str] | None = None) -> None:
         self.raw = raw
+        self.vrs = _WANTED if vrs is None else vrs
         self.us = struct.Struct("<H" if little else ">H")
         charset = self._text(Tag("SpecificCharacterSet"), "iso8859")
         try:
@@ -244,14 +274,15 @@ class _Values:
         b = self.raw.get(tag)
         if not b:
             return None
-        if _WANTED[tag] == "US":
+        if self.vrs.get(tag) == "US":
             return self.us.unpack_from(b)[0] if len(b) >= 2 else None
         try:
             return int(float(b.decode("ascii").split("\\")[0].strip(" \x00")))
         except (UnicodeDecodeError, ValueError):
             return None  # a malformed optional value is ignored, never fatal
 
-    def floats(self, keyword: str, n: int) -> tuple[float, ...] | None:
+    def floats(self, keyword: str, n: int | None = None) -> tuple[float, ...] | None:
+        """A DS attribute as floats; ``None`` when absent, malformed or not ``n`` values."""
         b = self.raw.get(Tag(keyword))
         if not b:
             return None
@@ -259,7 +290,14 @@ class _Values:
             values = tuple(float(v) for v in b.decode("ascii").strip(" \x00").split("\\"))
         except (UnicodeDecodeError, ValueError):
             return None
-        return values if len(values) == n else None
+        return values if n is None or len(values) == n else None
+
+    def texts(self, keyword: str) -> tuple[str, ...]:
+        """All values of a string attribute (e.g. ImageType)."""
+        b = self.raw.get(Tag(keyword))
+        if not b:
+            return ()
+        return tuple(p.strip(" \x00") for p in b.decode("latin-1").split("\\"))
 
     def uid(self, keyword: str) -> str:
         s = self._text(Tag(keyword), "ascii") if self.raw.get(Tag(keyword)) is not None else None
@@ -297,7 +335,7 @@ def parse_header(
     plain = inflate(data) if transfer_syntax == DeflatedExplicitVRLittleEndian else data
     structure = check_structure(plain, transfer_syntax)
     try:
-        v = _Values(structure.values, transfer_syntax.is_little_endian)
+        v = RawValues(structure.values, transfer_syntax.is_little_endian)
     except UnicodeDecodeError as exc:
         raise IngestError(f"SpecificCharacterSet cannot be read: {exc}", ERROR_CANNOT_UNDERSTAND) from exc
 
@@ -345,7 +383,7 @@ def parse_header(
     return header, structure
 
 
-def _check_native_length(v: _Values, actual: int, frames: int) -> None:
+def _check_native_length(v: RawValues, actual: int, frames: int) -> None:
     rows, cols = v.int("Rows"), v.int("Columns")
     bits = v.int("BitsAllocated")
     spp = v.int("SamplesPerPixel") or 1

@@ -1,0 +1,284 @@
+"""Reconstruct a stored series into a 3D volume in physical units.
+
+The result has voxels in physical units (HU for CT), spacing, origin and a
+3x3 direction in patient coordinates (LPS), and converts to SimpleITK and
+NIfTI.  Pixels are decoded slice by slice into one preallocated array, so
+memory is the volume plus one slice per worker, never the datasets.
+Compressed slices are decoded by worker processes on all cores.
+"""
+
+from __future__ import annotations
+
+import logging
+import mmap
+import multiprocessing
+import os
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dicomnode.slices import SliceInfo, VolumeError, scan, series_files
+from dicomnode.stacks import Excluded, Stack, choose_stack
+
+logger = logging.getLogger(__name__)
+
+PARALLEL_MIN_SLICES = 16
+
+
+@dataclass(frozen=True)
+class VolumePolicy:
+    """How strict reconstruction is.  The defaults refuse anything doubtful."""
+
+    gap_factor: float = 1.5
+    resample_nonuniform: bool = False
+    workers: int = 0  # processes for compressed data; 0 = all cores
+
+
+@dataclass
+class Volume:
+    """A 3D image on a regular grid in patient coordinates (LPS, mm).
+
+    ``array`` is indexed ``[z, y, x]`` (slice, row, column).  Column ``i`` of
+    ``direction`` is the patient-space direction of axis ``i`` (x, y, z),
+    as in ITK; ``spacing`` and ``origin`` are ``(x, y, z)``.
+    """
+
+    array: np.ndarray
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float]
+    direction: np.ndarray
+    sop_uids: list[str] = field(default_factory=list)
+    excluded: list[Excluded] = field(default_factory=list)
+
+    @property
+    def affine(self) -> np.ndarray:
+        """4x4 matrix from voxel index (x, y, z) to LPS millimetres."""
+        a = np.eye(4)
+        a[:3, :3] = self.direction * np.asarray(self.spacing)[None, :]
+        a[:3, 3] = self.origin
+        return a
+
+    @property
+    def affine_ras(self) -> np.ndarray:
+        """4x4 matrix from voxel index (x, y, z) to RAS millimetres (NIfTI's convention)."""
+        return np.diag([-1.0, -1.0, 1.0, 1.0]) @ self.affine
+
+    def to_sitk(self) -> Any:
+        """A SimpleITK image with the same voxels and geometry."""
+        import SimpleITK as sitk
+
+        img = sitk.GetImageFromArray(self.array)
+        img.SetSpacing(tuple(float(v) for v in self.spacing))
+        img.SetOrigin(tuple(float(v) for v in self.origin))
+        img.SetDirection(tuple(float(v) for v in self.direction.flatten()))
+        return img
+
+    def write_nifti(self, path: Path) -> None:
+        """Write NIfTI (``.nii`` or ``.nii.gz``); SimpleITK converts LPS to RAS."""
+        import SimpleITK as sitk
+
+        sitk.WriteImage(self.to_sitk(), str(path), useCompression=str(path).endswith(".gz"))
+
+
+# --------------------------------------------------------------- decoding
+
+_SHARED: tuple[Any, tuple[int, ...], np.dtype] | None = None  # set before forking workers
+
+
+def _stored_dtype(s: SliceInfo) -> np.dtype:
+    if s.bits_allocated not in (8, 16, 32):
+        raise VolumeError(f"{s.label}: BitsAllocated {s.bits_allocated} is not supported")
+    kind = "i" if s.signed else "u"
+    return np.dtype(f"{'<' if s.little_endian else '>'}{kind}{s.bits_allocated // 8}")
+
+
+def _fix_bits(px: np.ndarray, s: SliceInfo) -> np.ndarray:
+    """Mask bits above BitsStored and sign-extend (PS3.5 8.1.1)."""
+    if s.bits_stored >= s.bits_allocated:
+        return px
+    shift = s.bits_allocated - s.bits_stored
+    if s.signed:
+        return (px << shift) >> shift  # arithmetic shift sign-extends
+    return px & ((1 << s.bits_stored) - 1)
+
+
+def _read_native(s: SliceInfo) -> np.ndarray:
+    dtype = _stored_dtype(s)
+    count = s.rows * s.columns
+    px = np.fromfile(s.path, dtype=dtype, count=count, offset=s.pixel_offset or 0)
+    if px.size != count:
+        raise VolumeError(f"{s.label}: pixel data is truncated ({px.size} of {count} pixels)")
+    return _fix_bits(px.reshape(s.rows, s.columns), s)
+
+
+def _decode_file(path: Path) -> np.ndarray:
+    from pydicom import dcmread
+
+    try:
+        ds = dcmread(path)
+        arr = ds.pixel_array
+    except Exception as exc:  # no codec, corrupt stream...
+        raise VolumeError(f"{path.name}: pixel data cannot be decoded: {exc}") from exc
+    return arr
+
+
+def _write_slices(out: np.ndarray, items: Sequence[tuple[int, SliceInfo]]) -> list[tuple[int, float, float]]:
+    """Decode ``items`` (output index, slice) into ``out``; return (index, min, max) of stored values."""
+    stats: list[tuple[int, float, float]] = []
+    by_file: dict[Path, list[tuple[int, SliceInfo]]] = defaultdict(list)
+    for k, s in items:
+        by_file[s.path].append((k, s))
+    for path, group in by_file.items():
+        decoded: np.ndarray | None = None
+        for k, s in group:
+            if s.pixel_offset is not None:
+                px = _read_native(s)
+            else:
+                if decoded is None:
+                    decoded = _decode_file(path)
+                px = decoded[s.frame] if s.frame is not None and decoded.ndim == 3 else decoded
+                if px.shape != (s.rows, s.columns):
+                    raise VolumeError(f"{s.label}: decoded shape {px.shape} is not {s.rows}x{s.columns}")
+            lo, hi = float(px.min()), float(px.max())
+            if s.slope == 1.0 and s.intercept == 0.0:
+                out[k] = px
+            elif out.dtype.kind == "f":
+                np.multiply(px, s.slope, out=out[k], casting="unsafe")
+                out[k] += s.intercept
+            else:  # int16 output: the range check in _output_dtype guarantees no overflow
+                out[k] = px
+                out[k] += int(s.intercept)
+            stats.append((k, lo, hi))
+    return stats
+
+
+def _worker(items: list[tuple[int, SliceInfo]]) -> list[tuple[int, float, float]]:
+    assert _SHARED is not None
+    buf, shape, dtype = _SHARED
+    out = np.frombuffer(buf, dtype=dtype).reshape(shape)
+    return _write_slices(out, items)
+
+
+def _output_dtype(slices: Sequence[SliceInfo]) -> np.dtype:
+    """int16 when every slice rescales by an integer offset that fits; float32 otherwise."""
+    ok = True
+    for s in slices:
+        if s.slope != 1.0 or s.intercept != int(s.intercept):
+            ok = False
+            break
+        lo = -(1 << (s.bits_stored - 1)) if s.signed else 0
+        hi = (1 << (s.bits_stored - 1)) - 1 if s.signed else (1 << s.bits_stored) - 1
+        if lo + s.intercept < -32768 or hi + s.intercept > 32767:
+            ok = False
+            break
+    return np.dtype(np.int16) if ok else np.dtype(np.float32)
+
+
+def decode_stack(slices: Sequence[SliceInfo], workers: int = 0) -> np.ndarray:
+    """Decode and rescale ``slices`` (in order) into one ``[z, y, x]`` array.
+
+    Raises
+    ------
+    VolumeError
+        A slice cannot be decoded, or decodes to a constant image while the
+        others do not (a codec that zero-fills is caught here, not in a model).
+    """
+    global _SHARED
+    shape = (len(slices), slices[0].rows, slices[0].columns)
+    dtype = _output_dtype(slices)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    items = list(enumerate(slices))
+    compressed = sum(1 for s in slices if s.pixel_offset is None)
+    n_workers = workers or os.cpu_count() or 1
+    if compressed >= PARALLEL_MIN_SLICES and n_workers > 1:
+        # An anonymous shared mapping: forked workers write their slices into it directly.
+        buf = mmap.mmap(-1, max(nbytes, 1))
+        out = np.frombuffer(buf, dtype=dtype).reshape(shape)
+        chunks = [items[i::n_workers] for i in range(n_workers)]
+        _SHARED = (buf, shape, dtype)
+        try:
+            with multiprocessing.get_context("fork").Pool(n_workers) as pool:
+                stats = [st for part in pool.map(_worker, chunks) for st in part]
+        finally:
+            _SHARED = None
+    else:
+        out = np.empty(shape, dtype=dtype)
+        stats = _write_slices(out, items)
+    constant = sorted(k for k, lo, hi in stats if lo == hi)
+    if constant and len(constant) < len(slices):
+        k = constant[0]
+        raise VolumeError(
+            f"{len(constant)} slice(s) decoded to a constant image while the others did not, e.g. "
+            f"{slices[k].label} (all {stats[[st[0] for st in stats].index(k)][1]:g}): the pixel data or its codec is broken"
+        )
+    if constant:
+        raise VolumeError("every slice decoded to a constant image: the pixel data or its codec is broken")
+    return out
+
+
+def _resample_uniform(array: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, float]:
+    """Linear interpolation along z onto a uniform grid with the median spacing."""
+    spacing = float(np.median(np.diff(positions)))
+    n = int(round((positions[-1] - positions[0]) / spacing)) + 1
+    targets = positions[0] + spacing * np.arange(n)
+    out = np.empty((n, *array.shape[1:]), dtype=np.float32)
+    idx = np.clip(np.searchsorted(positions, targets, side="right") - 1, 0, len(positions) - 2)
+    for t, (i, z) in enumerate(zip(idx, targets)):
+        w = (z - positions[i]) / (positions[i + 1] - positions[i])
+        out[t] = (1 - w) * array[i] + w * array[i + 1]
+    return out, spacing
+
+
+def reconstruct(
+    paths: Sequence[Path] | Path,
+    policy: VolumePolicy | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> Volume:
+    """Build the volume of a series.
+
+    Parameters
+    ----------
+    paths : path or sequence of paths
+        A series folder, or its files.
+    policy : VolumePolicy, optional
+        Gap factor, non-uniform spacing policy, worker count.
+    progress : callable, optional
+        Called with a short message at each stage.
+
+    Raises
+    ------
+    VolumeError
+        The series cannot become a trustworthy volume; the message says why
+        and names the instances involved.
+    """
+    policy = policy or VolumePolicy()
+    files = series_files(paths) if isinstance(paths, Path) else list(paths)
+    if progress:
+        progress(f"reading headers of {len(files)} file(s)")
+    infos = list(scan(files))
+    if not infos:
+        raise VolumeError("no DICOM image found")
+    stack: Stack = choose_stack(infos, gap_factor=policy.gap_factor, allow_nonuniform=policy.resample_nonuniform)
+    for ex in stack.excluded:
+        logger.info("left out %d image(s): %s", ex.count, ex.reason)
+    if progress:
+        progress(f"decoding {len(stack.slices)} slice(s)")
+    array = decode_stack(stack.slices, policy.workers)
+    spacing = stack.spacing
+    if not stack.uniform:
+        array, dz = _resample_uniform(array, stack.positions)
+        spacing = (spacing[0], spacing[1], dz)
+        stack.excluded.append(Excluded(0, f"non-uniform slice spacing resampled to {dz:.3f} mm"))
+    direction = np.column_stack([stack.row_dir, stack.col_dir, stack.normal])
+    return Volume(
+        array=array,
+        spacing=spacing,
+        origin=tuple(float(v) for v in stack.slices[0].position),  # type: ignore[arg-type]
+        direction=direction,
+        sop_uids=[s.sop_uid for s in stack.slices],
+        excluded=stack.excluded,
+    )
