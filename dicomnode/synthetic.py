@@ -43,6 +43,16 @@ class SeriesSpec:
     images_in_acquisition: bool = False
     rescale_intercept: float = -1024.0
     rescale_slope: float = 1.0
+    signed: bool = False  # PixelRepresentation 1: store HU directly as int16
+    rescale_per_slice: bool = False  # slope and intercept differ between slices
+
+    def rescale(self, index: int) -> tuple[float, float]:
+        """(slope, intercept) of slice ``index``."""
+        if self.signed:
+            return 1.0, 0.0
+        if self.rescale_per_slice:
+            return (1.0, 0.5, 2.0)[index % 3], self.rescale_intercept + 8.0 * (index % 2)
+        return self.rescale_slope, self.rescale_intercept
 
     @property
     def study_uid(self) -> UID:
@@ -62,8 +72,8 @@ class SeriesSpec:
         return (float(p[0]), float(p[1]), float(p[2]))
 
 
-def phantom_slice(spec: SeriesSpec, index: int) -> np.ndarray:
-    """Stored values (uint16 view of int16 HU + 1024) of one slice: a body ellipse with two lungs."""
+def phantom_hu(spec: SeriesSpec, index: int) -> np.ndarray:
+    """HU of one slice: air, a body ellipse with two lungs, varying a little from slice to slice."""
     r, c = spec.rows, spec.columns
     y, x = np.ogrid[-1 : 1 : complex(0, r), -1 : 1 : complex(0, c)]
     hu = np.full((r, c), -1000.0)
@@ -72,7 +82,17 @@ def phantom_slice(spec: SeriesSpec, index: int) -> np.ndarray:
     lung |= ((x - 0.4) / 0.3) ** 2 + (y / 0.45) ** 2 <= 1
     hu[lung] = -850.0
     hu += 10.0 * np.sin(index / 3.0)  # slices differ, so a mixed-up order shows
-    stored = (hu - spec.rescale_intercept) / spec.rescale_slope
+    hu[: r // 8, : c // 8] += np.arange((r // 8) * (c // 8)).reshape(r // 8, c // 8) % 7  # texture
+    return hu
+
+
+def phantom_slice(spec: SeriesSpec, index: int) -> np.ndarray:
+    """Stored values of one slice (uint16, or int16 when ``spec.signed``)."""
+    hu = phantom_hu(spec, index)
+    if spec.signed:
+        return np.round(hu).astype(np.int16)
+    slope, intercept = spec.rescale(index)
+    stored = np.round((hu - intercept) / slope)
     return np.clip(stored, 0, 4095).astype(np.uint16)
 
 
@@ -108,8 +128,8 @@ def make_slice(spec: SeriesSpec, index: int) -> Dataset:
     ds.SeriesNumber = 2
     ds.AcquisitionNumber = 1
     ds.InstanceNumber = index + 1
-    ds.ImagePositionPatient = [f"{v:.6g}" for v in spec.position(index)]
-    ds.ImageOrientationPatient = [f"{v:.6g}" for v in spec.orientation]
+    ds.ImagePositionPatient = [f"{v:.10g}" for v in spec.position(index)]
+    ds.ImageOrientationPatient = [f"{v:.10g}" for v in spec.orientation]
     ds.FrameOfReferenceUID = derived_uid(spec.seed, "for")
     ds.PositionReferenceIndicator = ""
     if spec.images_in_acquisition:
@@ -119,11 +139,12 @@ def make_slice(spec: SeriesSpec, index: int) -> Dataset:
     ds.Rows, ds.Columns = spec.rows, spec.columns
     ds.PixelSpacing = list(spec.pixel_spacing)
     ds.BitsAllocated = 16
-    ds.BitsStored = 12
-    ds.HighBit = 11
-    ds.PixelRepresentation = 0
-    ds.RescaleIntercept = spec.rescale_intercept
-    ds.RescaleSlope = spec.rescale_slope
+    ds.BitsStored = 16 if spec.signed else 12
+    ds.HighBit = ds.BitsStored - 1
+    ds.PixelRepresentation = 1 if spec.signed else 0
+    slope, intercept = spec.rescale(index)
+    ds.RescaleIntercept = f"{intercept:g}"
+    ds.RescaleSlope = f"{slope:g}"
     ds.RescaleType = "HU"
     ds.WindowCenter, ds.WindowWidth = -600, 1500
     ds.PixelData = phantom_slice(spec, index).tobytes()
