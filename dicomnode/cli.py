@@ -140,7 +140,13 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from dicomnode.volume import VolumePolicy, reconstruct
 
     configure_logging(args.log_level or "WARNING")
-    policy = VolumePolicy(resample_nonuniform=args.resample_nonuniform, workers=args.workers)
+    prefer: dict[str, object] = {}
+    for rule in args.prefer:
+        key, sep, value = rule.partition("=")
+        if not sep or key.replace("-", " ") not in ("echo", "temporal position", "acquisition"):
+            raise ConfigError(f"--prefer {rule!r}: use echo=N, temporal-position=N or acquisition=N")
+        prefer[key.replace("-", " ")] = value
+    policy = VolumePolicy(resample_nonuniform=args.resample_nonuniform, workers=args.workers, prefer=prefer)
     t0 = time.perf_counter()
     vol = reconstruct(Path(args.series), policy, progress=lambda msg: print(msg, file=sys.stderr))
     vol.write_nifti(Path(args.out))
@@ -247,6 +253,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="output file, .nii or .nii.gz")
     p.add_argument("--resample-nonuniform", action="store_true", help="resample non-uniform slice spacing instead of refusing")
     p.add_argument("--workers", type=int, default=0, help="decoding processes (default: all cores)")
+    p.add_argument(
+        "--prefer",
+        action="append",
+        default=[],
+        metavar="KEY=N",
+        help="which stack to keep when slice positions repeat: echo=N, temporal-position=N or acquisition=N "
+        "(default: the largest stack)",
+    )
     p.set_defaults(func=cmd_convert)
     return parser
 

@@ -8,6 +8,7 @@ the few attributes the node needs, which :func:`parse_header` decodes.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import struct
@@ -228,6 +229,11 @@ class InstanceHeader:
     temporal_positions: int | None
 
 
+@functools.lru_cache(maxsize=None)
+def _tag(keyword: str) -> int:
+    return int(Tag(keyword))
+
+
 class RawValues:
     """Typed access to the raw attribute values found by :func:`check_structure`.
 
@@ -245,7 +251,7 @@ class RawValues:
         self.raw = raw
         self.vrs = _WANTED if vrs is None else vrs
         self.us = struct.Struct("<H" if little else ">H")
-        charset = self._text(Tag("SpecificCharacterSet"), "iso8859")
+        charset = self._text(_tag("SpecificCharacterSet"), "iso8859")
         try:
             self.encodings = convert_encodings([c.strip() for c in charset.split("\\")] if charset else None)
         except Exception:  # an unknown character set: fall back to the default repertoire
@@ -259,7 +265,7 @@ class RawValues:
 
     def text(self, keyword: str, limit: int = 64) -> str | None:
         """A string attribute (first value), decoded with the dataset's character set."""
-        b = self.raw.get(Tag(keyword))
+        b = self.raw.get(_tag(keyword))
         if b is None:
             return None
         try:
@@ -270,7 +276,7 @@ class RawValues:
         return s[:limit] or None
 
     def int(self, keyword: str) -> int | None:
-        tag = Tag(keyword)
+        tag = _tag(keyword)
         b = self.raw.get(tag)
         if not b:
             return None
@@ -283,7 +289,7 @@ class RawValues:
 
     def floats(self, keyword: str, n: int | None = None) -> tuple[float, ...] | None:
         """A DS attribute as floats; ``None`` when absent, malformed or not ``n`` values."""
-        b = self.raw.get(Tag(keyword))
+        b = self.raw.get(_tag(keyword))
         if not b:
             return None
         try:
@@ -294,13 +300,13 @@ class RawValues:
 
     def texts(self, keyword: str) -> tuple[str, ...]:
         """All values of a string attribute (e.g. ImageType)."""
-        b = self.raw.get(Tag(keyword))
+        b = self.raw.get(_tag(keyword))
         if not b:
             return ()
         return tuple(p.strip(" \x00") for p in b.decode("latin-1").split("\\"))
 
     def uid(self, keyword: str) -> str:
-        s = self._text(Tag(keyword), "ascii") if self.raw.get(Tag(keyword)) is not None else None
+        s = self._text(_tag(keyword), "ascii") if self.raw.get(_tag(keyword)) is not None else None
         if not s:
             raise IngestError(f"{keyword} is missing", ERROR_CANNOT_UNDERSTAND)
         if not _UID_RE.match(s):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -108,8 +108,17 @@ _SPLITTERS: list[tuple[str, Callable[[SliceInfo], object]]] = [
 ]
 
 
-def _split_repeats(slices: list[SliceInfo], normal: np.ndarray, excluded: list[Excluded]) -> list[SliceInfo]:
-    """Pick one stack when positions repeat across temporal positions, echoes or acquisitions."""
+def _split_repeats(
+    slices: list[SliceInfo],
+    normal: np.ndarray,
+    excluded: list[Excluded],
+    prefer: Mapping[str, object] | None = None,
+) -> list[SliceInfo]:
+    """Pick one stack when positions repeat across temporal positions, echoes or acquisitions.
+
+    The largest stack wins (ties: the lowest key) unless ``prefer`` names the
+    value to keep, e.g. ``{"echo": 2}``.
+    """
     if not _duplicates(slices, normal):
         return slices
     for name, key in _SPLITTERS:
@@ -118,7 +127,17 @@ def _split_repeats(slices: list[SliceInfo], normal: np.ndarray, excluded: list[E
             groups[key(s)].append(s)
         if len(groups) < 2 or any(_duplicates(g, normal) for g in groups.values()):
             continue
-        ordered = sorted(groups.items(), key=lambda kv: (-len(kv[1]), str(kv[0])))
+        # Largest first; ties go to the first echo/position/acquisition (unnumbered first).
+        ordered = sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0] is not None, kv[0] if isinstance(kv[0], int) else 0))
+        if prefer and name in prefer:
+            wanted = [kv for kv in ordered if str(kv[0]) == str(prefer[name])]
+            if not wanted:
+                raise VolumeError(
+                    f"the rule asks for {name} {prefer[name]}, but the series has {name}s "
+                    f"{', '.join(str(k) for k, _ in ordered)}"
+                )
+            ordered.remove(wanted[0])
+            ordered.insert(0, wanted[0])
         chosen_key, chosen = ordered[0]
         for k, g in ordered[1:]:
             excluded.append(Excluded(len(g), f"other {name} ({k}); kept {name} {chosen_key}"))
@@ -132,7 +151,11 @@ def _split_repeats(slices: list[SliceInfo], normal: np.ndarray, excluded: list[E
 
 
 def choose_stack(
-    slices: Sequence[SliceInfo], *, gap_factor: float = 1.5, allow_nonuniform: bool = False
+    slices: Sequence[SliceInfo],
+    *,
+    gap_factor: float = 1.5,
+    allow_nonuniform: bool = False,
+    prefer: Mapping[str, object] | None = None,
 ) -> Stack:
     """Select, sort and check the stack of ``slices`` that becomes the volume.
 
@@ -144,6 +167,9 @@ def choose_stack(
         A step above ``gap_factor`` x the median spacing is a missing slice.
     allow_nonuniform : bool
         Accept slice spacing that varies (the caller resamples); refused by default.
+    prefer : mapping, optional
+        Which stack to keep when positions repeat: ``{"echo": 2}``,
+        ``{"temporal position": 1}`` or ``{"acquisition": 3}``.
 
     Raises
     ------
@@ -163,7 +189,7 @@ def choose_stack(
     if abs(float(np.dot(row_dir, col_dir))) > 1e-3:
         raise VolumeError(f"ImageOrientationPatient of {main[0].label} is not orthogonal")
     normal = np.cross(row_dir, col_dir)
-    main = _split_repeats(main, normal, excluded)
+    main = _split_repeats(main, normal, excluded, prefer)
     _check_matrix(main)
     ordered = sorted(main, key=lambda s: float(np.dot(s.position, normal)))  # type: ignore[arg-type]
     pos = np.array([s.position for s in ordered], dtype=float)

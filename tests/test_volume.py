@@ -171,6 +171,10 @@ def test_localizer_and_second_echo_are_left_out_and_recorded(tmp_path: Path) -> 
     assert vol.array.shape[0] == 10
     reasons = " | ".join(f"{e.count}: {e.reason}" for e in vol.excluded)
     assert "1: localizer" in reasons and "10: other echo" in reasons
+    second = reconstruct(d, VolumePolicy(prefer={"echo": 2}))
+    np.testing.assert_array_equal(second.array, vol.array + 1)
+    with pytest.raises(VolumeError, match="asks for echo 3"):
+        reconstruct(d, VolumePolicy(prefer={"echo": 3}))
 
 
 def _series(tmp_path: Path, n: int = 10, **kw: object) -> list[Path]:
