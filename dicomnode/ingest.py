@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import struct
 import zlib
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from dicomnode.errors import IngestError
 from dicomnode.header import InstanceHeader, parse_header
 from dicomnode.status import PROCESSING_FAILURE, REFUSED_OUT_OF_RESOURCES, SUCCESS, describe
 from storage.errors import DatabaseError, DiskFullError, StorageError
-from storage.files import durable_write, free_bytes
+from storage.files import durable_write, free_bytes, fsync_dir
 from storage.records import InstanceRecord, RecordOutcome, find_instance, record_instance
 
 logger = logging.getLogger(__name__)
@@ -107,6 +108,7 @@ class Ingestor:
         self.min_free_bytes = min_free_bytes
         self.on_stored = on_stored
         self._low_disk_logged = False
+        self._dir_syncer = ThreadPoolExecutor(max_workers=4, thread_name_prefix="dir-fsync")
 
     def store(
         self,
@@ -175,14 +177,41 @@ class Ingestor:
         size = len(PREAMBLE) + len(meta) + len(data)
         rel = Path(header.study_uid) / header.series_uid / f"{header.sop_uid}.dcm"
         path = self.incoming_dir / rel
+        dir_synced: Future[None] | None = None
         if not self._is_known_duplicate(header.sop_uid, path, size, crc):
-            durable_write(path, (PREAMBLE, meta, data))  # file, then rename, both fsynced
-        result = record_instance(self.engine, self._record(header, ts, rel, size, crc, assoc_uid, calling_ae))
+            durable_write(path, (PREAMBLE, meta, data), sync_dir=False)  # fsynced, renamed
+            # The rename becomes durable with the directory's fsync, which runs while
+            # the row is committed (the filesystem journals both in one go).  If we
+            # crash in between, Node.start() puts the fsynced temporary file back.
+            dir_synced = self._dir_syncer.submit(fsync_dir, path.parent)
+        try:
+            result = record_instance(self.engine, self._record(header, ts, rel, size, crc, assoc_uid, calling_ae))
+        finally:
+            if dir_synced is not None:
+                try:
+                    dir_synced.result()
+                except OSError as exc:
+                    raise StorageError(f"cannot sync directory of {path.name}: {exc.strerror}") from exc
         if result.reopened:
             logger.warning("series %d re-opened by an instance that arrived after completion", result.series_id)
         if self.on_stored is not None and result.outcome is not RecordOutcome.DUPLICATE:
             self.on_stored(result.series_id, bool(header.expected_count or header.temporal_positions))
         return StoreResult(SUCCESS, result.outcome, result.series_id, header.sop_uid)
+
+    def is_committed(self, tmp: Path, target: Path) -> bool:
+        """Whether the database holds exactly the content of ``tmp`` for ``target`` (crash recovery)."""
+        known = find_instance(self.engine, target.stem)
+        if known is None:
+            return False
+        raw = tmp.read_bytes()
+        if len(raw) != known[1] or raw[128:132] != b"DICM":
+            return False
+        group_len = struct.unpack_from("<L", raw, 140)[0]
+        return zlib.crc32(raw[144 + group_len :]) == known[2]
+
+    def close(self) -> None:
+        """Stop the helper threads."""
+        self._dir_syncer.shutdown(wait=True)
 
     def _is_known_duplicate(self, sop_uid: str, path: Path, size: int, crc: int) -> bool:
         # A byte-identical re-send need not be written again (saves an fsync).

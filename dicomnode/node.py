@@ -15,7 +15,7 @@ from dicomnode.config import Config
 from dicomnode.ingest import Ingestor
 from dicomnode.scp import StorageSCP
 from storage.database import migrate, open_engine
-from storage.files import ensure_dir, remove_stale_temp_files
+from storage.files import ensure_dir, recover_temp_files
 
 logger = logging.getLogger(__name__)
 
@@ -52,9 +52,13 @@ class Node:
         """
         ensure_dir(self.cfg.node.incoming_dir)
         migrate(self.engine)
-        stale = remove_stale_temp_files(self.cfg.node.incoming_dir)
-        if stale:
-            logger.warning("removed %d partial file(s) left by an earlier crash (never acknowledged)", stale)
+        restored, removed = recover_temp_files(self.cfg.node.incoming_dir, self.ingestor.is_committed)
+        if restored or removed:
+            logger.warning(
+                "after an earlier crash: %d committed file(s) restored, %d partial file(s) removed (never acknowledged)",
+                restored,
+                removed,
+            )
         self.monitor.start()
         return self.scp.start()
 
@@ -66,6 +70,7 @@ class Node:
         logger.info("stopping")
         self.scp.stop()
         self.monitor.stop()
+        self.ingestor.close()
         self.engine.dispose()
 
     def serve_forever(self, ready_file: Path | None = None) -> None:

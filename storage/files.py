@@ -12,7 +12,7 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from storage.errors import DiskFullError, StorageError
@@ -95,7 +95,9 @@ def durable_write(path: Path, chunks: Iterable[bytes | memoryview], *, sync_dir:
         Any other I/O failure.
     """
     ensure_dir(path.parent)
-    tmp = path.parent / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
+    # The temporary name ends with the final name, so that recovery after a
+    # crash knows where a complete temporary file belongs.
+    tmp = path.parent / f"{TEMP_PREFIX}{uuid.uuid4().hex}-{path.name}"
     written = 0
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
@@ -127,6 +129,47 @@ def free_bytes(path: Path) -> int:
     while not probe.exists():
         probe = probe.parent
     return shutil.disk_usage(probe).free
+
+
+def temp_target(tmp: Path) -> Path | None:
+    """The final path a temporary file from :func:`durable_write` was meant for."""
+    name = tmp.name
+    if not name.startswith(TEMP_PREFIX) or len(name) < len(TEMP_PREFIX) + 34 or name[len(TEMP_PREFIX) + 32] != "-":
+        return None
+    return tmp.parent / name[len(TEMP_PREFIX) + 33 :]
+
+
+def recover_temp_files(root: Path, is_committed: Callable[[Path, Path], bool]) -> tuple[int, int]:
+    """Finish or discard the temporary files a crash left under ``root``.
+
+    A writer that fsyncs the directory in parallel with its database commit can
+    crash after the commit but before the rename is durable.  The complete,
+    fsynced temporary file is then put in place, if ``is_committed(tmp, target)``
+    confirms that the database holds exactly this content.  Every other
+    temporary file was never acknowledged and is removed.
+
+    Returns
+    -------
+    (int, int)
+        Files restored, files removed.
+    """
+    restored = removed = 0
+    if not root.exists():
+        return 0, 0
+    for tmp in sorted(root.rglob(f"{TEMP_PREFIX}*")):
+        target = temp_target(tmp)
+        try:
+            if target is not None and not target.exists() and is_committed(tmp, target):
+                os.replace(tmp, target)
+                fsync_dir(target.parent)
+                restored += 1
+                logger.warning("restored %s from its temporary file after a crash", target.name)
+                continue
+            tmp.unlink()
+            removed += 1
+        except OSError as exc:
+            logger.warning("could not recover temporary file %s: %s", tmp, exc.strerror)
+    return restored, removed
 
 
 def remove_stale_temp_files(root: Path) -> int:

@@ -80,3 +80,42 @@ def test_kill9_mid_series_then_restart(tmp_path: Path, make_series: Callable[...
         engine.dispose()
     finally:
         node.stop()
+
+
+def test_restart_restores_committed_files_and_removes_partial_ones(tmp_path: Path, make_series: Callable[..., list[Path]]) -> None:
+    """A crash after the commit but before the rename was durable: the fsynced temp file is put back."""
+    import uuid
+
+    from dicomnode.config import load_config
+    from dicomnode.node import Node
+
+    cfg = load_config(write_config(tmp_path), environ={})
+    files = make_series("recover", slices=3)
+    node = Node(cfg)
+    port = node.start()
+    try:
+        report = send_files(list(iter_dicom_files(files)), parse_peer(f"DICOMNODE@127.0.0.1:{port}"))
+        assert report.sent == 3
+    finally:
+        node.stop()
+    stored = sorted(cfg.node.incoming_dir.rglob("*.dcm"))
+    original = stored[0].read_bytes()
+    # 1. committed row, rename lost: only the complete temporary file remains
+    lost = stored[0].parent / f".tmp-{uuid.uuid4().hex}-{stored[0].name}"
+    stored[0].rename(lost)
+    # 2. a partial write that was never acknowledged
+    partial = stored[0].parent / f".tmp-{uuid.uuid4().hex}-1.2.3.4.dcm"
+    partial.write_bytes(original[:1000])
+    # 3. a temp file for a committed SOP whose content differs from the database
+    stored[1].unlink()
+    wrong = stored[1].parent / f".tmp-{uuid.uuid4().hex}-{stored[1].name}"
+    wrong.write_bytes(original)
+
+    node = Node(cfg)
+    node.start()
+    try:
+        assert stored[0].read_bytes() == original
+        assert not lost.exists() and not partial.exists() and not wrong.exists()
+        assert not stored[1].exists()  # not restored from the wrong bytes; the sender will re-send it
+    finally:
+        node.stop()
