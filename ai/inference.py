@@ -1,0 +1,210 @@
+"""Sliding-window inference with Gaussian blending, batching and background skipping.
+
+Given a network and a preprocessed image tensor ``(C, D, H, W)``, the windows
+are cut, run several per batch under ``torch.inference_mode`` and blended
+back with a Gaussian importance map (the centre of a window is trusted more
+than its border).  Windows that hold only background (every input voxel
+below ``background_threshold``) are never run; voxels that no window covers
+come out as background.  On CUDA the windows run under autocast (bf16 where
+supported, else fp16) in ``channels_last_3d``; on CUDA out-of-memory the batch
+is halved, and at batch 1 the work moves on to the CPU instead of failing.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ai.errors import AIError
+
+logger = logging.getLogger(__name__)
+
+Predictor = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class WindowConfig:
+    """How to cut and blend windows."""
+
+    roi_size: tuple[int, int, int]
+    overlap: float = 0.25
+    batch_size: int = 4
+    sigma_scale: float = 0.125
+    background_threshold: float | None = None  # skip windows whose inputs all fall below this
+    amp: bool = True  # autocast on CUDA
+    channels_last: bool = True  # channels_last_3d on CUDA
+
+
+def select_device(preference: str = "auto") -> torch.device:
+    """``cuda`` when asked or available (``auto``), else the CPU."""
+    if preference == "cpu":
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if preference.startswith("cuda"):
+        logger.warning("CUDA was requested but is not available: running on the CPU")
+    return torch.device("cpu")
+
+
+def gaussian_importance(roi: Sequence[int], sigma_scale: float, device: torch.device) -> torch.Tensor:
+    """A separable Gaussian weight map of shape ``roi`` with its maximum at 1."""
+    maps = []
+    for n in roi:
+        sigma = max(n * sigma_scale, 1e-3)
+        x = torch.arange(n, dtype=torch.float32, device=device) - (n - 1) / 2
+        maps.append(torch.exp(-0.5 * (x / sigma) ** 2))
+    w = maps[0][:, None, None] * maps[1][None, :, None] * maps[2][None, None, :]
+    w = w / w.max()
+    return w.clamp_min(1e-3)  # never zero: every voxel of a window counts a little
+
+
+def window_starts(size: int, roi: int, overlap: float) -> list[int]:
+    """Start offsets along one axis: stride roi*(1-overlap), the last window flush with the end."""
+    if size <= roi:
+        return [0]
+    stride = max(1, int(roi * (1 - overlap)))
+    n = math.ceil((size - roi) / stride) + 1
+    starts = [min(i * stride, size - roi) for i in range(n)]
+    return sorted(set(starts))
+
+
+def _windows(shape: Sequence[int], roi: Sequence[int], overlap: float) -> Iterator[tuple[slice, slice, slice]]:
+    axes = [window_starts(s, r, overlap) for s, r in zip(shape, roi)]
+    for z, y, x in itertools.product(*axes):
+        yield (slice(z, z + roi[0]), slice(y, y + roi[1]), slice(x, x + roi[2]))
+
+
+def _is_oom(exc: BaseException) -> bool:
+    oom = getattr(torch.cuda, "OutOfMemoryError", None)
+    return (oom is not None and isinstance(exc, oom)) or "out of memory" in str(exc).lower()
+
+
+class _Runner:
+    """Runs batches on a device, halving the batch and then falling back to the CPU on OOM."""
+
+    def __init__(self, predictor: Predictor, device: torch.device, cfg: WindowConfig, to_cpu: Callable[[], Predictor] | None):
+        self.predictor = predictor
+        self.device = device
+        self.cfg = cfg
+        self.batch = max(1, cfg.batch_size)
+        self.to_cpu = to_cpu
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        if self.device.type == "cuda":
+            if self.cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last_3d)
+            if self.cfg.amp:
+                dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+                with torch.autocast("cuda", dtype=dtype):
+                    return self.predictor(x).float()
+        return self.predictor(x).float()
+
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        """Predict a batch of windows, splitting it as memory requires."""
+        outs = []
+        i = 0
+        while i < x.shape[0]:
+            chunk = x[i : i + self.batch]
+            try:
+                outs.append(self._forward(chunk).cpu())
+                i += chunk.shape[0]
+            except (RuntimeError, MemoryError) as exc:
+                if not _is_oom(exc):
+                    raise
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                if self.batch > 1:
+                    self.batch //= 2
+                    logger.warning("out of memory: retrying with %d window(s) per batch", self.batch)
+                elif self.device.type != "cpu" and self.to_cpu is not None:
+                    logger.warning("out of memory at one window per batch: finishing on the CPU")
+                    self.predictor = self.to_cpu()
+                    self.device = torch.device("cpu")
+                else:
+                    raise AIError("out of memory even for a single window on the CPU") from exc
+        return torch.cat(outs)
+
+
+def sliding_window(
+    image: torch.Tensor,
+    predictor: Predictor,
+    cfg: WindowConfig,
+    *,
+    device: torch.device | None = None,
+    out_channels: int | None = None,
+    to_cpu: Callable[[], Predictor] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> torch.Tensor:
+    """Blend window predictions over ``image`` (``(C, D, H, W)``) into ``(K, D, H, W)`` scores.
+
+    Parameters
+    ----------
+    image : torch.Tensor
+        Preprocessed input, channels first, on the CPU.
+    predictor : callable
+        Maps a batch ``(B, C, *roi)`` to ``(B, K, *roi)`` (logits or probabilities).
+    cfg : WindowConfig
+        Window size, overlap, batch size, background skipping, AMP.
+    device : torch.device, optional
+        Where the predictor runs (default: :func:`select_device`).
+    out_channels : int, optional
+        K; when every window is skipped it cannot be learnt from the network.
+    to_cpu : callable, optional
+        Returns a CPU predictor, used after CUDA out-of-memory at batch 1.
+    progress : callable, optional
+        Called with ``(windows done, windows total)``.
+
+    Returns
+    -------
+    torch.Tensor
+        Blended scores on the CPU; voxels no window covered score 1 for class 0.
+    """
+    if image.ndim != 4:
+        raise AIError(f"expected an image of shape (C, D, H, W), got {tuple(image.shape)}")
+    device = device or select_device()
+    roi = cfg.roi_size
+    spatial = image.shape[1:]
+    pad = [max(0, r - s) for r, s in zip(roi, spatial)]
+    if any(pad):  # pad small images up to one window, then crop back
+        image = F.pad(image, (0, pad[2], 0, pad[1], 0, pad[0]), mode="replicate" if image.numel() else "constant")
+    shape = image.shape[1:]
+    importance = gaussian_importance(roi, cfg.sigma_scale, torch.device("cpu"))
+    windows = list(_windows(shape, roi, cfg.overlap))
+    if cfg.background_threshold is not None:
+        keep = [w for w in windows if bool((image[(slice(None), *w)] >= cfg.background_threshold).any())]
+        if len(keep) < len(windows):
+            logger.debug("skipping %d of %d background windows", len(windows) - len(keep), len(windows))
+        windows_run = keep
+    else:
+        windows_run = windows
+    runner = _Runner(predictor, device, cfg, to_cpu)
+    scores: torch.Tensor | None = None
+    weight = torch.zeros(shape, dtype=torch.float32)
+    batch = max(1, cfg.batch_size)
+    with torch.inference_mode():
+        for b in range(0, len(windows_run), batch):
+            group = windows_run[b : b + batch]
+            x = torch.stack([image[(slice(None), *w)] for w in group])
+            y = runner.run(x)
+            if scores is None:
+                scores = torch.zeros((y.shape[1], *shape), dtype=torch.float32)
+            for w, pred in zip(group, y):
+                scores[(slice(None), *w)] += pred * importance
+                weight[w] += importance
+            if progress:
+                progress(min(b + batch, len(windows_run)), len(windows_run))
+    if scores is None:
+        if out_channels is None:
+            raise AIError("every window was background and the number of output channels is unknown")
+        scores = torch.zeros((out_channels, *shape), dtype=torch.float32)
+    covered = weight > 0
+    scores = torch.where(covered, scores / weight.clamp_min(1e-12), scores)
+    scores[0][~covered] = 1.0  # uncovered (skipped) voxels are background
+    return scores[:, : spatial[0], : spatial[1], : spatial[2]]
