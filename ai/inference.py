@@ -36,7 +36,8 @@ class WindowConfig:
     overlap: float = 0.25
     batch_size: int = 4
     sigma_scale: float = 0.125
-    background_threshold: float | None = None  # skip windows whose inputs all fall below this
+    background_threshold: float | None = None  # crop to, and skip windows outside, inputs >= this
+    crop_margin: int = 8  # voxels kept around the foreground bounding box
     amp: bool = True  # autocast on CUDA
     channels_last: bool = True  # channels_last_3d on CUDA
 
@@ -132,6 +133,28 @@ class _Runner:
         return torch.cat(outs)
 
 
+def foreground_box(image: torch.Tensor, cfg: WindowConfig) -> tuple[slice, slice, slice] | None:
+    """Bounding box of inputs >= ``cfg.background_threshold`` plus a margin, at least one ROI where possible.
+
+    Returns ``None`` when the whole image is background.
+    """
+    assert cfg.background_threshold is not None
+    fg = (image >= cfg.background_threshold).any(0)
+    if not bool(fg.any()):
+        return None
+    box = []
+    for axis, n in enumerate(image.shape[1:]):
+        other = tuple(a for a in range(3) if a != axis)
+        idx = torch.nonzero(fg.any(dim=other)).flatten()
+        lo, hi = max(0, int(idx[0]) - cfg.crop_margin), min(n, int(idx[-1]) + 1 + cfg.crop_margin)
+        short = cfg.roi_size[axis] - (hi - lo)  # grow to one window where the image allows
+        if short > 0:
+            lo, hi = max(0, lo - short // 2 - short % 2), min(n, hi + short // 2)
+            lo = max(0, min(lo, hi - cfg.roi_size[axis]))
+        box.append(slice(lo, hi))
+    return (box[0], box[1], box[2])
+
+
 def sliding_window(
     image: torch.Tensor,
     predictor: Predictor,
@@ -169,6 +192,34 @@ def sliding_window(
     if image.ndim != 4:
         raise AIError(f"expected an image of shape (C, D, H, W), got {tuple(image.shape)}")
     device = device or select_device()
+    if cfg.background_threshold is not None:
+        # Lay the windows over the foreground's bounding box only: fewer windows
+        # than skipping them one by one over the whole field of view.
+        box = foreground_box(image, cfg)
+        if box is None:
+            if out_channels is None:
+                raise AIError("the image is all background and the number of output channels is unknown")
+            out = torch.zeros((out_channels, *image.shape[1:]), dtype=torch.float32)
+            out[0] = 1.0
+            return out
+        if any(b.stop - b.start < n for b, n in zip(box, image.shape[1:])):
+            inner = _blend(image[(slice(None), *box)], predictor, cfg, device, out_channels, to_cpu, progress)
+            out = torch.zeros((inner.shape[0], *image.shape[1:]), dtype=torch.float32)
+            out[0] = 1.0
+            out[(slice(None), *box)] = inner
+            return out
+    return _blend(image, predictor, cfg, device, out_channels, to_cpu, progress)
+
+
+def _blend(
+    image: torch.Tensor,
+    predictor: Predictor,
+    cfg: WindowConfig,
+    device: torch.device,
+    out_channels: int | None,
+    to_cpu: Callable[[], Predictor] | None,
+    progress: Callable[[int, int], None] | None,
+) -> torch.Tensor:
     roi = cfg.roi_size
     spatial = image.shape[1:]
     pad = [max(0, r - s) for r, s in zip(roi, spatial)]
@@ -195,9 +246,10 @@ def sliding_window(
             y = runner.run(x)
             if scores is None:
                 scores = torch.zeros((y.shape[1], *shape), dtype=torch.float32)
+            y.mul_(importance)  # in place: no temporary per window
             for w, pred in zip(group, y):
-                scores[(slice(None), *w)] += pred * importance
-                weight[w] += importance
+                scores[(slice(None), *w)].add_(pred)
+                weight[w].add_(importance)
             if progress:
                 progress(min(b + batch, len(windows_run)), len(windows_run))
     if scores is None:

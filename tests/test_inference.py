@@ -117,3 +117,28 @@ def test_cuda_amp_agrees_with_cpu() -> None:
     cpu = sliding_window(x, net, cfg, device=torch.device("cpu"))
     gpu = sliding_window(x, net.cuda(), cfg, device=torch.device("cuda"))
     assert (cpu.argmax(0) == gpu.argmax(0)).float().mean() > 0.99
+
+
+def test_foreground_crop_runs_fewer_windows_and_matches_monai_on_the_crop() -> None:
+    from ai.inference import foreground_box
+
+    net = tiny_unet()
+    calls: list[int] = []
+
+    def predictor(b: torch.Tensor) -> torch.Tensor:
+        calls.append(b.shape[0])
+        return net(b)
+
+    x = torch.full((1, 48, 48, 48), -1.0)
+    x[:, 10:30, 12:28, 20:36] = torch.rand(20, 16, 16) + 0.5
+    cfg = WindowConfig(roi_size=(16, 16, 16), overlap=0.25, batch_size=4, background_threshold=0.0, crop_margin=2)
+    out = sliding_window(x, predictor, cfg, device=torch.device("cpu"))
+    box = foreground_box(x, cfg)
+    assert box == (slice(8, 32), slice(10, 30), slice(18, 38))
+    assert sum(calls) == 2 * 2 * 2  # 8 windows instead of 27 over the whole image
+    outside = torch.ones(48, 48, 48, dtype=torch.bool)
+    outside[box] = False
+    assert torch.all(out[0][outside] == 1.0) and torch.all(out[1:, outside] == 0.0)
+    with torch.inference_mode():
+        ref = sliding_window_inference(x[None][(slice(None), slice(None), *box)], (16, 16, 16), 4, net, overlap=0.25, mode="gaussian")[0]
+    torch.testing.assert_close(out[(slice(None), *box)], ref, atol=0.05, rtol=0.05)
