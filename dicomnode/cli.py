@@ -15,6 +15,7 @@ from pathlib import Path
 from dicomnode import __version__
 from dicomnode.config import Config, load_config
 from dicomnode.errors import ConfigError, DicomNodeError
+from ai.errors import AIError
 from storage.errors import StorageError
 
 logger = logging.getLogger("dicomnode")
@@ -161,6 +162,44 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    from ai.bundle import BundleError, check_bundle, load_bundle
+
+    configure_logging(args.log_level or "WARNING")
+    if args.action == "list":
+        root = Path(args.dir)
+        found = 0
+        for d in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
+            try:
+                b = load_bundle(d)
+            except BundleError as exc:
+                print(f"{d.name:<28} BROKEN: {exc}")
+                continue
+            found += 1
+            print(f"{b.name:<28} {b.version:<10} {b.task:<15} {','.join(b.modalities) or '-':<6} {b.weights_format}")
+        if not found:
+            print(f"no valid bundle under {root}")
+        return EXIT_OK
+    if args.action == "show":
+        b = load_bundle(Path(args.bundle))
+        print(f"{b.name} {b.version} ({b.task}, {b.weights_format} weights)")
+        print(f"  modalities: {', '.join(b.modalities) or 'any'}; body parts: {', '.join(b.body_parts) or 'any'}")
+        print(f"  input: spacing {b.spacing or 'native'} mm, orientation {b.orientation}, normalization {b.normalization}")
+        print(f"  inference: ROI {b.roi_size}, overlap {b.overlap}, batch {b.batch_size}")
+        for lb in b.labels:
+            code = f"SNOMED CT {lb.snomed_code} {lb.snomed_meaning}" if lb.snomed_code else "no code"
+            print(f"  label {lb.value}: {lb.name} ({code}), colour {lb.color}{', lesion' if lb.lesion else ''}")
+        print(f"  intended use: {b.intended_use or '(not stated)'}")
+        return EXIT_OK
+    try:
+        b = check_bundle(Path(args.bundle))
+    except BundleError as exc:
+        print(f"dicomnode models check: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"{b.name} {b.version}: OK ({b.weights_format} weights load, a {b.roi_size} window gives {b.out_channels} channels)")
+    return EXIT_OK
+
+
 # ------------------------------------------------------------------- parser
 
 
@@ -262,6 +301,24 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: the largest stack)",
     )
     p.set_defaults(func=cmd_convert)
+    p = sub.add_parser(
+        "models",
+        help="list, show or check model bundles",
+        description=(
+            "Model bundles are directories with a manifest.json and weights (TorchScript, a state_dict of a "
+            "named MONAI architecture, or ONNX); MONAI Model Zoo bundles load too. 'check' validates a bundle, "
+            "loads its weights and runs one window through it, and explains what is wrong if anything is."
+        ),
+    )
+    common(p, config=False)
+    msub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    m = msub.add_parser("list", help="the bundles in a directory")
+    m.add_argument("--dir", default=str(Path(__file__).resolve().parents[1] / "ai" / "bundles"), help="where bundles live (default: the shipped ones)")
+    m = msub.add_parser("show", help="what a bundle is and does")
+    m.add_argument("bundle", help="bundle directory")
+    m = msub.add_parser("check", help="validate a bundle and run one window through it")
+    m.add_argument("bundle", help="bundle directory")
+    p.set_defaults(func=cmd_models)
     return parser
 
 
@@ -271,7 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except (DicomNodeError, StorageError) as exc:
+    except (DicomNodeError, StorageError, AIError) as exc:
         print(f"dicomnode {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:

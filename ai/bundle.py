@@ -1,0 +1,266 @@
+"""Model bundles: a directory with ``manifest.json`` and weights, documented in ``docs/models.md``.
+
+Weights come in one of three forms: TorchScript (``torchscript``), a
+``state_dict`` of a named MONAI architecture (``state_dict``), or ONNX run by
+onnxruntime (``onnx``).  A MONAI Model Zoo bundle (``configs/metadata.json``,
+``models/model.ts``) loads as well.  :func:`load_bundle` checks everything
+and raises :class:`BundleError` listing every problem, in words.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ai.errors import AIError
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+TASKS = ("segmentation", "classification")
+FORMATS = ("torchscript", "state_dict", "onnx")
+ARCHITECTURES = ("UNet", "SegResNet", "SwinUNETR", "DenseNet121")
+NORMALIZATIONS = ("window", "zscore", "scale", "none")
+
+
+class BundleError(AIError):
+    """A model bundle is missing, malformed or its weights do not load."""
+
+
+@dataclass(frozen=True)
+class Label:
+    """One output class of a segmentation model (or one class of a classifier)."""
+
+    value: int
+    name: str
+    snomed_code: str | None = None
+    snomed_meaning: str | None = None
+    category_code: str | None = None
+    category_meaning: str | None = None
+    color: tuple[int, int, int] = (255, 0, 0)
+    lesion: bool = False  # measured per connected component
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A validated model bundle."""
+
+    path: Path
+    name: str
+    version: str
+    task: str
+    modalities: tuple[str, ...]
+    body_parts: tuple[str, ...]
+    spacing: tuple[float, float, float] | None
+    orientation: str
+    normalization: dict[str, Any]
+    roi_size: tuple[int, int, int]
+    overlap: float
+    batch_size: int
+    background_threshold: float | None
+    labels: tuple[Label, ...]
+    postprocessing: dict[str, Any]
+    intended_use: str
+    weights_format: str
+    weights_file: Path
+    architecture: dict[str, Any] = field(default_factory=dict)
+    in_channels: int = 1
+
+    @property
+    def out_channels(self) -> int:
+        """Network outputs: background plus one per label for segmentation, one per class otherwise."""
+        return len(self.labels) + 1 if self.task == "segmentation" else len(self.labels)
+
+    def predictor(self, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+        """A callable ``(B, C, D, H, W) -> (B, K, ...)`` on ``device``.
+
+        Raises
+        ------
+        BundleError
+            The weights do not load.
+        """
+        try:
+            if self.weights_format == "torchscript":
+                module = torch.jit.load(str(self.weights_file), map_location=device).eval()
+                return module  # type: ignore[no-any-return]
+            if self.weights_format == "state_dict":
+                net = build_network(self.architecture, self.in_channels, self.out_channels)
+                state = torch.load(self.weights_file, map_location="cpu", weights_only=True)
+                if isinstance(state, dict) and "state_dict" in state:
+                    state = state["state_dict"]
+                net.load_state_dict(state, strict=True)
+                return net.to(device).eval()  # type: ignore[no-any-return]
+            return _onnx_predictor(self.weights_file, device)
+        except BundleError:
+            raise
+        except Exception as exc:
+            raise BundleError(f"bundle {self.name}: weights {self.weights_file.name} do not load: {exc}") from exc
+
+
+def build_network(arch: dict[str, Any], in_channels: int, out_channels: int) -> torch.nn.Module:
+    """A MONAI network from ``{"name": ..., "params": {...}}``."""
+    from monai.networks import nets
+
+    name = arch.get("name")
+    if name not in ARCHITECTURES:
+        raise BundleError(f"architecture {name!r} is not one of {', '.join(ARCHITECTURES)}")
+    params = dict(arch.get("params", {}))
+    try:
+        return getattr(nets, name)(spatial_dims=3, in_channels=in_channels, out_channels=out_channels, **params)  # type: ignore[no-any-return]
+    except TypeError as exc:
+        raise BundleError(f"architecture {name}: bad parameters {params}: {exc}") from exc
+
+
+def _onnx_predictor(path: Path, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    import onnxruntime as ort
+
+    providers = ["CPUExecutionProvider"]
+    if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
+    session = ort.InferenceSession(str(path), providers=providers)
+    name = session.get_inputs()[0].name
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        y = session.run(None, {name: x.detach().cpu().numpy().astype(np.float32)})[0]
+        return torch.from_numpy(y).to(x.device)
+
+    return run
+
+
+def _problems_in(m: dict[str, Any], path: Path) -> list[str]:
+    problems: list[str] = []
+    for key in ("name", "version", "task", "labels", "weights", "inference"):
+        if key not in m:
+            problems.append(f"missing '{key}'")
+    if m.get("task") not in TASKS:
+        problems.append(f"task must be one of {', '.join(TASKS)}, not {m.get('task')!r}")
+    w = m.get("weights", {})
+    if w.get("format") not in FORMATS:
+        problems.append(f"weights.format must be one of {', '.join(FORMATS)}, not {w.get('format')!r}")
+    elif not (path / str(w.get("file", ""))).is_file():
+        problems.append(f"weights file {w.get('file')!r} does not exist in {path}")
+    if w.get("format") == "state_dict" and (w.get("architecture") or {}).get("name") not in ARCHITECTURES:
+        problems.append(f"weights.architecture.name must be one of {', '.join(ARCHITECTURES)} for a state_dict")
+    inf = m.get("inference", {})
+    roi = inf.get("roi_size")
+    if not (isinstance(roi, list) and len(roi) == 3 and all(isinstance(v, int) and v > 0 for v in roi)):
+        problems.append(f"inference.roi_size must be three positive integers, not {roi!r}")
+    if not 0 <= float(inf.get("overlap", 0.25)) < 1:
+        problems.append("inference.overlap must be in [0, 1)")
+    norm = m.get("input", {}).get("normalization", {"kind": "none"})
+    if norm.get("kind") not in NORMALIZATIONS:
+        problems.append(f"input.normalization.kind must be one of {', '.join(NORMALIZATIONS)}")
+    spacing = m.get("input", {}).get("spacing")
+    if spacing is not None and not (isinstance(spacing, list) and len(spacing) == 3 and all(v > 0 for v in spacing)):
+        problems.append(f"input.spacing must be three positive numbers, not {spacing!r}")
+    labels = m.get("labels", [])
+    values = [lb.get("value") for lb in labels if isinstance(lb, dict)]
+    if not labels or len(values) != len(labels):
+        problems.append("labels must be a non-empty list of objects")
+    elif len(set(values)) != len(values):
+        problems.append("label values must be unique")
+    for lb in labels if isinstance(labels, list) else []:
+        if not isinstance(lb, dict) or "name" not in lb:
+            problems.append(f"label {lb!r} has no name")
+            continue
+        color = lb.get("color", [255, 0, 0])
+        if not (isinstance(color, list) and len(color) == 3 and all(isinstance(c, int) and 0 <= c <= 255 for c in color)):
+            problems.append(f"label {lb['name']!r}: color must be three integers 0-255")
+    if m.get("task") == "segmentation" and values and sorted(values) != list(range(1, len(values) + 1)):
+        problems.append("segmentation label values must be 1..N (0 is background)")
+    return problems
+
+
+def load_bundle(path: Path) -> Bundle:
+    """Read and validate a bundle directory (dicomnode manifest or MONAI Model Zoo layout).
+
+    Raises
+    ------
+    BundleError
+        With every problem found, e.g. ``bundle x: missing 'labels'; weights file 'model.ts' does not exist``.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise BundleError(f"{path} is not a bundle directory")
+    if (path / MANIFEST).is_file():
+        try:
+            m = json.loads((path / MANIFEST).read_text())
+        except json.JSONDecodeError as exc:
+            raise BundleError(f"{path / MANIFEST} is not valid JSON: {exc}") from exc
+    elif (path / "configs" / "metadata.json").is_file():
+        from ai.monai_bundle import manifest_from_monai
+
+        m = manifest_from_monai(path)
+    else:
+        raise BundleError(f"{path} has neither {MANIFEST} nor configs/metadata.json (a MONAI bundle)")
+    problems = _problems_in(m, path)
+    if problems:
+        raise BundleError(f"bundle {m.get('name', path.name)}: " + "; ".join(problems))
+    inp, inf, w = m.get("input", {}), m["inference"], m["weights"]
+    return Bundle(
+        path=path,
+        name=m["name"],
+        version=str(m["version"]),
+        task=m["task"],
+        modalities=tuple(m.get("modalities", [])),
+        body_parts=tuple(m.get("body_parts", [])),
+        spacing=tuple(inp["spacing"]) if inp.get("spacing") else None,  # type: ignore[arg-type]
+        orientation=inp.get("orientation", "LPS"),
+        normalization=inp.get("normalization", {"kind": "none"}),
+        roi_size=tuple(inf["roi_size"]),  # type: ignore[arg-type]
+        overlap=float(inf.get("overlap", 0.25)),
+        batch_size=int(inf.get("batch_size", 2)),
+        background_threshold=inf.get("background_threshold"),
+        labels=tuple(
+            Label(
+                value=int(lb["value"]),
+                name=lb["name"],
+                snomed_code=(lb.get("snomed") or {}).get("code"),
+                snomed_meaning=(lb.get("snomed") or {}).get("meaning"),
+                category_code=(lb.get("category") or {}).get("code"),
+                category_meaning=(lb.get("category") or {}).get("meaning"),
+                color=tuple(lb.get("color", [255, 0, 0])),  # type: ignore[arg-type]
+                lesion=bool(lb.get("lesion", False)),
+            )
+            for lb in m["labels"]
+        ),
+        postprocessing=m.get("postprocessing", {}),
+        intended_use=m.get("intended_use", ""),
+        weights_format=w["format"],
+        weights_file=path / w["file"],
+        architecture=w.get("architecture", {}),
+        in_channels=int(inp.get("channels", 1)),
+    )
+
+
+def check_bundle(path: Path, device: torch.device | None = None) -> Bundle:
+    """Validate a bundle and run one window through it.
+
+    Raises
+    ------
+    BundleError
+        The manifest is invalid, the weights do not load, or the network's
+        output does not have the channels the labels promise.
+    """
+    bundle = load_bundle(path)
+    device = device or torch.device("cpu")
+    predictor = bundle.predictor(device)
+    x = torch.zeros((1, bundle.in_channels, *bundle.roi_size), device=device)
+    try:
+        with torch.inference_mode():
+            y = predictor(x)
+    except Exception as exc:
+        raise BundleError(f"bundle {bundle.name}: a {bundle.roi_size} window does not run: {exc}") from exc
+    if y.shape[1] != bundle.out_channels:
+        raise BundleError(
+            f"bundle {bundle.name}: the network outputs {y.shape[1]} channels, but {len(bundle.labels)} label(s) "
+            f"need {bundle.out_channels}"
+        )
+    return bundle
