@@ -1,0 +1,136 @@
+"""Run a model bundle on a volume: preprocess, infer, invert, post-process, measure.
+
+The input is plain arrays (``[z, y, x]`` intensities, spacing, direction);
+the outputs are on the source voxel grid.  No DICOM here.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ai.bundle import Bundle
+from ai.errors import AIError
+from ai.inference import WindowConfig, select_device, sliding_window
+from ai.measure import LabelMeasurement, measure
+from ai.postprocess import fill_holes, keep_largest, remove_small, to_labels
+from ai.preprocess import prepare
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Result:
+    """What a model produced for one volume, on the source grid."""
+
+    labels: np.ndarray | None = None  # [z, y, x] uint8, segmentation
+    probabilities: np.ndarray | None = None  # (K, z, y, x) float32, segmentation (if asked)
+    class_probabilities: dict[str, float] = field(default_factory=dict)  # classification
+    measurements: list[LabelMeasurement] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    device: str = "cpu"
+
+
+class Engine:
+    """A loaded bundle, kept between volumes.
+
+    Parameters
+    ----------
+    bundle : Bundle
+        A validated bundle.
+    device : str
+        ``auto`` (CUDA when there is one), ``cpu`` or ``cuda``.
+    compile : bool
+        ``torch.compile`` the network on CUDA (slow first call, faster after).
+    """
+
+    def __init__(self, bundle: Bundle, device: str = "auto", compile: bool = False) -> None:
+        self.bundle = bundle
+        self.device = select_device(device)
+        predictor = bundle.predictor(self.device)
+        if compile and self.device.type == "cuda" and isinstance(predictor, torch.nn.Module):
+            predictor = torch.compile(predictor)  # type: ignore[assignment]
+        self.predictor = predictor
+
+    def _cpu_predictor(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        return self.bundle.predictor(torch.device("cpu"))
+
+    def run(
+        self,
+        array: np.ndarray,
+        spacing_xyz: tuple[float, float, float],
+        direction: np.ndarray,
+        *,
+        keep_probabilities: bool = False,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> Result:
+        """Segment or classify one volume.
+
+        Raises
+        ------
+        AIError
+            The volume is empty or the model fails.
+        """
+        b = self.bundle
+        if array.ndim != 3 or min(array.shape) < 1:
+            raise AIError(f"expected a 3D volume, got shape {array.shape}")
+        res = Result(device=str(self.device))
+        t0 = time.perf_counter()
+        pp: dict[str, Any] = b.postprocessing
+        prepared = prepare(
+            array,
+            spacing_xyz,
+            direction,
+            orientation=b.orientation,
+            target_spacing_xyz=b.spacing,
+            normalization=b.normalization,
+            foreground_above=pp.get("crop_foreground_above"),
+        )
+        res.timings["preprocess"] = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        if b.task == "classification":
+            x = F.interpolate(prepared.tensor[None], size=b.roi_size, mode="trilinear", align_corners=False)
+            with torch.inference_mode():
+                logits = self.predictor(x.to(self.device)).float().cpu()[0]
+            probs = torch.softmax(logits, 0) if logits.numel() > 1 else torch.sigmoid(logits)
+            res.class_probabilities = {lb.name: float(p) for lb, p in zip(b.labels, probs)}
+            res.timings["infer"] = time.perf_counter() - t1
+            return res
+        cfg = WindowConfig(
+            roi_size=b.roi_size, overlap=b.overlap, batch_size=b.batch_size, background_threshold=b.background_threshold
+        )
+        scores = sliding_window(
+            prepared.tensor, self.predictor, cfg, device=self.device, out_channels=b.out_channels,
+            to_cpu=self._cpu_predictor, progress=progress,
+        )
+        scores = torch.softmax(scores, 0) if pp.get("softmax", True) else scores
+        res.timings["infer"] = time.perf_counter() - t1
+        t2 = time.perf_counter()
+        source_scores = prepared.invert_scores(scores)
+        labels = to_labels(torch.from_numpy(source_scores), threshold=pp.get("threshold"))
+        if pp.get("keep_largest"):
+            labels = keep_largest(labels, pp["keep_largest"])
+        if pp.get("min_size_mm3"):
+            voxel_mm3 = float(np.prod(spacing_xyz))
+            labels = remove_small(labels, max(1, int(pp["min_size_mm3"] / voxel_mm3)))
+        if pp.get("fill_holes"):
+            labels = fill_holes(labels, pp["fill_holes"] if isinstance(pp["fill_holes"], list) else None)
+        res.labels = labels
+        if keep_probabilities:
+            res.probabilities = source_scores.astype(np.float32)
+        res.measurements = measure(
+            labels,
+            spacing_xyz,
+            {lb.value: lb.name for lb in b.labels},
+            image=array,
+            lesion_values=[lb.value for lb in b.labels if lb.lesion],
+        )
+        res.timings["postprocess"] = time.perf_counter() - t2
+        return res
