@@ -97,6 +97,10 @@ class _Runner:
         self.to_cpu = to_cpu
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return self._forward_inner(x).clone()  # a normal tensor: callers may update it in place
+
+    def _forward_inner(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, non_blocking=True)
         if self.device.type == "cuda":
             if self.cfg.channels_last:
@@ -239,7 +243,9 @@ def _blend(
     scores: torch.Tensor | None = None
     weight = torch.zeros(shape, dtype=torch.float32)
     batch = max(1, cfg.batch_size)
-    with torch.inference_mode():
+    # The network runs under inference_mode (in _Runner); blending only needs no_grad,
+    # which lets the volume-sized accumulators be updated in place.
+    with torch.no_grad():
         for b in range(0, len(windows_run), batch):
             group = windows_run[b : b + batch]
             x = torch.stack([image[(slice(None), *w)] for w in group])
@@ -256,7 +262,9 @@ def _blend(
         if out_channels is None:
             raise AIError("every window was background and the number of output channels is unknown")
         scores = torch.zeros((out_channels, *shape), dtype=torch.float32)
-    covered = weight > 0
-    scores = torch.where(covered, scores / weight.clamp_min(1e-12), scores)
-    scores[0][~covered] = 1.0  # uncovered (skipped) voxels are background
+    # In place: these tensors are the size of the volume (138 MB for 3 classes at 200x240x240).
+    uncovered = weight == 0 if len(windows_run) < len(windows) else None
+    scores.div_(weight.clamp_min_(1e-12))
+    if uncovered is not None:
+        scores[0][uncovered] = 1.0  # voxels only skipped windows covered are background
     return scores[:, : spatial[0], : spatial[1], : spatial[2]]
