@@ -34,6 +34,8 @@ from storage.records import RecordOutcome
 
 logger = logging.getLogger(__name__)
 
+_STATS = "_dicomnode_stats"
+
 
 
 @dataclass
@@ -80,7 +82,8 @@ class StorageSCP:
         self.cfg = cfg
         self.ingestor = ingestor
         self.on_released = on_released
-        self._assocs: dict[int, AssociationStats] = {}
+        # Stats live on the Association object itself (attribute _STATS): keying a
+        # dict by id() broke when a closed association's id was reused by a new one.
         self._lock = threading.Lock()
         self._networks = [ipaddress.ip_network(h, strict=False) for h in cfg.allowed_hosts]
         self.server: ThreadedAssociationServer | None = None
@@ -188,7 +191,7 @@ class StorageSCP:
             peer=f"{assoc.requestor.address}:{assoc.requestor.port}",
         )
         with self._lock:
-            self._assocs[id(assoc)] = stats
+            setattr(assoc, _STATS, stats)
         logger.info("association %s accepted from %s@%s", stats.uid[:8], stats.calling_ae, stats.peer)
 
     def _on_rejected(self, event: evt.Event) -> None:
@@ -204,10 +207,10 @@ class StorageSCP:
 
     def _stats(self, assoc: Association) -> AssociationStats:
         with self._lock:
-            stats = self._assocs.get(id(assoc))
+            stats = getattr(assoc, _STATS, None)
             if stats is None:  # should not happen; keep going rather than fail the store
                 stats = AssociationStats(str(uuid.uuid4()), assoc.requestor.ae_title.strip(), "?")
-                self._assocs[id(assoc)] = stats
+                setattr(assoc, _STATS, stats)
             return stats
 
     def _summary(self, stats: AssociationStats, how: str) -> None:
@@ -224,7 +227,7 @@ class StorageSCP:
 
     def _on_released(self, event: evt.Event) -> None:
         with self._lock:
-            stats = self._assocs.pop(id(event.assoc), None)
+            stats = event.assoc.__dict__.pop(_STATS, None)
         if stats is None:
             return
         self._summary(stats, "released")
@@ -233,15 +236,15 @@ class StorageSCP:
 
     def _on_aborted(self, event: evt.Event) -> None:
         with self._lock:
-            stats = self._assocs.pop(id(event.assoc), None)
+            stats = event.assoc.__dict__.pop(_STATS, None)
         if stats is not None:
             self._summary(stats, "aborted")
 
     def _on_closed(self, event: evt.Event) -> None:
-        with self._lock:
-            stats = self._assocs.pop(id(event.assoc), None)
-        if stats is not None:  # connection dropped without release or abort
-            self._summary(stats, "closed without release")
+        # The TCP close can be seen before the reactor thread reports the release
+        # (the peer hangs up as soon as it has our A-RELEASE-RP), so the stats
+        # stay for EVT_RELEASED / EVT_ABORTED, which pynetdicom always sends after.
+        logger.debug("connection of association closed")
 
     # -- DIMSE services ----------------------------------------------------
     def _on_echo(self, event: evt.Event) -> int:
