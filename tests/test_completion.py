@@ -41,7 +41,7 @@ def test_expected_count_completes_before_the_association_ends(
 def test_one_instance_per_association_waits_for_the_quiet_period(
     node_factory: Callable[..., Node], make_series: Callable[..., list[Path]]
 ) -> None:
-    node = node_factory(series_toml="quiet_seconds = 1.5")
+    node = node_factory(series_toml="quiet_seconds = 3")
     files = make_series("single", slices=5)
     dest = parse_peer(f"DICOMNODE@127.0.0.1:{node.cfg.node.port}")
     for info in iter_dicom_files(files):
