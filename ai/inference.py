@@ -97,10 +97,6 @@ class _Runner:
         self.to_cpu = to_cpu
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            return self._forward_inner(x).clone()  # a normal tensor: callers may update it in place
-
-    def _forward_inner(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, non_blocking=True)
         if self.device.type == "cuda":
             if self.cfg.channels_last:
@@ -240,18 +236,23 @@ def _blend(
     else:
         windows_run = windows
     runner = _Runner(predictor, device, cfg, to_cpu)
-    scores: torch.Tensor | None = None
     weight = torch.zeros(shape, dtype=torch.float32)
     batch = max(1, cfg.batch_size)
-    # The network runs under inference_mode (in _Runner); blending only needs no_grad,
-    # which lets the volume-sized accumulators be updated in place.
-    with torch.no_grad():
+    # The accumulators are normal tensors made outside inference_mode (callers may
+    # update the result in place); inside it, updating them in place is allowed.
+    scores: torch.Tensor | None = None
+    if windows_run:
+        with torch.inference_mode():
+            first = runner.run(torch.stack([image[(slice(None), *w)] for w in windows_run[:batch]]))
+        scores = torch.zeros((first.shape[1], *shape), dtype=torch.float32)
+    with torch.inference_mode():
         for b in range(0, len(windows_run), batch):
             group = windows_run[b : b + batch]
-            x = torch.stack([image[(slice(None), *w)] for w in group])
-            y = runner.run(x)
-            if scores is None:
-                scores = torch.zeros((y.shape[1], *shape), dtype=torch.float32)
+            if b == 0:
+                y = first
+            else:
+                y = runner.run(torch.stack([image[(slice(None), *w)] for w in group]))
+            assert scores is not None
             y.mul_(importance)  # in place: no temporary per window
             for w, pred in zip(group, y):
                 scores[(slice(None), *w)].add_(pred)
