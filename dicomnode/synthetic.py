@@ -96,8 +96,12 @@ def phantom_slice(spec: SeriesSpec, index: int) -> np.ndarray:
     return np.clip(stored, 0, 4095).astype(np.uint16)
 
 
-def make_slice(spec: SeriesSpec, index: int) -> Dataset:
-    """One CT Image Storage dataset (with file meta) of the series."""
+def make_slice(spec: SeriesSpec, index: int, stored: np.ndarray | None = None) -> Dataset:
+    """One CT Image Storage dataset (with file meta) of the series.
+
+    ``stored`` replaces the built-in phantom's pixels (rows x columns, uint16, or
+    int16 when ``spec.signed``).
+    """
     now = datetime(2026, 1, 2, 3, 4, 5)
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
@@ -147,12 +151,19 @@ def make_slice(spec: SeriesSpec, index: int) -> Dataset:
     ds.RescaleSlope = f"{slope:g}"
     ds.RescaleType = "HU"
     ds.WindowCenter, ds.WindowWidth = -600, 1500
-    ds.PixelData = phantom_slice(spec, index).tobytes()
+    pixels = phantom_slice(spec, index) if stored is None else stored
+    if pixels.shape != (spec.rows, spec.columns):
+        raise ValueError(f"slice {index} has shape {pixels.shape}, not {spec.rows}x{spec.columns}")
+    ds.PixelData = pixels.astype(np.int16 if spec.signed else np.uint16).tobytes()
     return ds
 
 
-def write_series(spec: SeriesSpec, out_dir: Path, indices: Sequence[int] | None = None) -> list[Path]:
+def write_series(
+    spec: SeriesSpec, out_dir: Path, indices: Sequence[int] | None = None, volume: np.ndarray | None = None
+) -> list[Path]:
     """Write the series (or only ``indices``) as Part 10 files ``IM0001.dcm``...
+
+    ``volume`` (``[z, y, x]``) gives the stored pixels instead of the built-in phantom.
 
     Returns
     -------
@@ -163,6 +174,6 @@ def write_series(spec: SeriesSpec, out_dir: Path, indices: Sequence[int] | None 
     paths = []
     for i in range(spec.slices) if indices is None else indices:
         p = out_dir / f"IM{i + 1:04d}.dcm"
-        make_slice(spec, i).save_as(p, enforce_file_format=True)
+        make_slice(spec, i, None if volume is None else volume[i]).save_as(p, enforce_file_format=True)
         paths.append(p)
     return paths
