@@ -168,19 +168,41 @@ def cmd_phantom(args: argparse.Namespace) -> int:
 
     configure_logging(args.log_level or "WARNING")
     out = Path(args.out)
-    ph = generate(args.seed, matrix=args.matrix, slices=args.slices)
-    px, _, dz = ph.spacing
-    nz, ny, nx = ph.hu.shape
-    spec = SeriesSpec(
-        slices=nz, rows=ny, columns=nx, pixel_spacing=(px, px), slice_spacing=dz,
-        origin=(-nx * px / 2 + px / 2, -ny * px / 2 + px / 2, 0.0), seed=f"phantom-{args.seed}",
-        patient_id=f"PHANTOM-{args.seed:04d}", patient_name=f"Phantom^{args.seed}", signed=True,
+    out.mkdir(parents=True, exist_ok=True)
+    for seed in range(args.seed, args.seed + args.count):
+        ph = generate(seed, matrix=args.matrix, slices=args.slices)
+        px, _, dz = ph.spacing
+        nz, ny, nx = ph.hu.shape
+        where = []
+        if args.format in ("nifti", "both"):
+            ph.write_nifti(out / f"phantom_{seed:04d}_image.nii.gz", out / f"phantom_{seed:04d}_labels.nii.gz")
+            where.append("NIfTI")
+        if args.format in ("dicom", "both"):
+            spec = SeriesSpec(
+                slices=nz, rows=ny, columns=nx, pixel_spacing=(px, px), slice_spacing=dz,
+                origin=(-nx * px / 2 + px / 2, -ny * px / 2 + px / 2, 0.0), seed=f"phantom-{seed}",
+                patient_id=f"PHANTOM-{seed:04d}", patient_name=f"Phantom^{seed}", signed=True,
+            )
+            write_series(spec, out / f"phantom_{seed:04d}_dicom", volume=ph.hu)
+            where.append("DICOM")
+        sizes = ", ".join(f"{n.diameter_mm:.1f}" for n in ph.nodules) or "none"
+        print(f"phantom {seed}: {nx}x{ny}x{nz} ({px:.2f} x {px:.2f} x {dz:.2f} mm) as {' and '.join(where)}; nodules (mm): {sizes}")
+    return EXIT_OK
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ai.train import TrainConfig, train
+
+    configure_logging(args.log_level or "INFO")
+    cfg = TrainConfig(
+        data=args.data, out=args.out, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
+        patch=tuple(args.patch), batch_size=args.batch_size, lr=args.lr, workers=args.workers,  # type: ignore[arg-type]
+        seed=args.seed, resume=not args.no_resume,
+        spacing=tuple(args.spacing),  # type: ignore[arg-type]
     )
-    files = write_series(spec, out / "dicom", volume=ph.hu)
-    if args.nifti:
-        ph.write_nifti(out / "image.nii.gz", out / "labels.nii.gz")
-    sizes = ", ".join(f"{n.diameter_mm:.1f}" for n in ph.nodules) or "none"
-    print(f"wrote {len(files)} CT slices of {nx}x{ny} ({px:.2f} x {px:.2f} x {dz:.2f} mm) to {out / 'dicom'}; nodules (mm): {sizes}")
+    result = train(cfg, progress=not args.quiet)
+    last = result["history"][-1] if result["history"] else {}
+    print(f"trained {result['steps']} step(s); last epoch: {json.dumps(last)}; bundle in {args.out}")
     return EXIT_OK
 
 
@@ -334,11 +356,40 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common(p, config=False)
     p.add_argument("out", help="output folder")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the first phantom (default: %(default)s)")
+    p.add_argument("--count", type=int, default=1, help="how many phantoms, seeds seed..seed+count-1 (default: 1)")
     p.add_argument("--matrix", type=int, default=512, help="rows and columns (default: %(default)s)")
     p.add_argument("--slices", type=int, help="number of slices (default: 260-320 mm of chest)")
-    p.add_argument("--nifti", action="store_true", help="also write image.nii.gz and labels.nii.gz")
+    p.add_argument(
+        "--format", choices=["dicom", "nifti", "both"], default="dicom",
+        help="phantom_NNNN_dicom/ series, phantom_NNNN_image/labels.nii.gz pairs for training, or both",
+    )
     p.set_defaults(func=cmd_phantom)
+
+    p = sub.add_parser(
+        "train",
+        help="train a segmentation model on NIfTI image/label pairs and export it as a bundle",
+        description=(
+            "Train a MONAI 3D UNet (Dice+CE, AdamW, cosine schedule, AMP on CUDA) on *_image.nii.gz / "
+            "*_labels.nii.gz pairs, validating each epoch and checkpointing (re-running resumes). Exports a "
+            "bundle with state_dict, TorchScript and ONNX weights. Run it under 'torchrun --nproc_per_node N' "
+            "for DDP."
+        ),
+    )
+    common(p, config=False)
+    p.add_argument("--data", required=True, help="folder of *_image.nii.gz / *_labels.nii.gz pairs")
+    p.add_argument("--out", required=True, help="bundle folder to write (checkpoints go in OUT/checkpoints)")
+    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--steps-per-epoch", type=int, default=50)
+    p.add_argument("--patch", type=int, nargs=3, default=[96, 96, 96], metavar=("Z", "Y", "X"))
+    p.add_argument("--spacing", type=float, nargs=3, default=[1.5, 1.5, 1.5], metavar=("X", "Y", "Z"))
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-resume", action="store_true", help="start again even if OUT has a checkpoint")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(
         "models",

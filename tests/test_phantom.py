@@ -45,15 +45,15 @@ def test_nodule_counts_vary_from_zero_to_six() -> None:
 
 def test_phantom_command_writes_dicom_that_reconstructs_exactly(tmp_path: Path) -> None:
     r = subprocess.run(
-        [sys.executable, "-m", "dicomnode", "phantom", str(tmp_path), "--seed", "2", "--matrix", "64", "--slices", "24", "--nifti"],
+        [sys.executable, "-m", "dicomnode", "phantom", str(tmp_path), "--seed", "2", "--matrix", "64", "--slices", "24", "--format", "both"],
         capture_output=True, text=True,
     )
     assert r.returncode == 0, r.stderr
     p = generate(2, matrix=64, slices=24)
-    vol = reconstruct(tmp_path / "dicom")
+    vol = reconstruct(tmp_path / "phantom_0002_dicom")
     np.testing.assert_array_equal(vol.array, p.hu)
     np.testing.assert_allclose(vol.spacing, p.spacing, atol=1e-6)
-    img = nib.load(tmp_path / "image.nii.gz")
+    img = nib.load(tmp_path / "phantom_0002_image.nii.gz")
     np.testing.assert_array_equal(np.asarray(img.dataobj).transpose(2, 1, 0), p.hu)
-    assert nib.load(tmp_path / "labels.nii.gz").shape == (64, 64, 24)
-    assert_matches_dcm2niix(vol, tmp_path / "dicom", tmp_path / "nii")
+    assert nib.load(tmp_path / "phantom_0002_labels.nii.gz").shape == (64, 64, 24)
+    assert_matches_dcm2niix(vol, tmp_path / "phantom_0002_dicom", tmp_path / "nii")

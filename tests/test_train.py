@@ -1,0 +1,59 @@
+"""Training: two steps single-process and with DDP on 2 CPU processes (gloo); checkpoints resume."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ai.bundle import check_bundle
+
+TRAIN = ["--epochs", "1", "--steps-per-epoch", "2", "--patch", "16", "16", "16", "--spacing", "8", "8", "8", "--workers", "0", "-q"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("phantoms")
+    r = subprocess.run([sys.executable, "-m", "dicomnode", "phantom", str(d), "--count", "3", "--matrix", "48", "--slices", "20", "--format", "nifti"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return d
+
+
+def log_of(bundle: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in (bundle / "train_log.jsonl").read_text().splitlines()]
+
+
+def test_two_steps_then_resume(data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bundle"
+    r = subprocess.run([sys.executable, "-m", "dicomnode", "train", "--data", str(data), "--out", str(out), *TRAIN], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    [epoch] = log_of(out)
+    assert math.isfinite(float(epoch["loss"]))  # type: ignore[arg-type]
+    assert (out / "checkpoints" / "last.pt").exists()
+    bundle = check_bundle(out)  # the export is a valid bundle, in all three formats
+    assert [lb.name for lb in bundle.labels] == ["lung", "nodule"] and (out / "model.ts").exists() and (out / "model.onnx").exists()
+    # Resume: a second run with more epochs continues from the checkpoint.
+    more = [a if a != "1" or i != 1 else "2" for i, a in enumerate(TRAIN)]
+    r = subprocess.run([sys.executable, "-m", "dicomnode", "train", "--data", str(data), "--out", str(out), *more], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert [e["epoch"] for e in log_of(out)] == [1, 2]
+    assert "trained 2 step(s)" in r.stdout  # only the new epoch ran
+
+
+def test_ddp_on_two_cpu_processes(data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "dicomnode", "train",
+         "--data", str(data), "--out", str(out), *TRAIN],
+        capture_output=True, text=True, env=env, timeout=240,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    [epoch] = log_of(out)
+    assert epoch["world"] == 2 and math.isfinite(float(epoch["loss"]))  # type: ignore[arg-type]
