@@ -1,0 +1,37 @@
+"""The shipped default bundle loads in all three formats and finds the lungs of an unseen phantom."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ai.bundle import check_bundle, load_bundle
+from ai.engine import Engine
+from ai.phantom import LUNG, generate
+from ai.train import dice_per_label
+
+BUNDLE = Path(__file__).resolve().parents[1] / "ai" / "bundles" / "chest-ct-lungs-nodules"
+
+
+def test_default_bundle_is_valid_and_small() -> None:
+    b = check_bundle(BUNDLE)
+    assert b.intended_use == "demonstration; not for diagnosis"
+    assert "CT" in b.modalities and "CHEST" in b.body_parts
+    assert sum(p.stat().st_size for p in BUNDLE.iterdir()) < 20e6
+    x = torch.randn(1, 1, *b.roi_size)
+    outs = []
+    for fmt, file in (("state_dict", "model.pt"), ("torchscript", "model.ts"), ("onnx", "model.onnx")):
+        alt = load_bundle(BUNDLE).__class__(**{**vars(b), "weights_format": fmt, "weights_file": BUNDLE / file})
+        with torch.inference_mode():
+            outs.append(alt.predictor(torch.device("cpu"))(x))
+    torch.testing.assert_close(outs[1], outs[0], atol=1e-4, rtol=0)
+    torch.testing.assert_close(outs[2], outs[0], atol=1e-4, rtol=0)
+
+
+def test_default_bundle_segments_an_unseen_phantom() -> None:
+    ph = generate(4242, matrix=128, slice_mm=(2.5, 4.0))
+    res = Engine(load_bundle(BUNDLE), device="cpu").run(ph.hu.astype(np.float32), ph.spacing, np.eye(3))
+    assert res.labels is not None
+    assert dice_per_label(res.labels, ph.labels, {LUNG: "lung"})["lung"] > 0.9
