@@ -42,9 +42,17 @@ class Phantom:
     seed: int = 0
 
     @property
+    def origin_lps(self) -> tuple[float, float, float]:
+        """Centre of the first voxel in LPS mm: the field of view is centred on the scanner axis."""
+        nz, ny, nx = self.hu.shape
+        return (-(nx - 1) * self.spacing[0] / 2, -(ny - 1) * self.spacing[1] / 2, 0.0)
+
+    @property
     def affine_ras(self) -> np.ndarray:
-        """Voxel (x, y, z) to RAS mm, for NIfTI (the volume is axial, patient supine, LPS index axes)."""
+        """Voxel (x, y, z) to RAS mm, for NIfTI (axial, patient supine, index axes along L, P, S)."""
         a = np.diag([-self.spacing[0], -self.spacing[1], self.spacing[2], 1.0])
+        ox, oy, oz = self.origin_lps
+        a[:3, 3] = (-ox, -oy, oz)
         return a
 
     def write_nifti(self, image_path: Path, label_path: Path) -> None:

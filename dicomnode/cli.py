@@ -180,7 +180,7 @@ def cmd_phantom(args: argparse.Namespace) -> int:
         if args.format in ("dicom", "both"):
             spec = SeriesSpec(
                 slices=nz, rows=ny, columns=nx, pixel_spacing=(px, px), slice_spacing=dz,
-                origin=(-nx * px / 2 + px / 2, -ny * px / 2 + px / 2, 0.0), seed=f"phantom-{seed}",
+                origin=ph.origin_lps, seed=f"phantom-{seed}",
                 patient_id=f"PHANTOM-{seed:04d}", patient_name=f"Phantom^{seed}", signed=True,
             )
             write_series(spec, out / f"phantom_{seed:04d}_dicom", volume=ph.hu)
@@ -203,6 +203,27 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = train(cfg, progress=not args.quiet)
     last = result["history"][-1] if result["history"] else {}
     print(f"trained {result['steps']} step(s); last epoch: {json.dumps(last)}; bundle in {args.out}")
+    return EXIT_OK
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from dicomnode.infer import infer
+
+    configure_logging(args.log_level or "WARNING")
+    with tqdm(total=0, unit="window", desc="inference", disable=args.quiet) as bar:
+
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+        summary = infer(Path(args.input), Path(args.out), args.model, args.device, progress)
+    for m in summary["measurements"]:  # type: ignore[union-attr]
+        extra = f", {len(m['lesions'])} lesion(s)" if m["lesions"] else ""
+        print(f"{m['name']}: {m['volume_ml']:.1f} mL{extra}")
+    print(f"wrote labels.nii.gz, measurements.json and overlay.png to {args.out}")
     return EXIT_OK
 
 
@@ -390,6 +411,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-resume", action="store_true", help="start again even if OUT has a checkpoint")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "infer",
+        help="run a model on a DICOM series folder or a NIfTI file",
+        description=(
+            "Segment a volume with a model bundle (default: the shipped chest-CT lungs+nodules model) and "
+            "write labels.nii.gz (same grid as the input), measurements.json and overlay.png to OUT."
+        ),
+    )
+    common(p, config=False)
+    p.add_argument("input", help="DICOM series folder, or a .nii/.nii.gz file")
+    p.add_argument("--model", help="bundle name under ai/bundles, or a bundle folder")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_infer)
 
     p = sub.add_parser(
         "models",

@@ -1,0 +1,116 @@
+"""``dicomnode infer``: run a model bundle on a DICOM series folder or a NIfTI file.
+
+Writes the label map as NIfTI (same grid as the input), the measurements as
+JSON and a PNG overlay (axial, coronal and sagittal views through the
+largest finding, with coloured contours and a legend).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from ai.bundle import Bundle, load_bundle
+from ai.engine import Engine, Result
+from dicomnode.errors import DicomNodeError
+from dicomnode.volume import Volume, reconstruct
+
+logger = logging.getLogger(__name__)
+
+BUNDLES = Path(__file__).resolve().parents[1] / "ai" / "bundles"
+DEFAULT_MODEL = "chest-ct-lungs-nodules"
+
+
+def find_bundle(name: str | None) -> Bundle:
+    """A bundle by path, or by name under ``ai/bundles`` (default: the chest-CT bundle)."""
+    p = Path(name) if name else BUNDLES / DEFAULT_MODEL
+    if not p.is_dir():
+        p = BUNDLES / str(name)
+    if not p.is_dir():
+        known = ", ".join(sorted(d.name for d in BUNDLES.iterdir() if d.is_dir())) if BUNDLES.is_dir() else "none"
+        raise DicomNodeError(f"no model bundle {name!r} (shipped: {known}; or give a bundle folder)")
+    return load_bundle(p)
+
+
+def load_input(path: Path) -> Volume:
+    """A volume from a DICOM series folder (or file) or a NIfTI file."""
+    if path.name.endswith((".nii", ".nii.gz")):
+        import nibabel as nib
+
+        img = nib.load(str(path))
+        aff = img.affine
+        spacing = np.linalg.norm(aff[:3, :3], axis=0)
+        lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ aff  # RAS -> LPS
+        return Volume(
+            array=np.asarray(img.dataobj).transpose(2, 1, 0).astype(np.float32),
+            spacing=tuple(float(v) for v in spacing),  # type: ignore[arg-type]
+            origin=tuple(float(v) for v in lps[:3, 3]),  # type: ignore[arg-type]
+            direction=lps[:3, :3] / spacing,
+        )
+    return reconstruct(path)
+
+
+def _overlay_png(vol: Volume, res: Result, bundle: Bundle, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    assert res.labels is not None
+    labels = res.labels
+    lesion = [lb.value for lb in bundle.labels if lb.lesion and (labels == lb.value).any()]
+    focus = labels == (lesion[0] if lesion else next((lb.value for lb in bundle.labels if (labels == lb.value).any()), 1))
+    if focus.any():
+        z, y, x = (int(np.median(a)) for a in np.nonzero(focus))
+    else:
+        z, y, x = (s // 2 for s in labels.shape)
+    sx, sy, sz = vol.spacing
+    views = [
+        ("axial", vol.array[z], labels[z], sy / sx),
+        ("coronal", vol.array[:, y, :][::-1], labels[:, y, :][::-1], sz / sx),
+        ("sagittal", vol.array[:, :, x][::-1], labels[:, :, x][::-1], sz / sy),
+    ]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 4.6), facecolor="black")
+    for ax, (title, img, lab, aspect) in zip(axes, views):
+        ax.imshow(img, cmap="gray", vmin=-1000, vmax=400, aspect=aspect, interpolation="nearest")
+        for lb in bundle.labels:
+            if (lab == lb.value).any():
+                ax.contour(lab == lb.value, levels=[0.5], colors=[tuple(c / 255 for c in lb.color)], linewidths=1.2)
+        ax.set_title(title, color="white")
+        ax.axis("off")
+    handles = [Patch(color=tuple(c / 255 for c in lb.color), label=lb.name) for lb in bundle.labels]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), facecolor="black", labelcolor="white", frameon=False)
+    fig.suptitle(f"{bundle.name} {bundle.version} - {bundle.intended_use}", color="white", fontsize=10)
+    fig.savefig(out, dpi=100, facecolor="black")
+    plt.close(fig)
+
+
+def infer(
+    input_path: Path, out_dir: Path, model: str | None = None, device: str = "auto",
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, object]:
+    """Run a bundle on ``input_path`` and write ``labels.nii.gz``, ``measurements.json`` and ``overlay.png``."""
+    bundle = find_bundle(model)
+    if bundle.task != "segmentation":
+        raise DicomNodeError(f"bundle {bundle.name} is a {bundle.task} model; infer writes segmentations")
+    vol = load_input(input_path)
+    res = Engine(bundle, device=device).run(vol.array, vol.spacing, vol.direction, progress=progress)
+    assert res.labels is not None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    Volume(res.labels, vol.spacing, vol.origin, vol.direction).write_nifti(out_dir / "labels.nii.gz")
+    summary = {
+        "model": {"name": bundle.name, "version": bundle.version, "intended_use": bundle.intended_use},
+        "input": str(input_path),
+        "device": res.device,
+        "timings_s": res.timings,
+        "measurements": [asdict(m) for m in res.measurements],
+    }
+    (out_dir / "measurements.json").write_text(json.dumps(summary, indent=2))
+    _overlay_png(vol, res, bundle, out_dir / "overlay.png")
+    return summary
