@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 import struct
 import zlib
-from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,10 +21,19 @@ from sqlalchemy import Engine
 from dicomnode import __version__
 from dicomnode.errors import IngestError
 from dicomnode.header import InstanceHeader, parse_header
-from dicomnode.status import PROCESSING_FAILURE, REFUSED_OUT_OF_RESOURCES, SUCCESS, describe
+from dicomnode.status import (
+    PROCESSING_FAILURE,
+    REFUSED_OUT_OF_RESOURCES,
+    SUCCESS,
+)
 from storage.errors import DatabaseError, DiskFullError, StorageError
 from storage.files import durable_write, free_bytes, fsync_dir
-from storage.records import InstanceRecord, RecordOutcome, find_instance, record_instance
+from storage.records import (
+    InstanceRecord,
+    RecordOutcome,
+    find_instance,
+    record_instance,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -252,4 +261,4 @@ class Ingestor:
         )
 
 
-__all__ = ["Ingestor", "StoreResult", "describe", "file_meta_bytes"]
+__all__ = ["Ingestor", "StoreResult", "file_meta_bytes"]

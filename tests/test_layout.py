@@ -44,3 +44,14 @@ def test_modules_stay_small() -> None:
         for py in (ROOT / package).rglob("*.py"):
             n = len(py.read_text().splitlines())
             assert n <= 550, f"{py.relative_to(ROOT)} has {n} lines: split it (one concept per module)"
+
+
+def test_no_pyflakes_errors() -> None:
+    """Undefined names, unused imports and syntax errors fail the build (ruff's F and E9 rules)."""
+    import shutil
+
+    exe = shutil.which("ruff") or str(Path(sys.executable).with_name("ruff"))
+    if not Path(exe).exists():
+        pytest.skip("ruff is not installed (scripts/test.sh installs it)")
+    r = subprocess.run([exe, "check", "--select", "F,E9", "dicomnode", "ai", "storage", "tests", "bench"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout
