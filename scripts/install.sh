@@ -32,7 +32,7 @@ if [ "$TEST_TOOLS" = 1 ]; then
     command -v storescu >/dev/null || missing+=(dcmtk)
     command -v dciodvfy >/dev/null || missing+=(dicom3tools)
     command -v dcm2niix >/dev/null || missing+=(dcm2niix)
-    command -v Orthanc >/dev/null || missing+=(orthanc)
+    { command -v Orthanc || [ -x /usr/sbin/Orthanc ]; } >/dev/null || missing+=(orthanc)
     ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
     if [ "${#missing[@]}" -gt 0 ]; then
         log "apt-get install ${missing[*]}"
