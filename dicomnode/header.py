@@ -306,7 +306,7 @@ class RawValues:
         return tuple(p.strip(" \x00") for p in b.decode("latin-1").split("\\"))
 
     def uid(self, keyword: str) -> str:
-        s = self._text(_tag(keyword), "ascii") if self.raw.get(_tag(keyword)) is not None else None
+        s = self._text(_tag(keyword), "ascii")
         if not s:
             raise IngestError(f"{keyword} is missing", ERROR_CANNOT_UNDERSTAND)
         if not _UID_RE.match(s):

@@ -235,29 +235,13 @@ class Ingestor:
         h: InstanceHeader, ts: UID, rel: Path, size: int, crc: int, assoc_uid: str, calling_ae: str | None
     ) -> InstanceRecord:
         return InstanceRecord(
-            study_uid=h.study_uid,
-            series_uid=h.series_uid,
-            sop_uid=h.sop_uid,
-            sop_class_uid=h.sop_class_uid,
+            **vars(h),  # every header field is a record field of the same name
             transfer_syntax_uid=str(ts),
             path=rel.as_posix(),
             size=size,
             crc32=crc,
             assoc_uid=assoc_uid,
             calling_ae=calling_ae,
-            patient_id=h.patient_id,
-            modality=h.modality,
-            body_part=h.body_part,
-            series_description=h.series_description,
-            series_number=h.series_number,
-            instance_number=h.instance_number,
-            acquisition_number=h.acquisition_number,
-            temporal_position=h.temporal_position,
-            number_of_frames=h.number_of_frames,
-            position=h.position,
-            orientation=h.orientation,
-            expected_count=h.expected_count,
-            temporal_positions=h.temporal_positions,
         )
 
 

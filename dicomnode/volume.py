@@ -211,12 +211,12 @@ def decode_stack(slices: Sequence[SliceInfo], workers: int = 0) -> np.ndarray:
     else:
         out = np.empty(shape, dtype=dtype)
         stats = _write_slices(out, items)
-    constant = sorted(k for k, lo, hi in stats if lo == hi)
+    constant = {k: lo for k, lo, hi in stats if lo == hi}
     if constant and len(constant) < len(slices):
-        k = constant[0]
+        k = min(constant)
         raise VolumeError(
             f"{len(constant)} slice(s) decoded to a constant image while the others did not, e.g. "
-            f"{slices[k].label} (all {stats[[st[0] for st in stats].index(k)][1]:g}): the pixel data or its codec is broken"
+            f"{slices[k].label} (all {constant[k]:g}): the pixel data or its codec is broken"
         )
     if constant:
         raise VolumeError("every slice decoded to a constant image: the pixel data or its codec is broken")

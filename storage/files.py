@@ -172,28 +172,6 @@ def recover_temp_files(root: Path, is_committed: Callable[[Path, Path], bool]) -
     return restored, removed
 
 
-def remove_stale_temp_files(root: Path) -> int:
-    """Delete temporary files left by a crash under ``root``.
-
-    A temporary file never got a success status, so removing it loses nothing.
-
-    Returns
-    -------
-    int
-        How many files were removed.
-    """
-    removed = 0
-    if not root.exists():
-        return 0
-    for tmp in root.rglob(f"{TEMP_PREFIX}*"):
-        try:
-            tmp.unlink()
-            removed += 1
-        except OSError:
-            logger.warning("could not remove stale temporary file %s", tmp)
-    return removed
-
-
 def quarantine(paths: Iterable[Path], root: Path, quarantine_dir: Path) -> list[Path]:
     """Move files out of the live tree into ``quarantine_dir``, keeping their layout.
 

@@ -11,7 +11,7 @@ from sqlalchemy import Engine, inspect, select, text
 
 from storage.database import current_revision, migrate, open_engine
 from storage.errors import DiskFullError
-from storage.files import durable_write, quarantine, remove_stale_temp_files
+from storage.files import durable_write, quarantine, recover_temp_files
 from storage.models import Base, Instance, Job, Series
 from storage.records import (
     InstanceRecord,
@@ -122,7 +122,7 @@ def test_durable_write_and_quarantine(tmp_path: Path) -> None:
     assert durable_write(p, [b"abc", b"def"]) == 6
     assert p.read_bytes() == b"abcdef"
     (p.parent / ".tmp-stale").write_bytes(b"x")
-    assert remove_stale_temp_files(root) == 1
+    assert recover_temp_files(root, lambda tmp, target: False) == (0, 1)
     [moved] = quarantine([p], root, tmp_path / "quarantine")
     assert moved == tmp_path / "quarantine" / "a" / "b" / "c.dcm" and moved.read_bytes() == b"abcdef"
     assert not p.exists()
