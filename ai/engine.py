@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from ai.bundle import Bundle
 from ai.errors import AIError
-from ai.inference import WindowConfig, select_device, sliding_window
+from ai.inference import WindowConfig, optimize_predictor, select_device, sliding_window
 from ai.measure import LabelMeasurement, measure
 from ai.postprocess import fill_holes, keep_largest, remove_small, to_labels
 from ai.preprocess import prepare
@@ -54,7 +54,7 @@ class Engine:
     def __init__(self, bundle: Bundle, device: str = "auto", compile: bool = False) -> None:
         self.bundle = bundle
         self.device = select_device(device)
-        predictor = bundle.predictor(self.device)
+        predictor = optimize_predictor(bundle.predictor(self.device))
         if compile and self.device.type == "cuda" and isinstance(predictor, torch.nn.Module):
             predictor = torch.compile(predictor)  # type: ignore[assignment]
         self.predictor = predictor
