@@ -1,4 +1,4 @@
-"""Command-line interface: ``dicomnode serve|echo|send|jobs``.
+"""Command-line interface: ``dicomnode serve|echo|send|jobs|retry|worker|convert|phantom|train|infer|models``.
 
 Logging is configured here and nowhere else.
 """
@@ -13,30 +13,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from dicomnode import __version__
-from dicomnode.config import Config, load_config
+from dicomnode.cli_common import EXIT_FAILED, EXIT_OK, _config, configure_logging
+from dicomnode.cli_jobs import add_job_commands
 from dicomnode.errors import ConfigError, DicomNodeError
 from ai.errors import AIError
 from storage.errors import StorageError
 
 logger = logging.getLogger("dicomnode")
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
-def configure_logging(level: str) -> None:
-    """Log to stderr with timestamps; quieten pynetdicom below WARNING."""
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # pynetdicom logs every PDU at INFO/DEBUG, including dataset contents, and
-    # tracebacks for refused connections that we report in plain words.
-    logging.getLogger("pynetdicom").setLevel(logging.CRITICAL if level.upper() != "DEBUG" else logging.INFO)
-
-
-def _config(args: argparse.Namespace) -> Config:
-    return load_config(getattr(args, "config", None))
 
 
 # ----------------------------------------------------------------- commands
@@ -97,42 +83,6 @@ def cmd_send(args: argparse.Namespace) -> int:
     if len(report.failed) > 20:
         print(f"  ... and {len(report.failed) - 20} more failures", file=sys.stderr)
     return EXIT_OK if not report.failed else EXIT_FAILED
-
-
-def cmd_jobs(args: argparse.Namespace) -> int:
-    from storage.database import migrate, open_engine
-    from storage.records import list_jobs
-
-    cfg = _config(args)
-    configure_logging(args.log_level or "WARNING")
-    engine = open_engine(cfg.node.database_url, sqlite_synchronous=cfg.node.sqlite_synchronous)
-    migrate(engine)
-    jobs = list_jobs(engine, state=args.state, limit=args.limit)
-    if args.json:
-        print(
-            json.dumps(
-                [
-                    {
-                        **{k: v for k, v in vars(j).items() if not k.endswith("_at")},
-                        **{k: (v.isoformat() if v else None) for k, v in vars(j).items() if k.endswith("_at")},
-                    }
-                    for j in jobs
-                ],
-                indent=2,
-            )
-        )
-        return EXIT_OK
-    if not jobs:
-        print("no jobs")
-        return EXIT_OK
-    header = f"{'JOB':>5} {'SERIES':>6} {'VER':>3} {'STATE':<8} {'MOD':<4} {'IMAGES':>6} {'COMPLETED BY':<21} {'CREATED (UTC)':<19} ERROR"
-    print(header)
-    for j in jobs:
-        print(
-            f"{j.id:>5} {j.series_id:>6} {j.version:>3} {j.state:<8} {(j.modality or '-'):<4} {j.instance_count:>6} "
-            f"{j.completion_reason:<21} {j.created_at:%Y-%m-%d %H:%M:%S} {j.error or ''}"
-        )
-    return EXIT_OK
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -294,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "serve",
-        help="run the node: DICOM listener, durable storage and series completion",
+        help="run the node: DICOM listener, durable storage, series completion, jobs and delivery",
         description=(
             "Run the node in the foreground until SIGINT/SIGTERM. It listens for C-STORE and C-ECHO, "
             "acknowledges an instance only once it is fsynced to disk and committed to the database, "
@@ -333,16 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_send)
 
-    p = sub.add_parser(
-        "jobs",
-        help="list jobs (one per completed series version)",
-        description="List the most recent jobs with their series, state, how the series was completed and any error.",
-    )
-    common(p)
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--state", choices=["queued", "running", "done", "failed"], help="only jobs in this state")
-    p.add_argument("--limit", type=int, default=50, help="at most this many (default: %(default)s)")
-    p.set_defaults(func=cmd_jobs)
+    add_job_commands(sub, common)
+
     p = sub.add_parser(
         "convert",
         help="reconstruct a series folder into a NIfTI volume, to check it in any viewer",

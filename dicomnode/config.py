@@ -16,14 +16,17 @@ import ipaddress
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from dicomnode.errors import ConfigError
 
 ENV_PREFIX = "DICOMNODE_"
+_ENV_SECTIONS = ("node", "series", "worker", "outputs", "delivery")
+_T = TypeVar("_T")
 DEFAULT_CONFIG = Path("config/dicomnode.toml")
 _AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable, no backslash
 
@@ -67,6 +70,11 @@ class NodeConfig:
         """Where the files of failed series are moved (never deleted)."""
         return self.storage_dir / "quarantine"
 
+    @property
+    def outputs_dir(self) -> Path:
+        """Where job outputs are written: ``<storage_dir>/outputs/<job id>/``."""
+        return self.storage_dir / "outputs"
+
 
 @dataclass(frozen=True)
 class SeriesConfig:
@@ -80,6 +88,45 @@ class SeriesConfig:
 
 
 @dataclass(frozen=True)
+class WorkerConfig:
+    """The ``[worker]`` section: running jobs (inside ``serve``, or ``dicomnode worker``)."""
+
+    enabled: bool = True  # run jobs inside ``dicomnode serve``
+    threads: int = 1  # jobs run at the same time in one process
+    device: str = "auto"  # auto | cpu | cuda
+    lease_seconds: float = 120.0  # a running job whose heartbeat is older is reclaimed
+    poll_seconds: float = 1.0
+    max_job_attempts: int = 3  # a job that kills its worker this often fails instead
+    models: tuple[str, ...] = ()  # bundle names or folders; empty: every shipped bundle
+
+
+@dataclass(frozen=True)
+class OutputsConfig:
+    """The ``[outputs]`` section: which DICOM objects a job writes, and their series."""
+
+    seg: bool = True
+    sr: bool = True
+    preview: bool = True
+    fractional: bool = False  # FRACTIONAL instead of BINARY segmentations
+    seg_series_number: int = 9001
+    sr_series_number: int = 9002
+    preview_series_number: int = 9003
+    series_description_prefix: str = "AI"
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    """The ``[delivery]`` section: sending results, retries and Storage Commitment."""
+
+    max_attempts: int = 8
+    backoff_seconds: float = 10.0  # first retry delay; doubles each attempt
+    backoff_max_seconds: float = 900.0
+    commitment_timeout_seconds: float = 300.0  # re-send when no commitment report came by then
+    network_timeout: float = 60.0
+    poll_seconds: float = 1.0
+
+
+@dataclass(frozen=True)
 class Destination:
     """A DICOM peer that results can be sent to."""
 
@@ -87,6 +134,8 @@ class Destination:
     ae_title: str
     host: str
     port: int
+    storage_commitment: bool = False  # done only once the peer confirms (N-ACTION / N-EVENT-REPORT)
+    keep_empty_frames: bool = False  # SEG with every frame, for viewers that misplace sparse SEGs
 
 
 @dataclass(frozen=True)
@@ -95,6 +144,9 @@ class Config:
 
     node: NodeConfig = field(default_factory=NodeConfig)
     series: SeriesConfig = field(default_factory=SeriesConfig)
+    worker: WorkerConfig = field(default_factory=WorkerConfig)
+    outputs: OutputsConfig = field(default_factory=OutputsConfig)
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     destinations: tuple[Destination, ...] = ()
     log_level: str = "INFO"
     source: Path | None = None
@@ -151,6 +203,8 @@ def _ae(key: str, v: Any) -> str:
 def _str_list(key: str, v: Any) -> tuple[str, ...]:
     if isinstance(v, str):
         v = [s for s in (p.strip() for p in v.split(",")) if s]
+    if isinstance(v, tuple):  # a default
+        v = list(v)
     if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
         raise ConfigError(f"{key}: must be a list of strings, got {v!r}")
     return tuple(v)
@@ -255,6 +309,55 @@ def _parse_series(data: Mapping[str, Any]) -> SeriesConfig:
     )
 
 
+def _choice(*allowed: str) -> Callable[[str, Any], str]:
+    def check(key: str, v: Any) -> str:
+        if v not in allowed:
+            raise ConfigError(f"{key}: must be one of {', '.join(allowed)}, got {v!r}")
+        return str(v)
+
+    return check
+
+
+def _parse_section(name: str, cls: type[_T], data: Any, checks: Mapping[str, Callable[[str, Any], Any]]) -> _T:
+    """A simple section: every field has a validator; missing keys keep the defaults."""
+    data = _table(name, data)
+    _check_keys(name, data, set(checks))
+    defaults = cls()
+    return cls(**{k: check(f"{name}.{k}", data.get(k, getattr(defaults, k))) for k, check in checks.items()})
+
+
+def _parse_worker(data: Any) -> WorkerConfig:
+    return _parse_section("worker", WorkerConfig, data, {
+        "enabled": _bool,
+        "threads": partial(_int, lo=1, hi=64),
+        "device": _choice("auto", "cpu", "cuda"),
+        "lease_seconds": partial(_num, lo=5),
+        "poll_seconds": partial(_num, lo=0.05, hi=60),
+        "max_job_attempts": partial(_int, lo=1, hi=100),
+        "models": _str_list,
+    })
+
+
+def _parse_outputs(data: Any) -> OutputsConfig:
+    number = partial(_int, lo=1, hi=2**31 - 1)
+    return _parse_section("outputs", OutputsConfig, data, {
+        "seg": _bool, "sr": _bool, "preview": _bool, "fractional": _bool,
+        "seg_series_number": number, "sr_series_number": number, "preview_series_number": number,
+        "series_description_prefix": _str,
+    })
+
+
+def _parse_delivery(data: Any) -> DeliveryConfig:
+    return _parse_section("delivery", DeliveryConfig, data, {
+        "max_attempts": partial(_int, lo=1, hi=1000),
+        "backoff_seconds": partial(_num, lo=0.01),
+        "backoff_max_seconds": partial(_num, lo=0.01),
+        "commitment_timeout_seconds": partial(_num, lo=1),
+        "network_timeout": partial(_num, lo=1),
+        "poll_seconds": partial(_num, lo=0.05, hi=60),
+    })
+
+
 def _parse_destinations(data: Any) -> tuple[Destination, ...]:
     if not isinstance(data, list):
         raise ConfigError(f"destinations: must be an array of tables ([[destinations]]), got {data!r}")
@@ -262,7 +365,7 @@ def _parse_destinations(data: Any) -> tuple[Destination, ...]:
     for i, item in enumerate(data):
         key = f"destinations[{i}]"
         item = _table(key, item)
-        _check_keys(key, item, {"name", "ae_title", "host", "port"})
+        _check_keys(key, item, {"name", "ae_title", "host", "port", "storage_commitment", "keep_empty_frames"})
         for k in ("name", "ae_title", "host", "port"):
             if k not in item:
                 raise ConfigError(f"{key}.{k}: required")
@@ -271,6 +374,8 @@ def _parse_destinations(data: Any) -> tuple[Destination, ...]:
             ae_title=_ae(f"{key}.ae_title", item["ae_title"]),
             host=_str(f"{key}.host", item["host"]),
             port=_int(f"{key}.port", item["port"], 1, 65535),
+            storage_commitment=_bool(f"{key}.storage_commitment", item.get("storage_commitment", False)),
+            keep_empty_frames=_bool(f"{key}.keep_empty_frames", item.get("keep_empty_frames", False)),
         )
         if any(d.name == dest.name for d in out):
             raise ConfigError(f"{key}.name: duplicate destination name {dest.name!r}")
@@ -297,8 +402,8 @@ def apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any
         rest = name[len(ENV_PREFIX):].lower()
         if "__" in rest:
             section, key = rest.split("__", 1)
-            if section not in ("node", "series"):
-                raise ConfigError(f"{name}: unknown section {section!r} (use NODE or SERIES)")
+            if section not in _ENV_SECTIONS:
+                raise ConfigError(f"{name}: unknown section {section!r} (use {', '.join(s.upper() for s in _ENV_SECTIONS)})")
             if key.startswith("tls__"):
                 tls = dict(out.setdefault(section, {}).get("tls", {}))
                 tls[key[5:]] = _env_value(raw)
@@ -318,13 +423,16 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> Config:
     ConfigError
         A value is invalid; the message names its key.
     """
-    _check_keys("config", data, {"node", "series", "destinations", "log_level"})
+    _check_keys("config", data, {*_ENV_SECTIONS, "destinations", "log_level"})
     level = str(data.get("log_level", "INFO")).upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"log_level: must be DEBUG, INFO, WARNING or ERROR, got {level!r}")
     return Config(
         node=_parse_node(_table("node", data.get("node", {}))),
         series=_parse_series(_table("series", data.get("series", {}))),
+        worker=_parse_worker(data.get("worker", {})),
+        outputs=_parse_outputs(data.get("outputs", {})),
+        delivery=_parse_delivery(data.get("delivery", {})),
         destinations=_parse_destinations(data.get("destinations", [])),
         log_level=level,
         source=source,

@@ -1,4 +1,4 @@
-"""The running node: database, listener and series completion, wired together."""
+"""The running node: database, listener, series completion, job runners and the sender, wired together."""
 
 from __future__ import annotations
 
@@ -12,8 +12,10 @@ from types import FrameType
 
 from dicomnode.completion import CompletionMonitor
 from dicomnode.config import Config
+from dicomnode.delivery import Sender
 from dicomnode.ingest import Ingestor
 from dicomnode.scp import StorageSCP
+from dicomnode.worker import JobRunner, worker_name
 from storage.database import migrate, open_engine
 from storage.files import ensure_dir, recover_temp_files
 
@@ -39,11 +41,18 @@ class Node:
             min_free_bytes=cfg.node.min_free_mb * 1_000_000,
             on_stored=self.monitor.instance_stored,
         )
-        self.scp = StorageSCP(cfg.node, self.ingestor, on_released=self.monitor.association_released)
+        self.sender = Sender(self.engine, cfg)
+        self.runners = [
+            JobRunner(self.engine, cfg, name=worker_name(str(i) if cfg.worker.threads > 1 else ""), on_finished=self.sender.wake)
+            for i in range(cfg.worker.threads if cfg.worker.enabled else 0)
+        ]
+        self.scp = StorageSCP(
+            cfg.node, self.ingestor, on_released=self.monitor.association_released, on_commitment=self.sender.on_event_report
+        )
         self._stopped = threading.Event()
 
     def start(self) -> int:
-        """Migrate the database, clean up after a crash, start completion and the listener.
+        """Migrate the database, clean up after a crash, start completion, the workers and the listener.
 
         Returns
         -------
@@ -60,16 +69,23 @@ class Node:
                 removed,
             )
         self.monitor.start()
-        return self.scp.start()
+        port = self.scp.start()
+        for runner in self.runners:
+            runner.start()
+        self.sender.start()
+        return port
 
     def stop(self) -> None:
-        """Stop listening, then stop series completion."""
+        """Stop listening, then series completion, the workers (after their current job) and the sender."""
         if self._stopped.is_set():
             return
         self._stopped.set()
         logger.info("stopping")
         self.scp.stop()
         self.monitor.stop()
+        for runner in self.runners:
+            runner.stop()
+        self.sender.stop()
         self.ingestor.close()
         self.engine.dispose()
 

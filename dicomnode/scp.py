@@ -29,7 +29,7 @@ from dicomnode.errors import NetworkError
 from dicomnode.fastpath import accelerate
 from dicomnode.ingest import Ingestor
 from dicomnode.sopclasses import storage_contexts
-from dicomnode.status import PROCESSING_FAILURE, SUCCESS, describe, is_success
+from dicomnode.status import NO_SUCH_SOP_INSTANCE, PROCESSING_FAILURE, STORAGE_COMMITMENT_PUSH, SUCCESS, describe, is_success
 from storage.records import RecordOutcome
 
 logger = logging.getLogger(__name__)
@@ -76,12 +76,17 @@ class StorageSCP:
     on_released : callable, optional
         Called with ``(assoc_uid, {series_id: instances carried})`` when an
         association that stored instances is released normally (not aborted).
+    on_commitment : callable, optional
+        Called with ``(event_type, dataset)`` for a Storage Commitment
+        N-EVENT-REPORT that a PACS sends on a new association; returns
+        whether it matched a delivery.  Without it, such reports are refused.
     """
 
-    def __init__(self, cfg: NodeConfig, ingestor: Ingestor, on_released: Any = None) -> None:
+    def __init__(self, cfg: NodeConfig, ingestor: Ingestor, on_released: Any = None, on_commitment: Any = None) -> None:
         self.cfg = cfg
         self.ingestor = ingestor
         self.on_released = on_released
+        self.on_commitment = on_commitment
         # Stats live on the Association object itself (attribute _STATS): keying a
         # dict by id() broke when a closed association's id was reused by a new one.
         self._lock = threading.Lock()
@@ -93,6 +98,8 @@ class StorageSCP:
         ae = AE(ae_title=self.cfg.ae_title)
         ae.supported_contexts = storage_contexts()
         ae.add_supported_context(Verification)
+        # A PACS sends Storage Commitment reports as the SCP role (PS3.4 J.3.3).
+        ae.add_supported_context(STORAGE_COMMITMENT_PUSH, scu_role=True, scp_role=True)
         ae.maximum_pdu_size = self.cfg.max_pdu_size
         ae.maximum_associations = self.cfg.max_associations
         ae.network_timeout = self.cfg.network_timeout
@@ -119,6 +126,7 @@ class StorageSCP:
         handlers = [
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_N_EVENT_REPORT, self._on_event_report),
             (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_REJECTED, self._on_rejected),
             (evt.EVT_RELEASED, self._on_released),
@@ -249,6 +257,16 @@ class StorageSCP:
     # -- DIMSE services ----------------------------------------------------
     def _on_echo(self, event: evt.Event) -> int:
         return SUCCESS
+
+    def _on_event_report(self, event: evt.Event) -> tuple[int, Dataset | None]:
+        if self.on_commitment is None:
+            return NO_SUCH_SOP_INSTANCE, None
+        try:
+            matched = self.on_commitment(int(event.event_type), event.event_information)
+        except Exception:  # never crash the association: answer with a failure status
+            logger.exception("cannot process a Storage Commitment report")
+            return PROCESSING_FAILURE, None
+        return (SUCCESS if matched else NO_SUCH_SOP_INSTANCE), None
 
     def _on_store(self, event: evt.Event) -> int | Dataset:
         stats = self._stats(event.assoc)

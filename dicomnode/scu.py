@@ -40,7 +40,7 @@ def parse_peer(text: str) -> Destination:
     return Destination(name=text, ae_title=m["ae"], host=m["host"].strip("[]"), port=int(m["port"]))
 
 
-def _nodelay(assoc: Association) -> None:
+def set_nodelay(assoc: Association) -> None:
     # pynetdicom does not set TCP_NODELAY; without it every small PDU waits
     # for the peer's delayed ACK (about 3x slower sending over loopback).
     try:
@@ -63,7 +63,7 @@ def echo(dest: Destination, calling_ae: str = "DICOMNODE", timeout: float = 10.0
     t0 = time.perf_counter()
     assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
     if not assoc.is_established:
-        raise NetworkError(_why_not(assoc, dest))
+        raise NetworkError(why_not_established(assoc, dest))
     try:
         status = assoc.send_c_echo()
     finally:
@@ -75,7 +75,7 @@ def echo(dest: Destination, calling_ae: str = "DICOMNODE", timeout: float = 10.0
     return time.perf_counter() - t0
 
 
-def _why_not(assoc: Association, dest: Destination) -> str:
+def why_not_established(assoc: Association, dest: Destination) -> str:
     where = f"{dest.ae_title}@{dest.host}:{dest.port}"
     ac = getattr(assoc.acceptor, "primitive", None)
     if ac is None and not assoc.is_rejected:
@@ -168,8 +168,8 @@ def send_files(
             ae.add_requested_context(sop_class, ts)
         assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, max_pdu=0)
         if not assoc.is_established:
-            raise NetworkError(_why_not(assoc, dest))
-        _nodelay(assoc)
+            raise NetworkError(why_not_established(assoc, dest))
+        set_nodelay(assoc)
         try:
             for f in batch:
                 try:

@@ -12,6 +12,11 @@ ERROR_DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
 ERROR_CANNOT_UNDERSTAND = 0xC210
 PROCESSING_FAILURE = 0x0110
 SOP_CLASS_NOT_SUPPORTED = 0x0122
+NO_SUCH_SOP_INSTANCE = 0x0112  # e.g. a Storage Commitment report for an unknown transaction
+
+# Storage Commitment Push Model (PS3.4 J)
+STORAGE_COMMITMENT_PUSH = "1.2.840.10008.1.20.1"
+STORAGE_COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"  # its well-known SOP instance
 
 # A-ASSOCIATE-RJ (result, source, reason)
 REJECTED_PERMANENT = 0x01
@@ -32,6 +37,7 @@ _NAMES = {
     ERROR_CANNOT_UNDERSTAND: "Error: cannot understand",
     PROCESSING_FAILURE: "Failure: processing failure",
     SOP_CLASS_NOT_SUPPORTED: "Failure: SOP class not supported",
+    NO_SUCH_SOP_INSTANCE: "Failure: no such SOP instance",
 }
 
 

@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -38,18 +39,26 @@ class SeriesState(str, enum.Enum):
 
 
 class JobState(str, enum.Enum):
-    """Life cycle of a job: queued → running → done | failed."""
+    """Life cycle of a job.
+
+    queued → running → delivering → done | delivery_failed, or running →
+    failed (the series could not be processed) | ignored (no model applies).
+    """
 
     QUEUED = "queued"
     RUNNING = "running"
+    DELIVERING = "delivering"  # outputs written; deliveries pending
     DONE = "done"
     FAILED = "failed"
+    DELIVERY_FAILED = "delivery_failed"  # a destination refused or stayed unreachable after the last attempt
+    IGNORED = "ignored"
 
 
 class DeliveryState(str, enum.Enum):
     """Life cycle of one output delivery to one destination."""
 
     PENDING = "pending"
+    AWAITING_COMMITMENT = "awaiting_commitment"  # sent; waiting for the peer's Storage Commitment report
     DONE = "done"
     FAILED = "failed"
 
@@ -149,9 +158,32 @@ class Job(Base):
     worker: Mapped[str | None] = mapped_column(String(128))
     heartbeat_at: Mapped[datetime | None]
     timings: Mapped[dict[str, float] | None] = mapped_column(JSON)
+    stage: Mapped[str | None] = mapped_column(String(16))  # the stage running, or the last one reached
+    model: Mapped[str | None] = mapped_column(String(128))  # bundle name and version
+    output_dir: Mapped[str | None] = mapped_column(Text)
 
     series: Mapped[Series] = relationship(back_populates="jobs")
     deliveries: Mapped[list[Delivery]] = relationship(back_populates="job")
+    outputs: Mapped[list[Output]] = relationship(back_populates="job")
+
+
+class Output(Base):
+    """One DICOM object a job wrote (SEG, SR or preview image)."""
+
+    __tablename__ = "outputs"
+    __table_args__ = (UniqueConstraint("job_id", "sop_instance_uid", name="uq_outputs_job_sop"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    variant: Mapped[str] = mapped_column(String(32), default="")  # e.g. "all-frames" for some destinations
+    path: Mapped[str] = mapped_column(Text)
+    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    sop_instance_uid: Mapped[str] = mapped_column(String(64))
+    series_uid: Mapped[str] = mapped_column(String(64))
+    transfer_syntax_uid: Mapped[str] = mapped_column(String(64))
+
+    job: Mapped[Job] = relationship(back_populates="outputs")
 
 
 class Delivery(Base):
@@ -163,11 +195,16 @@ class Delivery(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
     destination: Mapped[str] = mapped_column(String(64))
-    state: Mapped[str] = mapped_column(String(16), default=DeliveryState.PENDING.value)
+    state: Mapped[str] = mapped_column(String(24), default=DeliveryState.PENDING.value)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime | None]
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    variant: Mapped[str] = mapped_column(String(32), default="")  # which outputs this destination gets
+    storage_commitment: Mapped[bool] = mapped_column(Boolean, default=False)
+    commitment_uid: Mapped[str | None] = mapped_column(String(64), index=True)  # N-ACTION transaction UID
+    sent_count: Mapped[int] = mapped_column(Integer, default=0)
+    finished_at: Mapped[datetime | None]
 
     job: Mapped[Job] = relationship(back_populates="deliveries")

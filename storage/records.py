@@ -367,10 +367,14 @@ class JobRow:
     modality: str | None
     series_description: str | None
     calling_ae: str | None
+    stage: str | None = None
+    model: str | None = None
+    worker: str | None = None
+    timings: dict[str, float] | None = None
 
 
-def list_jobs(engine: Engine, *, state: str | None = None, limit: int = 50) -> list[JobRow]:
-    """The most recent jobs first, optionally only those in ``state``."""
+def list_jobs(engine: Engine, *, state: str | None = None, limit: int = 50, job_id: int | None = None) -> list[JobRow]:
+    """The most recent jobs first, optionally only those in ``state`` (or only job ``job_id``)."""
     stmt = (
         select(
             _jobs.c.id,
@@ -387,6 +391,10 @@ def list_jobs(engine: Engine, *, state: str | None = None, limit: int = 50) -> l
             _series.c.modality,
             _series.c.series_description,
             _series.c.calling_ae,
+            _jobs.c.stage,
+            _jobs.c.model,
+            _jobs.c.worker,
+            _jobs.c.timings,
         )
         .join(_series, _series.c.id == _jobs.c.series_id)
         .order_by(_jobs.c.id.desc())
@@ -394,6 +402,8 @@ def list_jobs(engine: Engine, *, state: str | None = None, limit: int = 50) -> l
     )
     if state:
         stmt = stmt.where(_jobs.c.state == state)
+    if job_id is not None:
+        stmt = stmt.where(_jobs.c.id == job_id)
     with read_transaction(engine) as conn:
         rows = conn.execute(stmt).all()
     return [

@@ -7,11 +7,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import Engine, select, text
 
 from dicomnode.config import Config, load_config
 from dicomnode.node import Node
 from dicomnode.synthetic import SeriesSpec, write_series
+from storage.database import migrate, open_engine
 from storage.models import Job, Series
 from tests.helpers import wait_for, write_config
 
@@ -32,10 +33,13 @@ def node_factory(tmp_path: Path) -> Iterator[Callable[..., Node]]:
     """Start in-process nodes (port 0); all are stopped at teardown."""
     nodes: list[Node] = []
 
-    def _start(node_toml: str = "", series_toml: str = "quiet_seconds = 30", subdir: str = "node") -> Node:
+    def _start(
+        node_toml: str = "", series_toml: str = "quiet_seconds = 30", subdir: str = "node",
+        extra_toml: str = "[worker]\nenabled = false\n",
+    ) -> Node:
         d = tmp_path / subdir
         d.mkdir(exist_ok=True)
-        cfg: Config = load_config(write_config(d, node_toml, series_toml), environ={})
+        cfg: Config = load_config(write_config(d, node_toml, series_toml, extra_toml), environ={})
         n = Node(cfg)
         port = n.start()
         n.cfg = replace(cfg, node=replace(cfg.node, port=port))
@@ -74,6 +78,21 @@ def wait_for_jobs(node: Node, n: int, timeout: float = 20.0) -> list[Job]:
         return jobs if len(jobs) >= n else None
 
     return wait_for(enough, timeout, what=f"{n} job(s)")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    if request.param == "sqlite":
+        eng = open_engine(f"sqlite:///{tmp_path / 'db' / 'test.db'}")
+    else:
+        url = request.getfixturevalue("postgres_url")
+        eng = open_engine(url)
+        with eng.begin() as conn:  # a clean schema for each test
+            conn.execute(text("DROP SCHEMA public CASCADE"))
+            conn.execute(text("CREATE SCHEMA public"))
+    migrate(eng)
+    yield eng
+    eng.dispose()
 
 
 @pytest.fixture(scope="session")

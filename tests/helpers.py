@@ -14,6 +14,8 @@ from typing import TypeVar
 
 import pytest
 
+from storage.records import InstanceRecord
+
 T = TypeVar("T")
 
 
@@ -57,8 +59,11 @@ def storescu(port: int, files: Sequence[Path], *, called: str = "DICOMNODE", cal
     )
 
 
-def write_config(tmp: Path, node: str = "", series: str = "quiet_seconds = 30") -> Path:
-    """A node configuration on port 0 with storage under ``tmp``."""
+def write_config(tmp: Path, node: str = "", series: str = "quiet_seconds = 30", extra: str = "[worker]\nenabled = false\n") -> Path:
+    """A node configuration on port 0 with storage under ``tmp``.
+
+    ``extra`` is appended (more sections); by default the node runs no jobs.
+    """
     cfg = tmp / "node.toml"
     defaults = "" if "min_free_mb" in node else "min_free_mb = 10"
     cfg.write_text(
@@ -73,6 +78,7 @@ database_url = "sqlite:///{tmp / 'storage' / 'dicomnode.db'}"
 {node}
 [series]
 {series}
+{extra}
 """
     )
     return cfg
@@ -114,3 +120,18 @@ class NodeProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
+
+
+def rec(sop: str, series: str = "1.2.3", crc: int = 1, **kw: object) -> InstanceRecord:
+    return InstanceRecord(
+        study_uid="1.2",
+        series_uid=series,
+        sop_uid=sop,
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+        transfer_syntax_uid="1.2.840.10008.1.2.1",
+        path=f"1.2/{series}/{sop}.dcm",
+        size=100,
+        crc32=crc,
+        assoc_uid="assoc-1",
+        **kw,  # type: ignore[arg-type]
+    )

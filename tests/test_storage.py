@@ -3,58 +3,27 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, inspect, select, text
+from sqlalchemy import Engine, inspect, select
 
 from storage.database import current_revision, migrate, open_engine
 from storage.errors import DiskFullError
 from storage.files import durable_write, quarantine, recover_temp_files
 from storage.models import Base, Instance, Job, Series
 from storage.records import (
-    InstanceRecord,
     RecordOutcome,
     complete_series,
     list_jobs,
     open_series,
     record_instance,
 )
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    if request.param == "sqlite":
-        eng = open_engine(f"sqlite:///{tmp_path / 'db' / 'test.db'}")
-    else:
-        url = request.getfixturevalue("postgres_url")
-        eng = open_engine(url)
-        with eng.begin() as conn:  # a clean schema for each test
-            conn.execute(text("DROP SCHEMA public CASCADE"))
-            conn.execute(text("CREATE SCHEMA public"))
-    migrate(eng)
-    yield eng
-    eng.dispose()
-
-
-def rec(sop: str, series: str = "1.2.3", crc: int = 1, **kw: object) -> InstanceRecord:
-    return InstanceRecord(
-        study_uid="1.2",
-        series_uid=series,
-        sop_uid=sop,
-        sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
-        transfer_syntax_uid="1.2.840.10008.1.2.1",
-        path=f"1.2/{series}/{sop}.dcm",
-        size=100,
-        crc32=crc,
-        assoc_uid="assoc-1",
-        **kw,  # type: ignore[arg-type]
-    )
+from tests.helpers import rec
 
 
 def test_migrations_create_the_models_schema(engine: Engine) -> None:
-    assert current_revision(engine) == "0001"
+    assert current_revision(engine) == "0002"
     insp = inspect(engine)
     for table in Base.metadata.sorted_tables:
         cols = {c["name"] for c in insp.get_columns(table.name)}

@@ -1,0 +1,319 @@
+"""The job runner: takes each queued job through reconstruction, inference, outputs and the outbox.
+
+A :class:`JobRunner` claims jobs from the database (see :mod:`storage.queue`),
+so several runners, threads or hosts can share one queue.  While a job runs,
+a heartbeat renews its lease and records the stage; if the worker dies, the
+lease expires and another worker reclaims the job.  Each stage's time is
+recorded on the job.
+
+A series that cannot become a volume (missing or duplicate slices, mixed
+orientations, unreadable files) fails with the reason in words and its
+files are moved to the quarantine, never deleted.  A series no model
+applies to is marked ``ignored``.  Models stay loaded between jobs.
+
+torch is imported only when the first job runs, so the receiver does not
+pay for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+from sqlalchemy import Engine
+
+from dicomnode.config import Config
+from dicomnode.errors import DicomNodeError
+from dicomnode.slices import VolumeError
+from storage.errors import StorageError
+from storage.files import quarantine
+from storage.models import JobState
+from storage.queue import (
+    ClaimedJob,
+    DeliveryTarget,
+    OutputRecord,
+    claim_job,
+    end_job,
+    finish_job,
+    heartbeat,
+    series_files,
+)
+
+if TYPE_CHECKING:
+    from ai.bundle import Bundle
+    from ai.engine import Engine as ModelEngine
+    from ai.engine import Result
+    from dicomnode.outputs import OutputFile
+    from dicomnode.volume import Volume
+
+logger = logging.getLogger(__name__)
+
+_R = TypeVar("_R")
+ALL_FRAMES = "all-frames"  # output variant for destinations that keep empty SEG frames
+
+
+def worker_name(suffix: str = "") -> str:
+    """``host:pid[:suffix]``: who holds a job, for leases and for people reading ``dicomnode jobs``."""
+    return f"{socket.gethostname()}:{os.getpid()}" + (f":{suffix}" if suffix else "")
+
+
+class _Heartbeat:
+    """Renews a job's lease in the background and records its stage."""
+
+    def __init__(self, engine: Engine, job_id: int, worker: str, interval: float) -> None:
+        self.engine, self.job_id, self.worker = engine, job_id, worker
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._stage: str | None = None
+        self._thread = threading.Thread(target=self._run, args=(interval,), name=f"heartbeat-{job_id}", daemon=True)
+
+    def __enter__(self) -> _Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def stage(self, name: str) -> None:
+        self._stage = name
+        self._beat()
+
+    def _beat(self) -> None:
+        try:
+            if not heartbeat(self.engine, self.job_id, self.worker, self._stage):
+                self.lost.set()
+        except StorageError as exc:  # a busy database: the next beat will do
+            logger.warning("job %d: heartbeat failed: %s", self.job_id, exc)
+
+    def _run(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            self._beat()
+
+
+@dataclass
+class _Stages:
+    """Seconds per stage, in order."""
+
+    timings: dict[str, float]
+    hb: _Heartbeat
+
+    def run(self, name: str, fn: Callable[[], _R]) -> _R:
+        self.hb.stage(name)
+        t = time.perf_counter()
+        try:
+            return fn()
+        finally:
+            self.timings[name] = round(time.perf_counter() - t, 3)
+
+
+class LeaseLost(DicomNodeError):
+    """Another worker took the job over (this one was too slow to renew its lease)."""
+
+
+class JobRunner:
+    """Runs jobs from the queue in a background thread.
+
+    Parameters
+    ----------
+    engine : sqlalchemy.Engine
+        The node's database.
+    cfg : Config
+        Worker, outputs and destination settings.
+    name : str
+        This worker's name in the job rows (default ``host:pid``).
+    on_finished : callable, optional
+        Called after each job that queued deliveries (to wake the sender).
+    """
+
+    def __init__(self, engine: Engine, cfg: Config, name: str | None = None, on_finished: Callable[[], None] | None = None) -> None:
+        self.engine = engine
+        self.cfg = cfg
+        self.name = name or worker_name()
+        self.on_finished = on_finished
+        self._models: dict[str, ModelEngine] = {}
+        self._bundles: list[Bundle] | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------- lifecycle
+    def start(self) -> None:
+        """Start the job thread."""
+        self._thread = threading.Thread(target=self._run, name=f"dicomnode-worker-{self.name}", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Stop after the current job (whose lease another worker takes over if this one is killed)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                ran = self.run_once()
+            except Exception:  # keep the worker alive; the job's lease will expire
+                logger.exception("worker %s: unexpected error", self.name)
+                ran = False
+            if not ran:
+                self._stop.wait(self.cfg.worker.poll_seconds)
+
+    def run_once(self) -> bool:
+        """Claim and run one job; ``False`` when the queue is empty."""
+        w = self.cfg.worker
+        job = claim_job(self.engine, self.name, w.lease_seconds, max_attempts=w.max_job_attempts)
+        if job is None:
+            return False
+        if job.reclaimed:
+            logger.warning("job %d: reclaimed after its previous worker stopped (attempt %d)", job.id, job.attempts)
+        self.process(job)
+        return True
+
+    # ---------------------------------------------------------------- models
+    def bundles(self) -> list[Bundle]:
+        """The configured bundles (default: every shipped bundle), loaded once."""
+        if self._bundles is None:
+            from dicomnode.infer import BUNDLES, find_bundle
+
+            names = self.cfg.worker.models or tuple(
+                sorted(p.name for p in BUNDLES.iterdir() if (p / "manifest.json").is_file())
+            )
+            self._bundles = [find_bundle(n) for n in names]
+        return self._bundles
+
+    def models_for(self, job: ClaimedJob) -> list[Bundle]:
+        """Bundles whose modality and body-part filters match the series; segmentation first."""
+        modality = (job.modality or "").upper()
+        body = (job.body_part or "").upper()
+        found = [
+            b for b in self.bundles()
+            if (not b.modalities or modality in {m.upper() for m in b.modalities})
+            and (not b.body_parts or body in {p.upper() for p in b.body_parts})
+        ]
+        return sorted(found, key=lambda b: b.task != "segmentation")
+
+    def _engine(self, bundle: Bundle) -> ModelEngine:
+        key = str(bundle.path)
+        if key not in self._models:
+            from ai.engine import Engine as ModelEngine
+
+            self._models[key] = ModelEngine(bundle, device=self.cfg.worker.device)
+            logger.info("loaded model %s %s on %s", bundle.name, bundle.version, self._models[key].device)
+        return self._models[key]
+
+    # ------------------------------------------------------------------ jobs
+    def _source_paths(self, job: ClaimedJob) -> dict[str, Path]:
+        node = self.cfg.node
+        out: dict[str, Path] = {}
+        for sop_uid, rel in series_files(self.engine, job.series_id):
+            p = node.incoming_dir / rel
+            out[sop_uid] = p if p.exists() or not (node.quarantine_dir / rel).exists() else node.quarantine_dir / rel
+        return out
+
+    def process(self, job: ClaimedJob) -> None:
+        """Run one claimed job to its end state."""
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        with _Heartbeat(self.engine, job.id, self.name, max(1.0, self.cfg.worker.lease_seconds / 4)) as hb:
+            stages = _Stages(timings, hb)
+            paths = self._source_paths(job)
+            try:
+                self._process(job, paths, stages)
+            except VolumeError as exc:
+                self._fail_bad_series(job, paths, f"the series cannot be reconstructed: {exc}", timings)
+            except LeaseLost:
+                logger.warning("job %d: lease lost to another worker; abandoning this run", job.id)
+            except Exception as exc:  # a bug or a broken model: fail readably, keep the files
+                stage = hb._stage or "start"
+                logger.exception("job %d failed in stage %s", job.id, stage)
+                end_job(self.engine, job.id, self.name, JobState.FAILED, f"internal error in stage {stage}: {exc}", timings)
+        timings["total"] = round(time.perf_counter() - t0, 3)
+
+    def _fail_bad_series(self, job: ClaimedJob, paths: dict[str, Path], reason: str, timings: dict[str, float]) -> None:
+        node = self.cfg.node
+        live = [p for p in paths.values() if p.exists() and node.incoming_dir in p.parents]
+        try:
+            moved = quarantine(live, node.incoming_dir, node.quarantine_dir)
+            reason += f" ({len(moved)} file(s) moved to the quarantine)"
+        except StorageError as exc:
+            reason += f" (quarantine failed: {exc})"
+        logger.warning("job %d failed: %s", job.id, reason)
+        end_job(self.engine, job.id, self.name, JobState.FAILED, reason, timings)
+
+    def _process(self, job: ClaimedJob, paths: dict[str, Path], stages: _Stages) -> None:
+        from dicomnode.outputs import OutputOptions, write_outputs
+        from dicomnode.volume import VolumePolicy, reconstruct
+
+        bundles = self.models_for(job)
+        if not bundles or bundles[0].task != "segmentation":
+            why = f"no model applies to modality {job.modality or '?'} / body part {job.body_part or '(none)'}"
+            logger.info("job %d ignored: %s", job.id, why)
+            end_job(self.engine, job.id, self.name, JobState.IGNORED, why, stages.timings)
+            return
+        if not paths:
+            raise VolumeError("the series has no stored instances")
+        policy = VolumePolicy(gap_factor=self.cfg.series.gap_factor)
+        vol: Volume = stages.run("reconstruct", lambda: reconstruct(list(paths.values()), policy))
+        primary = bundles[0]
+        result: Result = stages.run("infer", lambda: self._infer(primary, bundles[1:], vol))
+        if stages.hb.lost.is_set():
+            raise LeaseLost(f"job {job.id}")
+        out_dir = self.cfg.node.outputs_dir / str(job.id)
+        o = self.cfg.outputs
+        base = OutputOptions(
+            seg=o.seg, sr=o.sr, preview=o.preview, fractional=o.fractional,
+            seg_series_number=o.seg_series_number, sr_series_number=o.sr_series_number,
+            preview_series_number=o.preview_series_number, series_description_prefix=o.series_description_prefix,
+        )
+        sources = [paths[uid] for uid in vol.sop_uids]
+        key = f"{job.series_uid}/{job.version}"
+        records: list[OutputRecord] = []
+
+        def write() -> None:
+            for f in write_outputs(sources, vol, result, primary, out_dir, job_key=key, options=base):
+                records.append(_record(f, self.cfg.node.outputs_dir, ""))
+            if o.seg and any(d.keep_empty_frames for d in self.cfg.destinations):
+                opts = OutputOptions(**{**vars(base), "sr": False, "preview": False, "keep_empty_frames": True})
+                for f in write_outputs(sources, vol, result, primary, out_dir / ALL_FRAMES, job_key=key, options=opts):
+                    records.append(_record(f, self.cfg.node.outputs_dir, ALL_FRAMES))
+
+        stages.run("write", write)
+        targets = [
+            DeliveryTarget(d.name, ALL_FRAMES if d.keep_empty_frames and o.seg else "", d.storage_commitment)
+            for d in self.cfg.destinations
+        ]
+        stages.timings.update({f"model_{k}": round(v, 3) for k, v in result.timings.items()})
+        if not finish_job(
+            self.engine, job.id, self.name, timings=stages.timings, model=f"{primary.name} {primary.version}",
+            output_dir=str(out_dir.relative_to(self.cfg.node.outputs_dir)), outputs=records, targets=targets,
+        ):
+            raise LeaseLost(f"job {job.id}")
+        logger.info(
+            "job %d done: %d output(s), %d destination(s), %s", job.id, len(records), len(targets),
+            ", ".join(f"{k} {v:.2f} s" for k, v in stages.timings.items() if not k.startswith("model_")),
+        )
+        if targets and self.on_finished is not None:
+            self.on_finished()
+
+    def _infer(self, primary: Bundle, others: list[Bundle], vol: Volume) -> Result:
+        res = self._engine(primary).run(vol.array, vol.spacing, vol.direction)
+        for b in others:
+            if b.task == "classification":
+                extra = self._engine(b).run(vol.array, vol.spacing, vol.direction)
+                res.class_probabilities.update(extra.class_probabilities)
+        return res
+
+
+def _record(f: OutputFile, root: Path, variant: str) -> OutputRecord:
+    return OutputRecord(
+        kind=f.kind, path=str(f.path.relative_to(root)), sop_class_uid=f.sop_class_uid,
+        sop_instance_uid=f.sop_instance_uid, series_uid=f.series_instance_uid,
+        transfer_syntax_uid=f.transfer_syntax_uid, variant=variant,
+    )

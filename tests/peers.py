@@ -1,0 +1,166 @@
+"""Real DICOM peers for tests: dcmtk storescp, Orthanc, and a pynetdicom PACS with Storage Commitment."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import threading
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from pydicom import Dataset
+from pynetdicom import AE, build_role, evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from dicomnode.sopclasses import storage_contexts
+from dicomnode.status import STORAGE_COMMITMENT_INSTANCE, STORAGE_COMMITMENT_PUSH, SUCCESS
+from tests.helpers import dcmtk_env, require_tool, wait_for
+
+
+def free_port() -> int:
+    """A port the OS just handed out, for peers that cannot bind port 0 themselves (dcmtk, Orthanc)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def echo_ok(ae: str, port: int) -> bool:
+    exe = require_tool("echoscu")
+    return subprocess.run([exe, "-aec", ae, "127.0.0.1", str(port)], capture_output=True, env=dcmtk_env()).returncode == 0
+
+
+class StoreSCP:
+    """dcmtk's ``storescp`` writing everything it receives into ``folder``."""
+
+    def __init__(self, folder: Path, ae: str = "PACS", port: int | None = None) -> None:
+        self.folder, self.ae, self.port = folder, ae, port or free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def start(self) -> StoreSCP:
+        exe = require_tool("storescp")
+        self.proc = subprocess.Popen(
+            [exe, "-aet", self.ae, "+xa", "-od", str(self.folder), str(self.port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dcmtk_env(),
+        )
+        wait_for(lambda: echo_ok(self.ae, self.port), 20, what="storescp to listen")
+        return self
+
+    def files(self) -> list[Path]:
+        return sorted(p for p in self.folder.iterdir() if p.is_file())
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+class Orthanc:
+    """Orthanc from Debian's package, on loopback ports, with a REST API to check what it holds."""
+
+    def __init__(self, folder: Path, ae: str = "ORTHANC") -> None:
+        self.folder, self.ae = folder, ae
+        self.port, self.http = free_port(), free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Orthanc:
+        exe = require_tool("Orthanc")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        cfg = self.folder / "orthanc.json"
+        cfg.write_text(json.dumps({
+            "Name": "test-pacs", "StorageDirectory": str(self.folder / "db"), "IndexDirectory": str(self.folder / "db"),
+            "DicomAet": self.ae, "DicomPort": self.port, "HttpPort": self.http, "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False, "DicomCheckCalledAet": False, "Plugins": [], "HttpServerEnabled": True,
+            "DicomAlwaysAllowStore": True, "UnknownSopClassAccepted": True,
+        }))
+        self.proc = subprocess.Popen([exe, str(cfg)], stdout=subprocess.DEVNULL, stderr=open(self.folder / "orthanc.log", "wb"), env=dcmtk_env())
+        wait_for(lambda: self._alive() or self.proc.poll() is not None, 60, what="Orthanc to start")  # type: ignore[union-attr]
+        assert self.proc.poll() is None, (self.folder / "orthanc.log").read_text()[-2000:]
+        return self
+
+    def _alive(self) -> bool:
+        try:
+            self.get("/system")
+            return echo_ok(self.ae, self.port)
+        except OSError:
+            return False
+
+    def get(self, path: str) -> Any:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http}{path}", timeout=10) as r:
+            return json.loads(r.read())
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(20)
+
+
+class CommitmentPACS:
+    """A pynetdicom PACS that stores C-STOREs in memory and answers Storage Commitment.
+
+    ``report`` says how it answers an N-ACTION: on the same association
+    (``"same"``), on a new association to ``reply_to`` (``"new"``), or never.
+    """
+
+    def __init__(self, report: str = "same", ae: str = "CPACS", fail: set[str] | None = None) -> None:
+        self.report, self.ae_title, self.fail = report, ae, fail or set()
+        self.stored: dict[str, Dataset] = {}
+        self.reply_to: tuple[str, int, str] | None = None  # (host, port, AE) of the node
+        self.actions = 0
+        ae_ = AE(ae_title=ae)
+        ae_.supported_contexts = storage_contexts()
+        ae_.add_supported_context(Verification)
+        ae_.add_supported_context(STORAGE_COMMITMENT_PUSH)
+        self._ae = ae_
+        self.server = ae_.start_server(
+            ("127.0.0.1", 0), block=False,
+            evt_handlers=[(evt.EVT_C_STORE, self._on_store), (evt.EVT_N_ACTION, self._on_action)],
+        )
+        self.port = int(self.server.server_address[1])
+
+    def _on_store(self, event: Any) -> int:
+        ds = event.dataset
+        ds.file_meta = event.file_meta
+        self.stored[str(ds.SOPInstanceUID)] = ds
+        return SUCCESS
+
+    def _on_action(self, event: Any) -> tuple[int, Dataset | None]:
+        self.actions += 1
+        req = event.action_information
+        report = Dataset()
+        report.TransactionUID = req.TransactionUID
+        ok, failed = [], []
+        for item in req.ReferencedSOPSequence:
+            uid = str(item.ReferencedSOPInstanceUID)
+            (failed if uid in self.fail or uid not in self.stored else ok).append(item)
+        report.ReferencedSOPSequence = ok
+        if failed:
+            for item in failed:
+                item.FailureReason = 0x0110
+            report.FailedSOPSequence = failed
+        event_type = 2 if failed else 1
+        if self.report == "same":
+            assoc = event.assoc
+            threading.Thread(
+                target=lambda: assoc.send_n_event_report(report, event_type, STORAGE_COMMITMENT_PUSH, STORAGE_COMMITMENT_INSTANCE),
+                daemon=True,
+            ).start()
+        elif self.report == "new":
+            threading.Thread(target=self._report_later, args=(report, event_type), daemon=True).start()
+        return SUCCESS, None
+
+    def _report_later(self, report: Dataset, event_type: int) -> None:
+        assert self.reply_to is not None
+        host, port, ae = self.reply_to
+        requester = AE(ae_title=self.ae_title)
+        requester.add_requested_context(STORAGE_COMMITMENT_PUSH)
+        role = build_role(STORAGE_COMMITMENT_PUSH, scp_role=True)
+        assoc = requester.associate(host, port, ae_title=ae, ext_neg=[role])
+        if assoc.is_established:
+            assoc.send_n_event_report(report, event_type, STORAGE_COMMITMENT_PUSH, STORAGE_COMMITMENT_INSTANCE)
+            assoc.release()
+
+    def stop(self) -> None:
+        self.server.shutdown()
