@@ -114,7 +114,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 def cmd_phantom(args: argparse.Namespace) -> int:
     from ai.phantom import generate
-    from dicomnode.synthetic import SeriesSpec, write_series
+    from dicomnode.synthetic import write_phantom
 
     configure_logging(args.log_level or "WARNING")
     out = Path(args.out)
@@ -128,12 +128,7 @@ def cmd_phantom(args: argparse.Namespace) -> int:
             ph.write_nifti(out / f"phantom_{seed:04d}_image.nii.gz", out / f"phantom_{seed:04d}_labels.nii.gz")
             where.append("NIfTI")
         if args.format in ("dicom", "both"):
-            spec = SeriesSpec(
-                slices=nz, rows=ny, columns=nx, pixel_spacing=(px, px), slice_spacing=dz,
-                origin=ph.origin_lps, seed=f"phantom-{seed}",
-                patient_id=f"PHANTOM-{seed:04d}", patient_name=f"Phantom^{seed}", signed=True,
-            )
-            write_series(spec, out / f"phantom_{seed:04d}_dicom", volume=ph.hu)
+            write_phantom(ph, out / f"phantom_{seed:04d}_dicom")
             where.append("DICOM")
         sizes = ", ".join(f"{n.diameter_mm:.1f}" for n in ph.nodules) or "none"
         print(f"phantom {seed}: {nx}x{ny}x{nz} ({px:.2f} x {px:.2f} x {dz:.2f} mm) as {' and '.join(where)}; nodules (mm): {sizes}")

@@ -11,10 +11,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, UID
+
+if TYPE_CHECKING:
+    from ai.phantom import Phantom
 
 UID_ROOT = "1.2.826.0.1.3680043.8.498."  # pydicom's root, open for generated UIDs
 
@@ -177,3 +181,14 @@ def write_series(
         make_slice(spec, i, None if volume is None else volume[i]).save_as(p, enforce_file_format=True)
         paths.append(p)
     return paths
+
+
+def write_phantom(ph: Phantom, out_dir: Path) -> list[Path]:
+    """Write a chest phantom (:func:`ai.phantom.generate`) as a CT series with its own identity."""
+    px, _, dz = ph.spacing
+    nz, ny, nx = ph.hu.shape
+    spec = SeriesSpec(
+        slices=nz, rows=ny, columns=nx, pixel_spacing=(px, px), slice_spacing=dz, origin=ph.origin_lps,
+        seed=f"phantom-{ph.seed}", patient_id=f"PHANTOM-{ph.seed:04d}", patient_name=f"Phantom^{ph.seed}", signed=True,
+    )
+    return write_series(spec, out_dir, volume=ph.hu)

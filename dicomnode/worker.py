@@ -248,7 +248,6 @@ class JobRunner:
         end_job(self.engine, job.id, self.name, JobState.FAILED, reason, timings)
 
     def _process(self, job: ClaimedJob, paths: dict[str, Path], stages: _Stages) -> None:
-        from dicomnode.outputs import OutputOptions, write_outputs
         from dicomnode.volume import VolumePolicy, reconstruct
 
         bundles = self.models_for(job)
@@ -265,6 +264,8 @@ class JobRunner:
         result: Result = stages.run("infer", lambda: self._infer(primary, bundles[1:], vol))
         if stages.hb.lost.is_set():
             raise LeaseLost(f"job {job.id}")
+        from dicomnode.outputs import OutputOptions, write_outputs
+
         out_dir = self.cfg.node.outputs_dir / str(job.id)
         o = self.cfg.outputs
         base = OutputOptions(

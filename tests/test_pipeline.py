@@ -1,0 +1,119 @@
+"""The whole path with real peers: storescu -> node -> model -> SEG/SR/SC -> storescp and Orthanc.
+
+Also: a bad series fails readably and is quarantined, a series no model
+applies to is ignored, and ``dicomnode jobs|retry`` show and redo the work.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from pydicom import dcmread
+
+from ai.phantom import LUNG, generate
+from dicomnode.node import Node
+from dicomnode.synthetic import write_phantom
+from tests.conftest import jobs_of
+from tests.helpers import NodeProcess, storescu, wait_for, write_config
+from tests.peers import Orthanc, StoreSCP
+
+SEG, SR, SC = "1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.7"
+IDENTITY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyID",
+            "AccessionNumber", "ReferringPhysicianName", "FrameOfReferenceUID")
+WORKER = "[worker]\nenabled = true\ndevice = \"cpu\"\n[delivery]\nbackoff_seconds = 0.5\npoll_seconds = 0.1\n"
+
+
+def destination(name: str, ae: str, port: int) -> str:
+    return f'[[destinations]]\nname = "{name}"\nae_title = "{ae}"\nhost = "127.0.0.1"\nport = {port}\n'
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return float(2 * (a & b).sum() / max(1, a.sum() + b.sum()))
+
+
+def test_phantom_ct_comes_back_as_seg_sr_and_preview_at_storescp_and_orthanc(tmp_path: Path) -> None:
+    import highdicom as hd
+
+    ph = generate(1005, matrix=160, slices=60)
+    files = write_phantom(ph, tmp_path / "ct")
+    pacs = StoreSCP(tmp_path / "storescp").start()
+    orthanc = Orthanc(tmp_path / "orthanc").start()
+    cfg = write_config(
+        tmp_path, series="quiet_seconds = 30",
+        extra=WORKER + destination("storescp", "PACS", pacs.port) + destination("orthanc", "ORTHANC", orthanc.port),
+    )
+    node = NodeProcess(cfg, tmp_path / "node.log").start()
+    try:
+        r = storescu(node.port, files)
+        assert r.returncode == 0, r.stderr
+        # complete_on_release: the association carried the whole series.
+        wait_for(lambda: {dcmread(f, stop_before_pixels=True).SOPClassUID for f in pacs.files()} >= {SEG, SR, SC}, 180,
+                 what="SEG, SR and SC at storescp")
+        out = {str(dcmread(f, stop_before_pixels=True).SOPClassUID): f for f in pacs.files()}
+        source = dcmread(files[0], stop_before_pixels=True)
+        for f in out.values():
+            ds = dcmread(f, stop_before_pixels=True)
+            for key in IDENTITY:
+                assert ds.get(key) == source.get(key), f"{key} of {ds.Modality} differs from the source"
+            assert ds.SeriesInstanceUID != source.SeriesInstanceUID
+        seg = hd.seg.segread(out[SEG])
+        lung = next(s.segment_number for s in seg.SegmentSequence if s.SegmentLabel.lower().startswith("lung"))
+        uids = [str(dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files]
+        mask = seg.get_pixels_by_source_instance(
+            source_sop_instance_uids=uids, segment_numbers=[lung], assert_missing_frames_are_empty=True,
+            ignore_spatial_locations=True,
+        )[..., 0]
+        assert dice(mask > 0, ph.labels == LUNG) > 0.9
+        sr = hd.sr.srread(out[SR])
+        assert sr.get_measurement_reports()  # a TID 1500 report
+        # Orthanc now holds the source study with the three new series.
+        study = orthanc.get("/studies")
+        assert len(study) == 1
+        series = orthanc.get(f"/studies/{study[0]}/series")
+        assert sorted(s["MainDicomTags"].get("Modality") for s in series) == ["OT", "SEG", "SR"]
+        assert orthanc.get(f"/studies/{study[0]}")["MainDicomTags"]["StudyInstanceUID"] == source.StudyInstanceUID
+        # The job and its deliveries, as an administrator sees them.
+        jobs = subprocess.run([sys.executable, "-m", "dicomnode", "jobs", "1", "--config", str(cfg)], capture_output=True, text=True)
+        assert "done" in jobs.stdout and "storescp:done" in jobs.stdout and "orthanc:done" in jobs.stdout, jobs.stdout
+        assert "infer" in jobs.stdout and "reconstruct" in jobs.stdout
+        # dicomnode retry sends the same objects again: the PACS sees the same UIDs, not new ones.
+        before = len(pacs.files())
+        retry = subprocess.run([sys.executable, "-m", "dicomnode", "retry", "1", "--config", str(cfg)], capture_output=True, text=True)
+        assert retry.returncode == 0, retry.stdout + retry.stderr
+        wait_for(lambda: len(pacs.files()) >= 2 * before, 60, what="the re-send")
+        resent = {str(dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in pacs.files()}
+        assert len(resent) == before
+        assert len(orthanc.get(f"/studies/{study[0]}/instances")) == len(files) + before
+    finally:
+        node.stop()
+        pacs.stop()
+        orthanc.stop()
+
+
+def test_a_bad_series_fails_readably_and_is_quarantined(
+    node_factory: Callable[..., Node], make_series: Callable[..., list[Path]]
+) -> None:
+    files = make_series("gap", slices=12)
+    node = node_factory(series_toml="quiet_seconds = 0.5\nincomplete_timeout_seconds = 1", extra_toml=WORKER)
+    sent = [f for i, f in enumerate(files) if i != 6]  # one slice never arrives
+    assert storescu(node.cfg.node.port, sent).returncode == 0
+    [job] = wait_for(lambda: [j for j in jobs_of(node) if j.state == "failed"] or None, 60, what="the failed job")
+    assert job.error.startswith("the series cannot be reconstructed:")
+    assert "11 file(s) moved to the quarantine" in job.error
+    assert len(list(node.cfg.node.quarantine_dir.rglob("*.dcm"))) == 11
+    assert not list(node.cfg.node.incoming_dir.rglob("*.dcm"))
+
+
+def test_a_series_no_model_applies_to_is_ignored(
+    node_factory: Callable[..., Node], make_series: Callable[..., list[Path]]
+) -> None:
+    files = make_series("head", slices=8, body_part="HEAD")
+    node = node_factory(extra_toml=WORKER)
+    assert storescu(node.cfg.node.port, files).returncode == 0
+    [job] = wait_for(lambda: [j for j in jobs_of(node) if j.state == "ignored"] or None, 60, what="the ignored job")
+    assert job.error == "no model applies to modality CT / body part HEAD"
+
