@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from dicomnode.errors import ConfigError
+from dicomnode.routing import Rule, RoutingConfig, parse_routing, parse_rules
 
 ENV_PREFIX = "DICOMNODE_"
 _ENV_SECTIONS = ("node", "series", "worker", "outputs", "delivery")
@@ -148,6 +149,8 @@ class Config:
     outputs: OutputsConfig = field(default_factory=OutputsConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     destinations: tuple[Destination, ...] = ()
+    rules: tuple[Rule, ...] = ()
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
     log_level: str = "INFO"
     source: Path | None = None
 
@@ -423,17 +426,21 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> Config:
     ConfigError
         A value is invalid; the message names its key.
     """
-    _check_keys("config", data, {*_ENV_SECTIONS, "destinations", "log_level"})
+    _check_keys("config", data, {*_ENV_SECTIONS, "destinations", "rules", "routing", "log_level"})
     level = str(data.get("log_level", "INFO")).upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"log_level: must be DEBUG, INFO, WARNING or ERROR, got {level!r}")
+    destinations = _parse_destinations(data.get("destinations", []))
+    names = [d.name for d in destinations]
     return Config(
         node=_parse_node(_table("node", data.get("node", {}))),
         series=_parse_series(_table("series", data.get("series", {}))),
         worker=_parse_worker(data.get("worker", {})),
         outputs=_parse_outputs(data.get("outputs", {})),
         delivery=_parse_delivery(data.get("delivery", {})),
-        destinations=_parse_destinations(data.get("destinations", [])),
+        destinations=destinations,
+        rules=parse_rules(data.get("rules", []), names),
+        routing=parse_routing(data.get("routing", {}), names),
         log_level=level,
         source=source,
     )

@@ -281,7 +281,7 @@ class Sender:
         if d.state == DeliveryState.AWAITING_COMMITMENT.value:
             self._fail(d, f"no Storage Commitment report from {dest.name} within {self.cfg.delivery.commitment_timeout_seconds:.0f} s")
             return
-        root = self.cfg.node.outputs_dir
+        root = self.cfg.node.storage_dir
         files = [(root / o.path, o.sop_class_uid) for o in outputs_for(self.engine, d.job_id, d.variant)]
         missing = [p.name for p, _ in files if not p.is_file()]
         if missing or not files:

@@ -14,12 +14,16 @@ from dicomnode.completion import CompletionMonitor
 from dicomnode.config import Config
 from dicomnode.delivery import Sender
 from dicomnode.ingest import Ingestor
+from dicomnode.routing import SeriesFacts, first_match
 from dicomnode.scp import StorageSCP
 from dicomnode.worker import JobRunner, worker_name
 from storage.database import migrate, open_engine
 from storage.files import ensure_dir, recover_temp_files
+from storage.queue import series_facts, set_priority
 
 logger = logging.getLogger(__name__)
+
+URGENT = 10  # job priority of series an urgent rule matches (normal: 0)
 
 
 class Node:
@@ -34,7 +38,7 @@ class Node:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.engine = open_engine(cfg.node.database_url, sqlite_synchronous=cfg.node.sqlite_synchronous)
-        self.monitor = CompletionMonitor(self.engine, cfg.series)
+        self.monitor = CompletionMonitor(self.engine, cfg.series, on_job=self._on_job)
         self.ingestor = Ingestor(
             self.engine,
             cfg.node.incoming_dir,
@@ -50,6 +54,15 @@ class Node:
             cfg.node, self.ingestor, on_released=self.monitor.association_released, on_commitment=self.sender.on_event_report
         )
         self._stopped = threading.Event()
+
+    def _on_job(self, job_id: int, series_id: int, reason: str) -> None:
+        """A series completed: make its job urgent when its routing rule says so."""
+        if not self.cfg.rules:
+            return
+        rule = first_match(self.cfg.rules, SeriesFacts(**series_facts(self.engine, series_id)))
+        if rule is not None and rule.urgent:
+            set_priority(self.engine, job_id, URGENT)
+            logger.info("job %d is urgent (rule %s)", job_id, rule.name)
 
     def start(self) -> int:
         """Migrate the database, clean up after a crash, start completion, the workers and the listener.

@@ -29,8 +29,9 @@ from typing import TYPE_CHECKING, TypeVar
 
 from sqlalchemy import Engine
 
-from dicomnode.config import Config
+from dicomnode.config import Config, Destination
 from dicomnode.errors import DicomNodeError
+from dicomnode.routing import SeriesFacts, first_match
 from dicomnode.slices import VolumeError
 from storage.errors import StorageError
 from storage.files import quarantine
@@ -139,7 +140,7 @@ class JobRunner:
         self.name = name or worker_name()
         self.on_finished = on_finished
         self._models: dict[str, ModelEngine] = {}
-        self._bundles: list[Bundle] | None = None
+        self._bundles: dict[str, Bundle] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -176,28 +177,45 @@ class JobRunner:
         self.process(job)
         return True
 
-    # ---------------------------------------------------------------- models
-    def bundles(self) -> list[Bundle]:
-        """The configured bundles (default: every shipped bundle), loaded once."""
-        if self._bundles is None:
-            from dicomnode.infer import BUNDLES, find_bundle
+    # --------------------------------------------------------------- routing
+    def _bundle(self, name: str) -> Bundle:
+        if name not in self._bundles:
+            from dicomnode.infer import find_bundle
 
-            names = self.cfg.worker.models or tuple(
-                sorted(p.name for p in BUNDLES.iterdir() if (p / "manifest.json").is_file())
-            )
-            self._bundles = [find_bundle(n) for n in names]
-        return self._bundles
+            self._bundles[name] = find_bundle(name)
+        return self._bundles[name]
 
-    def models_for(self, job: ClaimedJob) -> list[Bundle]:
-        """Bundles whose modality and body-part filters match the series; segmentation first."""
-        modality = (job.modality or "").upper()
-        body = (job.body_part or "").upper()
+    def shipped_bundles(self) -> list[Bundle]:
+        """``worker.models`` (default: every shipped bundle), loaded once."""
+        from dicomnode.infer import BUNDLES
+
+        names = self.cfg.worker.models or tuple(sorted(p.name for p in BUNDLES.iterdir() if (p / "manifest.json").is_file()))
+        return [self._bundle(n) for n in names]
+
+    def plan(self, job: ClaimedJob) -> Plan:
+        """Which models run and where results go: the first matching rule, else the models' own filters."""
+        facts = SeriesFacts(job.modality, job.body_part, job.series_description, job.sop_class_uid, job.calling_ae)
+        every = list(self.cfg.destinations)
+        if self.cfg.rules:
+            rule = first_match(self.cfg.rules, facts)
+            if rule is None:
+                if self.cfg.routing.unmatched == "forward":
+                    return Plan([], self._destinations(self.cfg.routing.forward_to), "forward", "no routing rule matches; forwarded")
+                return Plan([], [], "ignore", f"no routing rule matches {_describe(facts)}")
+            bundles = [self._bundle(m) for m in rule.models]
+            return Plan(_ordered(bundles), self._destinations(rule.destinations), "run" if bundles else "forward", f"rule {rule.name}")
+        modality, body = (facts.modality or "").upper(), (facts.body_part or "").upper()
         found = [
-            b for b in self.bundles()
+            b for b in self.shipped_bundles()
             if (not b.modalities or modality in {m.upper() for m in b.modalities})
             and (not b.body_parts or body in {p.upper() for p in b.body_parts})
         ]
-        return sorted(found, key=lambda b: b.task != "segmentation")
+        if not any(b.task == "segmentation" for b in found):
+            return Plan([], [], "ignore", f"no model applies to {_describe(facts)}")
+        return Plan(_ordered(found), every, "run", "model filters")
+
+    def _destinations(self, names: tuple[str, ...]) -> list[Destination]:
+        return [d for d in self.cfg.destinations if not names or d.name in names]
 
     def _engine(self, bundle: Bundle) -> ModelEngine:
         key = str(bundle.path)
@@ -209,12 +227,13 @@ class JobRunner:
         return self._models[key]
 
     # ------------------------------------------------------------------ jobs
-    def _source_paths(self, job: ClaimedJob) -> dict[str, Path]:
+    def _source_paths(self, job: ClaimedJob) -> dict[str, tuple[Path, str]]:
+        """SOP instance UID -> (file, SOP class); a file may be in the quarantine after an earlier failure."""
         node = self.cfg.node
-        out: dict[str, Path] = {}
-        for sop_uid, rel in series_files(self.engine, job.series_id):
+        out: dict[str, tuple[Path, str]] = {}
+        for sop_uid, rel, sop_class in series_files(self.engine, job.series_id):
             p = node.incoming_dir / rel
-            out[sop_uid] = p if p.exists() or not (node.quarantine_dir / rel).exists() else node.quarantine_dir / rel
+            out[sop_uid] = (p if p.exists() or not (node.quarantine_dir / rel).exists() else node.quarantine_dir / rel, sop_class)
         return out
 
     def process(self, job: ClaimedJob) -> None:
@@ -223,9 +242,10 @@ class JobRunner:
         t0 = time.perf_counter()
         with _Heartbeat(self.engine, job.id, self.name, max(1.0, self.cfg.worker.lease_seconds / 4)) as hb:
             stages = _Stages(timings, hb)
-            paths = self._source_paths(job)
+            sources = self._source_paths(job)
+            paths = {uid: p for uid, (p, _) in sources.items()}
             try:
-                self._process(job, paths, stages)
+                self._process(job, sources, stages)
             except VolumeError as exc:
                 self._fail_bad_series(job, paths, f"the series cannot be reconstructed: {exc}", timings)
             except LeaseLost:
@@ -247,25 +267,33 @@ class JobRunner:
         logger.warning("job %d failed: %s", job.id, reason)
         end_job(self.engine, job.id, self.name, JobState.FAILED, reason, timings)
 
-    def _process(self, job: ClaimedJob, paths: dict[str, Path], stages: _Stages) -> None:
+    def _process(self, job: ClaimedJob, sources: dict[str, tuple[Path, str]], stages: _Stages) -> None:
         from dicomnode.volume import VolumePolicy, reconstruct
 
-        bundles = self.models_for(job)
-        if not bundles or bundles[0].task != "segmentation":
-            why = f"no model applies to modality {job.modality or '?'} / body part {job.body_part or '(none)'}"
-            logger.info("job %d ignored: %s", job.id, why)
-            end_job(self.engine, job.id, self.name, JobState.IGNORED, why, stages.timings)
+        paths = {uid: p for uid, (p, _) in sources.items()}
+        plan = self.plan(job)
+        if plan.action == "ignore":
+            logger.info("job %d ignored: %s", job.id, plan.reason)
+            end_job(self.engine, job.id, self.name, JobState.IGNORED, plan.reason, stages.timings)
             return
         if not paths:
             raise VolumeError("the series has no stored instances")
+        if plan.action == "forward":  # no model: send the instances on, unchanged
+            records = [
+                OutputRecord("source", str(p.relative_to(self.cfg.node.storage_dir)), sop_class, uid, job.series_uid, "")
+                for uid, (p, sop_class) in sources.items()
+            ]
+            self._finish(job, stages, None, None, records, [DeliveryTarget(d.name, "", d.storage_commitment) for d in plan.destinations])
+            return
         policy = VolumePolicy(gap_factor=self.cfg.series.gap_factor)
         vol: Volume = stages.run("reconstruct", lambda: reconstruct(list(paths.values()), policy))
-        primary = bundles[0]
-        result: Result = stages.run("infer", lambda: self._infer(primary, bundles[1:], vol))
+        primary = plan.bundles[0]
+        result: Result = stages.run("infer", lambda: self._infer(primary, plan.bundles[1:], vol))
         if stages.hb.lost.is_set():
             raise LeaseLost(f"job {job.id}")
         from dicomnode.outputs import OutputOptions, write_outputs
 
+        root = self.cfg.node.storage_dir
         out_dir = self.cfg.node.outputs_dir / str(job.id)
         o = self.cfg.outputs
         base = OutputOptions(
@@ -273,32 +301,38 @@ class JobRunner:
             seg_series_number=o.seg_series_number, sr_series_number=o.sr_series_number,
             preview_series_number=o.preview_series_number, series_description_prefix=o.series_description_prefix,
         )
-        sources = [paths[uid] for uid in vol.sop_uids]
+        in_order = [paths[uid] for uid in vol.sop_uids]
         key = f"{job.series_uid}/{job.version}"
         records: list[OutputRecord] = []
+        all_frames = o.seg and any(d.keep_empty_frames for d in plan.destinations)
 
         def write() -> None:
-            for f in write_outputs(sources, vol, result, primary, out_dir, job_key=key, options=base):
-                records.append(_record(f, self.cfg.node.outputs_dir, ""))
-            if o.seg and any(d.keep_empty_frames for d in self.cfg.destinations):
+            for f in write_outputs(in_order, vol, result, primary, out_dir, job_key=key, options=base):
+                records.append(_record(f, root, ""))
+            if all_frames:
                 opts = OutputOptions(**{**vars(base), "sr": False, "preview": False, "keep_empty_frames": True})
-                for f in write_outputs(sources, vol, result, primary, out_dir / ALL_FRAMES, job_key=key, options=opts):
-                    records.append(_record(f, self.cfg.node.outputs_dir, ALL_FRAMES))
+                for f in write_outputs(in_order, vol, result, primary, out_dir / ALL_FRAMES, job_key=key, options=opts):
+                    records.append(_record(f, root, ALL_FRAMES))
 
         stages.run("write", write)
         targets = [
-            DeliveryTarget(d.name, ALL_FRAMES if d.keep_empty_frames and o.seg else "", d.storage_commitment)
-            for d in self.cfg.destinations
+            DeliveryTarget(d.name, ALL_FRAMES if d.keep_empty_frames and all_frames else "", d.storage_commitment)
+            for d in plan.destinations
         ]
         stages.timings.update({f"model_{k}": round(v, 3) for k, v in result.timings.items()})
+        self._finish(job, stages, f"{primary.name} {primary.version}", str(out_dir.relative_to(root)), records, targets)
+
+    def _finish(
+        self, job: ClaimedJob, stages: _Stages, model: str | None, out_dir: str | None,
+        records: list[OutputRecord], targets: list[DeliveryTarget],
+    ) -> None:
         if not finish_job(
-            self.engine, job.id, self.name, timings=stages.timings, model=f"{primary.name} {primary.version}",
-            output_dir=str(out_dir.relative_to(self.cfg.node.outputs_dir)), outputs=records, targets=targets,
+            self.engine, job.id, self.name, timings=stages.timings, model=model, output_dir=out_dir, outputs=records, targets=targets,
         ):
             raise LeaseLost(f"job {job.id}")
         logger.info(
-            "job %d done: %d output(s), %d destination(s), %s", job.id, len(records), len(targets),
-            ", ".join(f"{k} {v:.2f} s" for k, v in stages.timings.items() if not k.startswith("model_")),
+            "job %d done: %d output(s) for %d destination(s); %s", job.id, len(records), len(targets),
+            ", ".join(f"{k} {v:.2f} s" for k, v in stages.timings.items() if not k.startswith("model_")) or "forwarded",
         )
         if targets and self.on_finished is not None:
             self.on_finished()
@@ -310,6 +344,24 @@ class JobRunner:
                 extra = self._engine(b).run(vol.array, vol.spacing, vol.direction)
                 res.class_probabilities.update(extra.class_probabilities)
         return res
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a job does: run models (segmentation first) or forward, and to which destinations."""
+
+    bundles: list[Bundle]
+    destinations: list[Destination]
+    action: str  # run | forward | ignore
+    reason: str
+
+
+def _ordered(bundles: list[Bundle]) -> list[Bundle]:
+    return sorted(bundles, key=lambda b: b.task != "segmentation")
+
+
+def _describe(f: SeriesFacts) -> str:
+    return f"modality {f.modality or '?'} / body part {f.body_part or '(none)'}"
 
 
 def _record(f: OutputFile, root: Path, variant: str) -> OutputRecord:

@@ -168,7 +168,7 @@ class Job(Base):
 
 
 class Output(Base):
-    """One DICOM object a job wrote (SEG, SR or preview image)."""
+    """One DICOM object a job sends: one it wrote (SEG, SR, preview image), or a source instance it forwards."""
 
     __tablename__ = "outputs"
     __table_args__ = (UniqueConstraint("job_id", "sop_instance_uid", name="uq_outputs_job_sop"),)
@@ -177,7 +177,7 @@ class Output(Base):
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
     kind: Mapped[str] = mapped_column(String(16))
     variant: Mapped[str] = mapped_column(String(32), default="")  # e.g. "all-frames" for some destinations
-    path: Mapped[str] = mapped_column(Text)
+    path: Mapped[str] = mapped_column(Text)  # relative to the storage folder
     sop_class_uid: Mapped[str] = mapped_column(String(64))
     sop_instance_uid: Mapped[str] = mapped_column(String(64))
     series_uid: Mapped[str] = mapped_column(String(64))

@@ -42,6 +42,7 @@ class ClaimedJob:
     body_part: str | None
     series_description: str | None
     calling_ae: str | None
+    sop_class_uid: str | None
     reclaimed: bool  # its previous worker died (the lease expired)
 
 
@@ -118,7 +119,7 @@ def claim_job(engine: Engine, worker: str, lease_seconds: float, *, max_attempts
             s = conn.execute(
                 select(
                     _jobs.c.series_id, _jobs.c.version, _jobs.c.attempts, _series.c.series_uid, _series.c.study_uid,
-                    _series.c.modality, _series.c.body_part, _series.c.series_description, _series.c.calling_ae,
+                    _series.c.modality, _series.c.body_part, _series.c.series_description, _series.c.calling_ae, _series.c.sop_class_uid,
                 )
                 .join(_series, _series.c.id == _jobs.c.series_id)
                 .where(_jobs.c.id == row.id)
@@ -204,13 +205,29 @@ def end_job(engine: Engine, job_id: int, worker: str, state: JobState, reason: s
     return n == 1
 
 
-def series_files(engine: Engine, series_id: int) -> list[tuple[str, str]]:
-    """``(sop_uid, relative path)`` of every stored instance of a series."""
+def series_files(engine: Engine, series_id: int) -> list[tuple[str, str, str]]:
+    """``(SOP instance UID, relative path, SOP class UID)`` of every stored instance of a series."""
     with read_transaction(engine) as conn:
         rows = conn.execute(
-            select(_instances.c.sop_uid, _instances.c.path).where(_instances.c.series_id == series_id).order_by(_instances.c.id)
+            select(_instances.c.sop_uid, _instances.c.path, _instances.c.sop_class_uid)
+            .where(_instances.c.series_id == series_id)
+            .order_by(_instances.c.id)
         ).all()
-    return [(r.sop_uid, r.path) for r in rows]
+    return [(r.sop_uid, r.path, r.sop_class_uid) for r in rows]
+
+
+def set_priority(engine: Engine, job_id: int, priority: int) -> None:
+    """Make a queued job more (or less) urgent; higher runs first."""
+    with write_transaction(engine) as conn:
+        conn.execute(update(_jobs).where(_jobs.c.id == job_id).values(priority=priority))
+
+
+def series_facts(engine: Engine, series_id: int) -> dict[str, str | None]:
+    """Modality, body part, description, SOP class and calling AE of a series (what routing looks at)."""
+    cols = ("modality", "body_part", "series_description", "sop_class_uid", "calling_ae")
+    with read_transaction(engine) as conn:
+        row = conn.execute(select(*(_series.c[c] for c in cols)).where(_series.c.id == series_id)).one()
+    return dict(zip(cols, row))
 
 
 def requeue_job(engine: Engine, job_id: int) -> bool:

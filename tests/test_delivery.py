@@ -23,7 +23,7 @@ from tests.peers import CommitmentPACS, StoreSCP, free_port
 FAST = DeliveryConfig(backoff_seconds=0.1, backoff_max_seconds=0.2, max_attempts=3, poll_seconds=0.05, network_timeout=5)
 
 
-def finished_job(engine: Engine, outputs_dir: Path, files: list[Path], destinations: tuple[Destination, ...]) -> int:
+def finished_job(engine: Engine, storage_dir: Path, files: list[Path], destinations: tuple[Destination, ...]) -> int:
     """A job that has written ``files`` as its outputs and queued one delivery per destination."""
     record_instance(engine, rec("9.1"))
     [s] = open_series(engine)
@@ -31,13 +31,13 @@ def finished_job(engine: Engine, outputs_dir: Path, files: list[Path], destinati
     assert job_id is not None and claim_job(engine, "w", 60) is not None
     records = []
     for i, f in enumerate(files):
-        dst = outputs_dir / str(job_id) / f"out{i}.dcm"
+        dst = storage_dir / "outputs" / str(job_id) / f"out{i}.dcm"
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(f, dst)
         from pydicom import dcmread
 
         ds = dcmread(dst, stop_before_pixels=True)
-        records.append(OutputRecord("seg", str(dst.relative_to(outputs_dir)), ds.SOPClassUID, ds.SOPInstanceUID, ds.SeriesInstanceUID, ds.file_meta.TransferSyntaxUID))
+        records.append(OutputRecord("seg", str(dst.relative_to(storage_dir)), ds.SOPClassUID, ds.SOPInstanceUID, ds.SeriesInstanceUID, ds.file_meta.TransferSyntaxUID))
     targets = [DeliveryTarget(d.name, "", d.storage_commitment) for d in destinations]
     assert finish_job(engine, job_id, "w", timings={}, model="m 1", output_dir=str(job_id), outputs=records, targets=targets)
     return job_id
@@ -58,7 +58,7 @@ def setup(tmp_path: Path, make_series: Callable[..., list[Path]]) -> Iterator[Ca
         migrate(engine)
         engines.append(engine)
         files = make_series("out", slices=3, rows=16, columns=16)
-        return cfg, engine, finished_job(engine, cfg.node.outputs_dir, files, destinations)
+        return cfg, engine, finished_job(engine, cfg.node.storage_dir, files, destinations)
 
     yield _setup
     for e in engines:
@@ -174,7 +174,7 @@ def test_storage_commitment_report_on_a_new_association_to_the_node(
         ))
         pacs.reply_to = ("127.0.0.1", node.cfg.node.port, node.cfg.node.ae_title)
         files = make_series("out", slices=2, rows=16, columns=16)
-        job_id = finished_job(node.engine, node.cfg.node.outputs_dir, files, node.cfg.destinations)
+        job_id = finished_job(node.engine, node.cfg.node.storage_dir, files, node.cfg.destinations)
         node.sender.wake()
         wait_for(lambda: state(node.engine, job_id) == "done", 20, what="the commitment report")
         assert pacs.actions == 1 and len(pacs.stored) == 2
