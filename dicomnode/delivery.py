@@ -34,6 +34,7 @@ from sqlalchemy import Engine
 
 from dicomnode.config import Config, DeliveryConfig, Destination
 from dicomnode.errors import NetworkError
+from dicomnode.metrics import Metrics
 from dicomnode.scu import MAX_CONTEXTS, set_nodelay, why_not_established
 from dicomnode.status import STORAGE_COMMITMENT_INSTANCE, STORAGE_COMMITMENT_PUSH, SUCCESS, describe, is_success
 from dicomnode.synthetic import derived_uid
@@ -197,11 +198,14 @@ class Sender:
         The node's database.
     cfg : Config
         Destinations, delivery policy, our AE title and the outputs folder.
+    metrics : Metrics, optional
+        Attempts by outcome, and the deliver stage's seconds.
     """
 
-    def __init__(self, engine: Engine, cfg: Config) -> None:
+    def __init__(self, engine: Engine, cfg: Config, metrics: Metrics | None = None) -> None:
         self.engine = engine
         self.cfg = cfg
+        self.metrics = metrics
         self.destinations = {d.name: d for d in cfg.destinations}
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -260,9 +264,16 @@ class Sender:
             self._fail(d, f"{d.destination} did not commit {len(report.failed)} object(s) (e.g. {uid}: {why})")
         elif record_committed(self.engine, d.id, report.transaction_uid):
             logger.info("job %d: %s confirmed storage commitment", d.job_id, d.destination)
+            self._done(d)
         return True
 
+    def _done(self, d: DueDelivery) -> None:
+        if self.metrics is not None and d.created_at is not None:
+            self.metrics.stage_seconds.labels("deliver", "-", d.destination).observe((utcnow() - d.created_at).total_seconds())
+
     def _fail(self, d: DueDelivery, error: str) -> None:
+        if self.metrics is not None:
+            self.metrics.delivery_attempts.labels(d.destination, "failed").inc()
         pol = self.cfg.delivery
         if d.attempts >= pol.max_attempts:
             logger.error("job %d to %s: giving up after %d attempt(s): %s", d.job_id, d.destination, d.attempts, error)
@@ -300,8 +311,11 @@ class Sender:
             self._fail(d, str(exc))
             return
         logger.info("job %d: sent %d object(s) to %s in %.2f s", d.job_id, out.sent, dest.name, time.perf_counter() - t0)
+        if self.metrics is not None:
+            self.metrics.delivery_attempts.labels(d.destination, "sent").inc()
         if commit_uid is None:
             record_sent(self.engine, d.id, out.sent)
+            self._done(d)
             return
         deadline = utcnow() + timedelta(seconds=self.cfg.delivery.commitment_timeout_seconds)
         record_sent(self.engine, d.id, out.sent, commitment_uid=commit_uid, commitment_deadline=deadline)

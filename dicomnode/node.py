@@ -14,6 +14,7 @@ from dicomnode.completion import CompletionMonitor
 from dicomnode.config import Config
 from dicomnode.delivery import Sender
 from dicomnode.ingest import Ingestor
+from dicomnode.metrics import Metrics
 from dicomnode.routing import SeriesFacts, first_match
 from dicomnode.scp import StorageSCP
 from dicomnode.worker import JobRunner, worker_name
@@ -45,13 +46,18 @@ class Node:
             min_free_bytes=cfg.node.min_free_mb * 1_000_000,
             on_stored=self.monitor.instance_stored,
         )
-        self.sender = Sender(self.engine, cfg)
+        self.metrics = Metrics(self.engine)
+        self.sender = Sender(self.engine, cfg, self.metrics)
         self.runners = [
-            JobRunner(self.engine, cfg, name=worker_name(str(i) if cfg.worker.threads > 1 else ""), on_finished=self.sender.wake)
+            JobRunner(
+                self.engine, cfg, name=worker_name(str(i) if cfg.worker.threads > 1 else ""), on_finished=self.sender.wake,
+                metrics=self.metrics,
+            )
             for i in range(cfg.worker.threads if cfg.worker.enabled else 0)
         ]
         self.scp = StorageSCP(
-            cfg.node, self.ingestor, on_released=self.monitor.association_released, on_commitment=self.sender.on_event_report
+            cfg.node, self.ingestor, on_released=self.monitor.association_released, on_commitment=self.sender.on_event_report,
+            metrics=self.metrics,
         )
         self._stopped = threading.Event()
 

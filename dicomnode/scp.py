@@ -28,6 +28,7 @@ from dicomnode.config import NodeConfig, TLSConfig
 from dicomnode.errors import NetworkError
 from dicomnode.fastpath import accelerate
 from dicomnode.ingest import Ingestor
+from dicomnode.metrics import Metrics
 from dicomnode.sopclasses import storage_contexts
 from dicomnode.status import NO_SUCH_SOP_INSTANCE, PROCESSING_FAILURE, STORAGE_COMMITMENT_PUSH, SUCCESS, describe, is_success
 from storage.records import RecordOutcome
@@ -80,10 +81,15 @@ class StorageSCP:
         Called with ``(event_type, dataset)`` for a Storage Commitment
         N-EVENT-REPORT that a PACS sends on a new association; returns
         whether it matched a delivery.  Without it, such reports are refused.
+    metrics : Metrics, optional
+        Counts stored and refused instances per calling AE.
     """
 
-    def __init__(self, cfg: NodeConfig, ingestor: Ingestor, on_released: Any = None, on_commitment: Any = None) -> None:
+    def __init__(
+        self, cfg: NodeConfig, ingestor: Ingestor, on_released: Any = None, on_commitment: Any = None, metrics: Metrics | None = None
+    ) -> None:
         self.cfg = cfg
+        self.metrics = metrics
         self.ingestor = ingestor
         self.on_released = on_released
         self.on_commitment = on_commitment
@@ -291,8 +297,12 @@ class StorageSCP:
                 stats.stored += 1
             if result.series_id is not None and result.sop_uid is not None:
                 stats.carried.setdefault(result.series_id, set()).add(result.sop_uid)
+            if self.metrics is not None:
+                self.metrics.instances.labels(stats.calling_ae).inc()
             return result.status
         stats.failed += 1
+        if self.metrics is not None:
+            self.metrics.refused.labels(stats.calling_ae).inc()
         logger.warning(
             "C-STORE from %s refused with %s: %s", stats.calling_ae, describe(result.status), result.reason
         )

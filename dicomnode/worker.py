@@ -31,6 +31,7 @@ from sqlalchemy import Engine
 
 from dicomnode.config import Config, Destination
 from dicomnode.errors import DicomNodeError
+from dicomnode.metrics import Metrics
 from dicomnode.routing import SeriesFacts, first_match
 from dicomnode.slices import VolumeError
 from storage.errors import StorageError
@@ -44,6 +45,8 @@ from storage.queue import (
     end_job,
     finish_job,
     heartbeat,
+    job_state,
+    job_timeline,
     series_files,
 )
 
@@ -105,6 +108,7 @@ class _Stages:
 
     timings: dict[str, float]
     hb: _Heartbeat
+    model: str | None = None  # "name version" of the model that ran
 
     def run(self, name: str, fn: Callable[[], _R]) -> _R:
         self.hb.stage(name)
@@ -132,11 +136,17 @@ class JobRunner:
         This worker's name in the job rows (default ``host:pid``).
     on_finished : callable, optional
         Called after each job that queued deliveries (to wake the sender).
+    metrics : Metrics, optional
+        Stage timings and job outcomes are recorded here.
     """
 
-    def __init__(self, engine: Engine, cfg: Config, name: str | None = None, on_finished: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self, engine: Engine, cfg: Config, name: str | None = None, on_finished: Callable[[], None] | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.engine = engine
         self.cfg = cfg
+        self.metrics = metrics
         self.name = name or worker_name()
         self.on_finished = on_finished
         self._models: dict[str, ModelEngine] = {}
@@ -238,8 +248,7 @@ class JobRunner:
 
     def process(self, job: ClaimedJob) -> None:
         """Run one claimed job to its end state."""
-        timings: dict[str, float] = {}
-        t0 = time.perf_counter()
+        timings: dict[str, float] = job_timeline(self.engine, job.id)
         with _Heartbeat(self.engine, job.id, self.name, max(1.0, self.cfg.worker.lease_seconds / 4)) as hb:
             stages = _Stages(timings, hb)
             sources = self._source_paths(job)
@@ -254,7 +263,10 @@ class JobRunner:
                 stage = hb._stage or "start"
                 logger.exception("job %d failed in stage %s", job.id, stage)
                 end_job(self.engine, job.id, self.name, JobState.FAILED, f"internal error in stage {stage}: {exc}", timings)
-        timings["total"] = round(time.perf_counter() - t0, 3)
+        if self.metrics is not None:
+            state = job_state(self.engine, job.id)
+            self.metrics.jobs_finished.labels(state[0] if state else "?", stages.model or "-").inc()
+            self.metrics.observe_stages(timings, stages.model, job.calling_ae)
 
     def _fail_bad_series(self, job: ClaimedJob, paths: dict[str, Path], reason: str, timings: dict[str, float]) -> None:
         node = self.cfg.node
@@ -288,6 +300,7 @@ class JobRunner:
         policy = VolumePolicy(gap_factor=self.cfg.series.gap_factor)
         vol: Volume = stages.run("reconstruct", lambda: reconstruct(list(paths.values()), policy))
         primary = plan.bundles[0]
+        stages.model = f"{primary.name} {primary.version}"
         result: Result = stages.run("infer", lambda: self._infer(primary, plan.bundles[1:], vol))
         if stages.hb.lost.is_set():
             raise LeaseLost(f"job {job.id}")
@@ -320,7 +333,7 @@ class JobRunner:
             for d in plan.destinations
         ]
         stages.timings.update({f"model_{k}": round(v, 3) for k, v in result.timings.items()})
-        self._finish(job, stages, f"{primary.name} {primary.version}", str(out_dir.relative_to(root)), records, targets)
+        self._finish(job, stages, stages.model, str(out_dir.relative_to(root)), records, targets)
 
     def _finish(
         self, job: ClaimedJob, stages: _Stages, model: str | None, out_dir: str | None,

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, Engine, and_, select, update
 
-from storage.database import read_transaction, write_transaction
+from storage.database import as_utc, read_transaction, write_transaction
 from storage.models import Delivery, DeliveryState, Job, JobState, Output, utcnow
 from storage.queue import OutputRecord
 
@@ -39,6 +39,7 @@ class DueDelivery:
     attempts: int  # including this one
     storage_commitment: bool
     commitment_uid: str | None
+    created_at: datetime | None = None  # when the job finished and queued it
 
 
 def claim_due(engine: Engine, lease_seconds: float, limit: int = 8) -> list[DueDelivery]:
@@ -67,7 +68,7 @@ def claim_due(engine: Engine, lease_seconds: float, limit: int = 8) -> list[DueD
                 DueDelivery(
                     id=r.id, job_id=r.job_id, destination=r.destination, variant=r.variant, state=r.state,
                     attempts=r.attempts + 1 if resend else r.attempts, storage_commitment=r.storage_commitment,
-                    commitment_uid=r.commitment_uid,
+                    commitment_uid=r.commitment_uid, created_at=as_utc(r.created_at),
                 )
             )
     return out
@@ -151,7 +152,7 @@ def awaiting_commitment(engine: Engine, transaction_uid: str) -> DueDelivery | N
         return None
     return DueDelivery(
         id=r.id, job_id=r.job_id, destination=r.destination, variant=r.variant, state=r.state, attempts=r.attempts,
-        storage_commitment=r.storage_commitment, commitment_uid=r.commitment_uid,
+        storage_commitment=r.storage_commitment, commitment_uid=r.commitment_uid, created_at=as_utc(r.created_at),
     )
 
 

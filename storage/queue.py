@@ -18,7 +18,7 @@ from datetime import timedelta
 
 from sqlalchemy import Engine, and_, or_, select, update
 
-from storage.database import read_transaction, write_transaction
+from storage.database import as_utc, read_transaction, write_transaction
 from storage.models import Delivery, Instance, Job, JobState, Output, Series, utcnow
 
 _jobs = Job.__table__
@@ -214,6 +214,23 @@ def series_files(engine: Engine, series_id: int) -> list[tuple[str, str, str]]:
             .order_by(_instances.c.id)
         ).all()
     return [(r.sop_uid, r.path, r.sop_class_uid) for r in rows]
+
+
+def job_timeline(engine: Engine, job_id: int) -> dict[str, float]:
+    """Seconds of the stages before a worker: receive (first to last instance), complete, queue."""
+    with read_transaction(engine) as conn:
+        r = conn.execute(
+            select(_series.c.first_received_at, _series.c.last_received_at, _jobs.c.created_at, _jobs.c.started_at)
+            .join(_series, _series.c.id == _jobs.c.series_id)
+            .where(_jobs.c.id == job_id)
+        ).one()
+    first, last, created = as_utc(r.first_received_at), as_utc(r.last_received_at), as_utc(r.created_at)
+    started = as_utc(r.started_at) if r.started_at else created
+    return {
+        "receive": round((last - first).total_seconds(), 3),
+        "complete": round(max(0.0, (created - last).total_seconds()), 3),
+        "queue": round(max(0.0, (started - created).total_seconds()), 3),
+    }
 
 
 def set_priority(engine: Engine, job_id: int, priority: int) -> None:
