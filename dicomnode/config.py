@@ -26,7 +26,7 @@ from dicomnode.errors import ConfigError
 from dicomnode.routing import Rule, RoutingConfig, parse_routing, parse_rules
 
 ENV_PREFIX = "DICOMNODE_"
-_ENV_SECTIONS = ("node", "series", "worker", "outputs", "delivery")
+_ENV_SECTIONS = ("node", "series", "worker", "outputs", "delivery", "web")
 _T = TypeVar("_T")
 DEFAULT_CONFIG = Path("config/dicomnode.toml")
 _AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable, no backslash
@@ -128,6 +128,15 @@ class DeliveryConfig:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    """The ``[web]`` section: status page, JSON API, /metrics and /healthz."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"  # keep it on an internal interface: job details are shown without login
+    port: int = 8080  # 0: let the OS choose
+
+
+@dataclass(frozen=True)
 class Destination:
     """A DICOM peer that results can be sent to."""
 
@@ -148,6 +157,7 @@ class Config:
     worker: WorkerConfig = field(default_factory=WorkerConfig)
     outputs: OutputsConfig = field(default_factory=OutputsConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    web: WebConfig = field(default_factory=WebConfig)
     destinations: tuple[Destination, ...] = ()
     rules: tuple[Rule, ...] = ()
     routing: RoutingConfig = field(default_factory=RoutingConfig)
@@ -438,6 +448,9 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> Config:
         worker=_parse_worker(data.get("worker", {})),
         outputs=_parse_outputs(data.get("outputs", {})),
         delivery=_parse_delivery(data.get("delivery", {})),
+        web=_parse_section("web", WebConfig, data.get("web", {}), {
+            "enabled": _bool, "host": _str, "port": partial(_int, lo=0, hi=65535),
+        }),
         destinations=destinations,
         rules=parse_rules(data.get("rules", []), names),
         routing=parse_routing(data.get("routing", {}), names),

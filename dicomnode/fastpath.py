@@ -40,14 +40,15 @@ _LAST_COMMAND_FRAGMENT = b"\x03"  # PDV header: command, last fragment
 def _recv_exact(self: Any, nr_bytes: int) -> bytearray:
     """``AssociationSocket.recv``: read ``nr_bytes`` into one buffer."""
     buf = bytearray(nr_bytes)
-    view = memoryview(buf)
     got = 0
-    while got < nr_bytes:
-        n = self.socket.recv_into(view[got:], nr_bytes - got)
-        if not n:  # connection closed: return what we have, as pynetdicom does
-            del buf[got:]
-            break
-        got += n
+    with memoryview(buf) as view:  # released before a resize: a live view forbids it
+        while got < nr_bytes:
+            n = self.socket.recv_into(view[got:], nr_bytes - got)
+            if not n:  # connection closed
+                break
+            got += n
+    if got < nr_bytes:  # return what we have, as pynetdicom does
+        del buf[got:]
     return buf
 
 

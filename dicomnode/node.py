@@ -9,10 +9,12 @@ import signal
 import threading
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from dicomnode.completion import CompletionMonitor
 from dicomnode.config import Config
 from dicomnode.delivery import Sender
+from dicomnode.errors import NetworkError
 from dicomnode.ingest import Ingestor
 from dicomnode.metrics import Metrics
 from dicomnode.routing import SeriesFacts, first_match
@@ -21,6 +23,9 @@ from dicomnode.worker import JobRunner, worker_name
 from storage.database import migrate, open_engine
 from storage.files import ensure_dir, recover_temp_files
 from storage.queue import series_facts, set_priority
+
+if TYPE_CHECKING:
+    from dicomnode.web import WebServer
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +64,8 @@ class Node:
             cfg.node, self.ingestor, on_released=self.monitor.association_released, on_commitment=self.sender.on_event_report,
             metrics=self.metrics,
         )
+        self.web: WebServer | None = None
+        self.web_port: int | None = None
         self._stopped = threading.Event()
 
     def _on_job(self, job_id: int, series_id: int, reason: str) -> None:
@@ -89,6 +96,17 @@ class Node:
             )
         self.monitor.start()
         port = self.scp.start()
+        if self.cfg.web.enabled:
+            from dicomnode.web import WebServer, create_app
+
+            app = create_app(self.engine, self.cfg, self.metrics, is_listening=lambda: self.scp.server is not None, dicom_port=port)
+            try:
+                self.web = WebServer(app, self.cfg.web.host, self.cfg.web.port)
+            except OSError as exc:
+                self.scp.stop()
+                raise NetworkError(f"web: cannot listen on {self.cfg.web.host}:{self.cfg.web.port}: {exc.strerror or exc}") from exc
+            self.web_port = self.web.start()
+            logger.info("status page on http://%s:%d/", self.cfg.web.host, self.web_port)
         for runner in self.runners:
             runner.start()
         self.sender.start()
@@ -101,6 +119,8 @@ class Node:
         self._stopped.set()
         logger.info("stopping")
         self.scp.stop()
+        if self.web is not None:
+            self.web.stop()
         self.monitor.stop()
         for runner in self.runners:
             runner.stop()
@@ -128,7 +148,7 @@ class Node:
         port = self.start()
         if ready_file is not None:
             tmp = ready_file.with_name(ready_file.name + ".tmp")
-            tmp.write_text(json.dumps({"port": port, "pid": os.getpid(), "ae_title": self.cfg.node.ae_title}))
+            tmp.write_text(json.dumps({"port": port, "pid": os.getpid(), "ae_title": self.cfg.node.ae_title, "web_port": self.web_port}))
             os.replace(tmp, ready_file)
         try:
             while not done.wait(1.0):

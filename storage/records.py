@@ -423,3 +423,31 @@ def instance_paths(engine: Engine, series_id: int) -> Sequence[str]:
     """Relative paths of the stored files of a series."""
     with read_transaction(engine) as conn:
         return list(conn.execute(select(_instances.c.path).where(_instances.c.series_id == series_id)).scalars())
+
+
+@dataclass(frozen=True)
+class SeriesRow:
+    """A series, for listings (no patient data)."""
+
+    id: int
+    modality: str | None
+    body_part: str | None
+    series_description: str | None
+    calling_ae: str | None
+    state: str
+    version: int
+    instance_count: int
+    first_received_at: datetime
+    last_received_at: datetime
+    completion_reason: str | None
+
+
+def list_series(engine: Engine, limit: int = 50) -> list[SeriesRow]:
+    """The most recently received series first."""
+    cols = [_series.c[k] for k in SeriesRow.__dataclass_fields__]
+    with read_transaction(engine) as conn:
+        rows = conn.execute(select(*cols).order_by(_series.c.last_received_at.desc()).limit(limit)).all()
+    return [
+        SeriesRow(**{**r._asdict(), "first_received_at": as_utc(r.first_received_at), "last_received_at": as_utc(r.last_received_at)})
+        for r in rows
+    ]

@@ -35,11 +35,11 @@ def node_factory(tmp_path: Path) -> Iterator[Callable[..., Node]]:
 
     def _start(
         node_toml: str = "", series_toml: str = "quiet_seconds = 30", subdir: str = "node",
-        extra_toml: str = "[worker]\nenabled = false\n",
+        extra_toml: str = "[worker]\nenabled = false\n", web_toml: str = "enabled = false",
     ) -> Node:
         d = tmp_path / subdir
         d.mkdir(exist_ok=True)
-        cfg: Config = load_config(write_config(d, node_toml, series_toml, extra_toml), environ={})
+        cfg: Config = load_config(write_config(d, node_toml, series_toml, extra_toml, web_toml), environ={})
         n = Node(cfg)
         port = n.start()
         n.cfg = replace(cfg, node=replace(cfg.node, port=port))

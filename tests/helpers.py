@@ -59,7 +59,9 @@ def storescu(port: int, files: Sequence[Path], *, called: str = "DICOMNODE", cal
     )
 
 
-def write_config(tmp: Path, node: str = "", series: str = "quiet_seconds = 30", extra: str = "[worker]\nenabled = false\n") -> Path:
+def write_config(
+    tmp: Path, node: str = "", series: str = "quiet_seconds = 30", extra: str = "[worker]\nenabled = false\n", web: str = "enabled = false"
+) -> Path:
     """A node configuration on port 0 with storage under ``tmp``.
 
     ``extra`` is appended (more sections); by default the node runs no jobs.
@@ -78,6 +80,8 @@ database_url = "sqlite:///{tmp / 'storage' / 'dicomnode.db'}"
 {node}
 [series]
 {series}
+[web]
+{web}
 {extra}
 """
     )
@@ -93,6 +97,7 @@ class NodeProcess:
         self.ready = config.with_suffix(".ready.json")
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
+        self.web_port: int | None = None
 
     def start(self, timeout: float = 60.0) -> NodeProcess:
         self.ready.unlink(missing_ok=True)
@@ -104,7 +109,9 @@ class NodeProcess:
         wait_for(lambda: self.ready.exists() or self.proc.poll() is not None, timeout, what="the node to start")  # type: ignore[union-attr]
         if not self.ready.exists():
             pytest.fail(f"node exited early:\n{self.log.read_text()[-3000:]}")
-        self.port = int(json.loads(self.ready.read_text())["port"])
+        ready = json.loads(self.ready.read_text())
+        self.port = int(ready["port"])
+        self.web_port = ready.get("web_port")
         return self
 
     def kill9(self) -> None:
