@@ -26,7 +26,7 @@ from dicomnode.errors import ConfigError
 from dicomnode.routing import Rule, RoutingConfig, parse_routing, parse_rules
 
 ENV_PREFIX = "DICOMNODE_"
-_ENV_SECTIONS = ("node", "series", "worker", "outputs", "delivery", "web")
+_ENV_SECTIONS = ("node", "series", "worker", "outputs", "delivery", "web", "retention")
 _T = TypeVar("_T")
 DEFAULT_CONFIG = Path("config/dicomnode.toml")
 _AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable, no backslash
@@ -128,6 +128,16 @@ class DeliveryConfig:
 
 
 @dataclass(frozen=True)
+class RetentionConfig:
+    """The ``[retention]`` section: when the files of delivered series are removed."""
+
+    enabled: bool = True
+    keep_days: float = 30.0  # purge delivered series received longer ago than this
+    min_free_percent: float = 10.0  # below this much free disk, purge the oldest delivered series first
+    interval_seconds: float = 600.0
+
+
+@dataclass(frozen=True)
 class WebConfig:
     """The ``[web]`` section: status page, JSON API, /metrics and /healthz."""
 
@@ -158,6 +168,7 @@ class Config:
     outputs: OutputsConfig = field(default_factory=OutputsConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     web: WebConfig = field(default_factory=WebConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
     destinations: tuple[Destination, ...] = ()
     rules: tuple[Rule, ...] = ()
     routing: RoutingConfig = field(default_factory=RoutingConfig)
@@ -450,6 +461,10 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> Config:
         delivery=_parse_delivery(data.get("delivery", {})),
         web=_parse_section("web", WebConfig, data.get("web", {}), {
             "enabled": _bool, "host": _str, "port": partial(_int, lo=0, hi=65535),
+        }),
+        retention=_parse_section("retention", RetentionConfig, data.get("retention", {}), {
+            "enabled": _bool, "keep_days": partial(_num, lo=0.0), "min_free_percent": partial(_num, lo=0.0, hi=99.0),
+            "interval_seconds": partial(_num, lo=1.0),
         }),
         destinations=destinations,
         rules=parse_rules(data.get("rules", []), names),

@@ -17,6 +17,7 @@ from dicomnode.delivery import Sender
 from dicomnode.errors import NetworkError
 from dicomnode.ingest import Ingestor
 from dicomnode.metrics import Metrics
+from dicomnode.retention import Retention
 from dicomnode.routing import SeriesFacts, first_match
 from dicomnode.scp import StorageSCP
 from dicomnode.worker import JobRunner, worker_name
@@ -64,6 +65,7 @@ class Node:
             cfg.node, self.ingestor, on_released=self.monitor.association_released, on_commitment=self.sender.on_event_report,
             metrics=self.metrics,
         )
+        self.retention = Retention(self.engine, cfg) if cfg.retention.enabled else None
         self.web: WebServer | None = None
         self.web_port: int | None = None
         self._stopped = threading.Event()
@@ -110,6 +112,8 @@ class Node:
         for runner in self.runners:
             runner.start()
         self.sender.start()
+        if self.retention is not None:
+            self.retention.start()
         return port
 
     def stop(self) -> None:
@@ -125,6 +129,8 @@ class Node:
         for runner in self.runners:
             runner.stop()
         self.sender.stop()
+        if self.retention is not None:
+            self.retention.stop()
         self.ingestor.close()
         self.engine.dispose()
 

@@ -36,6 +36,7 @@ class SeriesState(str, enum.Enum):
 
     RECEIVING = "receiving"  # instances are (or may still be) arriving
     COMPLETE = "complete"  # a job was queued for the current version
+    PURGED = "purged"  # retention removed its files (the rows stay, for the record)
 
 
 class JobState(str, enum.Enum):
