@@ -60,6 +60,7 @@ class NodeConfig:
     require_called_ae: bool = True
     network_timeout: float = 60.0
     tls: TLSConfig | None = None
+    audit_log: str = "audit.log"  # JSON lines under storage_dir (or an absolute path); "" turns it off
 
     @property
     def incoming_dir(self) -> Path:
@@ -70,6 +71,11 @@ class NodeConfig:
     def quarantine_dir(self) -> Path:
         """Where the files of failed series are moved (never deleted)."""
         return self.storage_dir / "quarantine"
+
+    @property
+    def audit_path(self) -> Path | None:
+        """The audit log file, or ``None`` when it is off."""
+        return self.storage_dir / self.audit_log if self.audit_log else None
 
     @property
     def outputs_dir(self) -> Path:
@@ -173,6 +179,7 @@ class Config:
     rules: tuple[Rule, ...] = ()
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     log_level: str = "INFO"
+    log_format: str = "text"  # text | json (one object per line, for log collectors)
     source: Path | None = None
 
     def destination(self, name: str) -> Destination:
@@ -306,6 +313,7 @@ def _parse_node(data: Mapping[str, Any]) -> NodeConfig:
         require_called_ae=_bool("node.require_called_ae", data.get("require_called_ae", d.require_called_ae)),
         network_timeout=_num("node.network_timeout", data.get("network_timeout", d.network_timeout), 1),
         tls=_parse_tls(data.get("tls")),
+        audit_log=str(data.get("audit_log", d.audit_log)),
     )
 
 
@@ -434,8 +442,8 @@ def apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any
                 out[section]["tls"] = tls
             else:
                 out.setdefault(section, {})[key] = _env_value(raw)
-        elif rest == "log_level":
-            out["log_level"] = raw
+        elif rest in ("log_level", "log_format"):
+            out[rest] = raw
     return out
 
 
@@ -447,7 +455,7 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> Config:
     ConfigError
         A value is invalid; the message names its key.
     """
-    _check_keys("config", data, {*_ENV_SECTIONS, "destinations", "rules", "routing", "log_level"})
+    _check_keys("config", data, {*_ENV_SECTIONS, "destinations", "rules", "routing", "log_level", "log_format"})
     level = str(data.get("log_level", "INFO")).upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"log_level: must be DEBUG, INFO, WARNING or ERROR, got {level!r}")
@@ -470,6 +478,7 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> Config:
         rules=parse_rules(data.get("rules", []), names),
         routing=parse_routing(data.get("routing", {}), names),
         log_level=level,
+        log_format=_choice("text", "json")("log_format", data.get("log_format", "text")),
         source=source,
     )
 

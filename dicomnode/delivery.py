@@ -32,6 +32,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 from sqlalchemy import Engine
 
+from dicomnode.audit import audit
 from dicomnode.config import Config, DeliveryConfig, Destination
 from dicomnode.errors import NetworkError
 from dicomnode.metrics import Metrics
@@ -264,6 +265,7 @@ class Sender:
             self._fail(d, f"{d.destination} did not commit {len(report.failed)} object(s) (e.g. {uid}: {why})")
         elif record_committed(self.engine, d.id, report.transaction_uid):
             logger.info("job %d: %s confirmed storage commitment", d.job_id, d.destination)
+            audit("delivery", job=d.job_id, destination=d.destination, outcome="committed")
             self._done(d)
         return True
 
@@ -275,6 +277,7 @@ class Sender:
         if self.metrics is not None:
             self.metrics.delivery_attempts.labels(d.destination, "failed").inc()
         pol = self.cfg.delivery
+        audit("delivery", job=d.job_id, destination=d.destination, attempt=d.attempts, outcome="failed", error=error)
         if d.attempts >= pol.max_attempts:
             logger.error("job %d to %s: giving up after %d attempt(s): %s", d.job_id, d.destination, d.attempts, error)
             record_failure(self.engine, d.id, f"after {d.attempts} attempt(s): {error}", None)
@@ -311,6 +314,8 @@ class Sender:
             self._fail(d, str(exc))
             return
         logger.info("job %d: sent %d object(s) to %s in %.2f s", d.job_id, out.sent, dest.name, time.perf_counter() - t0)
+        audit("delivery", job=d.job_id, destination=d.destination, ae_title=dest.ae_title, host=dest.host, port=dest.port,
+              attempt=d.attempts, outcome="sent", objects=out.sent, commitment=commit_uid is not None)
         if self.metrics is not None:
             self.metrics.delivery_attempts.labels(d.destination, "sent").inc()
         if commit_uid is None:

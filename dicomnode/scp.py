@@ -24,6 +24,7 @@ from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
+from dicomnode.audit import audit
 from dicomnode.config import NodeConfig, TLSConfig
 from dicomnode.errors import NetworkError
 from dicomnode.fastpath import accelerate
@@ -237,6 +238,10 @@ class StorageSCP:
             stats.stored,
             stats.duplicates,
             stats.failed,
+        )
+        audit(
+            "association", how=how, calling_ae=stats.calling_ae, peer=stats.peer, stored=stats.stored,
+            duplicates=stats.duplicates, refused=stats.failed, series=sorted(stats.carried),
         )
 
     def _on_released(self, event: evt.Event) -> None:

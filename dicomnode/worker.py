@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from sqlalchemy import Engine
 
+from dicomnode.audit import audit
 from dicomnode.config import Config, Destination
 from dicomnode.errors import DicomNodeError
 from dicomnode.metrics import Metrics
@@ -263,8 +264,10 @@ class JobRunner:
                 stage = hb._stage or "start"
                 logger.exception("job %d failed in stage %s", job.id, stage)
                 end_job(self.engine, job.id, self.name, JobState.FAILED, f"internal error in stage {stage}: {exc}", timings)
+        state = job_state(self.engine, job.id)
+        audit("job", job=job.id, series=job.series_id, version=job.version, calling_ae=job.calling_ae, worker=self.name,
+              state=state[0] if state else None, model=stages.model, reason=state[1] if state else None)
         if self.metrics is not None:
-            state = job_state(self.engine, job.id)
             self.metrics.jobs_finished.labels(state[0] if state else "?", stages.model or "-").inc()
             self.metrics.observe_stages(timings, stages.model, job.calling_ae)
 

@@ -6,6 +6,7 @@ queue, not the CPU; the crash test runs the real chest model.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -68,6 +69,14 @@ def test_eight_concurrent_senders_two_series_each(tmp_path: Path, make_series: C
         sent = sorted(sop_uids(pacs.files()))
         assert sent == sorted(u for b in batches for u in sop_uids(b))  # every instance, once
         engine.dispose()
+        # The audit trail: who sent what, what ran, where it went; no patient data.
+        trail = (tmp_path / "storage" / "audit.log").read_text()
+        events = [json.loads(line) for line in trail.splitlines()]
+        senders = {e["calling_ae"] for e in events if e["event"] == "association" and e["stored"] == 20}
+        assert senders == {f"MODALITY{i}" for i in range(8)}
+        assert sum(e["event"] == "job" and e["state"] == "delivering" for e in events) == 16
+        assert sum(e["event"] == "delivery" and e["outcome"] == "sent" for e in events) == 16
+        assert "Phantom" not in trail and "PHANTOM" not in trail
     finally:
         node.stop()
 
