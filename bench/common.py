@@ -47,8 +47,15 @@ def echo_ok(ae: str, port: int) -> bool:
 
 
 def start_node(workdir: Path, extra_toml: str = "") -> tuple[subprocess.Popen[bytes], int]:
-    """Start ``dicomnode serve`` on a free port with its storage under ``workdir``."""
+    """Start ``dicomnode serve`` on a free port with its storage under ``workdir``.
+
+    Unless ``extra_toml`` has ``[worker]`` or ``[web]`` sections, the node
+    runs no jobs and no web page (the ingest benchmark measures receiving only).
+    """
     workdir.mkdir(parents=True, exist_ok=True)
+    for section in ("[worker]", "[web]"):
+        if section not in extra_toml:
+            extra_toml = f"{section}\nenabled = false\n" + extra_toml
     cfg = workdir / "node.toml"
     cfg.write_text(
         f"""
