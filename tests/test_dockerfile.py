@@ -43,9 +43,29 @@ def test_runs_as_non_root_with_healthcheck_ports_and_volumes() -> None:
     assert words.index("USER") < words.index("ENTRYPOINT")
     health = " ".join(rest for w, rest in ins if w == "HEALTHCHECK")
     assert '"dicomnode", "echo"' in health
-    assert any(w == "EXPOSE" and "11112" in rest for w, rest in ins)
+    exposed = " ".join(rest for w, rest in ins if w == "EXPOSE").split()
+    assert "11112" in exposed and "8080" in exposed
     volumes = " ".join(rest for w, rest in ins if w == "VOLUME")
     assert "/app/storage" in volumes and "/app/config" in volumes
+
+
+def test_config_web_host_and_build_leftovers() -> None:
+    ins = instructions()
+    env = " ".join(rest for w, rest in ins if w == "ENV").split()
+    # The status page must listen on the container's interface to be published at all.
+    assert "DICOMNODE_WEB__HOST=0.0.0.0" in env
+    # The configuration file lives in the config volume; serve and worker both find it there.
+    assert "DICOMNODE_CONFIG=/app/config/dicomnode.toml" in env
+    assert [rest for w, rest in ins if w == "CMD"] == ['["serve"]']
+    # The sources are built outside /app, so that the storage volume holds data only.
+    run = " ".join(rest for w, rest in ins if w == "RUN")
+    assert "rm -rf /src" in run and "/app/storage" in run
+    assert not any(w in ("COPY", "ADD") and "storage/ storage/" in rest for w, rest in ins)
+
+
+def test_dockerignore_keeps_the_storage_package_and_drops_secrets() -> None:
+    ignored = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines() if line.strip() and not line.startswith("#")]
     # The storage package must reach the image even though runtime data is excluded.
-    ignored = (ROOT / ".dockerignore").read_text().split()
     assert "storage" not in ignored and "storage/" not in ignored
+    assert "storage/incoming" in ignored and "storage/*.db" in ignored
+    assert ".env" in ignored and "config/*.key" in ignored
