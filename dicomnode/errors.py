@@ -37,3 +37,7 @@ class IngestError(DicomNodeError):
     def __init__(self, message: str, status: int) -> None:
         super().__init__(message)
         self.status = status
+
+
+class OutputError(DicomNodeError):
+    """A result could not be written as DICOM (SEG, SR or preview); the message says why."""

@@ -2,7 +2,7 @@
 
 Writes the label map as NIfTI (same grid as the input), the measurements as
 JSON and a PNG overlay (axial, coronal and sagittal views through the
-largest finding, with coloured contours and a legend).
+largest finding, with coloured contours and a legend; see :mod:`dicomnode.preview`).
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from ai.bundle import Bundle, load_bundle
-from ai.engine import Engine, Result
+from ai.engine import Engine
 from dicomnode.errors import DicomNodeError
+from dicomnode.preview import overlay_png
 from dicomnode.volume import Volume, reconstruct
 
 logger = logging.getLogger(__name__)
@@ -55,42 +56,6 @@ def load_input(path: Path) -> Volume:
     return reconstruct(path)
 
 
-def _overlay_png(vol: Volume, res: Result, bundle: Bundle, out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
-
-    assert res.labels is not None
-    labels = res.labels
-    lesion = [lb.value for lb in bundle.labels if lb.lesion and (labels == lb.value).any()]
-    focus = labels == (lesion[0] if lesion else next((lb.value for lb in bundle.labels if (labels == lb.value).any()), 1))
-    if focus.any():
-        z, y, x = (int(np.median(a)) for a in np.nonzero(focus))
-    else:
-        z, y, x = (s // 2 for s in labels.shape)
-    sx, sy, sz = vol.spacing
-    views = [
-        ("axial", vol.array[z], labels[z], sy / sx),
-        ("coronal", vol.array[:, y, :][::-1], labels[:, y, :][::-1], sz / sx),
-        ("sagittal", vol.array[:, :, x][::-1], labels[:, :, x][::-1], sz / sy),
-    ]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 4.6), facecolor="black")
-    for ax, (title, img, lab, aspect) in zip(axes, views):
-        ax.imshow(img, cmap="gray", vmin=-1000, vmax=400, aspect=aspect, interpolation="nearest")
-        for lb in bundle.labels:
-            if (lab == lb.value).any():
-                ax.contour(lab == lb.value, levels=[0.5], colors=[tuple(c / 255 for c in lb.color)], linewidths=1.2)
-        ax.set_title(title, color="white")
-        ax.axis("off")
-    handles = [Patch(color=tuple(c / 255 for c in lb.color), label=lb.name) for lb in bundle.labels]
-    fig.legend(handles=handles, loc="lower center", ncol=len(handles), facecolor="black", labelcolor="white", frameon=False)
-    fig.suptitle(f"{bundle.name} {bundle.version} - {bundle.intended_use}", color="white", fontsize=10)
-    fig.savefig(out, dpi=100, facecolor="black")
-    plt.close(fig)
-
-
 def infer(
     input_path: Path, out_dir: Path, model: str | None = None, device: str = "auto",
     progress: Callable[[int, int], None] | None = None,
@@ -112,5 +77,5 @@ def infer(
         "measurements": [asdict(m) for m in res.measurements],
     }
     (out_dir / "measurements.json").write_text(json.dumps(summary, indent=2))
-    _overlay_png(vol, res, bundle, out_dir / "overlay.png")
+    overlay_png(vol.array, res.labels, bundle, vol.spacing, out_dir / "overlay.png")
     return summary
