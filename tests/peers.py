@@ -32,7 +32,11 @@ def echo_ok(ae: str, port: int) -> bool:
 
 
 class StoreSCP:
-    """dcmtk's ``storescp`` writing everything it receives into ``folder``."""
+    """dcmtk's ``storescp`` writing everything it receives into ``folder``.
+
+    Every received object gets its own file (``+uf``), so a duplicate
+    delivery shows up as an extra file instead of overwriting the first.
+    """
 
     def __init__(self, folder: Path, ae: str = "PACS", port: int | None = None) -> None:
         self.folder, self.ae, self.port = folder, ae, port or free_port()
@@ -42,7 +46,7 @@ class StoreSCP:
     def start(self) -> StoreSCP:
         exe = require_tool("storescp")
         self.proc = subprocess.Popen(
-            [exe, "-aet", self.ae, "+xa", "-od", str(self.folder), str(self.port)],
+            [exe, "-aet", self.ae, "+xa", "+uf", "-od", str(self.folder), str(self.port)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dcmtk_env(),
         )
         wait_for(lambda: echo_ok(self.ae, self.port), 20, what="storescp to listen")

@@ -23,7 +23,7 @@ from tests.peers import Orthanc, StoreSCP
 
 SEG, SR, SC = "1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.7"
 IDENTITY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyID",
-            "AccessionNumber", "ReferringPhysicianName", "FrameOfReferenceUID")
+            "AccessionNumber", "ReferringPhysicianName")
 WORKER = "[worker]\nenabled = true\ndevice = \"cpu\"\n[delivery]\nbackoff_seconds = 0.5\npoll_seconds = 0.1\n"
 
 
@@ -48,6 +48,8 @@ def test_phantom_ct_comes_back_as_seg_sr_and_preview_at_storescp_and_orthanc(tmp
     )
     node = NodeProcess(cfg, tmp_path / "node.log").start()
     try:
+        # The PACS has the study; the scanner (or the PACS's auto-routing) also sends it to the node.
+        assert storescu(orthanc.port, files, called="ORTHANC").returncode == 0
         r = storescu(node.port, files)
         assert r.returncode == 0, r.stderr
         # complete_on_release: the association carried the whole series.
@@ -61,6 +63,7 @@ def test_phantom_ct_comes_back_as_seg_sr_and_preview_at_storescp_and_orthanc(tmp
                 assert ds.get(key) == source.get(key), f"{key} of {ds.Modality} differs from the source"
             assert ds.SeriesInstanceUID != source.SeriesInstanceUID
         seg = hd.seg.segread(out[SEG])
+        assert seg.FrameOfReferenceUID == source.FrameOfReferenceUID
         lung = next(s.segment_number for s in seg.SegmentSequence if s.SegmentLabel.lower().startswith("lung"))
         uids = [str(dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files]
         mask = seg.get_pixels_by_source_instance(
@@ -69,12 +72,14 @@ def test_phantom_ct_comes_back_as_seg_sr_and_preview_at_storescp_and_orthanc(tmp
         )[..., 0]
         assert dice(mask > 0, ph.labels == LUNG) > 0.9
         sr = hd.sr.srread(out[SR])
-        assert sr.get_measurement_reports()  # a TID 1500 report
-        # Orthanc now holds the source study with the three new series.
+        groups = sr.content.get_volumetric_roi_measurement_groups()  # a TID 1500 report
+        assert {str(g.finding_type.meaning) for g in groups} >= {"Lung", "Nodule"}
+        # Orthanc's study now holds the three new series beside the CT.
         study = orthanc.get("/studies")
         assert len(study) == 1
+        wait_for(lambda: len(orthanc.get(f"/studies/{study[0]}/series")) == 4, 30, what="Orthanc to hold 4 series")
         series = orthanc.get(f"/studies/{study[0]}/series")
-        assert sorted(s["MainDicomTags"].get("Modality") for s in series) == ["OT", "SEG", "SR"]
+        assert sorted(s["MainDicomTags"].get("Modality") for s in series) == ["CT", "OT", "SEG", "SR"]
         assert orthanc.get(f"/studies/{study[0]}")["MainDicomTags"]["StudyInstanceUID"] == source.StudyInstanceUID
         # The job and its deliveries, as an administrator sees them.
         jobs = subprocess.run([sys.executable, "-m", "dicomnode", "jobs", "1", "--config", str(cfg)], capture_output=True, text=True)
