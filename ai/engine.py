@@ -20,7 +20,7 @@ from ai.bundle import Bundle
 from ai.errors import AIError
 from ai.inference import WindowConfig, optimize_predictor, select_device, sliding_window
 from ai.measure import LabelMeasurement, measure
-from ai.postprocess import fill_holes, keep_largest, remove_small, to_labels
+from ai.postprocess import fill_holes, keep_largest, keep_within, remove_small, to_labels
 from ai.preprocess import prepare
 
 logger = logging.getLogger(__name__)
@@ -61,6 +61,37 @@ class Engine:
 
     def _cpu_predictor(self) -> Callable[[torch.Tensor], torch.Tensor]:
         return self.bundle.predictor(torch.device("cpu"))
+
+    def postprocess(
+        self,
+        source_scores: np.ndarray,
+        spacing_xyz: tuple[float, float, float],
+        label_thresholds: dict[int, float] | None = None,
+        detection_thresholds: dict[int, float] | None = None,
+    ) -> np.ndarray:
+        """Scores on the source grid -> label map, as the bundle's ``postprocessing`` says.
+
+        ``label_thresholds`` and ``detection_thresholds`` override the bundle's (for tuning them).
+        """
+        pp: dict[str, Any] = self.bundle.postprocessing
+        if label_thresholds is None:
+            label_thresholds = {int(k): float(v) for k, v in pp.get("label_thresholds", {}).items()}
+        if detection_thresholds is None:
+            detection_thresholds = {int(k): float(v) for k, v in pp.get("detection_thresholds", {}).items()}
+        labels = to_labels(
+            torch.from_numpy(source_scores), threshold=pp.get("threshold"), label_thresholds=label_thresholds,
+            detection_thresholds=detection_thresholds,
+        )
+        if pp.get("keep_largest"):
+            labels = keep_largest(labels, pp["keep_largest"])
+        if pp.get("min_size_mm3"):
+            voxel_mm3 = float(np.prod(spacing_xyz))
+            labels = remove_small(labels, max(1, int(pp["min_size_mm3"] / voxel_mm3)))
+        if pp.get("fill_holes"):
+            labels = fill_holes(labels, pp["fill_holes"] if isinstance(pp["fill_holes"], list) else None)
+        for child, parent in pp.get("within", {}).items():
+            labels = keep_within(labels, int(child), int(parent))
+        return labels
 
     def run(
         self,
@@ -114,14 +145,7 @@ class Engine:
         res.timings["infer"] = time.perf_counter() - t1
         t2 = time.perf_counter()
         source_scores = prepared.invert_scores(scores)
-        labels = to_labels(torch.from_numpy(source_scores), threshold=pp.get("threshold"))
-        if pp.get("keep_largest"):
-            labels = keep_largest(labels, pp["keep_largest"])
-        if pp.get("min_size_mm3"):
-            voxel_mm3 = float(np.prod(spacing_xyz))
-            labels = remove_small(labels, max(1, int(pp["min_size_mm3"] / voxel_mm3)))
-        if pp.get("fill_holes"):
-            labels = fill_holes(labels, pp["fill_holes"] if isinstance(pp["fill_holes"], list) else None)
+        labels = self.postprocess(source_scores, spacing_xyz)
         res.labels = labels
         if keep_probabilities:
             res.probabilities = source_scores.astype(np.float32)

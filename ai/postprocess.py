@@ -2,25 +2,56 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import cc3d
 import numpy as np
 import torch
 
 
-def to_labels(scores: torch.Tensor, *, threshold: float | None = None) -> np.ndarray:
+def to_labels(
+    scores: torch.Tensor,
+    *,
+    threshold: float | None = None,
+    label_thresholds: Mapping[int, float] | None = None,
+    detection_thresholds: Mapping[int, float] | None = None,
+) -> np.ndarray:
     """Label map ``[z, y, x]`` from scores ``(K, z, y, x)``.
 
     With ``threshold``, channel k>0 wins where its score passes the threshold
-    (the highest such channel); otherwise the argmax over channels.
+    (the highest such channel); otherwise the argmax over channels.  Then each
+    label of ``label_thresholds`` (in the order given) takes every voxel where
+    its own score reaches its threshold: a lower bar for a small lesion class
+    than the argmax, which favours sensitivity over precision.
+
+    ``detection_thresholds`` finds faint lesions without inflating the others:
+    a connected region of score >= the detection threshold that nothing above
+    has labelled yet becomes the label where its score is at least half its
+    own peak (the lesion's core).
     """
     if threshold is None:
-        return scores.argmax(0).to(torch.uint8).numpy()
-    fg = scores[1:]
-    best = fg.argmax(0) + 1
-    keep = fg.max(0).values >= threshold
-    return torch.where(keep, best, torch.zeros_like(best)).to(torch.uint8).numpy()
+        labels = scores.argmax(0).to(torch.uint8)
+    else:
+        fg = scores[1:]
+        best = fg.argmax(0) + 1
+        keep = fg.max(0).values >= threshold
+        labels = torch.where(keep, best, torch.zeros_like(best)).to(torch.uint8)
+    for value, thr in (label_thresholds or {}).items():
+        labels[scores[int(value)] >= thr] = int(value)
+    out = labels.numpy()
+    for value, thr in (detection_thresholds or {}).items():
+        score = scores[int(value)].numpy()
+        comps, n = cc3d.connected_components(score >= thr, connectivity=26, return_N=True)
+        if n == 0:
+            continue
+        labelled = np.bincount(comps[out == int(value)].ravel(), minlength=n + 1) > 0
+        peaks = np.zeros(n + 1, dtype=np.float32)
+        np.maximum.at(peaks, comps.ravel(), score.ravel())
+        faint = ~labelled
+        faint[0] = False
+        core = faint[comps] & (score >= 0.5 * peaks[comps])
+        out[core] = int(value)
+    return out
 
 
 def keep_largest(labels: np.ndarray, values: Sequence[int], connectivity: int = 26) -> np.ndarray:
@@ -61,4 +92,24 @@ def fill_holes(labels: np.ndarray, values: Sequence[int] | None = None) -> np.nd
         )
         enclosed = outside & ~np.isin(cc, border) & (labels == 0)
         out[enclosed] = v
+    return out
+
+
+def keep_within(labels: np.ndarray, child: int, parent: int, margin: int = 2, connectivity: int = 26) -> np.ndarray:
+    """Drop components of ``child`` that do not come within ``margin`` voxels of ``parent``.
+
+    An anatomical prior: a lung nodule lies in (or on the wall of) a lung, so
+    a "nodule" on the table or in the body wall is a false positive.
+    """
+    mask = labels == child
+    if not mask.any():
+        return labels
+    # Dilation by a (2*margin+1)^3 cube, as a max filter.
+    parent_t = torch.from_numpy(labels == parent).float()[None, None]
+    near = (torch.nn.functional.max_pool3d(parent_t, 2 * margin + 1, stride=1, padding=margin)[0, 0] > 0).numpy()
+    comps, n = cc3d.connected_components(mask, connectivity=connectivity, return_N=True)
+    touching = np.bincount(comps[near].ravel(), minlength=n + 1) > 0
+    touching[0] = True
+    out = labels.copy()
+    out[mask & ~touching[comps]] = 0
     return out

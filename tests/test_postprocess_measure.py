@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ai.measure import max_diameter_mm, measure
-from ai.postprocess import fill_holes, keep_largest, remove_small, to_labels
+from ai.postprocess import fill_holes, keep_largest, keep_within, remove_small, to_labels
 
 
 def sphere(shape: tuple[int, int, int], centre_mm: tuple[float, float, float], radius_mm: float, spacing_zyx: tuple[float, float, float]) -> np.ndarray:
@@ -64,3 +64,31 @@ def test_argmax_and_threshold() -> None:
 
 def test_diameter_of_an_empty_mask() -> None:
     assert max_diameter_mm(np.zeros((3, 3, 3), bool), (1, 1, 1)) == 0.0
+
+
+def test_label_and_detection_thresholds_find_faint_lesions_without_inflating_others() -> None:
+    shape = (20, 20, 20)
+    p = np.zeros((3, *shape), dtype=np.float32)
+    p[0] = 1.0
+    p[2][2:8, 2:8, 2:8] = 0.4  # a confident lesion: argmax says background, the label threshold 0.35 takes it
+    p[2][3:7, 3:7, 3:7] = 0.6
+    p[2][14:17, 14:17, 14:17] = 0.06  # a faint one: found by the detection threshold, its core kept
+    p[2][15, 15, 15] = 0.1
+    scores = torch.from_numpy(p)
+    plain = to_labels(scores)
+    assert not (plain == 2).any()
+    labelled = to_labels(scores, label_thresholds={2: 0.35})
+    assert (labelled == 2).sum() == 6**3 and not (labelled[14:17, 14:17, 14:17] == 2).any()
+    found = to_labels(scores, label_thresholds={2: 0.35}, detection_thresholds={2: 0.05})
+    assert (found[2:8, 2:8, 2:8] == 2).all() and (found == 2).sum() == 6**3 + 27  # core: >= half of 0.1
+    assert to_labels(scores, label_thresholds={2: 0.35}, detection_thresholds={2: 0.2}).sum() == labelled.sum()
+
+
+def test_lesions_away_from_their_organ_are_dropped() -> None:
+    labels = np.zeros((20, 20, 20), dtype=np.uint8)
+    labels[2:10, 2:10, 2:10] = 1  # lung
+    labels[5:7, 5:7, 10:12] = 2  # nodule on the lung's wall: kept
+    labels[15:17, 15:17, 15:17] = 2  # "nodule" on the table: dropped
+    out = keep_within(labels, child=2, parent=1, margin=2)
+    assert (out[5:7, 5:7, 10:12] == 2).all() and not (out[15:17, 15:17, 15:17] == 2).any()
+    assert (out == 1).sum() == (labels == 1).sum()
