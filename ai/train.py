@@ -10,10 +10,13 @@ The recipe:
 - random foreground-biased patches with flips and intensity augmentation,
   drawn by DataLoader workers;
 - a validation Dice per epoch, by sliding window over held-out volumes;
-- a progress bar, a JSON-lines log, checkpoints with resume, and seeds.
+- a progress bar, a JSON-lines log, TensorBoard logs, checkpoints with
+  resume, and seeds.
 
-The result is a bundle (``manifest.json`` plus state_dict, TorchScript and
-ONNX weights) that ``ai.bundle.load_bundle`` reads.
+The same pipeline trains the nodule present/absent classifier
+(``task="classification"``, see :mod:`ai.classify`).  The result is a bundle
+(``manifest.json`` plus TorchScript and ONNX weights, and a state_dict for
+segmentation) that ``ai.bundle.load_bundle`` reads.
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ class TrainConfig:
     amp: bool = True
     foreground_fraction: float = 0.6
     resume: bool = True
+    task: str = "segmentation"  # or "classification" (nodule present/absent, ai.classify)
 
 
 def find_pairs(data: Path) -> list[tuple[Path, Path]]:
@@ -151,15 +155,53 @@ def build_unet(cfg: TrainConfig) -> torch.nn.Module:
     return UNet(3, 1, len(cfg.labels) + 1, channels=cfg.channels, strides=cfg.strides, num_res_units=cfg.num_res_units)
 
 
+class SegmentationTask:
+    """What :func:`train` needs to train the lung and nodule segmentation."""
+
+    metric = "dice"
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+
+    def dataset(self, pairs: list[tuple[Path, Path]]) -> IterableDataset:  # type: ignore[type-arg]
+        cases = [load_case(i, lab, self.cfg.spacing) for i, lab in pairs]
+        return PatchStream(cases, self.cfg.patch, self.cfg.foreground_fraction, self.cfg.seed)
+
+    def network(self) -> torch.nn.Module:
+        return build_unet(self.cfg)
+
+    def loss(self) -> Any:
+        from monai.losses import DiceCELoss
+
+        return DiceCELoss(to_onehot_y=True, softmax=True)
+
+    def validate(self, model: torch.nn.Module, pairs: list[tuple[Path, Path]], device: torch.device) -> dict[str, float]:
+        val = validate(model, pairs, self.cfg, device)
+        return {**val, "dice": float(np.mean(list(val.values())))} if val else {}
+
+    def export(self, state: dict[str, torch.Tensor], out: Path) -> None:
+        export_bundle(self.cfg, state)
+
+
+def make_task(cfg: TrainConfig) -> SegmentationTask | Any:
+    """The task object for ``cfg.task``."""
+    if cfg.task == "classification":
+        from ai.classify import ClassificationTask
+
+        return ClassificationTask(cfg)
+    if cfg.task != "segmentation":
+        raise AIError(f"unknown task {cfg.task!r}: use segmentation or classification")
+    return SegmentationTask(cfg)
+
+
 def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     """Train (or resume), validate each epoch, and export the best model as a bundle in ``cfg.out``.
 
     Returns
     -------
     dict
-        The final validation Dice per label and the number of steps run.
+        The number of steps run and the per-epoch history (loss, validation metrics).
     """
-    from monai.losses import DiceCELoss
     from tqdm import tqdm
 
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -176,20 +218,24 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     ckpt_dir = out / "checkpoints"
     if rank == 0:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
+    task = make_task(cfg)
     pairs = find_pairs(Path(cfg.data))
     n_val = max(1, int(round(len(pairs) * cfg.val_fraction))) if len(pairs) > 1 else 0
-    val_pairs, train_pairs = pairs[:n_val], pairs[n_val:] or pairs
-    cases = [load_case(i, l, cfg.spacing) for i, l in train_pairs]
+    if cfg.task == "classification" and n_val:  # every k-th case, so both classes are in validation
+        k = max(2, len(pairs) // n_val)
+        val_pairs, train_pairs = pairs[::k], [p for i, p in enumerate(pairs) if i % k]
+    else:
+        val_pairs, train_pairs = pairs[:n_val], pairs[n_val:] or pairs
     loader = DataLoader(
-        PatchStream(cases, cfg.patch, cfg.foreground_fraction, cfg.seed),
+        task.dataset(train_pairs),
         batch_size=cfg.batch_size,
         num_workers=cfg.workers,
         persistent_workers=cfg.workers > 0,
     )
-    model = build_unet(cfg).to(device)
+    model = task.network().to(device)
     if distributed:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    loss_fn = task.loss()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     total = cfg.epochs * cfg.steps_per_epoch
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, total))
@@ -207,6 +253,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
         logger.info("resumed from %s at epoch %d", last, start_epoch)
     batches = iter(loader)
     log = (out / "train_log.jsonl").open("a") if rank == 0 else None
+    board = _tensorboard(out / "tensorboard") if rank == 0 else None
     steps_run = 0
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
@@ -227,10 +274,21 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
             sched.step()
             losses.append(float(loss.detach()))
             steps_run += 1
+            if board is not None:
+                step = epoch * cfg.steps_per_epoch + len(losses)
+                board.add_scalar("train/loss", losses[-1], step)
+                board.add_scalar("train/lr", sched.get_last_lr()[0], step)
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
-        val = validate(_unwrap(model), val_pairs, cfg, device) if rank == 0 and val_pairs else {}
-        mean_dice = float(np.mean(list(val.values()))) if val else -float(np.mean(losses))
-        entry = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_dice": val, "seconds": time.perf_counter() - t0, "world": world}
+        val = task.validate(_unwrap(model), val_pairs, device) if rank == 0 and val_pairs else {}
+        score = val.get(task.metric, float("nan"))
+        mean_dice = float(score) if np.isfinite(score) else -float(np.mean(losses))  # the best-model criterion
+        key = "val_dice" if cfg.task == "segmentation" else "val"
+        entry = {"epoch": epoch + 1, "loss": float(np.mean(losses)), key: val, "seconds": time.perf_counter() - t0, "world": world}
+        if board is not None:
+            board.add_scalar("epoch/loss", entry["loss"], epoch + 1)
+            for name, value in val.items():
+                board.add_scalar(f"val/{name}", value, epoch + 1)
+            board.flush()
         history.append(entry)
         if rank == 0:
             assert log is not None
@@ -247,13 +305,27 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
                 best = mean_dice
                 torch.save(_unwrap(model).state_dict(), ckpt_dir / "best.pt")
     if rank == 0:
-        export_bundle(cfg, ckpt_dir / "best.pt" if (ckpt_dir / "best.pt").exists() else None, _unwrap(model))
+        best_state = ckpt_dir / "best.pt"
+        task.export(torch.load(best_state, map_location="cpu", weights_only=True) if best_state.exists() else _unwrap(model).state_dict(), out)
+        logger.info("exported the bundle to %s", out)
         if log is not None:
             log.close()
+        if board is not None:
+            board.close()
     if distributed:
         dist.barrier()
         dist.destroy_process_group()
     return {"steps": steps_run, "history": history}
+
+
+def _tensorboard(folder: Path) -> Any:
+    """A TensorBoard writer, or ``None`` (with a warning) when the package is missing."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        logger.warning("tensorboard is not installed: no TensorBoard logs (train_log.jsonl has the same numbers)")
+        return None
+    return SummaryWriter(str(folder))
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -273,11 +345,11 @@ def validate(model: torch.nn.Module, pairs: list[tuple[Path, Path]], cfg: TrainC
     return {name: float(np.mean(v)) for name, v in scores.items()}
 
 
-def export_bundle(cfg: TrainConfig, best: Path | None, model: torch.nn.Module) -> None:
+def export_bundle(cfg: TrainConfig, state: dict[str, torch.Tensor]) -> None:
     """Write ``manifest.json`` and the weights (state_dict, TorchScript, ONNX) into ``cfg.out``."""
     out = Path(cfg.out)
     net = build_unet(cfg)
-    net.load_state_dict(torch.load(best, map_location="cpu", weights_only=True) if best else _unwrap(model).state_dict())
+    net.load_state_dict(state)
     net.eval()
     torch.save(net.state_dict(), out / "model.pt")
     example = torch.zeros(1, 1, *cfg.patch)
@@ -302,4 +374,3 @@ def export_bundle(cfg: TrainConfig, best: Path | None, model: torch.nn.Module) -
         "training": {"config": asdict(cfg)},
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    logger.info("exported bundle to %s", out)

@@ -120,7 +120,7 @@ def cmd_phantom(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for seed in range(args.seed, args.seed + args.count):
-        ph = generate(seed, matrix=args.matrix, slices=args.slices)
+        ph = generate(seed, matrix=args.matrix, slices=args.slices, max_nodules=args.max_nodules)
         px, _, dz = ph.spacing
         nz, ny, nx = ph.hu.shape
         where = []
@@ -142,8 +142,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(
         data=args.data, out=args.out, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
         patch=tuple(args.patch), batch_size=args.batch_size, lr=args.lr, workers=args.workers,  # type: ignore[arg-type]
-        seed=args.seed, resume=not args.no_resume,
+        seed=args.seed, resume=not args.no_resume, task=args.task,
         spacing=tuple(args.spacing),  # type: ignore[arg-type]
+        **({"channels": tuple(args.channels)} if args.channels else {}),
     )
     result = train(cfg, progress=not args.quiet)
     last = result["history"][-1] if result["history"] else {}
@@ -318,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, default=1, help="how many phantoms, seeds seed..seed+count-1 (default: 1)")
     p.add_argument("--matrix", type=int, default=512, help="rows and columns (default: %(default)s)")
     p.add_argument("--slices", type=int, help="number of slices (default: 260-320 mm of chest)")
+    p.add_argument("--max-nodules", type=int, default=6, help="0 to N nodules each (default: %(default)s; 0: none)")
     p.add_argument(
         "--format", choices=["dicom", "nifti", "both"], default="dicom",
         help="phantom_NNNN_dicom/ series, phantom_NNNN_image/labels.nii.gz pairs for training, or both",
@@ -326,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "train",
-        help="train a segmentation model on NIfTI image/label pairs and export it as a bundle",
+        help="train a segmentation or classification model on NIfTI image/label pairs and export it as a bundle",
         description=(
             "Train a MONAI 3D UNet (Dice+CE, AdamW, cosine schedule, AMP on CUDA) on *_image.nii.gz / "
             "*_labels.nii.gz pairs, validating each epoch and checkpointing (re-running resumes). Exports a "
@@ -345,6 +347,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--task", choices=["segmentation", "classification"], default="segmentation",
+        help="segmentation (lungs and nodules, a UNet on patches) or classification (nodule present/absent per "
+        "volume; --patch is then the whole-volume input size)",
+    )
+    p.add_argument("--channels", type=int, nargs="+", help="network channels per level (default: 16 32 64 128)")
     p.add_argument("--no-resume", action="store_true", help="start again even if OUT has a checkpoint")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)

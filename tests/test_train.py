@@ -1,4 +1,8 @@
-"""Training: two steps single-process and with DDP on 2 CPU processes (gloo); checkpoints resume."""
+"""Training: two steps single-process and with DDP on 2 CPU processes (gloo); checkpoints resume.
+
+Both tasks: lung/nodule segmentation and the nodule present/absent classifier.
+TensorBoard event files are written beside the JSON-lines log.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ai.bundle import check_bundle
@@ -19,9 +24,10 @@ TRAIN = ["--epochs", "1", "--steps-per-epoch", "2", "--patch", "16", "16", "16",
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("phantoms")
-    r = subprocess.run([sys.executable, "-m", "dicomnode", "phantom", str(d), "--count", "3", "--matrix", "48", "--slices", "20", "--format", "nifti"],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+    for extra in (["--count", "3"], ["--count", "2", "--seed", "500", "--max-nodules", "0"]):  # some without nodules
+        r = subprocess.run([sys.executable, "-m", "dicomnode", "phantom", str(d), "--matrix", "48", "--slices", "20", "--format", "nifti", *extra],
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
     return d
 
 
@@ -38,6 +44,7 @@ def test_two_steps_then_resume(data: Path, tmp_path: Path) -> None:
     assert (out / "checkpoints" / "last.pt").exists()
     bundle = check_bundle(out)  # the export is a valid bundle, in all three formats
     assert [lb.name for lb in bundle.labels] == ["lung", "nodule"] and (out / "model.ts").exists() and (out / "model.onnx").exists()
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     # Resume: a second run with more epochs continues from the checkpoint.
     more = [a if a != "1" or i != 1 else "2" for i, a in enumerate(TRAIN)]
     r = subprocess.run([sys.executable, "-m", "dicomnode", "train", "--data", str(data), "--out", str(out), *more], capture_output=True, text=True)
@@ -57,3 +64,37 @@ def test_ddp_on_two_cpu_processes(data: Path, tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr[-3000:]
     [epoch] = log_of(out)
     assert epoch["world"] == 2 and math.isfinite(float(epoch["loss"]))  # type: ignore[arg-type]
+
+
+CLASSIFY = ["--task", "classification", "--epochs", "1", "--steps-per-epoch", "2", "--patch", "16", "16", "16", "--spacing", "8", "8", "8",
+            "--channels", "4", "8", "--batch-size", "2", "--workers", "0", "-q"]
+
+
+def test_classifier_two_steps_then_resume_and_ddp(data: Path, tmp_path: Path) -> None:
+    from ai.bundle import load_bundle
+    from ai.engine import Engine
+    from ai.phantom import generate
+
+    out = tmp_path / "classifier"
+    r = subprocess.run([sys.executable, "-m", "dicomnode", "train", "--data", str(data), "--out", str(out), *CLASSIFY], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    [epoch] = log_of(out)
+    assert math.isfinite(float(epoch["loss"])) and set(epoch["val"]) == {"auc", "accuracy"}  # type: ignore[arg-type]
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    bundle = check_bundle(out)
+    assert bundle.task == "classification" and [lb.name for lb in bundle.labels] == ["no nodule", "nodule present"]
+    ph = generate(7, matrix=48, slices=20)
+    probs = Engine(load_bundle(out), device="cpu").run(ph.hu.astype("float32"), ph.spacing, np.eye(3)).class_probabilities
+    assert set(probs) == {"no nodule", "nodule present"} and math.isclose(sum(probs.values()), 1.0, rel_tol=1e-5)
+    more = [a if a != "1" or i != 3 else "2" for i, a in enumerate(CLASSIFY)]
+    r = subprocess.run([sys.executable, "-m", "dicomnode", "train", "--data", str(data), "--out", str(out), *more], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert [e["epoch"] for e in log_of(out)] == [1, 2]
+    ddp = tmp_path / "classifier-ddp"
+    r = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "dicomnode", "train",
+         "--data", str(data), "--out", str(ddp), *CLASSIFY],
+        capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=240,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert log_of(ddp)[0]["world"] == 2
