@@ -1,12 +1,16 @@
 """A job's DICOM outputs: SEG, TID 1500 SR and Secondary Capture key images, written durably.
 
 The outputs belong to the source's patient and study: the identity
-attributes are copied exactly from the first source image, and they share
-its Frame of Reference.  Every output gets new series, and all UIDs derive
-from the job key (source series UID and job version) and the options that
-change the content, so writing the same job again gives the same UIDs and a
-re-send is idempotent at the PACS.  Source headers are read without pixel
-data; nothing holds the series' pixels but the volume itself.
+attributes are copied exactly from the first source image, and the SEG
+shares its Frame of Reference.  Every output gets a new series, and all UIDs
+derive from the job key (source series UID and job version) and the options
+that change the content, so writing the same job again gives the same UIDs
+and a re-send is idempotent at the PACS.  Source headers are read without
+pixel data; nothing holds the series' pixels but the volume itself.
+
+The objects themselves are built by :mod:`dicomnode.seg`,
+:mod:`dicomnode.report` and :mod:`dicomnode.preview`; this module checks the
+inputs, names the objects and writes them.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 from pydicom import Dataset, dcmread
 from pydicom.errors import InvalidDicomError
 
@@ -30,6 +35,7 @@ from storage.files import durable_write
 if TYPE_CHECKING:
     from ai.bundle import Bundle
     from ai.engine import Result
+    from dicomnode.seg import SourceFrame
     from dicomnode.volume import Volume
 
 logger = logging.getLogger(__name__)
@@ -38,6 +44,11 @@ IDENTITY = (
     "PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyID",
     "StudyDate", "StudyTime", "AccessionNumber", "ReferringPhysicianName",
 )
+TYPE2_IDENTITY = frozenset(IDENTITY) - {"IssuerOfPatientID", "StudyInstanceUID"}  # written empty when the source lacks them
+REQUIRED = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID", "Modality", "Rows", "Columns")
+REQUIRED_SINGLE_FRAME = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing")
+REQUIRED_MULTI_FRAME = ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence")
+SHARED = ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID")
 
 
 @dataclass(frozen=True)
@@ -70,27 +81,66 @@ class OutputFile:
 
 
 def _read_sources(paths: Sequence[Path]) -> list[Dataset]:
-    unique = list(dict.fromkeys(paths))  # a multi-frame source appears once per frame
-    try:
-        return [dcmread(p, stop_before_pixels=True) for p in unique]
-    except (InvalidDicomError, OSError) as exc:
-        raise OutputError(f"cannot read a source image header: {exc}") from exc
+    """The headers of ``paths`` (a multi-frame image appears once per frame; it is read once)."""
+    unique = list(dict.fromkeys(paths))
+    out: list[Dataset] = []
+    for i, p in enumerate(unique, start=1):
+        try:
+            out.append(dcmread(p, stop_before_pixels=True))
+        except (InvalidDicomError, OSError, EOFError, ValueError) as exc:
+            # The file name holds UIDs: name the source by its place, the reason by its kind.
+            reason = getattr(exc, "strerror", None) or type(exc).__name__
+            raise OutputError(f"cannot read source image {i} of {len(unique)}: {reason}") from exc
+    return out
+
+
+def _check_sources(paths: Sequence[Path], sources: list[Dataset], volume: Volume) -> None:
+    from dicomnode.seg import is_multiframe
+
+    nz = volume.array.shape[0]
+    if len(volume.sop_uids) != nz:
+        raise OutputError(
+            f"the volume has {nz} slices but {len(volume.sop_uids)} source images (was it resampled?): "
+            "outputs need the source grid"
+        )
+    if len(paths) != nz:
+        raise OutputError(f"{len(paths)} source file(s) for {nz} slices")
+    for i, ds in enumerate(sources, start=1):
+        missing = [k for k in REQUIRED + (REQUIRED_MULTI_FRAME if is_multiframe(ds) else REQUIRED_SINGLE_FRAME) if not ds.get(k)]
+        if missing:
+            raise OutputError(f"source image {i} of {len(sources)} lacks {', '.join(missing)}")
+        for key in SHARED:
+            if ds.get(key) != sources[0].get(key):
+                raise OutputError(f"source image {i} of {len(sources)} has another {key} than the first")
+    by_path = dict(zip(dict.fromkeys(paths), sources))
+    for z, (p, uid) in enumerate(zip(paths, volume.sop_uids), start=1):
+        if str(by_path[p].SOPInstanceUID) != uid:
+            raise OutputError(f"source file {z} of {nz} is not slice {z} of the volume: pass the files in volume order")
 
 
 def _copy_identity(ds: Dataset, source: Dataset, frame_of_reference: bool = True) -> None:
-    """Patient and study exactly as the source has them (absent stays absent, empty stays empty)."""
+    """Patient and study exactly as the source has them (type 2 absent becomes empty, so the object stays valid)."""
     for key in IDENTITY:
         if key in source:
             setattr(ds, key, source[key].value)
-        elif key in ds and key not in ("StudyInstanceUID",):
+        elif key in TYPE2_IDENTITY:
+            setattr(ds, key, "")
+        elif key in ds:
             del ds[key]
-    if frame_of_reference and "FrameOfReferenceUID" in source:  # (an SR has none of its own)
+    if "SpecificCharacterSet" in source:  # the copied names are decoded text: write them in the source's set
+        ds.SpecificCharacterSet = source.SpecificCharacterSet
+    if frame_of_reference:
         ds.FrameOfReferenceUID = source.FrameOfReferenceUID
 
 
-def _save(ds: Dataset, path: Path, kind: str) -> OutputFile:
+def _save(ds: Dataset, path: Path, kind: str, texts: Sequence[str]) -> OutputFile:
+    if "SpecificCharacterSet" not in ds and not all(t.isascii() for t in texts):
+        ds.SpecificCharacterSet = "ISO_IR 192"  # our own texts (model name, intended use) need more than ASCII
     buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
+    try:
+        ds.save_as(buf, enforce_file_format=True)
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise OutputError(f"cannot encode the {kind}: {exc}") from exc
     try:
         durable_write(path, [buf.getbuffer()])
     except StorageError as exc:
@@ -115,11 +165,13 @@ def write_outputs(
     Parameters
     ----------
     source_paths : sequence of pathlib.Path
-        The source file of each slice of ``volume``, in volume order.
+        The source file of each slice of ``volume``, in volume order (a
+        multi-frame source repeats once per slice).
     volume : Volume
         The reconstructed source volume (pixels for the key images).
     result : Result
-        The model's labels on the source grid, measurements and class probabilities.
+        The model's labels on the source grid, measurements and class
+        probabilities.  A classifier's result (no label map) gives an SR only.
     bundle : Bundle
         The model: labels, codes, colours, name, version, intended use.
     out_dir : pathlib.Path
@@ -129,22 +181,29 @@ def write_outputs(
     options : OutputOptions
         Which outputs, SEG type, empty frames, series numbers and descriptions.
 
+    Returns
+    -------
+    list of OutputFile
+        What was written, SEG first, then SR, then the key images.
+
     Raises
     ------
     OutputError
-        The inputs disagree or an object cannot be built or written; the message says which.
+        The inputs disagree or an object cannot be built or written; the
+        message says which, without patient data.
     """
-    from dicomnode.preview import key_images
+    from dicomnode.preview import build_key_image, key_images, patient_orientation
     from dicomnode.report import SRParams, build_sr
-    from dicomnode.seg import SegParams, build_seg
+    from dicomnode.seg import SegParams, build_seg, source_frames
 
-    if result.labels is None:
-        raise OutputError(f"the model {bundle.name} produced no label map")
-    if result.labels.shape != volume.array.shape:
-        raise OutputError(f"the label map {result.labels.shape} does not match the volume {volume.array.shape}")
-    if len(source_paths) != volume.array.shape[0]:
-        raise OutputError(f"{len(source_paths)} source file(s) for {volume.array.shape[0]} slices")
+    labels = result.labels
+    if labels is None and not result.class_probabilities:
+        raise OutputError(f"the model {bundle.name} produced no label map and no class scores")
+    if labels is not None and labels.shape != volume.array.shape:
+        raise OutputError(f"the label map {labels.shape} does not match the volume {volume.array.shape}")
     sources = _read_sources(source_paths)
+    _check_sources(source_paths, sources, volume)
+    frames: list[SourceFrame] = source_frames(sources, volume)
     first = sources[0]
     variant = f"{'fractional' if options.fractional else 'binary'}-{'all' if options.keep_empty_frames else 'sparse'}"
 
@@ -152,51 +211,52 @@ def write_outputs(
         return str(derived_uid("dicomnode-output", job_key, kind, variant if kind == "seg" else "", what, n))
 
     prefix = options.series_description_prefix
+    texts = [bundle.name, bundle.version, bundle.intended_use, prefix, *(lb.name for lb in bundle.labels)]
+    voxel_ml = float(np.prod(volume.spacing)) / 1000.0
     written: list[OutputFile] = []
-    seg_ds = None
+    seg_ds: Dataset | None = None
     numbers: dict[int, int] = {}
-    if options.seg:
+    if labels is None:
+        logger.info("%s is a classifier: writing its report only", bundle.name)
+    if options.seg and labels is not None:
         seg_ds, numbers = build_seg(
-            sources, result.labels, result.probabilities, bundle,
+            frames, labels, result.probabilities, bundle,
             SegParams(
-                series_uid=uid("seg", "series"), sop_uid=uid("seg", "instance"), series_number=options.seg_series_number,
-                series_description=f"{prefix} {bundle.name} SEG", manufacturer=options.manufacturer,
-                software_version=options.software_version, fractional=options.fractional,
-                keep_empty_frames=options.keep_empty_frames,
+                series_uid=uid("seg", "series"), sop_uid=uid("seg", "instance"), uid_seed=job_key,
+                series_number=options.seg_series_number, series_description=f"{prefix} {bundle.name} SEG",
+                manufacturer=options.manufacturer, software_version=options.software_version,
+                fractional=options.fractional, keep_empty_frames=options.keep_empty_frames,
             ),
         )
         _copy_identity(seg_ds, first)
-        written.append(_save(seg_ds, out_dir / "seg.dcm", "seg"))
+        if "BodyPartExamined" in first:
+            seg_ds.BodyPartExamined = first.BodyPartExamined
+        written.append(_save(seg_ds, out_dir / "seg.dcm", "seg", texts))
     if options.sr:
         sr = build_sr(
-            sources, seg_ds, numbers, result, bundle,
+            frames, labels, voxel_ml, seg_ds, numbers, result, bundle,
             SRParams(
-                series_uid=uid("sr", "series"), sop_uid=uid("sr", "instance"), series_number=options.sr_series_number,
-                series_description=f"{prefix} {bundle.name} report - not for diagnosis", manufacturer=options.manufacturer,
-                software_version=options.software_version,
+                series_uid=uid("sr", "series"), sop_uid=uid("sr", "instance"), uid_seed=job_key,
+                series_number=options.sr_series_number,
+                series_description=f"{prefix} {bundle.name} report - not for diagnosis",
+                manufacturer=options.manufacturer, software_version=options.software_version,
             ),
         )
-        _copy_identity(sr, first, frame_of_reference=False)
-        written.append(_save(sr, out_dir / "sr.dcm", "sr"))
-    if options.preview:
-        import highdicom as hd
-
+        _copy_identity(sr, first, frame_of_reference=False)  # an SR has no Frame of Reference of its own
+        written.append(_save(sr, out_dir / "sr.dcm", "sr", texts))
+    if options.preview and labels is not None:
         series_uid = uid("preview", "series")
-        for i, img in enumerate(key_images(volume.array, result.labels, bundle, volume.spacing), start=1):
-            ref = sources[min(img.slice_index, len(sources) - 1)]
-            try:
-                sc = hd.sc.SCImage.from_ref_dataset(
-                    ref_dataset=ref, pixel_array=img.rgb, photometric_interpretation="RGB", bits_allocated=8,
-                    coordinate_system="PATIENT", series_instance_uid=series_uid, series_number=options.preview_series_number,
-                    sop_instance_uid=uid("preview", "instance", i), instance_number=i, manufacturer=options.manufacturer,
-                    patient_orientation=("L", "P"), series_description=f"{prefix} {bundle.name} key images - not for diagnosis"[:64],
-                )
-            except (ValueError, TypeError, AttributeError) as exc:
-                raise OutputError(f"cannot build the preview image {i}: {exc}") from exc
-            sc.BurnedInAnnotation = "YES"  # the legend and the intended use are in the pixels
-            if "Laterality" not in sc:
-                sc.Laterality = ref.get("Laterality", "")  # type 2C: present, empty for an unpaired body part
+        orientation = patient_orientation(volume.direction)
+        for i, img in enumerate(key_images(volume.array, labels, bundle, volume.spacing), start=1):
+            sc = build_key_image(
+                frames[img.slice_index].dataset, img, bundle, series_uid=series_uid, sop_uid=uid("preview", "instance", i),
+                instance_number=i, series_number=options.preview_series_number,
+                series_description=f"{prefix} {bundle.name} key images - not for diagnosis",
+                manufacturer=options.manufacturer, software_version=options.software_version, orientation=orientation,
+            )
             _copy_identity(sc, first, frame_of_reference=False)
-            written.append(_save(sc, out_dir / f"preview-{i}.dcm", "preview"))
-    logger.info("wrote %d output object(s) for %s", len(written), bundle.name)
+            written.append(_save(sc, out_dir / f"preview-{i}.dcm", "preview", texts))
+    logger.info(
+        "wrote %d output object(s) for %s: %s", len(written), bundle.name, ", ".join(o.kind for o in written) or "none"
+    )
     return written

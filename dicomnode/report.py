@@ -1,39 +1,67 @@
 """The TID 1500 Measurement Report (Comprehensive 3D SR) of a model's result, through highdicom.
 
-- For each segment: volume (mL), mean and standard deviation of the
-  intensity (HU), referencing the segment in the SEG.
+- For each label found: volume (mL), mean and standard deviation of the
+  intensity (HU for CT), in a volumetric ROI group that references its
+  segment in the SEG (without a SEG: a group that references the source
+  images the label lies on).
 - For each lesion (a connected component of a lesion-type label): its volume
-  and maximum 3D diameter.
-- For a classifier: each class as a qualitative evaluation with its probability.
-- The model is the device observer; its name, version and intended use
-  ("demonstration; not for diagnosis") are in the algorithm identification
-  and the series description.
+  and maximum 3D diameter, referencing its label's segment (a reference to
+  SEG frames may not name the segment, and viewers link groups to segments
+  by number), or without a SEG the source images it lies on.
+- For each label not found: its volume, 0 mL, so that "nothing found" is
+  said explicitly.
+- For a classifier: each class as a qualitative evaluation (Finding = class)
+  with its probability.
+- The model is the device observer and the algorithm of every group; the
+  intended use ("demonstration; not for diagnosis") is a comment in the
+  report's qualitative evaluations and in the series description.
+
+Tracking UIDs are deterministic, and a label's group has the Tracking UID of
+its segment in the SEG.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import highdicom as hd
+import numpy as np
 from pydicom import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 from dicomnode.errors import OutputError
-from dicomnode.seg import PRIVATE_SCHEME, label_type
+from dicomnode.seg import (
+    PRIVATE_SCHEME,
+    SourceFrame,
+    label_type,
+    private_scheme_item,
+    tracking_uid,
+)
+from dicomnode.synthetic import derived_uid
 
 if TYPE_CHECKING:
     from ai.bundle import Bundle, Label
     from ai.engine import Result
-    from ai.measure import LabelMeasurement
+    from ai.measure import Lesion
 
-MILLILITRE = Code("mL", "UCUM", "milliliter")
-HOUNSFIELD = codes.UCUM.HounsfieldUnit
+logger = logging.getLogger(__name__)
+
+MILLILITRE = Code("mL", "UCUM", "milliliter")  # codes.UCUM.Millilitre does not exist
+HOUNSFIELD = Code("[hnsf'U]", "UCUM", "Hounsfield unit")
 MILLIMETRE = codes.UCUM.Millimeter
 NO_UNITS = codes.UCUM.NoUnits
-CT_PROCEDURE = Code("25045-6", "LN", "CT unspecified body region")
+QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")  # TID 1500 row 12
+PROCEDURES = {  # CID 100
+    "CT": codes.LN.CTUnspecifiedBodyRegion,
+    "MR": codes.LN.MRIUnspecifiedBodyRegion,
+    "PT": codes.LN.PETUnspecifiedBodyRegion,
+    "NM": codes.LN.NMUnspecifiedBodyRegion,
+}
+IMAGING_PROCEDURE = codes.SCT.ImagingProcedure
 
 
 @dataclass(frozen=True)
@@ -42,29 +70,27 @@ class SRParams:
 
     series_uid: str
     sop_uid: str
+    uid_seed: str  # root of the tracking UIDs (the job key), shared with the SEG
     series_number: int
     series_description: str
     manufacturer: str
     software_version: str
 
 
+@dataclass(frozen=True)
+class _Stats:
+    """What is reported for one label."""
+
+    label: Label
+    volume_ml: float
+    voxels: int
+    mean: float | None
+    std: float | None
+    lesions: Sequence[Lesion]
+
+
 def _algorithm(bundle: Bundle) -> hd.sr.AlgorithmIdentification:
     return hd.sr.AlgorithmIdentification(name=bundle.name[:64], version=bundle.version[:64])
-
-
-def _tracking(params: SRParams, n: int, what: str) -> hd.sr.TrackingIdentifier:
-    # Deterministic: the report's UID plus a group number.
-    uid = f"{params.sop_uid}.{n}" if len(params.sop_uid) <= 58 else hd.UID()
-    return hd.sr.TrackingIdentifier(uid=uid, identifier=what[:64])
-
-
-def _stats(m: LabelMeasurement) -> list[hd.sr.Measurement]:
-    out = [hd.sr.Measurement(name=codes.SCT.Volume, value=round(m.volume_ml, 4), unit=MILLILITRE)]
-    if m.mean is not None:
-        out.append(hd.sr.Measurement(name=codes.SCT.Mean, value=round(m.mean, 3), unit=HOUNSFIELD))
-    if m.std is not None:
-        out.append(hd.sr.Measurement(name=codes.SCT.StandardDeviation, value=round(m.std, 3), unit=HOUNSFIELD))
-    return out
 
 
 def _class_concept(name: str, labels: Sequence[Label]) -> hd.sr.CodedConcept:
@@ -74,8 +100,50 @@ def _class_concept(name: str, labels: Sequence[Label]) -> hd.sr.CodedConcept:
     return hd.sr.CodedConcept(name[:16], PRIVATE_SCHEME, name[:64])
 
 
+def _lesion_slices(mask: np.ndarray, lesions: Sequence[Lesion], voxel_ml: float) -> dict[int, list[int]]:
+    """Lesion index -> the slices it lies on (components numbered as :func:`ai.measure.measure` numbers them)."""
+    import cc3d
+
+    cc = cc3d.connected_components(mask, connectivity=26)
+    stats = cc3d.statistics(cc)
+    counts, boxes = stats["voxel_counts"], stats["bounding_boxes"]
+    out: dict[int, list[int]] = {}
+    for les in lesions:
+        k = les.index
+        if 0 < k < len(counts) and voxel_ml > 0 and abs(int(counts[k]) - les.volume_ml / voxel_ml) < 0.5 + 1e-6 * counts[k]:
+            zs = boxes[k][0]
+            out[k] = list(range(int(zs.start), int(zs.stop)))  # a connected component has no empty slice inside
+        else:  # numbered differently: the slice through its centroid
+            out[k] = [min(max(round(les.centroid_voxel[0]), 0), mask.shape[0] - 1)]
+    return out
+
+
+def _source_images(frames: Sequence[SourceFrame], zs: Sequence[int]) -> list[hd.sr.SourceImageForMeasurementGroup]:
+    return [
+        hd.sr.SourceImageForMeasurementGroup.from_source_image(
+            frames[z].dataset, referenced_frame_numbers=[frames[z].frame] if frames[z].frame is not None else None
+        )
+        for z in zs
+    ]
+
+
+def _label_stats(result: Result, bundle: Bundle, labels: np.ndarray, voxel_ml: float) -> list[_Stats]:
+    by_value = {m.value: m for m in result.measurements}
+    out: list[_Stats] = []
+    for lb in bundle.labels:
+        m = by_value.get(lb.value)
+        if m is not None:
+            out.append(_Stats(lb, m.volume_ml, m.voxels, m.mean, m.std, m.lesions))
+        else:  # not measured by the engine: at least its volume, from the label map
+            n = int(np.count_nonzero(labels == lb.value))
+            out.append(_Stats(lb, n * voxel_ml, n, None, None, ()))
+    return out
+
+
 def build_sr(
-    sources: Sequence[Dataset],
+    frames: Sequence[SourceFrame],
+    labels: np.ndarray | None,
+    voxel_ml: float,
     seg: Dataset | None,
     segment_numbers: dict[int, int],
     result: Result,
@@ -86,10 +154,14 @@ def build_sr(
 
     Parameters
     ----------
-    sources : sequence of Dataset
-        Source image headers (the evidence).
+    frames : sequence of SourceFrame
+        The source of each volume slice (the evidence).
+    labels : numpy.ndarray, optional
+        ``[z, y, x]`` label map (None for a classifier).
+    voxel_ml : float
+        Volume of one voxel in mL.
     seg : Dataset, optional
-        The SEG the measurements reference; without one, the groups reference no region.
+        The SEG the measurements reference; without one, groups reference the source images.
     segment_numbers : dict
         Label value -> segment number in ``seg``.
     result : Result
@@ -102,71 +174,100 @@ def build_sr(
     Raises
     ------
     OutputError
-        highdicom refused the content.
+        There is nothing to report, or highdicom refused the content.
     """
+    modality = str(frames[0].dataset.get("Modality", ""))
+    intensity_unit = HOUNSFIELD if modality == "CT" else NO_UNITS
+    private = False
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=f"{params.sop_uid}.0" if len(params.sop_uid) <= 60 else hd.UID(),
+            uid=str(derived_uid("dicomnode-device", bundle.name, bundle.version)),
             name=bundle.name[:64],
-            manufacturer_name=params.manufacturer,
+            manufacturer_name=params.manufacturer[:64],
             model_name=f"{bundle.name} {bundle.version}"[:64],
         ),
     )
-    groups: list[object] = []
-    n = 0
-    labels = {lb.value: lb for lb in bundle.labels}
-    for m in result.measurements:
-        lb = labels.get(m.value)
-        if lb is None or m.voxels == 0:
+    groups: list[
+        hd.sr.MeasurementsAndQualitativeEvaluations | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
+    ] = []
+    for st in _label_stats(result, bundle, labels, voxel_ml) if labels is not None else []:
+        lb = st.label
+        finding = label_type(lb)
+        private |= finding.scheme_designator == PRIVATE_SCHEME
+        common = {"finding_type": finding, "algorithm_id": _algorithm(bundle)}
+        track = hd.sr.TrackingIdentifier(uid=tracking_uid(params.uid_seed, lb.value), identifier=lb.name[:64])
+        sizes = [hd.sr.Measurement(name=codes.SCT.Volume, value=round(st.volume_ml, 4), unit=MILLILITRE)]
+        if st.voxels == 0:  # nothing found: say so (volume 0 mL), referencing no region
+            groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(tracking_identifier=track, measurements=sizes, **common))
             continue
-        n += 1
-        common = {"finding_type": label_type(lb), "algorithm_id": _algorithm(bundle)}
-        if seg is not None and m.value in segment_numbers:
-            ref = hd.sr.ReferencedSegment.from_segmentation(seg, segment_numbers[m.value])
+        if st.mean is not None:
+            sizes.append(hd.sr.Measurement(name=codes.SCT.Mean, value=round(st.mean, 3), unit=intensity_unit))
+        if st.std is not None:
+            sizes.append(hd.sr.Measurement(name=codes.SCT.StandardDeviation, value=round(st.std, 3), unit=intensity_unit))
+        mask = labels == lb.value
+        number = segment_numbers.get(lb.value) if seg is not None else None
+        if number is not None:
             groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-                tracking_identifier=_tracking(params, n, lb.name), referenced_segment=ref, measurements=_stats(m), **common
+                tracking_identifier=track, referenced_segment=hd.sr.ReferencedSegment.from_segmentation(seg, number),
+                measurements=sizes, **common,
             ))
         else:
+            zs = [int(z) for z in np.flatnonzero(mask.any(axis=(1, 2)))]
             groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
-                tracking_identifier=_tracking(params, n, lb.name), measurements=_stats(m), **common
+                tracking_identifier=track, source_images=_source_images(frames, zs), measurements=sizes, **common
             ))
-        for lesion in m.lesions:
-            n += 1
+        slices = _lesion_slices(mask, st.lesions, voxel_ml) if st.lesions and number is None else {}
+        for les in st.lesions:
+            track = hd.sr.TrackingIdentifier(
+                uid=tracking_uid(params.uid_seed, lb.value, les.index), identifier=f"{lb.name} {les.index}"[:64]
+            )
             sizes = [
-                hd.sr.Measurement(name=codes.SCT.Volume, value=round(lesion.volume_ml, 4), unit=MILLILITRE),
+                hd.sr.Measurement(name=codes.SCT.Volume, value=round(les.volume_ml, 4), unit=MILLILITRE),
                 hd.sr.Measurement(
-                    name=codes.SCT.Diameter, value=round(lesion.max_diameter_mm, 2), unit=MILLIMETRE,
-                    derivation=codes.SCT.Maximum,
+                    name=codes.SCT.Diameter, value=round(les.max_diameter_mm, 2), unit=MILLIMETRE, derivation=codes.SCT.Maximum
                 ),
             ]
-            what = f"{lb.name} {lesion.index}"
-            if seg is not None and m.value in segment_numbers:
+            if number is not None:
                 groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-                    tracking_identifier=_tracking(params, n, what),
-                    referenced_segment=hd.sr.ReferencedSegment.from_segmentation(seg, segment_numbers[m.value]),
+                    tracking_identifier=track, referenced_segment=hd.sr.ReferencedSegment.from_segmentation(seg, number),
                     measurements=sizes, **common,
                 ))
             else:
                 groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
-                    tracking_identifier=_tracking(params, n, what), measurements=sizes, **common
+                    tracking_identifier=track, source_images=_source_images(frames, slices[les.index]), measurements=sizes,
+                    **common,
                 ))
-    for name, p in result.class_probabilities.items():
-        n += 1
+    for i, (name, p) in enumerate(result.class_probabilities.items(), start=1):
+        concept = _class_concept(name, bundle.labels)
+        private |= concept.scheme_designator == PRIVATE_SCHEME
         groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=_tracking(params, n, f"classification: {name}"),
+            tracking_identifier=hd.sr.TrackingIdentifier(
+                uid=str(derived_uid("dicomnode-tracking", params.uid_seed, "class", name)), identifier=f"classification: {name}"[:64]
+            ),
             algorithm_id=_algorithm(bundle),
-            qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=codes.DCM.Finding, value=_class_concept(name, bundle.labels))],
+            qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=codes.DCM.Finding, value=concept)],
             measurements=[hd.sr.Measurement(name=codes.DCM.Probability, value=round(float(p), 4), unit=NO_UNITS)],
         ))
+    if not groups:
+        raise OutputError(f"the model {bundle.name} produced nothing to report (no labels and no class scores)")
     try:
         report = hd.sr.MeasurementReport(
             observation_context=hd.sr.ObservationContext(observer_device_context=observer),
-            procedure_reported=CT_PROCEDURE,
-            imaging_measurements=groups,  # type: ignore[arg-type]
+            procedure_reported=PROCEDURES.get(modality, IMAGING_PROCEDURE),
+            imaging_measurements=groups,
         )
-        evidence = list(sources) + ([seg] if seg is not None else [])
-        return hd.sr.Comprehensive3DSR(
+        # TID 1500 row 12: report-level qualitative evaluations; the intended use, for whoever reads the report.
+        note = hd.sr.ContainerContentItem(name=QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+        note.ContentSequence = hd.sr.ContentSequence([
+            hd.sr.TextContentItem(
+                name=codes.DCM.Comment, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+                value=f"AI result of {bundle.name} {bundle.version}. Intended use: {bundle.intended_use}",
+            )
+        ])
+        report[0].ContentSequence.append(note)
+        evidence = list({id(f.dataset): f.dataset for f in frames}.values()) + ([seg] if seg is not None else [])
+        sr = hd.sr.Comprehensive3DSR(
             evidence=evidence,
             content=report[0],
             series_instance_uid=params.series_uid,
@@ -177,6 +278,11 @@ def build_sr(
             series_description=params.series_description[:64],
             is_complete=True,
             record_evidence=True,
+            software_versions=params.software_version,
         )
-    except (ValueError, TypeError, AttributeError) as exc:
+    except (ValueError, TypeError, AttributeError, KeyError) as exc:
         raise OutputError(f"cannot build the measurement report: {exc}") from exc
+    if private:
+        sr.CodingSchemeIdentificationSequence = [private_scheme_item()]
+    logger.debug("SR: %d measurement group(s)", len(groups))
+    return sr

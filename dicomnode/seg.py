@@ -2,8 +2,9 @@
 
 One segment per label found, with the bundle's SNOMED CT category and type,
 its colour and the model as the algorithm.  The geometry is that of the
-source images: frame ``i`` of every segment lies on source slice ``i`` and
-references it, in the source's Frame of Reference.
+source images: the frames of every segment lie on the source slices (or
+frames of a multi-frame source) and reference them, in the source's Frame of
+Reference.  Only the source headers are needed, never their pixel data.
 """
 
 from __future__ import annotations
@@ -20,15 +21,27 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian
 
 from dicomnode.errors import OutputError
+from dicomnode.synthetic import derived_uid
 
 if TYPE_CHECKING:
     from ai.bundle import Bundle, Label
+    from dicomnode.volume import Volume
 
 logger = logging.getLogger(__name__)
 
 ANATOMICAL_STRUCTURE = hd.sr.CodedConcept("91723000", "SCT", "Anatomical Structure")
 ABNORMAL_STRUCTURE = hd.sr.CodedConcept("49755003", "SCT", "Morphologically Abnormal Structure")
-PRIVATE_SCHEME = "99DCMNODE"  # for labels a bundle gives no SNOMED CT code
+PRIVATE_SCHEME = "99DCMNODE"  # for labels and classes a bundle gives no SNOMED CT code
+POSITION_TOLERANCE = 0.25  # of the slice spacing, when matching volume slices to source frames
+
+
+@dataclass(frozen=True)
+class SourceFrame:
+    """The source image (and frame of a multi-frame image) under one volume slice."""
+
+    dataset: Dataset
+    frame: int | None  # 1-based frame number in a multi-frame image; None for a single-frame image
+    position: tuple[float, float, float]  # ImagePositionPatient of the slice, as the source stores it
 
 
 @dataclass(frozen=True)
@@ -37,6 +50,7 @@ class SegParams:
 
     series_uid: str
     sop_uid: str
+    uid_seed: str  # root of the tracking UIDs (the job key): the same finding has the same UID in SEG and SR
     series_number: int
     series_description: str
     manufacturer: str
@@ -45,11 +59,25 @@ class SegParams:
     keep_empty_frames: bool = False
 
 
+def private_scheme_item() -> Dataset:
+    """The Coding Scheme Identification item that declares :data:`PRIVATE_SCHEME`."""
+    item = Dataset()
+    item.CodingSchemeDesignator = PRIVATE_SCHEME
+    item.CodingSchemeName = "dicomnode local codes"
+    item.CodingSchemeResponsibleOrganization = "dicomnode"
+    return item
+
+
+def tracking_uid(seed: str, label_value: int, lesion: int | None = None) -> str:
+    """The deterministic Tracking UID of a label (or one of its lesions) in a job's SEG and SR."""
+    return str(derived_uid("dicomnode-tracking", seed, label_value, "" if lesion is None else lesion))
+
+
 def label_type(label: Label) -> hd.sr.CodedConcept:
     """The segmented property type of a label (its SNOMED CT code, else a private code)."""
     if label.snomed_code:
         return hd.sr.CodedConcept(label.snomed_code, "SCT", label.snomed_meaning or label.name)
-    return hd.sr.CodedConcept(label.name[:16], PRIVATE_SCHEME, label.name)
+    return hd.sr.CodedConcept(label.name[:16], PRIVATE_SCHEME, label.name[:64])
 
 
 def label_category(label: Label) -> hd.sr.CodedConcept:
@@ -66,8 +94,56 @@ def algorithm(bundle: Bundle) -> hd.AlgorithmIdentificationSequence:
     )
 
 
+def is_multiframe(ds: Dataset) -> bool:
+    """Whether ``ds`` is a multi-frame image (frames described by functional groups)."""
+    return int(ds.get("NumberOfFrames", 1) or 1) > 1 or "PerFrameFunctionalGroupsSequence" in ds
+
+
+def source_frames(sources: Sequence[Dataset], volume: Volume) -> list[SourceFrame]:
+    """The source image and frame of every slice of ``volume``, in volume order.
+
+    Single-frame sources are in volume order already (``volume.sop_uids``).
+    The frames of a multi-frame source may be stored in any order, and some of
+    them may belong to another stack; each volume slice is matched to the frame
+    at its position.
+
+    Raises
+    ------
+    OutputError
+        A slice has no source frame at its position, or the sources mix
+        single-frame and multi-frame images.
+    """
+    nz = volume.array.shape[0]
+    if not any(is_multiframe(s) for s in sources):
+        return [SourceFrame(s, None, tuple(float(v) for v in s.ImagePositionPatient)) for s in sources]  # type: ignore[misc]
+    if len(sources) != 1:
+        raise OutputError(f"the slices come from {len(sources)} images, of which some are multi-frame: not supported")
+    src = sources[0]
+    try:
+        positions = np.array(
+            [p[0].ImagePositionPatient for p in hd.utils.get_plane_positions_of_image(src)], dtype=np.float64
+        )
+    except (AttributeError, KeyError, IndexError, ValueError) as exc:
+        raise OutputError(f"the multi-frame source has no usable per-frame plane positions: {exc}") from exc
+    step = np.asarray(volume.direction, dtype=np.float64)[:, 2] * float(volume.spacing[2])
+    tolerance = POSITION_TOLERANCE * float(volume.spacing[2])
+    out: list[SourceFrame] = []
+    for z in range(nz):
+        expected = np.asarray(volume.origin, dtype=np.float64) + z * step
+        dist = np.linalg.norm(positions - expected, axis=1)
+        f = int(np.argmin(dist))
+        if dist[f] > tolerance:
+            raise OutputError(
+                f"slice {z + 1} of {nz} has no source frame at its position (nearest {dist[f]:.2f} mm away)"
+            )
+        out.append(SourceFrame(src, f + 1, tuple(float(v) for v in positions[f])))  # type: ignore[arg-type]
+    if len({f.frame for f in out}) != nz:
+        raise OutputError("two slices of the volume fall on the same source frame")
+    return out
+
+
 def build_seg(
-    sources: Sequence[Dataset],
+    frames: Sequence[SourceFrame],
     labels: np.ndarray,
     probabilities: np.ndarray | None,
     bundle: Bundle,
@@ -77,9 +153,8 @@ def build_seg(
 
     Parameters
     ----------
-    sources : sequence of Dataset
-        Source image headers (no pixel data needed): one per slice in volume
-        order, or one multi-frame image with a frame per slice.
+    frames : sequence of SourceFrame
+        The source of each slice, in volume order (see :func:`source_frames`).
     labels : numpy.ndarray
         ``[z, y, x]`` label values on the source grid.
     probabilities : numpy.ndarray, optional
@@ -97,18 +172,23 @@ def build_seg(
     Raises
     ------
     OutputError
-        Shapes disagree, or FRACTIONAL was asked without probabilities.
+        Shapes disagree, FRACTIONAL was asked without probabilities, or
+        highdicom refused the content.
     """
-    frames = sum(int(getattr(s, "NumberOfFrames", 1) or 1) for s in sources)
-    if labels.shape[0] != frames or labels.shape[1:] != (int(sources[0].Rows), int(sources[0].Columns)):
+    first = frames[0].dataset
+    if labels.shape[0] != len(frames) or labels.shape[1:] != (int(first.Rows), int(first.Columns)):
         raise OutputError(
-            f"the label map {labels.shape} does not fit the {frames} source frame(s) of "
-            f"{sources[0].Rows}x{sources[0].Columns}"
+            f"the label map {labels.shape} does not fit the {len(frames)} source slice(s) of {first.Rows}x{first.Columns}"
         )
     if params.fractional and probabilities is None:
         raise OutputError("a FRACTIONAL segmentation needs the model's probabilities (the job did not keep them)")
+    if params.fractional and probabilities is not None:
+        need = max(lb.value for lb in bundle.labels) + 1
+        if probabilities.ndim != 4 or probabilities.shape[0] < need or probabilities.shape[1:] != labels.shape:
+            raise OutputError(f"the probabilities {probabilities.shape} do not fit {need} channel(s) of the label map {labels.shape}")
     present = [lb for lb in bundle.labels if (labels == lb.value).any()]
-    # With nothing found, an explicit empty segmentation (every frame) says so.
+    # With nothing found, an explicit empty segmentation (every frame of every label) says so:
+    # highdicom needs at least one frame, and a reader sees that the model looked.
     chosen = present or list(bundle.labels)
     keep_empty = params.keep_empty_frames or not present
     numbers = {lb.value: i for i, lb in enumerate(chosen, start=1)}
@@ -120,22 +200,23 @@ def build_seg(
             segmented_property_type=label_type(lb),
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=algorithm(bundle),
-            tracking_uid=hd.UID(),  # regenerated below from the SEG's own UID (deterministic)
+            tracking_uid=tracking_uid(params.uid_seed, lb.value),
             tracking_id=f"{lb.name} segment"[:64],
             display_color=hd.color.CIELabColor.from_rgb(*lb.color),
         )
         for lb in chosen
     ]
-    for d in descriptions:  # deterministic tracking UIDs: SEG UID + segment number
-        d.TrackingUID = f"{params.sop_uid}.{d.SegmentNumber}"[:64] if len(params.sop_uid) < 60 else d.TrackingUID
     if params.fractional:
         assert probabilities is not None
-        pixels = np.stack([probabilities[lb.value] for lb in chosen], axis=-1).astype(np.float32)
+        pixels = np.stack([np.clip(probabilities[lb.value], 0.0, 1.0) for lb in chosen], axis=-1).astype(np.float32)
     else:
         pixels = np.stack([labels == lb.value for lb in chosen], axis=-1).astype(np.uint8)
+    geometry: dict[str, object] = {}
+    if frames[0].frame is not None:  # a multi-frame source: place each slice on its frame, highdicom references it
+        geometry["plane_positions"] = [hd.PlanePositionSequence(hd.CoordinateSystemNames.PATIENT, f.position) for f in frames]
     try:
         seg = hd.seg.Segmentation(
-            source_images=list(sources),
+            source_images=[first] if frames[0].frame is not None else [f.dataset for f in frames],
             pixel_array=pixels,
             segmentation_type=hd.seg.SegmentationTypeValues.FRACTIONAL if params.fractional else hd.seg.SegmentationTypeValues.BINARY,
             segment_descriptions=descriptions,
@@ -153,7 +234,12 @@ def build_seg(
             series_description=params.series_description[:64],
             omit_empty_frames=not keep_empty,
             transfer_syntax_uid=ExplicitVRLittleEndian,
+            **geometry,  # type: ignore[arg-type]
         )
-    except (ValueError, TypeError, AttributeError) as exc:
+    except (ValueError, TypeError, AttributeError, KeyError) as exc:
         raise OutputError(f"cannot build the segmentation: {exc}") from exc
+    if any(label_type(lb).scheme_designator == PRIVATE_SCHEME for lb in chosen):
+        seg.CodingSchemeIdentificationSequence = [private_scheme_item()]
+    logger.debug("SEG: %d segment(s), %d frame(s)", len(chosen), int(seg.NumberOfFrames))
     return seg, numbers
+

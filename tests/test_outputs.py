@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import highdicom as hd
@@ -16,11 +17,14 @@ from ai.bundle import load_bundle
 from ai.engine import Result
 from ai.measure import measure
 from dicomnode.errors import OutputError
-from dicomnode.outputs import IDENTITY, OutputOptions, write_outputs
+from dicomnode.outputs import IDENTITY, OutputFile, OutputOptions, write_outputs
 from dicomnode.volume import Volume, reconstruct
 from tests.helpers import require_tool
 
 BUNDLE = load_bundle(Path(__file__).resolve().parents[1] / "ai" / "bundles" / "chest-ct-lungs-nodules")
+VOLUME = hd.sr.CodedConcept("118565006", "SCT", "Volume")
+DIAMETER = hd.sr.CodedConcept("81827009", "SCT", "Diameter")
+NO_FILES = OutputOptions(sr=False, preview=False)
 
 
 def sphere(shape: tuple[int, int, int], centre: tuple[float, float, float], r: float) -> np.ndarray:
@@ -28,21 +32,27 @@ def sphere(shape: tuple[int, int, int], centre: tuple[float, float, float], r: f
     return (z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2 <= r * r
 
 
-def result_for(vol: Volume, empty: bool = False) -> Result:
-    """A fabricated model result: a 'lung' block and two 'nodules', with real measurements."""
+def fabricate(vol: Volume, labels: np.ndarray, classes: bool = True) -> Result:
+    """A model result for ``labels``, with real measurements, probabilities and (optionally) class scores."""
+    probs = np.stack([(labels == k).astype(np.float32) * 0.9 + 0.05 for k in range(3)])
+    m = measure(labels, vol.spacing, {1: "lung", 2: "nodule"}, image=vol.array, lesion_values=[2])
+    scores = {"nodule present": 0.83, "no nodule": 0.17} if classes else {}
+    return Result(labels=labels, probabilities=probs, measurements=m, class_probabilities=scores)
+
+
+def result_for(vol: Volume, empty: bool = False, classes: bool = True) -> Result:
+    """A 'lung' block and two 'nodules' (or nothing)."""
     labels = np.zeros(vol.array.shape, dtype=np.uint8)
     if not empty:
         labels[4:16, 10:40, 8:30] = 1
         labels[sphere(labels.shape, (8, 25, 45), 4)] = 2
         labels[sphere(labels.shape, (14, 45, 45), 3)] = 2
-    probs = np.stack([(labels == k).astype(np.float32) * 0.9 + 0.05 for k in range(3)])
-    m = measure(labels, vol.spacing, {1: "lung", 2: "nodule"}, image=vol.array, lesion_values=[2])
-    return Result(labels=labels, probabilities=probs, measurements=m, class_probabilities={"nodule present": 0.83, "no nodule": 0.17})
+    return fabricate(vol, labels, classes)
 
 
 @pytest.fixture
 def case(make_series: Callable[..., list[Path]]) -> tuple[list[Path], Volume]:
-    files = make_series("out", slices=20, rows=64, columns=64)
+    files = make_series("out", slices=20, rows=64, columns=64, patient_name="Müller^Jörg")
     vol = reconstruct(files)
     by_uid = {str(dcmread(f, stop_before_pixels=True).SOPInstanceUID): f for f in files}
     return [by_uid[u] for u in vol.sop_uids], vol
@@ -50,8 +60,24 @@ def case(make_series: Callable[..., list[Path]]) -> tuple[list[Path], Volume]:
 
 def dciodvfy_errors(path: Path) -> list[str]:
     exe = require_tool("dciodvfy")
-    r = subprocess.run([exe, str(path)], capture_output=True, text=True)
+    r = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=60, check=False)  # it exits 1 on warnings
     return [line for line in (r.stdout + r.stderr).splitlines() if line.startswith("Error")]
+
+
+def assert_valid(outputs: list[OutputFile]) -> None:
+    for o in outputs:
+        assert dciodvfy_errors(o.path) == [], f"{o.kind}: {o.path.name}"
+
+
+def sr_volumes(sr: hd.sr.Comprehensive3DSR) -> list[float]:
+    groups = [*sr.content.get_volumetric_roi_measurement_groups(), *sr.content.get_image_measurement_groups()]
+    return sorted(float(m.value) for g in groups for m in g.get_measurements(name=VOLUME))
+
+
+def expected_volumes(res: Result) -> object:
+    """What :func:`sr_volumes` reads back: every label and lesion volume, to the 0.1 uL the report keeps."""
+    volumes = [m.volume_ml for m in res.measurements] + [les.volume_ml for m in res.measurements for les in m.lesions]
+    return pytest.approx(sorted(volumes), abs=1e-4)
 
 
 def test_seg_sr_and_key_images_are_valid_and_read_back(case: tuple[list[Path], Volume], tmp_path: Path) -> None:
@@ -59,34 +85,59 @@ def test_seg_sr_and_key_images_are_valid_and_read_back(case: tuple[list[Path], V
     res = result_for(vol)
     out = write_outputs(sources, vol, res, BUNDLE, tmp_path / "out", job_key="1.2.3/1")
     kinds = [o.kind for o in out]
-    assert kinds[:2] == ["seg", "sr"] and 1 <= kinds.count("preview") <= 4
-    for o in out:
-        assert dciodvfy_errors(o.path) == [], o.kind
+    assert kinds[:2] == ["seg", "sr"] and 1 <= kinds.count("preview") <= 6
+    assert_valid(out)
     src = dcmread(sources[0], stop_before_pixels=True)
+    assert str(src.PatientName) == "Müller^Jörg"
     for o in out:
         ds = dcmread(o.path, stop_before_pixels=True)
         for key in IDENTITY:
             assert ds.get(key) == src.get(key), f"{o.kind}: {key}"
-        assert ds.SeriesInstanceUID not in (src.SeriesInstanceUID,) and ds.StudyInstanceUID == src.StudyInstanceUID
+        assert ds.SeriesInstanceUID != src.SeriesInstanceUID and ds.SOPInstanceUID == o.sop_instance_uid
+        assert ds.file_meta.TransferSyntaxUID == o.transfer_syntax_uid == "1.2.840.10008.1.2.1"
+    assert len({o.series_instance_uid for o in out}) == 3  # SEG, SR and key images: one new series each
+
     seg = hd.seg.segread(out[0].path)
     assert seg.FrameOfReferenceUID == src.FrameOfReferenceUID and seg.SegmentationType == "BINARY"
-    names = {s.SegmentNumber: s.SegmentLabel for s in seg.SegmentSequence}
-    assert names == {1: "lung", 2: "nodule"}
-    assert [s.SegmentedPropertyTypeCodeSequence[0].CodeValue for s in seg.SegmentSequence] == ["39607008", "27925004"]
+    assert (seg.SeriesNumber, seg.SeriesDescription) == (9001, "AI chest-ct-lungs-nodules SEG")
+    assert {s.SegmentNumber: s.SegmentLabel for s in seg.SegmentSequence} == {1: "lung", 2: "nodule"}
+    for s, lb in zip(seg.SegmentSequence, BUNDLE.labels):
+        assert s.SegmentedPropertyTypeCodeSequence[0].CodeValue == lb.snomed_code
+        assert s.SegmentedPropertyCategoryCodeSequence[0].CodeValue == ("49755003" if lb.lesion else "91723000")
+        assert list(s.RecommendedDisplayCIELabValue) == list(hd.color.CIELabColor.from_rgb(*lb.color).value)
+        algo = s.SegmentationAlgorithmIdentificationSequence[0]
+        assert (algo.AlgorithmName, algo.AlgorithmVersion) == (BUNDLE.name, BUNDLE.version)
+        assert algo.AlgorithmFamilyCodeSequence[0].CodeMeaning == "Artificial Intelligence"
     uids = [str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in sources]
     px = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids, segment_numbers=[1, 2], assert_missing_frames_are_empty=True)
     assert (px[..., 0] == (res.labels == 1)).all() and (px[..., 1] == (res.labels == 2)).all()
-    assert seg.NumberOfFrames < 2 * len(sources)  # empty frames omitted
+    assert seg.NumberOfFrames == int(sum((res.labels == k).any(axis=(1, 2)).sum() for k in (1, 2)))  # empty frames omitted
+
     sr = hd.sr.srread(out[1].path)
     groups = sr.content.get_volumetric_roi_measurement_groups()
-    volumes = sorted(round(float(m.value), 3) for g in groups for m in g.get_measurements(name=hd.sr.CodedConcept("118565006", "SCT", "Volume")))
-    expected = sorted([round(res.measurements[0].volume_ml, 3), round(res.measurements[1].volume_ml, 3)]
-                      + [round(les.volume_ml, 3) for les in res.measurements[1].lesions])
-    assert volumes == expected
-    assert all(g.referenced_segment is not None for g in groups)
-    assert len(sr.content.get_planar_roi_measurement_groups()) == 0
+    assert sr_volumes(sr) == expected_volumes(res)
+    assert {n for g in groups for n in g.referenced_segment.referenced_segment_numbers} == {1, 2}  # type: ignore[union-attr]
+    assert all(g.referenced_segment.referenced_sop_instance_uid == seg.SOPInstanceUID for g in groups)  # type: ignore[union-attr]
+    diameters = sorted(round(float(m.value), 2) for g in groups for m in g.get_measurements(name=DIAMETER))
+    assert diameters == sorted(round(les.max_diameter_mm, 2) for les in res.measurements[1].lesions)
+    lung = next(g for g in groups if g.tracking_identifier == "lung")
+    assert lung.tracking_uid == seg.SegmentSequence[0].TrackingUID  # one finding, one Tracking UID in SEG and SR
+    assert {str(m.name.meaning) for m in lung.get_measurements()} == {"Volume", "Mean", "Standard Deviation"}
+    assert all(str(m.unit.value) == "[hnsf'U]" for m in lung.get_measurements() if m.name.meaning != "Volume")
+    [device] = sr.content.get_observer_contexts(observer_type=hd.sr.CodedConcept("121007", "DCM", "Device"))
+    assert device.observer_identifying_attributes.name == BUNDLE.name  # type: ignore[union-attr]
+    classes = sr.content.get_image_measurement_groups()
+    assert {str(g.tracking_identifier) for g in classes} == {"classification: nodule present", "classification: no nodule"}
+    probability = [float(m.value) for g in classes for m in g.get_measurements() if m.name.meaning == "Probability"]
+    assert sorted(probability) == [0.17, 0.83]
     text = dcmread(out[1].path).to_json()
-    assert "nodule present" in text and "Probability" in text and "not for diagnosis" in str(sr.SeriesDescription)
+    assert "nodule present" in text and BUNDLE.intended_use in text and "not for diagnosis" in str(sr.SeriesDescription)
+
+    for o in out[2:]:
+        sc = dcmread(o.path)
+        assert sc.PhotometricInterpretation == "RGB" and sc.pixel_array.shape == (512, 512, 3)
+        assert sc.BurnedInAnnotation == "YES" and BUNDLE.intended_use in sc.ImageComments
+        assert list(sc.PatientOrientation) == ["L", "P"] and sc.SeriesNumber == 9003
 
 
 def test_uids_are_deterministic_per_job(case: tuple[list[Path], Volume], tmp_path: Path) -> None:
@@ -96,46 +147,126 @@ def test_uids_are_deterministic_per_job(case: tuple[list[Path], Volume], tmp_pat
     a = write_outputs(sources, vol, res, BUNDLE, tmp_path / "a", job_key="1.2.3/1", options=opts)
     b = write_outputs(sources, vol, res, BUNDLE, tmp_path / "b", job_key="1.2.3/1", options=opts)
     c = write_outputs(sources, vol, res, BUNDLE, tmp_path / "c", job_key="1.2.3/2", options=opts)
-    ids = [(o.sop_instance_uid, o.series_instance_uid) for o in a]
-    assert ids == [(o.sop_instance_uid, o.series_instance_uid) for o in b]
-    assert not {u for pair in ids for u in pair} & {u for o in c for u in (o.sop_instance_uid, o.series_instance_uid)}
+
+    def uids(out: list[OutputFile]) -> list[str]:
+        seg = dcmread(out[0].path, stop_before_pixels=True)
+        sr = hd.sr.srread(out[1].path)
+        tracking = [str(s.TrackingUID) for s in seg.SegmentSequence]
+        tracking += [str(g.tracking_uid) for g in sr.content.get_volumetric_roi_measurement_groups()]
+        return [u for o in out for u in (o.sop_instance_uid, o.series_instance_uid)] + tracking
+
+    assert uids(a) == uids(b)
+    assert not set(uids(a)) & set(uids(c))
     assert dcmread(a[0].path).PixelData == dcmread(b[0].path).PixelData  # the same job writes the same SEG
 
 
 def test_fractional_and_all_frames(case: tuple[list[Path], Volume], tmp_path: Path) -> None:
     sources, vol = case
     res = result_for(vol)
-    [frac] = write_outputs(sources, vol, res, BUNDLE, tmp_path / "f", job_key="k/1",
-                           options=OutputOptions(sr=False, preview=False, fractional=True, keep_empty_frames=True))
-    assert dciodvfy_errors(frac.path) == []
+    [frac] = write_outputs(sources, vol, res, BUNDLE, tmp_path / "f", job_key="k/1", options=replace(NO_FILES, fractional=True))
+    [full] = write_outputs(sources, vol, res, BUNDLE, tmp_path / "a", job_key="k/1", options=replace(NO_FILES, keep_empty_frames=True))
+    [sparse] = write_outputs(sources, vol, res, BUNDLE, tmp_path / "s", job_key="k/1", options=NO_FILES)
+    assert_valid([frac, full])
     seg = hd.seg.segread(frac.path)
-    assert seg.SegmentationType == "FRACTIONAL" and seg.NumberOfFrames == 2 * len(sources)
-    [sparse] = write_outputs(sources, vol, res, BUNDLE, tmp_path / "s", job_key="k/1", options=OutputOptions(sr=False, preview=False))
-    assert sparse.sop_instance_uid != frac.sop_instance_uid  # different content, different UID
+    assert seg.SegmentationType == "FRACTIONAL" and seg.NumberOfFrames == 2 * len(sources)  # no frame is all zero
+    uids = [str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in sources]
+    px = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids, segment_numbers=[2])[..., 0]
+    assert np.allclose(px, res.probabilities[2], atol=1 / 255)  # type: ignore[index]
+    assert hd.seg.segread(full.path).NumberOfFrames == 2 * len(sources) > dcmread(sparse.path, stop_before_pixels=True).NumberOfFrames
+    assert len({frac.sop_instance_uid, full.sop_instance_uid, sparse.sop_instance_uid}) == 3  # other content, other UID
 
 
 def test_an_empty_result_still_makes_valid_outputs(case: tuple[list[Path], Volume], tmp_path: Path) -> None:
     sources, vol = case
-    out = write_outputs(sources, vol, result_for(vol, empty=True), BUNDLE, tmp_path / "e", job_key="k/1")
-    for o in out:
-        assert dciodvfy_errors(o.path) == [], o.kind
+    res = result_for(vol, empty=True, classes=False)
+    out = write_outputs(sources, vol, res, BUNDLE, tmp_path / "e", job_key="k/1")
+    assert [o.kind for o in out] == ["seg", "sr", "preview"]
+    assert_valid(out)
     seg = hd.seg.segread(out[0].path)
-    assert seg.NumberOfFrames == 2 * len(sources)  # an explicit, all-empty segmentation
+    assert seg.NumberOfFrames == 2 * len(sources) and len(seg.SegmentSequence) == 2  # an explicit, all-empty segmentation
+    sr = hd.sr.srread(out[1].path)
+    assert sr_volumes(sr) == [0.0, 0.0]  # "nothing found", said per label
+
+
+def test_report_without_seg_references_the_source_images(case: tuple[list[Path], Volume], tmp_path: Path) -> None:
+    sources, vol = case
+    res = result_for(vol)
+    [sr_file] = write_outputs(sources, vol, res, BUNDLE, tmp_path / "r", job_key="k/1", options=OutputOptions(seg=False, preview=False))
+    assert_valid([sr_file])
+    sr = hd.sr.srread(sr_file.path)
+    assert sr.content.get_volumetric_roi_measurement_groups() == []
+    assert sr_volumes(sr) == expected_volumes(res)
+    uids = [str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in sources]
+    lung = next(g for g in sr.content.get_image_measurement_groups() if g.tracking_identifier == "lung")
+    assert [s.referenced_sop_instance_uid for s in lung.source_images] == [uids[z] for z in range(4, 16)]
+    nodule1 = next(g for g in sr.content.get_image_measurement_groups() if g.tracking_identifier == "nodule 1")
+    assert [s.referenced_sop_instance_uid for s in nodule1.source_images] == uids[4:13]  # the slices of that sphere
+
+
+def test_a_classifier_gets_a_report_only(case: tuple[list[Path], Volume], tmp_path: Path) -> None:
+    sources, vol = case
+    res = Result(class_probabilities={"nodule present": 0.4, "no nodule": 0.6})
+    [sr_file] = write_outputs(sources, vol, res, BUNDLE, tmp_path / "c", job_key="k/1")
+    assert sr_file.kind == "sr"
+    assert_valid([sr_file])
+    assert len(hd.sr.srread(sr_file.path).content.get_image_measurement_groups()) == 2
+
+
+def test_multiframe_source_frames_are_matched_by_position(tmp_path: Path) -> None:
+    data = pytest.importorskip("pydicom.data")
+    found = data.get_testdata_file("eCT_Supplemental.dcm")  # enhanced CT from pydicom-data: 2 frames, stored head first
+    if found is None:
+        pytest.skip("eCT_Supplemental.dcm is not available (pydicom-data is not installed)")
+    path = Path(found)
+    vol = reconstruct([path])
+    assert vol.origin[2] == -149.0  # volume slice 0 is source frame 2: the order differs
+    labels = np.zeros(vol.array.shape, dtype=np.uint8)
+    labels[0, 100:200, 100:200] = 1
+    labels[1, 300:320, 300:330] = 2
+    out = write_outputs([path, path], vol, fabricate(vol, labels), BUNDLE, tmp_path / "mf", job_key="k/1",
+                        options=OutputOptions(preview=False))
+    assert_valid(out)
+    seg = hd.seg.segread(out[0].path)
+    px = seg.get_pixels_by_source_frame(
+        str(vol.sop_uids[0]), source_frame_numbers=[2, 1], segment_numbers=[1, 2], assert_missing_frames_are_empty=True
+    )
+    assert (px[..., 0] == (labels == 1)).all() and (px[..., 1] == (labels == 2)).all()
+    assert sr_volumes(hd.sr.srread(out[1].path)) == expected_volumes(fabricate(vol, labels))
+
+
+def _without(src: Path, dst: Path, key: str) -> Path:
+    ds = dcmread(src)
+    delattr(ds, key)
+    ds.save_as(dst)
+    return dst
 
 
 @pytest.mark.parametrize(
     ("mutate", "message"),
     [
-        (lambda s, v, r: (s[:-1], v, r), "19 source file(s) for 20 slices"),
-        (lambda s, v, r: (s, v, Result(labels=r.labels[:-1])), "does not match the volume"),
-        (lambda s, v, r: (s, v, Result(labels=None)), "produced no label map"),
+        (lambda s, v, r, t: (s[:-1], v, r), "19 source file(s) for 20 slices"),
+        (lambda s, v, r, t: (s[::-1], v, r), "source file 1 of 20 is not slice 1 of the volume"),
+        (lambda s, v, r, t: (s, v, Result(labels=r.labels[:-1])), "does not match the volume"),
+        (lambda s, v, r, t: (s, v, Result(labels=None)), "produced no label map and no class scores"),
+        (
+            lambda s, v, r, t: (s, replace(v, array=v.array[:-1]), Result(labels=r.labels[:-1])),
+            "the volume has 19 slices but 20 source images (was it resampled?)",
+        ),
+        (
+            lambda s, v, r, t: ([*s[:3], _without(s[3], t / "x.dcm", "FrameOfReferenceUID"), *s[4:]], v, r),
+            "source image 4 of 20 lacks FrameOfReferenceUID",
+        ),
+        (lambda s, v, r, t: ([*s[:-1], t / "missing.dcm"], v, r), "cannot read source image 20 of 20"),
     ],
 )
-def test_bad_inputs_are_refused_readably(case: tuple[list[Path], Volume], tmp_path: Path, mutate: Callable[..., tuple], message: str) -> None:
+def test_bad_inputs_are_refused_readably(
+    case: tuple[list[Path], Volume], tmp_path: Path, mutate: Callable[..., tuple], message: str
+) -> None:
     sources, vol = case
-    s, v, r = mutate(sources, vol, result_for(vol))
+    s, v, r = mutate(sources, vol, result_for(vol), tmp_path)
     with pytest.raises(OutputError, match=re.escape(message)):
         write_outputs(s, v, r, BUNDLE, tmp_path / "x", job_key="k/1")
+    assert not (tmp_path / "x").exists()  # nothing half-written
 
 
 def test_fractional_needs_probabilities(case: tuple[list[Path], Volume], tmp_path: Path) -> None:
@@ -144,3 +275,26 @@ def test_fractional_needs_probabilities(case: tuple[list[Path], Volume], tmp_pat
     res.probabilities = None
     with pytest.raises(OutputError, match="FRACTIONAL segmentation needs the model's probabilities"):
         write_outputs(sources, vol, res, BUNDLE, tmp_path / "x", job_key="k/1", options=OutputOptions(fractional=True))
+    res.probabilities = np.zeros((2, *vol.array.shape), dtype=np.float32)
+    with pytest.raises(OutputError, match="do not fit 3 channel"):
+        write_outputs(sources, vol, res, BUNDLE, tmp_path / "x", job_key="k/1", options=OutputOptions(fractional=True))
+
+
+@pytest.mark.slow
+def test_default_bundle_on_a_phantom(tmp_path: Path) -> None:
+    """The real model on a small chest phantom: the outputs carry what it found (about 5 s)."""
+    from ai.engine import Engine
+    from ai.phantom import generate
+    from dicomnode.synthetic import write_phantom
+
+    ph = generate(1005, matrix=128, slices=40)
+    files = write_phantom(ph, tmp_path / "ct")
+    vol = reconstruct(files)
+    res = Engine(BUNDLE, device="cpu").run(vol.array, vol.spacing, vol.direction)
+    by_uid = {str(dcmread(f, stop_before_pixels=True).SOPInstanceUID): f for f in files}
+    out = write_outputs([by_uid[u] for u in vol.sop_uids], vol, res, BUNDLE, tmp_path / "out", job_key="k/1")
+    assert_valid(out)
+    assert sr_volumes(hd.sr.srread(out[1].path)) == expected_volumes(res)
+    seg = hd.seg.segread(out[0].path)
+    px = seg.get_pixels_by_source_instance(source_sop_instance_uids=list(vol.sop_uids), combine_segments=True, relabel=True)
+    assert res.labels is not None and (px > 0).sum() == (res.labels > 0).sum()
