@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ai.bundle import Bundle
+from ai.classify import to_roi
 from ai.errors import AIError
 from ai.inference import WindowConfig, optimize_predictor, select_device, sliding_window
 from ai.measure import LabelMeasurement, measure
@@ -127,7 +127,7 @@ class Engine:
         res.timings["preprocess"] = time.perf_counter() - t0
         t1 = time.perf_counter()
         if b.task == "classification":
-            x = F.interpolate(prepared.tensor[None], size=b.roi_size, mode="trilinear", align_corners=False)
+            x = to_roi(prepared.tensor, b.roi_size)  # exactly as ai.classify trains it
             with torch.inference_mode():
                 logits = self.predictor(x.to(self.device)).float().cpu()[0]
             probs = torch.softmax(logits, 0) if logits.numel() > 1 else torch.sigmoid(logits)

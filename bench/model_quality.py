@@ -8,14 +8,15 @@ grid, and we report:
 - nodule detection: the sensitivity for nodules of 6 mm or more (a nodule is
   found when a predicted nodule component overlaps it), and false-positive
   components per scan;
-- with ``--classifier``, the nodule present/absent classifier's ROC AUC.
+- with ``--classifier``, the nodule present/absent classifier's ROC AUC, on
+  the same phantoms plus as many without nodules (seeds +100, ``max_nodules=0``).
 
 ``--tune SEED`` instead sweeps the nodule probability thresholds
 (``postprocessing.label_thresholds`` and ``detection_thresholds``) on
 validation phantoms SEED.. (use 2000: never the held-out seeds) and prints
 the trade-off, to choose the values written into the bundle's manifest.
 
-Usage: ``python bench/model_quality.py [--bundle DIR] [--count 20] [--classifier DIR] [--tune 2000]``
+Usage: ``python bench/model_quality.py [--bundle DIR] [--count 20] [--classifier ai/bundles/chest-ct-nodule-classifier] [--tune 2000]``
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ai.bundle import load_bundle  # noqa: E402
+from ai.classify import auc  # noqa: E402
 from ai.engine import Engine  # noqa: E402
 from ai.phantom import LUNG, NODULE, Phantom, generate  # noqa: E402
 from ai.train import dice_per_label  # noqa: E402
@@ -78,16 +80,6 @@ class Tally:
         self.fp += sum(1 for k in range(1, int(pred_cc.max()) + 1) if not (truth_nod & (pred_cc == k)).any())
 
 
-def auc(scores: list[float], truth: list[bool]) -> float:
-    """ROC AUC (the probability that a positive scores above a negative; ties count half)."""
-    pos = [s for s, t in zip(scores, truth) if t]
-    neg = [s for s, t in zip(scores, truth) if not t]
-    if not pos or not neg:
-        return float("nan")
-    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
-    return wins / (len(pos) * len(neg))
-
-
 def tune(engine: Engine, first_seed: int, count: int, matrix: int) -> None:
     # (label threshold, detection threshold) for the nodule class; None: argmax
     grid = [(None, None), (0.35, None), (0.2, None), (0.05, None), (0.35, 0.1), (0.35, 0.05), (0.35, 0.03), (0.35, 0.02)]
@@ -123,6 +115,10 @@ def main() -> int:
         tune(engine, args.tune, args.count, args.matrix)
         return 0
     classifier = Engine(load_bundle(args.classifier), device="auto") if args.classifier else None
+    negatives = (
+        [generate(seed, matrix=args.matrix, max_nodules=0) for seed in range(args.first_seed + 100, args.first_seed + 100 + args.count)]
+        if classifier is not None else []
+    )
     tally = Tally()
     seconds: list[float] = []
     scores: list[float] = []
@@ -138,6 +134,11 @@ def main() -> int:
             probs = classifier.run(ph.hu.astype(np.float32), ph.spacing, np.eye(3)).class_probabilities
             scores.append(probs.get("nodule present", max(probs.values())))
             truth.append(bool((ph.labels == NODULE).any()))
+    for ph in negatives:  # the held-out seeds have few scans without nodules: add as many that have none
+        assert classifier is not None
+        probs = classifier.run(ph.hu.astype(np.float32), ph.spacing, np.eye(3)).class_probabilities
+        scores.append(probs.get("nodule present", max(probs.values())))
+        truth.append(bool((ph.labels == NODULE).any()))
     print(f"\n{args.count} held-out phantoms (seeds {args.first_seed}-{args.first_seed + args.count - 1}), bundle {args.bundle.name}\n")
     print("| metric | value | target |")
     print("|---|---|---|")
@@ -147,7 +148,7 @@ def main() -> int:
     print(f"| false-positive nodules per scan | {tally.fp / args.count:.2f} | <= 1 |")
     if classifier is not None:
         acc = np.mean([(s >= 0.5) == t for s, t in zip(scores, truth)])
-        print(f"| classifier AUC, nodule present ({sum(truth)} with, {len(truth) - sum(truth)} without) | {auc(scores, truth):.3f} | >= 0.90 |")
+        print(f"| classifier AUC, nodule present ({sum(truth)} scans with, {len(truth) - sum(truth)} without) | {auc(scores, truth):.3f} | >= 0.90 |")
         print(f"| classifier accuracy at 0.5 | {acc:.3f} | |")
     print(f"| seconds per scan ({engine.device}) | {np.mean(seconds):.2f} | |")
     return 0

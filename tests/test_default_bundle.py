@@ -35,3 +35,28 @@ def test_default_bundle_segments_an_unseen_phantom() -> None:
     res = Engine(load_bundle(BUNDLE), device="cpu").run(ph.hu.astype(np.float32), ph.spacing, np.eye(3))
     assert res.labels is not None
     assert dice_per_label(res.labels, ph.labels, {LUNG: "lung"})["lung"] > 0.9
+
+
+CLASSIFIER = BUNDLE.parent / "chest-ct-nodule-classifier"
+
+
+def test_classifier_bundle_is_valid_and_formats_agree() -> None:
+    b = check_bundle(CLASSIFIER)
+    assert b.task == "classification" and [lb.name for lb in b.labels] == ["no nodule", "nodule present"]
+    assert b.intended_use == "demonstration; not for diagnosis" and "CHEST" in b.body_parts
+    assert sum(p.stat().st_size for p in CLASSIFIER.iterdir() if p.is_file()) < 20e6
+    x = torch.randn(1, 1, *b.roi_size)
+    with torch.inference_mode():
+        ts = b.predictor(torch.device("cpu"))(x)
+        onnx = load_bundle(CLASSIFIER).__class__(**{**vars(b), "weights_format": "onnx", "weights_file": CLASSIFIER / "model.onnx"}).predictor(torch.device("cpu"))(x)
+    torch.testing.assert_close(onnx, ts, atol=1e-3, rtol=1e-5)
+
+
+def test_classifier_tells_a_scan_with_large_nodules_from_one_without() -> None:
+    engine = Engine(load_bundle(CLASSIFIER), device="cpu")
+    with_nodules = generate(1009, matrix=128)  # six nodules of 10-22 mm, never seen in training
+    without = generate(1109, matrix=128, max_nodules=0)
+    p_with = engine.run(with_nodules.hu.astype(np.float32), with_nodules.spacing, np.eye(3)).class_probabilities
+    p_without = engine.run(without.hu.astype(np.float32), without.spacing, np.eye(3)).class_probabilities
+    assert abs(sum(p_with.values()) - 1) < 1e-5
+    assert p_with["nodule present"] > 0.5 > p_without["nodule present"]
