@@ -72,6 +72,7 @@ class Bundle:
     weights_file: Path
     architecture: dict[str, Any] = field(default_factory=dict)
     in_channels: int = 1
+    gpu_memory_mb: int = 0  # declared peak GPU memory of one run (0: not declared); workers admit jobs by it
 
     @property
     def out_channels(self) -> int:
@@ -237,6 +238,7 @@ def load_bundle(path: Path) -> Bundle:
         weights_file=path / w["file"],
         architecture=w.get("architecture", {}),
         in_channels=int(inp.get("channels", 1)),
+        gpu_memory_mb=int(inf.get("gpu_memory_mb", 0) or 0),
     )
 
 

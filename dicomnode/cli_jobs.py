@@ -89,6 +89,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from dicomnode.delivery import Sender
+    from dicomnode.gpu import GPUAdmission
     from dicomnode.worker import JobRunner, worker_name
     from storage.database import migrate, open_engine
 
@@ -98,7 +99,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     migrate(engine)
     sender = Sender(engine, cfg)
     threads = args.threads or cfg.worker.threads
-    runners = [JobRunner(engine, cfg, name=worker_name(str(i) if threads > 1 else ""), on_finished=sender.wake) for i in range(threads)]
+    gpu = GPUAdmission(cfg.worker.gpu_concurrency, cfg.worker.gpu_memory_mb)
+    runners = [
+        JobRunner(engine, cfg, name=worker_name(str(i) if threads > 1 else ""), on_finished=sender.wake, gpu=gpu)
+        for i in range(threads)
+    ]
     done = threading.Event()
 
     def stop(signum: int, _frame: FrameType | None) -> None:

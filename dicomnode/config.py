@@ -105,6 +105,8 @@ class WorkerConfig:
     poll_seconds: float = 1.0
     max_job_attempts: int = 3  # a job that kills its worker this often fails instead
     models: tuple[str, ...] = ()  # bundle names or folders; empty: every shipped bundle
+    gpu_concurrency: int = 1  # model runs on the GPU at once (per process)
+    gpu_memory_mb: int = 0  # their declared memory (bundle inference.gpu_memory_mb) must fit this; 0: no limit
 
 
 @dataclass(frozen=True)
@@ -367,6 +369,8 @@ def _parse_worker(data: Any) -> WorkerConfig:
         "poll_seconds": partial(_num, lo=0.05, hi=60),
         "max_job_attempts": partial(_int, lo=1, hi=100),
         "models": _str_list,
+        "gpu_concurrency": partial(_int, lo=1, hi=64),
+        "gpu_memory_mb": partial(_int, lo=0, hi=10**7),
     })
 
 

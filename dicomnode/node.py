@@ -15,6 +15,7 @@ from dicomnode.completion import CompletionMonitor
 from dicomnode.config import Config
 from dicomnode.delivery import Sender
 from dicomnode.errors import NetworkError
+from dicomnode.gpu import GPUAdmission
 from dicomnode.ingest import Ingestor
 from dicomnode.metrics import Metrics
 from dicomnode.retention import Retention
@@ -54,10 +55,11 @@ class Node:
         )
         self.metrics = Metrics(self.engine)
         self.sender = Sender(self.engine, cfg, self.metrics)
+        gpu = GPUAdmission(cfg.worker.gpu_concurrency, cfg.worker.gpu_memory_mb)
         self.runners = [
             JobRunner(
                 self.engine, cfg, name=worker_name(str(i) if cfg.worker.threads > 1 else ""), on_finished=self.sender.wake,
-                metrics=self.metrics,
+                metrics=self.metrics, gpu=gpu,
             )
             for i in range(cfg.worker.threads if cfg.worker.enabled else 0)
         ]

@@ -32,6 +32,7 @@ from sqlalchemy import Engine
 from dicomnode.audit import audit
 from dicomnode.config import Config, Destination
 from dicomnode.errors import DicomNodeError
+from dicomnode.gpu import GPUAdmission
 from dicomnode.metrics import Metrics
 from dicomnode.routing import SeriesFacts, first_match
 from dicomnode.slices import VolumeError
@@ -139,15 +140,18 @@ class JobRunner:
         Called after each job that queued deliveries (to wake the sender).
     metrics : Metrics, optional
         Stage timings and job outcomes are recorded here.
+    gpu : GPUAdmission, optional
+        Shared by the runners of a process: GPU runs at once and their declared memory.
     """
 
     def __init__(
         self, engine: Engine, cfg: Config, name: str | None = None, on_finished: Callable[[], None] | None = None,
-        metrics: Metrics | None = None,
+        metrics: Metrics | None = None, gpu: GPUAdmission | None = None,
     ) -> None:
         self.engine = engine
         self.cfg = cfg
         self.metrics = metrics
+        self.gpu = gpu or GPUAdmission(cfg.worker.gpu_concurrency, cfg.worker.gpu_memory_mb)
         self.name = name or worker_name()
         self.on_finished = on_finished
         self._models: dict[str, ModelEngine] = {}
@@ -353,12 +357,18 @@ class JobRunner:
         if targets and self.on_finished is not None:
             self.on_finished()
 
+    def _run_model(self, bundle: Bundle, vol: Volume) -> Result:
+        model = self._engine(bundle)
+        if model.device.type != "cuda":
+            return model.run(vol.array, vol.spacing, vol.direction)
+        with self.gpu.admit(bundle.gpu_memory_mb, f"{bundle.name}"):
+            return model.run(vol.array, vol.spacing, vol.direction)
+
     def _infer(self, primary: Bundle, others: list[Bundle], vol: Volume) -> Result:
-        res = self._engine(primary).run(vol.array, vol.spacing, vol.direction)
+        res = self._run_model(primary, vol)
         for b in others:
             if b.task == "classification":
-                extra = self._engine(b).run(vol.array, vol.spacing, vol.direction)
-                res.class_probabilities.update(extra.class_probabilities)
+                res.class_probabilities.update(self._run_model(b, vol).class_probabilities)
         return res
 
 
