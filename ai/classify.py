@@ -71,7 +71,7 @@ class NoduleNet(torch.nn.Module):
             c_in = c
         self.features = torch.nn.Sequential(*stages)
         self.score = torch.nn.Conv3d(c_in, 1, kernel_size=1)
-        self.reduction = int(np.prod(strides))
+        self.reduction = int(np.prod(strides[: len(channels)]))
         # Subtracted from the top score: the maximum over a whole volume runs higher
         # than over a patch, so the export calibrates it on the validation volumes.
         self.register_buffer("offset", torch.zeros(()))

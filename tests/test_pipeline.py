@@ -6,6 +6,7 @@ applies to is ignored, and ``dicomnode jobs|retry`` show and redo the work.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from ai.phantom import LUNG, generate
 from dicomnode.node import Node
 from dicomnode.synthetic import write_phantom
 from tests.conftest import jobs_of
-from tests.helpers import NodeProcess, storescu, wait_for, write_config
+from tests.helpers import NodeProcess, require_tool, storescu, wait_for, write_config
 from tests.peers import Orthanc, StoreSCP
 
 SEG, SR, SC = "1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.7"
@@ -43,7 +44,7 @@ def test_phantom_ct_comes_back_as_seg_sr_and_preview_at_storescp_and_orthanc(tmp
     pacs = StoreSCP(tmp_path / "storescp").start()
     orthanc = Orthanc(tmp_path / "orthanc").start()
     cfg = write_config(
-        tmp_path, series="quiet_seconds = 30",
+        tmp_path, series="quiet_seconds = 30", web="enabled = true\nport = 0",
         extra=WORKER + destination("storescp", "PACS", pacs.port) + destination("orthanc", "ORTHANC", orthanc.port),
     )
     node = NodeProcess(cfg, tmp_path / "node.log").start()
@@ -85,6 +86,16 @@ def test_phantom_ct_comes_back_as_seg_sr_and_preview_at_storescp_and_orthanc(tmp
         jobs = subprocess.run([sys.executable, "-m", "dicomnode", "jobs", "1", "--config", str(cfg)], capture_output=True, text=True)
         assert "done" in jobs.stdout and "storescp:done" in jobs.stdout and "orthanc:done" in jobs.stdout, jobs.stdout
         assert "infer" in jobs.stdout and "reconstruct" in jobs.stdout
+        # The status page, in a real browser: the finished job with its preview image.
+        chromium = require_tool("chromium")
+        url = f"http://127.0.0.1:{node.web_port}/"
+        flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,900", "--virtual-time-budget=5000"]
+        dom = subprocess.run([chromium, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
+        row = re.search(r'<tr id="job-1">.*?</tr>', dom, re.S)
+        assert row is not None and "done" in row.group(0) and 'data-loaded="1"' in row.group(0), dom[:3000]
+        shot = tmp_path / "status-page.png"
+        subprocess.run([chromium, *flags, f"--screenshot={shot}", url], capture_output=True, timeout=120, check=True)
+        assert shot.stat().st_size > 10_000
         # dicomnode retry sends the same objects again: the PACS sees the same UIDs, not new ones.
         before = len(pacs.files())
         retry = subprocess.run([sys.executable, "-m", "dicomnode", "retry", "1", "--config", str(cfg)], capture_output=True, text=True)
