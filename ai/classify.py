@@ -29,7 +29,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import IterableDataset, get_worker_info
 
-from ai.preprocess import prepare
+from ai.preprocess import prepare, read_pair
 
 if TYPE_CHECKING:
     from ai.train import TrainConfig
@@ -84,28 +84,16 @@ class NoduleNet(torch.nn.Module):
         return torch.stack([torch.zeros_like(top), top], dim=1)
 
 
-def _read(image: Path, labels: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    import nibabel as nib
-
-    img = nib.load(str(image))
-    aff = img.affine
-    sp = np.linalg.norm(aff[:3, :3], axis=0)
-    direction = np.diag([-1.0, -1.0, 1.0]) @ (aff[:3, :3] / sp)  # RAS -> LPS
-    hu = np.asarray(img.dataobj).transpose(2, 1, 0).astype(np.float32)
-    lab = np.asarray(nib.load(str(labels)).dataobj).transpose(2, 1, 0).astype(np.float32)
-    return hu, lab, sp, direction
-
-
 def load_volume(image: Path, labels: Path, spacing: tuple[float, float, float], roi: tuple[int, int, int]) -> tuple[np.ndarray, int]:
     """The classifier's whole-volume input (float16, ``roi``), and the truth: 1 when the labels hold a nodule."""
-    hu, lab, sp, direction = _read(image, labels)
+    hu, lab, sp, direction = read_pair(image, labels)
     x = prepare(hu, tuple(sp), direction, target_spacing_xyz=spacing, normalization=WINDOW, foreground_above=BODY_ABOVE)
     return to_roi(x.tensor, roi)[0, 0].numpy().astype(np.float16), int((lab == NODULE_LABEL).any())
 
 
 def load_grid(image: Path, labels: Path, spacing: tuple[float, float, float]) -> tuple[np.ndarray, np.ndarray]:
     """The body-cropped volume at ``spacing`` (float16) and its nodule mask on the same grid, for patches."""
-    hu, lab, sp, direction = _read(image, labels)
+    hu, lab, sp, direction = read_pair(image, labels)
     x = prepare(hu, tuple(sp), direction, target_spacing_xyz=spacing, normalization=WINDOW, foreground_above=BODY_ABOVE)
     # The labels get the same reorientation and crop as the image, then nearest-neighbour resampling.
     y = prepare(lab, tuple(sp), direction, target_spacing_xyz=None).tensor[0][x.crop]

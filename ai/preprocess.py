@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -170,3 +171,16 @@ def prepare(
         reoriented_shape=reoriented_shape,  # type: ignore[arg-type]
         spacing_zyx=spacing_zyx,  # type: ignore[arg-type]
     )
+
+
+def read_pair(image: Path, labels: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A NIfTI image and label map as ``[z, y, x]`` float32 arrays, with spacing ``(x, y, z)`` and LPS direction."""
+    import nibabel as nib
+
+    img = nib.load(str(image))
+    aff = img.affine
+    sp = np.linalg.norm(aff[:3, :3], axis=0)
+    direction = np.diag([-1.0, -1.0, 1.0]) @ (aff[:3, :3] / sp)  # RAS -> LPS
+    hu = np.asarray(img.dataobj).transpose(2, 1, 0).astype(np.float32)
+    lab = np.asarray(nib.load(str(labels)).dataobj).transpose(2, 1, 0).astype(np.float32)
+    return hu, lab, sp, direction

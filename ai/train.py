@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ai.errors import AIError
 from ai.inference import WindowConfig, sliding_window
-from ai.preprocess import prepare
+from ai.preprocess import prepare, read_pair
 
 logger = logging.getLogger(__name__)
 
@@ -85,14 +85,7 @@ def find_pairs(data: Path) -> list[tuple[Path, Path]]:
 
 def load_case(image: Path, labels: Path, spacing: tuple[float, float, float]) -> tuple[np.ndarray, np.ndarray]:
     """An image (normalised, float16) and its labels (uint8), resampled to ``spacing``."""
-    import nibabel as nib
-
-    img = nib.load(str(image))
-    aff = img.affine
-    sp = np.linalg.norm(aff[:3, :3], axis=0)
-    direction = np.diag([-1.0, -1.0, 1.0]) @ (aff[:3, :3] / sp)  # RAS -> LPS
-    hu = np.asarray(img.dataobj).transpose(2, 1, 0).astype(np.float32)
-    lab = np.asarray(nib.load(str(labels)).dataobj).transpose(2, 1, 0).astype(np.float32)
+    hu, lab, sp, direction = read_pair(image, labels)
     x = prepare(hu, tuple(sp), direction, target_spacing_xyz=spacing, normalization=WINDOW)
     y = prepare(lab, tuple(sp), direction, target_spacing_xyz=None)
     size = tuple(x.tensor.shape[1:])
