@@ -89,8 +89,14 @@ class _Heartbeat:
         self._thread.join()
 
     def stage(self, name: str) -> None:
+        """Record that the job entered stage ``name`` (and renew the lease now)."""
         self._stage = name
         self._beat()
+
+    @property
+    def current(self) -> str | None:
+        """The stage the job is in."""
+        return self._stage
 
     def _beat(self) -> None:
         try:
@@ -265,7 +271,7 @@ class JobRunner:
             except LeaseLost:
                 logger.warning("job %d: lease lost to another worker; abandoning this run", job.id)
             except Exception as exc:  # a bug or a broken model: fail readably, keep the files
-                stage = hb._stage or "start"
+                stage = hb.current or "start"
                 logger.exception("job %d failed in stage %s", job.id, stage)
                 end_job(self.engine, job.id, self.name, JobState.FAILED, f"internal error in stage {stage}: {exc}", timings)
         state = job_state(self.engine, job.id)
