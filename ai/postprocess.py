@@ -29,28 +29,40 @@ def to_labels(
     has labelled yet becomes the label where its score is at least half its
     own peak (the lesion's core).
     """
+    s = scores.numpy()
     if threshold is None:
-        labels = scores.argmax(0).to(torch.uint8)
+        out = _argmax(s, 0)
     else:
-        fg = scores[1:]
-        best = fg.argmax(0) + 1
-        keep = fg.max(0).values >= threshold
-        labels = torch.where(keep, best, torch.zeros_like(best)).to(torch.uint8)
+        out = _argmax(s, 1)
+        best = s[1:].max(axis=0)
+        out[best < threshold] = 0
     for value, thr in (label_thresholds or {}).items():
-        labels[scores[int(value)] >= thr] = int(value)
-    out = labels.numpy()
+        out[s[int(value)] >= thr] = int(value)
     for value, thr in (detection_thresholds or {}).items():
         score = scores[int(value)].numpy()
         comps, n = cc3d.connected_components(score >= thr, connectivity=26, return_N=True)
         if n == 0:
             continue
         labelled = np.bincount(comps[out == int(value)].ravel(), minlength=n + 1) > 0
+        inside = comps > 0
         peaks = np.zeros(n + 1, dtype=np.float32)
-        np.maximum.at(peaks, comps.ravel(), score.ravel())
+        np.maximum.at(peaks, comps[inside], score[inside])
         faint = ~labelled
         faint[0] = False
         core = faint[comps] & (score >= 0.5 * peaks[comps])
         out[core] = int(value)
+    return out
+
+
+def _argmax(s: np.ndarray, first: int) -> np.ndarray:
+    """Argmax over channels ``first..K-1`` as uint8, one channel at a time (far faster than a strided
+    reduction on a 300x512x512 volume); ties go to the lower channel, as ``argmax`` does."""
+    out = np.full(s.shape[1:], first, dtype=np.uint8)
+    best = s[first].copy()
+    for k in range(first + 1, s.shape[0]):
+        better = s[k] > best
+        out[better] = k
+        np.maximum(best, s[k], out=best)
     return out
 
 
@@ -99,17 +111,21 @@ def keep_within(labels: np.ndarray, child: int, parent: int, margin: int = 2, co
     """Drop components of ``child`` that do not come within ``margin`` voxels of ``parent``.
 
     An anatomical prior: a lung nodule lies in (or on the wall of) a lung, so
-    a "nodule" on the table or in the body wall is a false positive.
+    a "nodule" on the table or in the body wall is a false positive.  Each
+    component is checked in its own bounding box, so the cost follows the
+    lesions, not the volume.
     """
     mask = labels == child
     if not mask.any():
         return labels
-    # Dilation by a (2*margin+1)^3 cube, as a max filter.
-    parent_t = torch.from_numpy(labels == parent).float()[None, None]
-    near = (torch.nn.functional.max_pool3d(parent_t, 2 * margin + 1, stride=1, padding=margin)[0, 0] > 0).numpy()
     comps, n = cc3d.connected_components(mask, connectivity=connectivity, return_N=True)
-    touching = np.bincount(comps[near].ravel(), minlength=n + 1) > 0
-    touching[0] = True
+    boxes = cc3d.statistics(comps)["bounding_boxes"]
     out = labels.copy()
-    out[mask & ~touching[comps]] = 0
+    for k in range(1, n + 1):
+        box = tuple(slice(max(0, b.start - margin), b.stop + margin) for b in boxes[k])
+        comp = torch.from_numpy(comps[box] == k).float()[None, None]
+        # Dilation by a (2*margin+1)^3 cube, as a max filter, in the component's neighbourhood only.
+        near = torch.nn.functional.max_pool3d(comp, 2 * margin + 1, stride=1, padding=margin)[0, 0].numpy() > 0
+        if not (near & (labels[box] == parent)).any():
+            out[box][comps[box] == k] = 0
     return out

@@ -214,4 +214,5 @@ def list_deliveries(engine: Engine, job_id: int | None = None, limit: int = 100)
     if job_id is not None:
         stmt = stmt.where(_deliveries.c.job_id == job_id)
     with read_transaction(engine) as conn:
-        return [DeliveryRow(**r._asdict()) for r in conn.execute(stmt).all()]
+        rows = conn.execute(stmt).all()
+    return [DeliveryRow(**{k: as_utc(v) if isinstance(v, datetime) else v for k, v in r._asdict().items()}) for r in rows]
