@@ -73,6 +73,7 @@ class Bundle:
     architecture: dict[str, Any] = field(default_factory=dict)
     in_channels: int = 1
     gpu_memory_mb: int = 0  # declared peak GPU memory of one run (0: not declared); workers admit jobs by it
+    tta_flips: tuple[tuple[int, ...], ...] = ()  # test-time augmentation: array axes (z=0, y=1, x=2) to mirror
 
     @property
     def out_channels(self) -> int:
@@ -153,6 +154,9 @@ def _problems_in(m: dict[str, Any], path: Path) -> list[str]:
     roi = inf.get("roi_size")
     if not (isinstance(roi, list) and len(roi) == 3 and all(isinstance(v, int) and v > 0 for v in roi)):
         problems.append(f"inference.roi_size must be three positive integers, not {roi!r}")
+    flips = inf.get("tta_flips", [])
+    if not (isinstance(flips, list) and all(isinstance(f, list) and f and all(a in (0, 1, 2) for a in f) for f in flips)):
+        problems.append(f"inference.tta_flips must be a list of axis lists such as [[2]] (axes 0, 1, 2), not {flips!r}")
     if not 0 <= float(inf.get("overlap", 0.25)) < 1:
         problems.append("inference.overlap must be in [0, 1)")
     norm = m.get("input", {}).get("normalization", {"kind": "none"})
@@ -239,6 +243,7 @@ def load_bundle(path: Path) -> Bundle:
         architecture=w.get("architecture", {}),
         in_channels=int(inp.get("channels", 1)),
         gpu_memory_mb=int(inf.get("gpu_memory_mb", 0) or 0),
+        tta_flips=tuple(tuple(int(a) for a in axes) for axes in inf.get("tta_flips", [])),
     )
 
 

@@ -142,6 +142,16 @@ class Engine:
             to_cpu=self._cpu_predictor, progress=progress,
         )
         scores = torch.softmax(scores, 0) if pp.get("softmax", True) else scores
+        for axes in b.tta_flips:  # test-time augmentation: average with mirrored inputs
+            dims = [1 + int(a) for a in axes]
+            flipped = sliding_window(
+                torch.flip(prepared.tensor, dims), self.predictor, cfg, device=self.device, out_channels=b.out_channels,
+                to_cpu=self._cpu_predictor,
+            )
+            flipped = torch.softmax(flipped, 0) if pp.get("softmax", True) else flipped
+            scores.add_(torch.flip(flipped, dims))
+        if b.tta_flips:
+            scores.div_(len(b.tta_flips) + 1)
         res.timings["infer"] = time.perf_counter() - t1
         t2 = time.perf_counter()
         source_scores = prepared.invert_scores(scores)

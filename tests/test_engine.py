@@ -6,9 +6,10 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
-from ai.bundle import load_bundle
+from ai.bundle import BundleError, load_bundle
 from ai.engine import Engine
 
 
@@ -64,3 +65,21 @@ def test_classification_probabilities(tmp_path: Path) -> None:
     res = Engine(bundle, device="cpu").run(bright, (1.0, 1.0, 1.0), np.eye(3))
     assert res.class_probabilities["present"] > 0.9
     assert abs(sum(res.class_probabilities.values()) - 1) < 1e-6
+
+
+def test_test_time_flips_average_mirrored_predictions(tmp_path: Path) -> None:
+    """A point-wise 'model' is mirror-symmetric: averaging with the mirrored run changes nothing."""
+    make_bundle(tmp_path, ThresholdNet(), "segmentation", [{"value": 1, "name": "blob"}])
+    m = json.loads((tmp_path / "manifest.json").read_text())
+    img = np.full((20, 24, 28), -1000.0, np.float32)
+    img[5:15, 6:18, 4:12] = 200.0  # off-centre along x
+    plain = Engine(load_bundle(tmp_path), device="cpu").run(img, (2.0, 2.0, 2.0), np.eye(3), keep_probabilities=True)
+    m["inference"]["tta_flips"] = [[2], [0, 1]]
+    (tmp_path / "manifest.json").write_text(json.dumps(m))
+    tta = Engine(load_bundle(tmp_path), device="cpu").run(img, (2.0, 2.0, 2.0), np.eye(3), keep_probabilities=True)
+    assert (tta.labels == plain.labels).all()
+    np.testing.assert_allclose(tta.probabilities, plain.probabilities, atol=1e-5)
+    m["inference"]["tta_flips"] = [[3]]
+    (tmp_path / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="inference.tta_flips"):
+        load_bundle(tmp_path)
