@@ -127,6 +127,22 @@ def _source_images(frames: Sequence[SourceFrame], zs: Sequence[int]) -> list[hd.
     ]
 
 
+def _referenced_segment(seg: Dataset, number: int, frames: Sequence[SourceFrame]) -> hd.sr.ReferencedSegment:
+    """The SR's reference to segment ``number`` of ``seg``.
+
+    highdicom's ``from_segmentation`` reads the segment of each frame from the
+    per-frame groups, but a SEG with a single segment keeps it in the shared
+    groups; then the reference is built from the source images instead.
+    """
+    per_frame = seg.get("PerFrameFunctionalGroupsSequence") or []
+    if per_frame and "SegmentIdentificationSequence" in per_frame[0]:
+        return hd.sr.ReferencedSegment.from_segmentation(seg, number)
+    sources = [hd.sr.SourceImageForSegmentation.from_source_image(ds) for ds in {id(f.dataset): f.dataset for f in frames}.values()]
+    return hd.sr.ReferencedSegment(
+        sop_class_uid=seg.SOPClassUID, sop_instance_uid=seg.SOPInstanceUID, segment_number=number, source_images=sources
+    )
+
+
 def _label_stats(result: Result, bundle: Bundle, labels: np.ndarray, voxel_ml: float) -> list[_Stats]:
     by_value = {m.value: m for m in result.measurements}
     out: list[_Stats] = []
@@ -209,7 +225,7 @@ def build_sr(
         number = segment_numbers.get(lb.value) if seg is not None else None
         if number is not None:
             groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-                tracking_identifier=track, referenced_segment=hd.sr.ReferencedSegment.from_segmentation(seg, number),
+                tracking_identifier=track, referenced_segment=_referenced_segment(seg, number, frames),
                 measurements=sizes, **common,
             ))
         else:
@@ -230,7 +246,7 @@ def build_sr(
             ]
             if number is not None:
                 groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-                    tracking_identifier=track, referenced_segment=hd.sr.ReferencedSegment.from_segmentation(seg, number),
+                    tracking_identifier=track, referenced_segment=_referenced_segment(seg, number, frames),
                     measurements=sizes, **common,
                 ))
             else:

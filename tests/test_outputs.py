@@ -298,3 +298,18 @@ def test_default_bundle_on_a_phantom(tmp_path: Path) -> None:
     seg = hd.seg.segread(out[0].path)
     px = seg.get_pixels_by_source_instance(source_sop_instance_uids=list(vol.sop_uids), combine_segments=True, relabel=True)
     assert res.labels is not None and (px > 0).sum() == (res.labels > 0).sum()
+
+
+def test_a_single_segment_seg_is_referenced_by_the_report(case: tuple[list[Path], Volume], tmp_path: Path) -> None:
+    """Lungs but no nodule: highdicom keeps the lone segment in the shared groups (a job on a clean scan)."""
+    sources, vol = case
+    labels = np.zeros(vol.array.shape, dtype=np.uint8)
+    labels[4:16, 10:40, 8:30] = 1
+    out = write_outputs(sources, vol, fabricate(vol, labels), BUNDLE, tmp_path / "one", job_key="k/1")
+    assert_valid(out)
+    seg = hd.seg.segread(out[0].path)
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["lung"]
+    groups = hd.sr.srread(out[1].path).content.get_volumetric_roi_measurement_groups()
+    [lung] = groups
+    assert lung.referenced_segment is not None
+    assert str(lung.referenced_segment.referenced_sop_instance_uid) == str(seg.SOPInstanceUID)
