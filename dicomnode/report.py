@@ -127,6 +127,11 @@ def _source_images(frames: Sequence[SourceFrame], zs: Sequence[int]) -> list[hd.
     ]
 
 
+def _unique_sources(frames: Sequence[SourceFrame]) -> list[Dataset]:
+    """Each source image once (a multi-frame image gives many frames)."""
+    return list({id(f.dataset): f.dataset for f in frames}.values())
+
+
 def _referenced_segment(seg: Dataset, number: int, frames: Sequence[SourceFrame]) -> hd.sr.ReferencedSegment:
     """The SR's reference to segment ``number`` of ``seg``.
 
@@ -137,7 +142,7 @@ def _referenced_segment(seg: Dataset, number: int, frames: Sequence[SourceFrame]
     per_frame = seg.get("PerFrameFunctionalGroupsSequence") or []
     if per_frame and "SegmentIdentificationSequence" in per_frame[0]:
         return hd.sr.ReferencedSegment.from_segmentation(seg, number)
-    sources = [hd.sr.SourceImageForSegmentation.from_source_image(ds) for ds in {id(f.dataset): f.dataset for f in frames}.values()]
+    sources = [hd.sr.SourceImageForSegmentation.from_source_image(ds) for ds in _unique_sources(frames)]
     return hd.sr.ReferencedSegment(
         sop_class_uid=seg.SOPClassUID, sop_instance_uid=seg.SOPInstanceUID, segment_number=number, source_images=sources
     )
@@ -282,7 +287,7 @@ def build_sr(
             )
         ])
         report[0].ContentSequence.append(note)
-        evidence = list({id(f.dataset): f.dataset for f in frames}.values()) + ([seg] if seg is not None else [])
+        evidence = _unique_sources(frames) + ([seg] if seg is not None else [])
         sr = hd.sr.Comprehensive3DSR(
             evidence=evidence,
             content=report[0],
