@@ -136,7 +136,8 @@ def create_app(
 
 def _page(engine: Engine, cfg: Config, jobs: list[JobRow], port: int) -> str:
     deliveries: dict[int, list[Any]] = {}
-    for d in list_deliveries(engine, limit=400):
+    recent = list_deliveries(engine, limit=400)
+    for d in recent:
         deliveries.setdefault(d.job_id, []).append(d)
     rows = []
     for j in jobs:
@@ -167,14 +168,26 @@ def _page(engine: Engine, cfg: Config, jobs: list[JobRow], port: int) -> str:
         f"<td>{s.instance_count}</td><td><small>{s.last_received_at:%Y-%m-%d %H:%M:%S}</small></td></tr>"
         for s in list_series(engine, 20)
     )
+    log = "".join(
+        f"<tr><td>{d.job_id}</td><td>{html.escape(d.destination)}</td><td>{_state(d.state)}</td><td>{d.attempts}</td>"
+        f"<td>{d.sent_count}</td><td><small>{_when(d.finished_at or d.next_attempt_at)}</small></td>"
+        f'<td class="err">{html.escape(d.last_error or "")}</td></tr>'
+        for d in recent[:30]
+    )
     return f"""<!doctype html><html><head><meta charset="utf-8"><meta http-equiv="refresh" content="10">
 <title>dicomnode {html.escape(cfg.node.ae_title)}</title><style>{_CSS}</style></head><body>
 <h1>dicomnode {html.escape(cfg.node.ae_title)} <small>{__version__}, DICOM port {port}</small></h1>
 <p><a href="/api/jobs">JSON</a> · <a href="/metrics">metrics</a> · <a href="/healthz">health</a> · <a href="/api/docs">API</a></p>
 <h2>Jobs</h2><table><tr><th>Job</th><th>Series</th><th>State</th><th>Model and timings</th><th>Deliveries</th><th>Preview</th><th>Created (UTC)</th></tr>
 {"".join(rows) or '<tr><td colspan=7>no jobs yet</td></tr>'}</table>
+<h2>Delivery log</h2><table><tr><th>Job</th><th>Destination</th><th>State</th><th>Attempts</th><th>Objects sent</th><th>Done / next try (UTC)</th><th>Last error</th></tr>
+{log or '<tr><td colspan=7>nothing sent yet</td></tr>'}</table>
 <h2>Series received</h2><table><tr><th>#</th><th>Series</th><th>From</th><th>State</th><th>Images</th><th>Last image (UTC)</th></tr>
 {series or '<tr><td colspan=6>none yet</td></tr>'}</table></body></html>"""
+
+
+def _when(t: Any) -> str:
+    return f"{t:%Y-%m-%d %H:%M:%S}" if t is not None else ""
 
 
 class WebServer:

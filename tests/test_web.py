@@ -104,6 +104,7 @@ def test_the_page_shows_a_finished_job_with_its_preview_in_chromium(
     assert row is not None, dom.stdout[:2000]
     assert "delivering" in row.group(0) and "chest 0.1" in row.group(0) and "infer 2.5s" in row.group(0)
     assert f"DICOM port {node.cfg.node.port}" in dom.stdout
+    assert "Delivery log" in dom.stdout and "cannot connect to PACS@127.0.0.1" in dom.stdout
     assert 'data-loaded="1"' in row.group(0)  # the browser loaded the preview image
     r = subprocess.run([chromium, *flags, f"--screenshot={shot}", url], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and shot.stat().st_size > 10_000, r.stderr[-2000:]
