@@ -11,12 +11,17 @@ from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    SecondaryCaptureImageStorage,
+    generate_uid,
+)
 
 from dicomnode.node import Node
+from storage.outbox import list_deliveries
 from storage.queue import DeliveryTarget, OutputRecord, claim_job, finish_job
 from tests.conftest import wait_for_jobs
-from tests.helpers import require_tool, storescu
+from tests.helpers import require_tool, storescu, wait_for
 from tests.peers import free_port
 
 WEB = "enabled = true\nport = 0"
@@ -93,6 +98,9 @@ def test_the_page_shows_a_finished_job_with_its_preview_in_chromium(
     out = OutputRecord("preview", rel, ds.SOPClassUID, ds.SOPInstanceUID, ds.SeriesInstanceUID, ExplicitVRLittleEndian)
     assert finish_job(node.engine, job.id, "test", timings={"reconstruct": 0.4, "infer": 2.5}, model="chest 0.1", output_dir=str(job.id),
                       outputs=[out], targets=[DeliveryTarget("pacs")])
+    # The sender's first attempt fails (nobody listens) and is logged before we look.
+    node.sender.wake()
+    wait_for(lambda: any(d.last_error for d in list_deliveries(node.engine, job.id)), 20, what="the first delivery attempt")
     status, png = get(node, f"/jobs/{job.id}/preview.png")
     assert status == 200 and png.startswith(b"\x89PNG")
     url = f"http://127.0.0.1:{node.web_port}/"
