@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cc3d
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -67,6 +68,10 @@ class TrainConfig:
     seed: int = 0
     amp: bool = True
     foreground_fraction: float = 0.6
+    # "components": a foreground patch centres on a label chosen uniformly, then on one of its connected
+    # components chosen uniformly, so a 6 mm nodule is seen as often as a 25 mm one (or a lung);
+    # "voxels": on a random foreground voxel, which is nearly always lung.
+    sampling: str = "components"
     resume: bool = True
     task: str = "segmentation"  # or "classification" (nodule present/absent, ai.classify)
 
@@ -94,26 +99,62 @@ def load_case(image: Path, labels: Path, spacing: tuple[float, float, float]) ->
 
 
 class PatchStream(IterableDataset):  # type: ignore[type-arg]
-    """An endless stream of augmented random patches from in-memory cases."""
+    """An endless stream of augmented random patches from in-memory cases.
 
-    def __init__(self, cases: list[tuple[np.ndarray, np.ndarray]], patch: tuple[int, int, int], fg: float, seed: int) -> None:
-        self.cases = cases
+    Parameters
+    ----------
+    cases : list of (image, labels)
+        Normalised images and their label maps, on the training grid.
+    patch : (int, int, int)
+        Patch size ``(z, y, x)``.
+    fg : float
+        Fraction of patches centred on foreground; the rest are anywhere.
+    seed : int
+        Seed; each DDP rank and DataLoader worker derives its own stream.
+    sampling : {"components", "voxels"}
+        How a foreground centre is chosen (see :class:`TrainConfig`).
+    """
+
+    def __init__(
+        self,
+        cases: list[tuple[np.ndarray, np.ndarray]],
+        patch: tuple[int, int, int],
+        fg: float,
+        seed: int,
+        sampling: str = "components",
+    ) -> None:
+        if sampling not in ("components", "voxels"):
+            raise AIError(f"unknown patch sampling {sampling!r}: use 'components' or 'voxels'")
         self.patch = patch
         self.fg = fg
         self.seed = seed
+        self.sampling = sampling
+        self.cases = [(_pad_to(img, patch), _pad_to(lab, patch)) for img, lab in cases]
+        # Per case: label -> voxel coordinates of each connected component (computed once, not per patch).
+        self.components = [_components(lab) if sampling == "components" else {} for _, lab in self.cases]
+
+    def _centre(self, i: int, rng: np.random.Generator) -> np.ndarray:
+        lab = self.cases[i][1]
+        if rng.random() < self.fg and lab.any():
+            if self.sampling == "voxels":
+                fg = np.argwhere(lab > 0)
+                return fg[int(rng.integers(len(fg)))]
+            by_label = self.components[i]
+            comps = by_label[list(by_label)[int(rng.integers(len(by_label)))]]
+            vox = comps[int(rng.integers(len(comps)))]
+            centre = vox[int(rng.integers(len(vox)))].astype(np.int64)
+            # Jitter so that a small component is not always at the patch centre.
+            return centre + np.array([int(rng.integers(-(p // 4), p // 4 + 1)) for p in self.patch])
+        return np.array([rng.integers(s) for s in lab.shape])
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         info = get_worker_info()
         rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
         rng = np.random.default_rng([self.seed, rank, info.id if info else 0])
         while True:
-            img, lab = self.cases[int(rng.integers(len(self.cases)))]
-            img, lab = _pad_to(img, self.patch), _pad_to(lab, self.patch)
-            if rng.random() < self.fg and lab.any():
-                fg = np.argwhere(lab > 0)
-                centre = fg[int(rng.integers(len(fg)))]
-            else:
-                centre = np.array([rng.integers(s) for s in lab.shape])
+            i = int(rng.integers(len(self.cases)))
+            img, lab = self.cases[i]
+            centre = self._centre(i, rng)
             lo = [int(np.clip(c - p // 2, 0, s - p)) for c, p, s in zip(centre, self.patch, lab.shape)]
             sl = tuple(slice(a, a + p) for a, p in zip(lo, self.patch))
             x = img[sl].astype(np.float32)
@@ -123,6 +164,23 @@ class PatchStream(IterableDataset):  # type: ignore[type-arg]
             x = x * float(rng.uniform(0.9, 1.1)) + float(rng.uniform(-0.05, 0.05))
             x = x + rng.normal(0, 0.01, x.shape).astype(np.float32)
             yield torch.from_numpy(np.ascontiguousarray(x))[None], torch.from_numpy(np.ascontiguousarray(y))[None]
+
+
+def _components(lab: np.ndarray) -> dict[int, list[np.ndarray]]:
+    """Voxel coordinates (int16, ``[n, 3]``) of each 26-connected component, grouped by label."""
+    cc = cc3d.connected_components(lab, connectivity=26)
+    flat = cc.ravel()
+    order = np.argsort(flat, kind="stable")
+    ids, starts = np.unique(flat[order], return_index=True)
+    bounds = list(starts[1:]) + [len(order)]
+    by_label: dict[int, list[np.ndarray]] = {}
+    for cid, a, b in zip(ids, starts, bounds):
+        if cid == 0:
+            continue
+        idx = order[a:b]
+        coords = np.stack(np.unravel_index(idx, lab.shape), axis=1).astype(np.int16)
+        by_label.setdefault(int(lab.flat[idx[0]]), []).append(coords)
+    return by_label
 
 
 def _pad_to(a: np.ndarray, patch: tuple[int, int, int]) -> np.ndarray:
@@ -158,7 +216,7 @@ class SegmentationTask:
 
     def dataset(self, pairs: list[tuple[Path, Path]]) -> IterableDataset:  # type: ignore[type-arg]
         cases = [load_case(i, lab, self.cfg.spacing) for i, lab in pairs]
-        return PatchStream(cases, self.cfg.patch, self.cfg.foreground_fraction, self.cfg.seed)
+        return PatchStream(cases, self.cfg.patch, self.cfg.foreground_fraction, self.cfg.seed, self.cfg.sampling)
 
     def network(self) -> torch.nn.Module:
         return build_unet(self.cfg)

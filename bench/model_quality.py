@@ -37,6 +37,7 @@ from ai.engine import Engine  # noqa: E402
 from ai.phantom import LUNG, NODULE, Phantom, generate  # noqa: E402
 from ai.train import dice_per_label  # noqa: E402
 
+SIZE_BINS = {"6-8 mm": (6, 8), "8-12 mm": (8, 12), "12-25 mm": (12, 99)}
 BUNDLES = Path(__file__).resolve().parents[1] / "ai" / "bundles"
 DEFAULT = BUNDLES / "chest-ct-lungs-nodules"
 
@@ -51,6 +52,7 @@ class Tally:
     missed: int = 0
     fp: int = 0
     scans: int = 0
+    by_size: dict[str, list[int]] = field(default_factory=lambda: {b: [0, 0] for b in SIZE_BINS})  # found, all
 
     @property
     def sensitivity(self) -> float:
@@ -73,10 +75,13 @@ class Tally:
             comp = truth_cc[zi, yi, xi]
             if n.diameter_mm < 6 or comp == 0:
                 continue
-            if (pred_nod & (truth_cc == comp)).any():
-                self.found += 1
-            else:
-                self.missed += 1
+            hit = bool((pred_nod & (truth_cc == comp)).any())
+            self.found += hit
+            self.missed += not hit
+            for name, (lo, hi) in SIZE_BINS.items():
+                if lo <= n.diameter_mm < hi:
+                    self.by_size[name][0] += hit
+                    self.by_size[name][1] += 1
         self.fp += sum(1 for k in range(1, int(pred_cc.max()) + 1) if not (truth_nod & (pred_cc == k)).any())
 
 
@@ -145,6 +150,8 @@ def main() -> int:
     print(f"| lung Dice (mean) | {np.mean(tally.lung):.3f} | >= 0.95 |")
     print(f"| nodule Dice (mean over scans with nodules) | {np.mean(tally.nodule) if tally.nodule else float('nan'):.3f} | >= 0.70 |")
     print(f"| nodule sensitivity, >= 6 mm | {tally.sensitivity:.3f} ({tally.found}/{tally.found + tally.missed}) | >= 0.90 |")
+    for name, (found, total) in tally.by_size.items():
+        print(f"| sensitivity, {name} | {found / max(1, total):.3f} ({found}/{total}) | |")
     print(f"| false-positive nodules per scan | {tally.fp / args.count:.2f} | <= 1 |")
     if classifier is not None:
         acc = np.mean([(s >= 0.5) == t for s, t in zip(scores, truth)])

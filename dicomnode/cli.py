@@ -142,7 +142,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(
         data=args.data, out=args.out, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
         patch=tuple(args.patch), batch_size=args.batch_size, lr=args.lr, workers=args.workers,  # type: ignore[arg-type]
-        seed=args.seed, resume=not args.no_resume, task=args.task,
+        seed=args.seed, resume=not args.no_resume, task=args.task, sampling=args.sampling,
+        val_fraction=args.val_fraction,
         spacing=tuple(args.spacing),  # type: ignore[arg-type]
         **({"channels": tuple(args.channels)} if args.channels else {}),
     )
@@ -348,11 +349,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
+        "--val-fraction", type=float, default=0.2,
+        help="fraction of the pairs held out for the per-epoch validation Dice (default: %(default)s)",
+    )
+    p.add_argument(
         "--task", choices=["segmentation", "classification"], default="segmentation",
         help="segmentation (lungs and nodules, a UNet on patches) or classification (nodule present/absent per "
         "volume; --patch is then the whole-volume input size)",
     )
     p.add_argument("--channels", type=int, nargs="+", help="network channels per level (default: 16 32 64 128)")
+    p.add_argument(
+        "--sampling", choices=["components", "voxels"], default="components",
+        help="where foreground patches centre: on a label, then one of its connected components, chosen uniformly "
+        "(small lesions are seen as often as large ones), or on a random foreground voxel (default: %(default)s)",
+    )
     p.add_argument("--no-resume", action="store_true", help="start again even if OUT has a checkpoint")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
