@@ -308,6 +308,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     steps_run = 0
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
         t0 = time.perf_counter()
         losses = []
         bar = tqdm(range(cfg.steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress or rank != 0)
@@ -330,11 +332,18 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
                 board.add_scalar("train/loss", losses[-1], step)
                 board.add_scalar("train/lr", sched.get_last_lr()[0], step)
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # so that train_seconds counts the queued GPU work
+        train_seconds = time.perf_counter() - t0
+        gpu = {"peak_gpu_mb": torch.cuda.max_memory_allocated(device) / 2**20} if device.type == "cuda" else {}
         val = task.validate(_unwrap(model), val_pairs, device) if rank == 0 and val_pairs else {}
         score = val.get(task.metric, float("nan"))
         mean_dice = float(score) if np.isfinite(score) else -float(np.mean(losses))  # the best-model criterion
         key = "val_dice" if cfg.task == "segmentation" else "val"
-        entry = {"epoch": epoch + 1, "loss": float(np.mean(losses)), key: val, "seconds": time.perf_counter() - t0, "world": world}
+        entry = {
+            "epoch": epoch + 1, "loss": float(np.mean(losses)), key: val, "seconds": time.perf_counter() - t0,
+            "train_seconds": train_seconds, "amp": use_amp, "device": device.type, "world": world, **gpu,
+        }
         if board is not None:
             board.add_scalar("epoch/loss", entry["loss"], epoch + 1)
             for name, value in val.items():

@@ -143,7 +143,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         data=args.data, out=args.out, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
         patch=tuple(args.patch), batch_size=args.batch_size, lr=args.lr, workers=args.workers,  # type: ignore[arg-type]
         seed=args.seed, resume=not args.no_resume, task=args.task, sampling=args.sampling,
-        val_fraction=args.val_fraction,
+        val_fraction=args.val_fraction, amp=not args.no_amp,
         spacing=tuple(args.spacing),  # type: ignore[arg-type]
         **({"channels": tuple(args.channels)} if args.channels else {}),
     )
@@ -364,6 +364,10 @@ def build_parser() -> argparse.ArgumentParser:
         "(small lesions are seen as often as large ones), or on a random foreground voxel (default: %(default)s)",
     )
     p.add_argument("--no-resume", action="store_true", help="start again even if OUT has a checkpoint")
+    p.add_argument(
+        "--no-amp", action="store_true",
+        help="train in fp32 on CUDA too (by default CUDA uses automatic mixed precision; the CPU is always fp32)",
+    )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 

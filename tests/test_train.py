@@ -41,6 +41,9 @@ def test_two_steps_then_resume(data: Path, tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     [epoch] = log_of(out)
     assert math.isfinite(float(epoch["loss"]))  # type: ignore[arg-type]
+    # The step time is logged apart from validation (bench/train_epoch.py compares AMP with fp32 by it).
+    assert 0 < float(epoch["train_seconds"]) <= float(epoch["seconds"])  # type: ignore[arg-type]
+    assert epoch["amp"] is (epoch["device"] == "cuda")  # AMP only on CUDA; the CPU trains in fp32
     assert (out / "checkpoints" / "last.pt").exists()
     bundle = check_bundle(out)  # the export is a valid bundle, in all three formats
     assert [lb.name for lb in bundle.labels] == ["lung", "nodule"] and (out / "model.ts").exists() and (out / "model.onnx").exists()
