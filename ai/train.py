@@ -283,14 +283,15 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
         num_workers=cfg.workers,
         persistent_workers=cfg.workers > 0,
     )
+    cuda = device.type == "cuda"
     model = task.network().to(device)
     if distributed:
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
     loss_fn = task.loss()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     total = cfg.epochs * cfg.steps_per_epoch
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, total))
-    use_amp = cfg.amp and device.type == "cuda"
+    use_amp = cfg.amp and cuda
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     start_epoch, best, history = 0, -1.0, []
     last = ckpt_dir / "last.pt"
@@ -308,7 +309,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     steps_run = 0
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
-        if device.type == "cuda":
+        if cuda:
             torch.cuda.reset_peak_memory_stats(device)
         t0 = time.perf_counter()
         losses = []
@@ -332,10 +333,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
                 board.add_scalar("train/loss", losses[-1], step)
                 board.add_scalar("train/lr", sched.get_last_lr()[0], step)
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
-        if device.type == "cuda":
+        if cuda:
             torch.cuda.synchronize(device)  # so that train_seconds counts the queued GPU work
         train_seconds = time.perf_counter() - t0
-        gpu = {"peak_gpu_mb": torch.cuda.max_memory_allocated(device) / 2**20} if device.type == "cuda" else {}
+        gpu = {"peak_gpu_mb": torch.cuda.max_memory_allocated(device) / 2**20} if cuda else {}
         val = task.validate(_unwrap(model), val_pairs, device) if rank == 0 and val_pairs else {}
         score = val.get(task.metric, float("nan"))
         mean_dice = float(score) if np.isfinite(score) else -float(np.mean(losses))  # the best-model criterion

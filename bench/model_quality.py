@@ -37,7 +37,8 @@ from ai.engine import Engine  # noqa: E402
 from ai.phantom import LUNG, NODULE, Phantom, generate  # noqa: E402
 from ai.train import dice_per_label  # noqa: E402
 
-SIZE_BINS = {"6-8 mm": (6, 8), "8-12 mm": (8, 12), "12-25 mm": (12, 99)}
+# Every nodule of 6 mm or more falls in exactly one bin, so the bins also give the overall sensitivity.
+SIZE_BINS = {"6-8 mm": (6.0, 8.0), "8-12 mm": (8.0, 12.0), "12-25 mm": (12.0, float("inf"))}
 BUNDLES = Path(__file__).resolve().parents[1] / "ai" / "bundles"
 DEFAULT = BUNDLES / "chest-ct-lungs-nodules"
 
@@ -48,11 +49,17 @@ class Tally:
 
     lung: list[float] = field(default_factory=list)
     nodule: list[float] = field(default_factory=list)
-    found: int = 0
-    missed: int = 0
     fp: int = 0
     scans: int = 0
     by_size: dict[str, list[int]] = field(default_factory=lambda: {b: [0, 0] for b in SIZE_BINS})  # found, all
+
+    @property
+    def found(self) -> int:
+        return sum(found for found, _ in self.by_size.values())
+
+    @property
+    def missed(self) -> int:
+        return sum(total - found for found, total in self.by_size.values())
 
     @property
     def sensitivity(self) -> float:
@@ -76,8 +83,6 @@ class Tally:
             if n.diameter_mm < 6 or comp == 0:
                 continue
             hit = bool((pred_nod & (truth_cc == comp)).any())
-            self.found += hit
-            self.missed += not hit
             for name, (lo, hi) in SIZE_BINS.items():
                 if lo <= n.diameter_mm < hi:
                     self.by_size[name][0] += hit

@@ -27,8 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ai.phantom import generate  # noqa: E402
 from ai.train import TrainConfig, train  # noqa: E402
-
-OUT = Path(__file__).resolve().parent / "out"
+from bench.common import OUT  # noqa: E402
 
 
 def phantoms(count: int, matrix: int) -> Path:
