@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from dicomnode.synthetic import SeriesSpec, write_series
+from dicomnode.testing.synthetic import SeriesSpec, write_series
 
 OUT = Path(__file__).resolve().parent / "out"
 

@@ -32,7 +32,7 @@ SEG, SR = "1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.88.34"
 def phantom_series(matrix: int, slices: int, seed: int = 1005) -> Path:
     """A cached chest phantom series."""
     from ai.phantom import generate
-    from dicomnode.synthetic import write_phantom
+    from dicomnode.testing.synthetic import write_phantom
 
     d = OUT / "data" / f"phantom-{seed}-{slices}x{matrix}"
     if len(list(d.glob("*.dcm"))) != slices:

@@ -47,7 +47,7 @@ def compressed_copy(src: Path, label: str) -> Path:
 
 
 def time_ours(d: Path) -> float:
-    from dicomnode.volume import reconstruct
+    from dicomnode.volume.reconstruct import reconstruct
 
     t = time.perf_counter()
     reconstruct(d)
@@ -74,7 +74,7 @@ def time_dcm2niix(d: Path) -> float:
 def peak_memory(d: Path) -> dict[str, float]:
     """Reconstruct in a fresh process and report its peak RSS."""
     code = (
-        "import resource, time, json, sys; from pathlib import Path; from dicomnode.volume import reconstruct;"
+        "import resource, time, json, sys; from pathlib import Path; from dicomnode.volume.reconstruct import reconstruct;"
         "t=time.perf_counter(); v=reconstruct(Path(sys.argv[1])); dt=time.perf_counter()-t;"
         "print(json.dumps({'seconds': dt, 'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024,"
         "'children_peak_rss_mb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss/1024, 'volume_mb': v.array.nbytes/1e6}))"

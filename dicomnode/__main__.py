@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from dicomnode.cli import main
+from dicomnode.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -11,17 +11,17 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from dicomnode.completion import CompletionMonitor
+from dicomnode.receive.completion import CompletionMonitor
 from dicomnode.config import Config
-from dicomnode.delivery import Sender
+from dicomnode.jobs.delivery import Sender
 from dicomnode.errors import NetworkError
-from dicomnode.gpu import GPUAdmission
-from dicomnode.ingest import Ingestor
+from dicomnode.jobs.gpu import GPUAdmission
+from dicomnode.receive.ingest import Ingestor
 from dicomnode.metrics import Metrics
-from dicomnode.retention import Retention
+from dicomnode.jobs.retention import Retention
 from dicomnode.routing import SeriesFacts, first_match
-from dicomnode.scp import StorageSCP
-from dicomnode.worker import JobRunner, worker_name
+from dicomnode.net.scp import StorageSCP
+from dicomnode.jobs.worker import JobRunner, worker_name
 from storage.database import migrate, open_engine
 from storage.files import ensure_dir, recover_temp_files
 from storage.queue import series_facts, set_priority

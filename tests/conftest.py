@@ -11,7 +11,7 @@ from sqlalchemy import Engine, select, text
 
 from dicomnode.config import Config, load_config
 from dicomnode.node import Node
-from dicomnode.synthetic import SeriesSpec, write_series
+from dicomnode.testing.synthetic import SeriesSpec, write_series
 from storage.database import migrate, open_engine
 from storage.models import Job, Series
 from tests.helpers import wait_for, write_config

@@ -14,8 +14,8 @@ from pydicom import Dataset
 from pynetdicom import AE, build_role, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from dicomnode.sopclasses import storage_contexts
-from dicomnode.status import STORAGE_COMMITMENT_INSTANCE, STORAGE_COMMITMENT_PUSH, SUCCESS
+from dicomnode.dicom.sopclasses import storage_contexts
+from dicomnode.dicom.status import STORAGE_COMMITMENT_INSTANCE, STORAGE_COMMITMENT_PUSH, SUCCESS
 from tests.helpers import dcmtk_env, require_tool, wait_for
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from pynetdicom import AE
 
 from dicomnode.node import Node
-from dicomnode.scu import iter_dicom_files, parse_peer, send_files
+from dicomnode.net.scu import iter_dicom_files, parse_peer, send_files
 from tests.conftest import jobs_of, series_of, wait_for_jobs
 from tests.helpers import wait_for
 

@@ -8,7 +8,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dicomnode.completion import find_gaps, judge
+from dicomnode.receive.completion import find_gaps, judge
 from dicomnode.config import SeriesConfig
 from storage.records import InstanceGeometry, OpenSeries
 

@@ -10,7 +10,7 @@ from pydicom import dcmread
 from pynetdicom import AE
 from sqlalchemy import func, select
 
-from dicomnode.scu import iter_dicom_files, parse_peer, send_files
+from dicomnode.net.scu import iter_dicom_files, parse_peer, send_files
 from storage.database import open_engine
 from storage.models import Instance, Job, Series
 from tests.helpers import NodeProcess, wait_for, write_config

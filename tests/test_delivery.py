@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import Engine
 
 from dicomnode.config import Config, DeliveryConfig, Destination, NodeConfig
-from dicomnode.delivery import Sender, backoff
+from dicomnode.jobs.delivery import Sender, backoff
 from dicomnode.node import Node
 from storage.database import migrate, open_engine
 from storage.outbox import list_deliveries

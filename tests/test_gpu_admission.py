@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from dicomnode.gpu import GPUAdmission
+from dicomnode.jobs.gpu import GPUAdmission
 from tests.helpers import wait_for
 
 

@@ -11,11 +11,11 @@ from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, UID
 
-from dicomnode import status
+from dicomnode.dicom import status
 from dicomnode.errors import IngestError
-from dicomnode.header import parse_header
-from dicomnode.ingest import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION, file_meta_bytes
-from dicomnode.synthetic import SeriesSpec, make_slice
+from dicomnode.dicom.header import parse_header
+from dicomnode.receive.ingest import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION, file_meta_bytes
+from dicomnode.testing.synthetic import SeriesSpec, make_slice
 
 
 def encode(ds: Dataset, ts: UID) -> bytes:

@@ -29,7 +29,7 @@ def test_dependencies_point_one_way(package: str, forbidden: set[str]) -> None:
 
 
 def test_receiver_does_not_import_torch() -> None:
-    code = "import sys, dicomnode.node, dicomnode.cli; print('torch' in sys.modules)"
+    code = "import sys, dicomnode.node, dicomnode.cli.main; print('torch' in sys.modules)"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert r.stdout.strip() == "False"
 

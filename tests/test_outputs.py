@@ -17,8 +17,8 @@ from ai.bundle import load_bundle
 from ai.engine import Result
 from ai.measure import measure
 from dicomnode.errors import OutputError
-from dicomnode.outputs import IDENTITY, OutputFile, OutputOptions, write_outputs
-from dicomnode.volume import Volume, reconstruct
+from dicomnode.outputs.writer import IDENTITY, OutputFile, OutputOptions, write_outputs
+from dicomnode.volume.reconstruct import Volume, reconstruct
 from tests.helpers import require_tool
 
 BUNDLE = load_bundle(Path(__file__).resolve().parents[1] / "ai" / "bundles" / "chest-ct-lungs-nodules")
@@ -285,7 +285,7 @@ def test_default_bundle_on_a_phantom(tmp_path: Path) -> None:
     """The real model on a small chest phantom: the outputs carry what it found (about 5 s)."""
     from ai.engine import Engine
     from ai.phantom import generate
-    from dicomnode.synthetic import write_phantom
+    from dicomnode.testing.synthetic import write_phantom
 
     ph = generate(1005, matrix=128, slices=40)
     files = write_phantom(ph, tmp_path / "ct")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from ai.phantom import LUNG, NODULE, generate
-from dicomnode.volume import reconstruct
+from dicomnode.volume.reconstruct import reconstruct
 from tests.volume_helpers import assert_matches_dcm2niix
 
 

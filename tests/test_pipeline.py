@@ -17,7 +17,7 @@ from pydicom import dcmread
 
 from ai.phantom import LUNG, generate
 from dicomnode.node import Node
-from dicomnode.synthetic import write_phantom
+from dicomnode.testing.synthetic import write_phantom
 from tests.conftest import jobs_of
 from tests.helpers import NodeProcess, require_tool, storescu, wait_for, write_config
 from tests.peers import Orthanc, StoreSCP

@@ -8,7 +8,7 @@ from pathlib import Path
 from sqlalchemy import Engine, select, update
 
 from dicomnode.config import Config, NodeConfig, RetentionConfig
-from dicomnode.retention import Retention
+from dicomnode.jobs.retention import Retention
 from storage.models import Instance, JobState, Series, utcnow
 from storage.outbox import claim_due, record_sent
 from storage.queue import DeliveryTarget, OutputRecord, claim_job, end_job, finish_job

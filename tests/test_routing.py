@@ -12,7 +12,7 @@ from dicomnode.config import parse_config
 from dicomnode.errors import ConfigError
 from dicomnode.node import URGENT, Node
 from dicomnode.routing import Rule, SeriesFacts, first_match
-from dicomnode.worker import JobRunner
+from dicomnode.jobs.worker import JobRunner
 from storage.queue import ClaimedJob
 from tests.conftest import jobs_of
 from tests.helpers import storescu, wait_for

@@ -18,7 +18,7 @@ from pydicom import dcmread
 from sqlalchemy import text
 
 from ai.phantom import generate
-from dicomnode.synthetic import write_phantom
+from dicomnode.testing.synthetic import write_phantom
 from storage.database import open_engine
 from storage.records import list_jobs
 from tests.helpers import NodeProcess, storescu, wait_for, write_config

@@ -14,10 +14,10 @@ from pydicom import dcmread
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
 
-from dicomnode import status
+from dicomnode.dicom import status
 from dicomnode.errors import NetworkError
 from dicomnode.node import Node
-from dicomnode.scu import iter_dicom_files, parse_peer, send_files
+from dicomnode.net.scu import iter_dicom_files, parse_peer, send_files
 from tests.conftest import jobs_of, series_of, wait_for_jobs
 from tests.helpers import dcmtk_env, require_tool, storescu
 

@@ -13,9 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydicom import dcmread
 
-from dicomnode.slices import VolumeError
-from dicomnode.synthetic import SeriesSpec, make_slice, phantom_hu, write_series
-from dicomnode.volume import VolumePolicy, reconstruct
+from dicomnode.volume.slices import VolumeError
+from dicomnode.testing.synthetic import SeriesSpec, make_slice, phantom_hu, write_series
+from dicomnode.volume.reconstruct import VolumePolicy, reconstruct
 from tests.helpers import require_tool
 from tests.volume_helpers import assert_matches_dcm2niix, pydicom_hu
 

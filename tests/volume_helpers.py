@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from pydicom import dcmread
 
-from dicomnode.volume import Volume
+from dicomnode.volume.reconstruct import Volume
 from tests.helpers import require_tool
 
 

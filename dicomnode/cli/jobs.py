@@ -10,7 +10,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from dicomnode.cli_common import EXIT_FAILED, EXIT_OK, _config, configure_logging
+from dicomnode.cli.common import EXIT_FAILED, EXIT_OK, _config, configure_logging
 from storage.models import JobState
 
 JOB_STATES = [s.value for s in JobState]
@@ -88,9 +88,9 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from dicomnode.delivery import Sender
-    from dicomnode.gpu import GPUAdmission
-    from dicomnode.worker import JobRunner, worker_name
+    from dicomnode.jobs.delivery import Sender
+    from dicomnode.jobs.gpu import GPUAdmission
+    from dicomnode.jobs.worker import JobRunner, worker_name
     from storage.database import migrate, open_engine
 
     cfg = _config(args)

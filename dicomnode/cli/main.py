@@ -13,9 +13,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from dicomnode import __version__
-from dicomnode.cli_common import EXIT_FAILED, EXIT_OK, _config, configure_logging
-from dicomnode.cli_jobs import add_job_commands
+from dicomnode.cli.common import EXIT_FAILED, EXIT_OK, _config, configure_logging
+from dicomnode.cli.jobs import add_job_commands
 from dicomnode.errors import ConfigError, DicomNodeError
+from dicomnode.jobs.models import SHIPPED_BUNDLES
 from ai.errors import AIError
 from storage.errors import StorageError
 
@@ -43,7 +44,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _destination(args: argparse.Namespace, target: str):  # type: ignore[no-untyped-def]
-    from dicomnode.scu import parse_peer
+    from dicomnode.net.scu import parse_peer
 
     if "@" in target:
         return parse_peer(target)
@@ -54,7 +55,7 @@ def _destination(args: argparse.Namespace, target: str):  # type: ignore[no-unty
 
 
 def cmd_echo(args: argparse.Namespace) -> int:
-    from dicomnode.scu import echo
+    from dicomnode.net.scu import echo
 
     configure_logging(args.log_level or "WARNING")
     dest = _destination(args, args.peer)
@@ -66,7 +67,7 @@ def cmd_echo(args: argparse.Namespace) -> int:
 def cmd_send(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from dicomnode.scu import iter_dicom_files, send_files
+    from dicomnode.net.scu import iter_dicom_files, send_files
 
     configure_logging(args.log_level or "WARNING")
     dest = _destination(args, args.to)
@@ -88,7 +89,7 @@ def cmd_send(args: argparse.Namespace) -> int:
 def cmd_convert(args: argparse.Namespace) -> int:
     import time
 
-    from dicomnode.volume import VolumePolicy, reconstruct
+    from dicomnode.volume.reconstruct import VolumePolicy, reconstruct
 
     configure_logging(args.log_level or "WARNING")
     prefer: dict[str, object] = {}
@@ -114,7 +115,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 def cmd_phantom(args: argparse.Namespace) -> int:
     from ai.phantom import generate
-    from dicomnode.synthetic import write_phantom
+    from dicomnode.testing.synthetic import write_phantom
 
     configure_logging(args.log_level or "WARNING")
     out = Path(args.out)
@@ -156,7 +157,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_infer(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from dicomnode.infer import infer
+    from dicomnode.cli.infer import infer
 
     configure_logging(args.log_level or "WARNING")
     with tqdm(total=0, unit="window", desc="inference", disable=args.quiet) as bar:
@@ -399,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(p, config=False)
     msub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     m = msub.add_parser("list", help="the bundles in a directory")
-    m.add_argument("--dir", default=str(Path(__file__).resolve().parents[1] / "ai" / "bundles"), help="where bundles live (default: the shipped ones)")
+    m.add_argument("--dir", default=str(SHIPPED_BUNDLES), help="where bundles live (default: the shipped ones)")
     m = msub.add_parser("show", help="what a bundle is and does")
     m.add_argument("bundle", help="bundle directory")
     m = msub.add_parser("check", help="validate a bundle and run one window through it")

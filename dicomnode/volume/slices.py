@@ -21,7 +21,7 @@ from pydicom.tag import Tag
 from pydicom.uid import UID
 
 from dicomnode.errors import DicomNodeError, IngestError
-from dicomnode.header import RawValues, check_structure
+from dicomnode.dicom.header import RawValues, check_structure
 
 logger = logging.getLogger(__name__)
 

@@ -27,11 +27,11 @@ from pynetdicom.transport import ThreadedAssociationServer
 from dicomnode.audit import audit
 from dicomnode.config import NodeConfig, TLSConfig
 from dicomnode.errors import NetworkError
-from dicomnode.fastpath import accelerate
-from dicomnode.ingest import Ingestor
+from dicomnode.net.fastpath import accelerate
+from dicomnode.receive.ingest import Ingestor
 from dicomnode.metrics import Metrics
-from dicomnode.sopclasses import storage_contexts
-from dicomnode.status import NO_SUCH_SOP_INSTANCE, PROCESSING_FAILURE, STORAGE_COMMITMENT_PUSH, SUCCESS, describe, is_success
+from dicomnode.dicom.sopclasses import storage_contexts
+from dicomnode.dicom.status import NO_SUCH_SOP_INSTANCE, PROCESSING_FAILURE, STORAGE_COMMITMENT_PUSH, SUCCESS, describe, is_success
 from storage.records import RecordOutcome
 
 logger = logging.getLogger(__name__)
@@ -199,7 +199,7 @@ class StorageSCP:
 
     def _on_accepted(self, event: evt.Event) -> None:
         assoc = event.assoc
-        accelerate(assoc)  # see dicomnode.fastpath: 3.5x faster receive
+        accelerate(assoc)  # see dicomnode.net.fastpath: 3.5x faster receive
         stats = AssociationStats(
             uid=str(uuid.uuid4()),
             calling_ae=assoc.requestor.ae_title.strip(),

@@ -20,7 +20,7 @@ from pydicom.tag import Tag
 from pydicom.uid import DeflatedExplicitVRLittleEndian, UID
 
 from dicomnode.errors import IngestError
-from dicomnode.status import ERROR_CANNOT_UNDERSTAND, ERROR_DATASET_DOES_NOT_MATCH_SOP_CLASS
+from dicomnode.dicom.status import ERROR_CANNOT_UNDERSTAND, ERROR_DATASET_DOES_NOT_MATCH_SOP_CLASS
 
 logger = logging.getLogger(__name__)
 

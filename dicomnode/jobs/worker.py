@@ -32,10 +32,10 @@ from sqlalchemy import Engine
 from dicomnode.audit import audit
 from dicomnode.config import Config, Destination
 from dicomnode.errors import DicomNodeError
-from dicomnode.gpu import GPUAdmission
+from dicomnode.jobs.gpu import GPUAdmission
 from dicomnode.metrics import Metrics
 from dicomnode.routing import SeriesFacts, first_match
-from dicomnode.slices import VolumeError
+from dicomnode.volume.slices import VolumeError
 from storage.errors import StorageError
 from storage.files import quarantine
 from storage.models import JobState
@@ -56,8 +56,8 @@ if TYPE_CHECKING:
     from ai.bundle import Bundle
     from ai.engine import Engine as ModelEngine
     from ai.engine import Result
-    from dicomnode.outputs import OutputFile
-    from dicomnode.volume import Volume
+    from dicomnode.outputs.writer import OutputFile
+    from dicomnode.volume.reconstruct import Volume
 
 logger = logging.getLogger(__name__)
 
@@ -201,16 +201,16 @@ class JobRunner:
     # --------------------------------------------------------------- routing
     def _bundle(self, name: str) -> Bundle:
         if name not in self._bundles:
-            from dicomnode.infer import find_bundle
+            from dicomnode.jobs.models import find_bundle
 
             self._bundles[name] = find_bundle(name)
         return self._bundles[name]
 
     def shipped_bundles(self) -> list[Bundle]:
         """``worker.models`` (default: every shipped bundle), loaded once."""
-        from dicomnode.infer import BUNDLES
+        from dicomnode.jobs.models import shipped_names
 
-        names = self.cfg.worker.models or tuple(sorted(p.name for p in BUNDLES.iterdir() if (p / "manifest.json").is_file()))
+        names = self.cfg.worker.models or tuple(shipped_names())
         return [self._bundle(n) for n in names]
 
     def plan(self, job: ClaimedJob) -> Plan:
@@ -293,7 +293,7 @@ class JobRunner:
         end_job(self.engine, job.id, self.name, JobState.FAILED, reason, timings)
 
     def _process(self, job: ClaimedJob, sources: dict[str, tuple[Path, str]], stages: _Stages) -> None:
-        from dicomnode.volume import VolumePolicy, reconstruct
+        from dicomnode.volume.reconstruct import VolumePolicy, reconstruct
 
         paths = {uid: p for uid, (p, _) in sources.items()}
         plan = self.plan(job)
@@ -317,7 +317,7 @@ class JobRunner:
         result: Result = stages.run("infer", lambda: self._infer(primary, plan.bundles[1:], vol))
         if stages.hb.lost.is_set():
             raise LeaseLost(f"job {job.id}")
-        from dicomnode.outputs import OutputOptions, write_outputs
+        from dicomnode.outputs.writer import OutputOptions, write_outputs
 
         root = self.cfg.node.storage_dir
         out_dir = self.cfg.node.outputs_dir / str(job.id)

@@ -8,8 +8,8 @@ that change the content, so writing the same job again gives the same UIDs
 and a re-send is idempotent at the PACS.  Source headers are read without
 pixel data; nothing holds the series' pixels but the volume itself.
 
-The objects themselves are built by :mod:`dicomnode.seg`,
-:mod:`dicomnode.report` and :mod:`dicomnode.preview`; this module checks the
+The objects themselves are built by :mod:`dicomnode.outputs.seg`,
+:mod:`dicomnode.outputs.report` and :mod:`dicomnode.outputs.preview`; this module checks the
 inputs, names the objects and writes them.
 """
 
@@ -28,15 +28,15 @@ from pydicom.errors import InvalidDicomError
 
 from dicomnode import __version__
 from dicomnode.errors import OutputError
-from dicomnode.synthetic import derived_uid
+from dicomnode.testing.synthetic import derived_uid
 from storage.errors import StorageError
 from storage.files import durable_write
 
 if TYPE_CHECKING:
     from ai.bundle import Bundle
     from ai.engine import Result
-    from dicomnode.seg import SourceFrame
-    from dicomnode.volume import Volume
+    from dicomnode.outputs.seg import SourceFrame
+    from dicomnode.volume.reconstruct import Volume
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def _read_sources(paths: Sequence[Path]) -> list[Dataset]:
 
 
 def _check_sources(paths: Sequence[Path], sources: list[Dataset], volume: Volume) -> None:
-    from dicomnode.seg import is_multiframe
+    from dicomnode.outputs.seg import is_multiframe
 
     nz = volume.array.shape[0]
     if len(volume.sop_uids) != nz:
@@ -192,9 +192,9 @@ def write_outputs(
         The inputs disagree or an object cannot be built or written; the
         message says which, without patient data.
     """
-    from dicomnode.preview import build_key_image, key_images, patient_orientation
-    from dicomnode.report import SRParams, build_sr
-    from dicomnode.seg import SegParams, build_seg, source_frames
+    from dicomnode.outputs.preview import build_key_image, key_images, patient_orientation
+    from dicomnode.outputs.report import SRParams, build_sr
+    from dicomnode.outputs.seg import SegParams, build_seg, source_frames
 
     labels = result.labels
     if labels is None and not result.class_probabilities:

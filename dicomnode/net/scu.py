@@ -18,7 +18,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicomnode.config import Destination
 from dicomnode.errors import NetworkError
-from dicomnode.status import describe, is_success
+from dicomnode.dicom.status import describe, is_success
 
 logger = logging.getLogger(__name__)
 

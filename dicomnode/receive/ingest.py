@@ -20,8 +20,8 @@ from sqlalchemy import Engine
 
 from dicomnode import __version__
 from dicomnode.errors import IngestError
-from dicomnode.header import InstanceHeader, parse_header
-from dicomnode.status import (
+from dicomnode.dicom.header import InstanceHeader, parse_header
+from dicomnode.dicom.status import (
     PROCESSING_FAILURE,
     REFUSED_OUT_OF_RESOURCES,
     SUCCESS,

@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from dicomnode.slices import SliceInfo, VolumeError, scan, series_files
-from dicomnode.stacks import Excluded, Stack, choose_stack
+from dicomnode.volume.slices import SliceInfo, VolumeError, scan, series_files
+from dicomnode.volume.stacks import Excluded, Stack, choose_stack
 
 logger = logging.getLogger(__name__)
 

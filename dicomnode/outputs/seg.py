@@ -21,11 +21,11 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian
 
 from dicomnode.errors import OutputError
-from dicomnode.synthetic import derived_uid
+from dicomnode.testing.synthetic import derived_uid
 
 if TYPE_CHECKING:
     from ai.bundle import Bundle, Label
-    from dicomnode.volume import Volume
+    from dicomnode.volume.reconstruct import Volume
 
 logger = logging.getLogger(__name__)
 

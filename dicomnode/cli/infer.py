@@ -2,7 +2,7 @@
 
 Writes the label map as NIfTI (same grid as the input), the measurements as
 JSON and a PNG overlay (axial, coronal and sagittal views through the
-largest finding, with coloured contours and a legend; see :mod:`dicomnode.preview`).
+largest finding, with coloured contours and a legend; see :mod:`dicomnode.outputs.preview`).
 """
 
 from __future__ import annotations
@@ -15,28 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ai.bundle import Bundle, load_bundle
 from ai.engine import Engine
 from dicomnode.errors import DicomNodeError
-from dicomnode.preview import overlay_png
-from dicomnode.volume import Volume, reconstruct
+from dicomnode.jobs.models import find_bundle
+from dicomnode.outputs.preview import overlay_png
+from dicomnode.volume.reconstruct import Volume, reconstruct
 
 logger = logging.getLogger(__name__)
-
-BUNDLES = Path(__file__).resolve().parents[1] / "ai" / "bundles"
-DEFAULT_MODEL = "chest-ct-lungs-nodules"
-
-
-def find_bundle(name: str | None) -> Bundle:
-    """A bundle by path, or by name under ``ai/bundles`` (default: the chest-CT bundle)."""
-    p = Path(name) if name else BUNDLES / DEFAULT_MODEL
-    if not p.is_dir():
-        p = BUNDLES / str(name)
-    if not p.is_dir():
-        known = ", ".join(sorted(d.name for d in BUNDLES.iterdir() if d.is_dir())) if BUNDLES.is_dir() else "none"
-        raise DicomNodeError(f"no model bundle {name!r} (shipped: {known}; or give a bundle folder)")
-    return load_bundle(p)
-
 
 def load_input(path: Path) -> Volume:
     """A volume from a DICOM series folder (or file) or a NIfTI file."""

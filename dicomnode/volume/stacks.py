@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from dicomnode.slices import SliceInfo, VolumeError
+from dicomnode.volume.slices import SliceInfo, VolumeError
 
 ORIENTATION_DECIMALS = 3
 SPACING_TOLERANCE = 0.01  # relative: slice spacing may vary 1% before it counts as non-uniform

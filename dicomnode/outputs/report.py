@@ -34,14 +34,14 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 from dicomnode.errors import OutputError
-from dicomnode.seg import (
+from dicomnode.outputs.seg import (
     PRIVATE_SCHEME,
     SourceFrame,
     label_type,
     private_scheme_item,
     tracking_uid,
 )
-from dicomnode.synthetic import derived_uid
+from dicomnode.testing.synthetic import derived_uid
 
 if TYPE_CHECKING:
     from ai.bundle import Bundle, Label

@@ -36,9 +36,9 @@ from dicomnode.audit import audit
 from dicomnode.config import Config, DeliveryConfig, Destination
 from dicomnode.errors import NetworkError
 from dicomnode.metrics import Metrics
-from dicomnode.scu import MAX_CONTEXTS, set_nodelay, why_not_established
-from dicomnode.status import STORAGE_COMMITMENT_INSTANCE, STORAGE_COMMITMENT_PUSH, SUCCESS, describe, is_success
-from dicomnode.synthetic import derived_uid
+from dicomnode.net.scu import MAX_CONTEXTS, set_nodelay, why_not_established
+from dicomnode.dicom.status import STORAGE_COMMITMENT_INSTANCE, STORAGE_COMMITMENT_PUSH, SUCCESS, describe, is_success
+from dicomnode.testing.synthetic import derived_uid
 from storage.models import DeliveryState, utcnow
 from storage.outbox import (
     DueDelivery,

@@ -1,0 +1,1 @@
+"""Stage 5, the work: job runners, the model registry, GPU admission, delivery and retention."""

@@ -1,0 +1,1 @@
+"""Synthetic DICOM data for tests, benchmarks and demos (never imported by the running node)."""
