@@ -19,6 +19,7 @@ class Lesion:
     volume_ml: float
     max_diameter_mm: float
     centroid_voxel: tuple[float, float, float]  # [z, y, x]
+    slices: tuple[int, int] = (0, 0)  # the z extent [first, stop): a connected component has no empty slice inside
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,7 @@ def measure(
                         volume_ml=float(stats["voxel_counts"][k]) * voxel_ml,
                         max_diameter_mm=max_diameter_mm(comp, (sz, sy, sx)),
                         centroid_voxel=tuple(float(c) for c in stats["centroids"][k]),  # type: ignore[arg-type]
+                        slices=(int(bbox[0].start), int(bbox[0].stop)),
                     )
                 )
             lesions.sort(key=lambda les: -les.volume_ml)
