@@ -39,5 +39,9 @@ class IngestError(DicomNodeError):
         self.status = status
 
 
+class VolumeError(DicomNodeError):
+    """A series cannot become a trustworthy volume; the message says why and names the instances involved."""
+
+
 class OutputError(DicomNodeError):
     """A result could not be written as DICOM (SEG, SR or preview); the message says why."""

@@ -18,9 +18,9 @@ from prometheus_client.registry import Collector
 from sqlalchemy import Engine, func, select
 
 from storage.database import as_utc, read_transaction
-from storage.models import Delivery, Job, JobState, utcnow
+from storage.models import Delivery, Job, utcnow
+from storage.states import TIMED_STAGES, JobState
 
-STAGES = ("receive", "complete", "queue", "reconstruct", "infer", "write", "deliver")
 BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -41,13 +41,13 @@ class _DatabaseCollector(Collector):
             by_state = dict(conn.execute(select(j.c.state, func.count()).group_by(j.c.state)).all())
             d_state = dict(conn.execute(select(d.c.state, func.count()).group_by(d.c.state)).all())
             oldest: datetime | None = conn.execute(
-                select(func.min(j.c.created_at)).where(j.c.state == JobState.QUEUED.value)
+                select(func.min(j.c.created_at)).where(j.c.state == JobState.QUEUED)
             ).scalar_one_or_none()
         for state in JobState:
-            jobs.add_metric([state.value], by_state.get(state.value, 0))
+            jobs.add_metric([state], by_state.get(state, 0))
         for state, n in d_state.items():
             deliveries.add_metric([state], n)
-        depth.add_metric([], by_state.get(JobState.QUEUED.value, 0))
+        depth.add_metric([], by_state.get(JobState.QUEUED, 0))
         age.add_metric([], (utcnow() - as_utc(oldest)).total_seconds() if oldest else 0.0)
         yield from (jobs, deliveries, depth, age)
 
@@ -104,7 +104,7 @@ class Metrics:
 
     def observe_stages(self, timings: dict[str, float], model: str | None, calling_ae: str | None) -> None:
         """Record the stage timings of one job."""
-        for stage in STAGES:
+        for stage in TIMED_STAGES:
             if stage in timings:
                 self.stage_seconds.labels(stage, model or "-", calling_ae or "-").observe(timings[stage])
 

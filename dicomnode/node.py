@@ -19,20 +19,16 @@ from dicomnode.jobs.gpu import GPUAdmission
 from dicomnode.receive.ingest import Ingestor
 from dicomnode.metrics import Metrics
 from dicomnode.jobs.retention import Retention
-from dicomnode.routing import SeriesFacts, first_match
+from dicomnode.routing import Router
 from dicomnode.net.scp import StorageSCP
 from dicomnode.jobs.worker import JobRunner, worker_name
 from storage.database import migrate, open_engine
 from storage.files import ensure_dir, recover_temp_files
-from storage.queue import series_facts, set_priority
 
 if TYPE_CHECKING:
     from dicomnode.web import WebServer
 
 logger = logging.getLogger(__name__)
-
-URGENT = 10  # job priority of series an urgent rule matches (normal: 0)
-
 
 class Node:
     """Everything ``dicomnode serve`` runs, in one object.
@@ -46,7 +42,8 @@ class Node:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.engine = open_engine(cfg.node.database_url, sqlite_synchronous=cfg.node.sqlite_synchronous)
-        self.monitor = CompletionMonitor(self.engine, cfg.series, on_job=self._on_job)
+        router = Router(cfg.rules, cfg.routing, [d.name for d in cfg.destinations])
+        self.monitor = CompletionMonitor(self.engine, cfg.series, priority=router.priority)
         self.ingestor = Ingestor(
             self.engine,
             cfg.node.incoming_dir,
@@ -71,15 +68,6 @@ class Node:
         self.web: WebServer | None = None
         self.web_port: int | None = None
         self._stopped = threading.Event()
-
-    def _on_job(self, job_id: int, series_id: int, reason: str) -> None:
-        """A series completed: make its job urgent when its routing rule says so."""
-        if not self.cfg.rules:
-            return
-        rule = first_match(self.cfg.rules, SeriesFacts(**series_facts(self.engine, series_id)))
-        if rule is not None and rule.urgent:
-            set_priority(self.engine, job_id, URGENT)
-            logger.info("job %d is urgent (rule %s)", job_id, rule.name)
 
     def start(self) -> int:
         """Migrate the database, clean up after a crash, start completion, the workers and the listener.

@@ -1,7 +1,10 @@
-"""Routing rules: which models a completed series runs, where its results go, and how urgent it is.
+"""Routing: which models a completed series runs, where its results go, and how urgent it is.
 
-Rules come from ``[[rules]]`` in the configuration and are tried in order;
-the first that matches wins.  A rule matches on Modality, BodyPartExamined,
+The one place these are decided: :class:`Router` gives the job's priority
+when the series completes (in the transaction that queues the job) and the
+worker's :class:`Plan` when the job runs, both from the same first matching
+rule.  Rules come from ``[[rules]]`` in the configuration and are tried in
+order; the first that matches wins.  A rule matches on Modality, BodyPartExamined,
 a SeriesDescription regular expression, the SOP class and the calling AE
 title (an empty list matches anything).  A series that matches no rule is
 ignored, or its instances are forwarded unchanged, as ``[routing]`` says.
@@ -11,25 +14,45 @@ decide (the chest-CT model runs on CT series of the CHEST).
 
 from __future__ import annotations
 
+import enum
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 from dicomnode.errors import ConfigError
+from storage.series import SeriesFacts
 
-UNMATCHED = ("ignore", "forward")
+__all__ = ["PlanAction", "Plan", "Router", "Rule", "RoutingConfig", "SeriesFacts", "URGENT", "first_match"]
+
+URGENT = 10  # job priority of series an urgent rule matches (normal: 0)
 
 
-@dataclass(frozen=True)
-class SeriesFacts:
-    """What routing looks at (all from the series' headers and association)."""
+class PlanAction(enum.StrEnum):
+    """What a job does with its series."""
 
-    modality: str | None
-    body_part: str | None
-    series_description: str | None
-    sop_class_uid: str | None
-    calling_ae: str | None
+    RUN = "run"  # run models, send their results
+    FORWARD = "forward"  # send the instances on, unchanged
+    IGNORE = "ignore"  # nothing to do
+
+
+UNMATCHED = (PlanAction.IGNORE, PlanAction.FORWARD)
+
+
+class Model(Protocol):
+    """What routing needs to know of a model (an :class:`ai.bundle.Bundle`, without importing torch)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def task(self) -> str: ...
+    @property
+    def modalities(self) -> tuple[str, ...]: ...
+    @property
+    def body_parts(self) -> tuple[str, ...]: ...
+
+
+M = TypeVar("M", bound=Model)
 
 
 @dataclass(frozen=True)
@@ -63,13 +86,92 @@ class Rule:
 class RoutingConfig:
     """The ``[routing]`` section: what happens to series no rule matches."""
 
-    unmatched: str = "ignore"  # ignore | forward
+    unmatched: PlanAction = PlanAction.IGNORE  # ignore | forward
     forward_to: tuple[str, ...] = ()  # destinations for forwarded series; empty: every destination
 
 
 def first_match(rules: Sequence[Rule], facts: SeriesFacts) -> Rule | None:
     """The first rule that matches, or ``None``."""
     return next((r for r in rules if r.matches(facts)), None)
+
+
+@dataclass(frozen=True)
+class Plan(Generic[M]):
+    """What a job does: run models (segmentation first) or forward, and to which destinations."""
+
+    action: PlanAction
+    models: tuple[M, ...]
+    destinations: tuple[str, ...]  # destination names
+    reason: str
+
+
+class Router:
+    """The routing decisions of one configuration.
+
+    Parameters
+    ----------
+    rules : sequence of Rule
+        ``[[rules]]``, tried in order.
+    routing : RoutingConfig
+        What happens to series no rule matches.
+    destinations : sequence of str
+        The names of every configured destination (a rule or ``forward_to``
+        without destinations means all of them).
+    """
+
+    def __init__(self, rules: Sequence[Rule], routing: RoutingConfig, destinations: Sequence[str]) -> None:
+        self.rules = tuple(rules)
+        self.routing = routing
+        self.destinations = tuple(destinations)
+
+    def priority(self, facts: SeriesFacts) -> int:
+        """The priority of a newly completed series' job: :data:`URGENT` when its rule says so, else 0."""
+        rule = first_match(self.rules, facts)
+        return URGENT if rule is not None and rule.urgent else 0
+
+    def _names(self, names: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(d for d in self.destinations if not names or d in names)
+
+    def plan(self, facts: SeriesFacts, load: Callable[[str], M], candidates: Callable[[], Sequence[M]]) -> Plan[M]:
+        """The first matching rule's plan; without rules, the models whose own filters accept the series.
+
+        Parameters
+        ----------
+        facts : SeriesFacts
+            The series.
+        load : callable
+            A model by the name a rule gives.
+        candidates : callable
+            The models to consider when there are no rules (their modality
+            and body-part filters decide).
+        """
+        if self.rules:
+            rule = first_match(self.rules, facts)
+            if rule is None:
+                if self.routing.unmatched == PlanAction.FORWARD:
+                    return Plan(PlanAction.FORWARD, (), self._names(self.routing.forward_to), "no routing rule matches; forwarded")
+                return Plan(PlanAction.IGNORE, (), (), f"no routing rule matches {describe(facts)}")
+            models = tuple(load(m) for m in rule.models)
+            action = PlanAction.RUN if models else PlanAction.FORWARD
+            return Plan(action, _segmentation_first(models), self._names(rule.destinations), f"rule {rule.name}")
+        modality, body = (facts.modality or "").upper(), (facts.body_part or "").upper()
+        found = tuple(
+            m for m in candidates()
+            if (not m.modalities or modality in {x.upper() for x in m.modalities})
+            and (not m.body_parts or body in {x.upper() for x in m.body_parts})
+        )
+        if not any(m.task == "segmentation" for m in found):
+            return Plan(PlanAction.IGNORE, (), (), f"no model applies to {describe(facts)}")
+        return Plan(PlanAction.RUN, _segmentation_first(found), self.destinations, "model filters")
+
+
+def _segmentation_first(models: tuple[M, ...]) -> tuple[M, ...]:
+    return tuple(sorted(models, key=lambda m: m.task != "segmentation"))
+
+
+def describe(facts: SeriesFacts) -> str:
+    """How a log line or a job's reason names a series (no patient data)."""
+    return f"modality {facts.modality or '?'} / body part {facts.body_part or '(none)'}"
 
 
 def _strings(key: str, v: Any) -> tuple[str, ...]:
@@ -128,11 +230,11 @@ def parse_routing(data: Any, destinations: Sequence[str]) -> RoutingConfig:
     unknown = sorted(set(data) - {"unmatched", "forward_to"})
     if unknown:
         raise ConfigError(f"routing.{unknown[0]}: unknown key (allowed: forward_to, unmatched)")
-    unmatched = data.get("unmatched", "ignore")
+    unmatched = data.get("unmatched", PlanAction.IGNORE)
     if unmatched not in UNMATCHED:
         raise ConfigError(f"routing.unmatched: must be ignore or forward, got {unmatched!r}")
     forward = _strings("routing.forward_to", data.get("forward_to", []))
     for d in forward:
         if d not in destinations:
             raise ConfigError(f"routing.forward_to: no destination named {d!r} (configured: {', '.join(destinations) or 'none'})")
-    return RoutingConfig(unmatched=unmatched, forward_to=forward)
+    return RoutingConfig(unmatched=PlanAction(unmatched), forward_to=forward)

@@ -26,13 +26,15 @@ from dicomnode.config import Config
 from dicomnode.metrics import CONTENT_TYPE, Metrics
 from storage.errors import StorageError
 from storage.outbox import list_deliveries, outputs_for
-from storage.records import JobRow, list_jobs, list_series
+from storage.listings import JobRow, list_jobs, list_series
+from storage.states import FINISHED_JOB_STATES, DeliveryState, JobState, OutputKind
 
 logger = logging.getLogger(__name__)
 
 STATE_COLOURS = {
-    "queued": "#888", "running": "#1f77b4", "delivering": "#9467bd", "done": "#2ca02c",
-    "failed": "#d62728", "delivery_failed": "#d62728", "ignored": "#aaa",
+    JobState.QUEUED: "#888", JobState.RUNNING: "#1f77b4", JobState.DELIVERING: "#9467bd", JobState.DONE: "#2ca02c",
+    JobState.FAILED: "#d62728", JobState.DELIVERY_FAILED: "#d62728", JobState.IGNORED: "#aaa",
+    DeliveryState.PENDING: "#888", DeliveryState.AWAITING_COMMITMENT: "#9467bd",
 }
 _CSS = """
 body{font:14px system-ui,sans-serif;margin:1.5em;color:#222}h1{font-size:1.4em}h2{font-size:1.1em;margin-top:1.6em}
@@ -42,16 +44,12 @@ img.preview{height:96px;border:1px solid #ccc}small{color:#666}
 """
 
 
-def _iso(row: object) -> dict[str, Any]:
-    return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in vars(row).items()}
-
-
 def _state(s: str) -> str:
     return f'<span class="state" style="background:{STATE_COLOURS.get(s, "#555")}">{html.escape(s)}</span>'
 
 
 def _preview_path(engine: Engine, cfg: Config, job_id: int) -> Any:
-    previews = [o for o in outputs_for(engine, job_id) if o.kind == "preview"]
+    previews = [o for o in outputs_for(engine, job_id) if o.kind == OutputKind.PREVIEW]
     return cfg.node.storage_dir / previews[0].path if previews else None
 
 
@@ -96,7 +94,7 @@ def create_app(
 
     @app.get("/api/jobs")
     def api_jobs(limit: int = 50, state: str | None = None) -> list[dict[str, Any]]:
-        return [_iso(j) for j in jobs(limit, state)]
+        return [j.as_json() for j in jobs(limit, state)]
 
     @app.get("/api/jobs/{job_id}")
     def api_job(job_id: int) -> dict[str, Any]:
@@ -104,18 +102,18 @@ def create_app(
         if not found:
             raise HTTPException(404, f"no job {job_id}")
         return {
-            **_iso(found[0]),
+            **found[0].as_json(),
             "outputs": [vars(o) for o in outputs_for(engine, job_id)],
-            "deliveries": [_iso(d) for d in list_deliveries(engine, job_id)],
+            "deliveries": [d.as_json() for d in list_deliveries(engine, job_id)],
         }
 
     @app.get("/api/series")
     def api_series(limit: int = 50) -> list[dict[str, Any]]:
-        return [_iso(s) for s in list_series(engine, limit)]
+        return [s.as_json() for s in list_series(engine, limit)]
 
     @app.get("/api/deliveries")
     def api_deliveries(limit: int = 100) -> list[dict[str, Any]]:
-        return [_iso(d) for d in list_deliveries(engine, limit=limit)]
+        return [d.as_json() for d in list_deliveries(engine, limit=limit)]
 
     @app.get("/jobs/{job_id}/preview.png")
     def job_preview(job_id: int) -> Response:
@@ -148,7 +146,7 @@ def _page(engine: Engine, cfg: Config, jobs: list[JobRow], port: int) -> str:
             + (f'<br><small class="err">{html.escape(d.last_error)}</small>' if d.last_error else "")
             for d in deliveries.get(j.id, [])
         )
-        preview = _preview_path(engine, cfg, j.id) if j.state in ("delivering", "done", "delivery_failed") else None
+        preview = _preview_path(engine, cfg, j.id) if j.state in FINISHED_JOB_STATES else None
         img = (
             f'<a href="/jobs/{j.id}/preview.png"><img class="preview" alt="preview of job {j.id}" '
             f'src="/jobs/{j.id}/preview.png" onload="this.dataset.loaded=1"></a>' if preview is not None else ""
@@ -157,7 +155,7 @@ def _page(engine: Engine, cfg: Config, jobs: list[JobRow], port: int) -> str:
         rows.append(
             f'<tr id="job-{j.id}"><td>{j.id}</td><td>{what}<br><small>from {html.escape(j.calling_ae or "?")}, '
             f"{j.instance_count} images, {html.escape(j.completion_reason)}</small></td><td>{_state(j.state)}"
-            f'{"<br><small>" + html.escape(j.stage) + "</small>" if j.stage and j.state == "running" else ""}</td>'
+            f'{"<br><small>" + html.escape(j.stage) + "</small>" if j.stage and j.state == JobState.RUNNING else ""}</td>'
             f"<td>{html.escape(j.model or '')}<br><small>{stages}</small>"
             f'{"<br><span class=err>" + html.escape(j.error) + "</span>" if j.error else ""}</td><td>{sent}</td><td>{img}</td>'
             f"<td><small>{j.created_at:%Y-%m-%d %H:%M:%S}</small></td></tr>"

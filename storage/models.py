@@ -7,7 +7,6 @@ compares the two).
 
 from __future__ import annotations
 
-import enum
 from datetime import datetime, timezone
 
 from sqlalchemy import (
@@ -25,43 +24,12 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from storage.states import DeliveryState, JobState, SeriesState
+
 
 def utcnow() -> datetime:
     """Timezone-aware current time in UTC."""
     return datetime.now(timezone.utc)
-
-
-class SeriesState(str, enum.Enum):
-    """Life cycle of a series."""
-
-    RECEIVING = "receiving"  # instances are (or may still be) arriving
-    COMPLETE = "complete"  # a job was queued for the current version
-    PURGED = "purged"  # retention removed its files (the rows stay, for the record)
-
-
-class JobState(str, enum.Enum):
-    """Life cycle of a job.
-
-    queued → running → delivering → done | delivery_failed, or running →
-    failed (the series could not be processed) | ignored (no model applies).
-    """
-
-    QUEUED = "queued"
-    RUNNING = "running"
-    DELIVERING = "delivering"  # outputs written; deliveries pending
-    DONE = "done"
-    FAILED = "failed"
-    DELIVERY_FAILED = "delivery_failed"  # a destination refused or stayed unreachable after the last attempt
-    IGNORED = "ignored"
-
-
-class DeliveryState(str, enum.Enum):
-    """Life cycle of one output delivery to one destination."""
-
-    PENDING = "pending"
-    AWAITING_COMMITMENT = "awaiting_commitment"  # sent; waiting for the peer's Storage Commitment report
-    DONE = "done"
-    FAILED = "failed"
 
 
 class Base(DeclarativeBase):

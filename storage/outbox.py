@@ -17,14 +17,16 @@ from datetime import datetime, timedelta
 from sqlalchemy import Connection, Engine, and_, select, update
 
 from storage.database import as_utc, read_transaction, write_transaction
-from storage.models import Delivery, DeliveryState, Job, JobState, Output, utcnow
+from storage.listings import Row
+from storage.models import Delivery, Job, Output, utcnow
+from storage.states import DeliveryState, JobState, OutputKind, Stage
 from storage.queue import OutputRecord
 
 _jobs = Job.__table__
 _outputs = Output.__table__
 _deliveries = Delivery.__table__
 
-_OPEN = (DeliveryState.PENDING.value, DeliveryState.AWAITING_COMMITMENT.value)
+_OPEN = (DeliveryState.PENDING, DeliveryState.AWAITING_COMMITMENT)
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,7 @@ def claim_due(engine: Engine, lease_seconds: float, limit: int = 8) -> list[DueD
         if conn.dialect.name == "postgresql":
             stmt = stmt.with_for_update(skip_locked=True)
         for r in conn.execute(stmt).all():
-            resend = r.state == DeliveryState.PENDING.value
+            resend = r.state == DeliveryState.PENDING
             conn.execute(
                 update(_deliveries).where(_deliveries.c.id == r.id).values(
                     next_attempt_at=now + timedelta(seconds=lease_seconds),
@@ -85,7 +87,7 @@ def outputs_for(engine: Engine, job_id: int, variant: str = "") -> list[OutputRe
     shared = [r for r in rows if r.variant == "" and r.kind not in kinds]
     return [
         OutputRecord(
-            kind=r.kind, path=r.path, sop_class_uid=r.sop_class_uid, sop_instance_uid=r.sop_instance_uid,
+            kind=OutputKind(r.kind), path=r.path, sop_class_uid=r.sop_class_uid, sop_instance_uid=r.sop_instance_uid,
             series_uid=r.series_uid, transfer_syntax_uid=r.transfer_syntax_uid, variant=r.variant,
         )
         for r in shared + wanted
@@ -96,14 +98,14 @@ def _settle_job(conn: Connection, job_id: int) -> None:
     states = set(conn.execute(select(_deliveries.c.state).where(_deliveries.c.job_id == job_id)).scalars())
     if states & set(_OPEN):
         new = JobState.DELIVERING
-    elif DeliveryState.FAILED.value in states:
+    elif DeliveryState.FAILED in states:
         new = JobState.DELIVERY_FAILED
     else:
         new = JobState.DONE
     conn.execute(
         update(_jobs)
         .where(_jobs.c.id == job_id, _jobs.c.state.in_([s.value for s in (JobState.DELIVERING, JobState.DONE, JobState.DELIVERY_FAILED)]))
-        .values(state=new.value, stage="done" if new is JobState.DONE else "deliver")
+        .values(state=new.value, stage=Stage.DONE if new is JobState.DONE else Stage.DELIVER)
     )
 
 
@@ -114,11 +116,11 @@ def record_sent(engine: Engine, delivery_id: int, sent: int, *, commitment_uid: 
         values: dict[str, object] = {"sent_count": sent, "last_error": None, "updated_at": now}
         where = [_deliveries.c.id == delivery_id]
         if commitment_uid is not None:
-            values |= {"state": DeliveryState.AWAITING_COMMITMENT.value, "next_attempt_at": commitment_deadline}
+            values |= {"state": DeliveryState.AWAITING_COMMITMENT, "next_attempt_at": commitment_deadline}
             # Unless the report already came (on another association) while we were sending.
-            where += [_deliveries.c.commitment_uid == commitment_uid, _deliveries.c.state == DeliveryState.PENDING.value]
+            where += [_deliveries.c.commitment_uid == commitment_uid, _deliveries.c.state == DeliveryState.PENDING]
         else:
-            values |= {"state": DeliveryState.DONE.value, "finished_at": now, "next_attempt_at": None}
+            values |= {"state": DeliveryState.DONE, "finished_at": now, "next_attempt_at": None}
         conn.execute(update(_deliveries).where(*where).values(**values))
         _settle_job(conn, _job_of(conn, delivery_id))
 
@@ -129,9 +131,9 @@ def record_failure(engine: Engine, delivery_id: int, error: str, retry_at: datet
     with write_transaction(engine) as conn:
         values: dict[str, object] = {"last_error": error, "updated_at": now, "commitment_uid": None}
         if retry_at is None:
-            values |= {"state": DeliveryState.FAILED.value, "finished_at": now, "next_attempt_at": None}
+            values |= {"state": DeliveryState.FAILED, "finished_at": now, "next_attempt_at": None}
         else:
-            values |= {"state": DeliveryState.PENDING.value, "next_attempt_at": retry_at}
+            values |= {"state": DeliveryState.PENDING, "next_attempt_at": retry_at}
         conn.execute(update(_deliveries).where(_deliveries.c.id == delivery_id).values(**values))
         _settle_job(conn, _job_of(conn, delivery_id))
 
@@ -164,7 +166,7 @@ def record_committed(engine: Engine, delivery_id: int, transaction_uid: str) -> 
             update(_deliveries)
             .where(_deliveries.c.id == delivery_id, _deliveries.c.commitment_uid == transaction_uid,
                    _deliveries.c.state.in_(_OPEN))
-            .values(state=DeliveryState.DONE.value, finished_at=now, next_attempt_at=None, last_error=None, updated_at=now)
+            .values(state=DeliveryState.DONE, finished_at=now, next_attempt_at=None, last_error=None, updated_at=now)
         ).rowcount
         if n:
             _settle_job(conn, _job_of(conn, delivery_id))
@@ -181,19 +183,19 @@ def reset_deliveries(engine: Engine, job_id: int) -> int:
     with write_transaction(engine) as conn:
         n = conn.execute(
             update(_deliveries).where(_deliveries.c.job_id == job_id).values(
-                state=DeliveryState.PENDING.value, attempts=0, next_attempt_at=now, commitment_uid=None,
+                state=DeliveryState.PENDING, attempts=0, next_attempt_at=now, commitment_uid=None,
                 finished_at=None, updated_at=now,
             )
         ).rowcount
         if n:
             conn.execute(
-                update(_jobs).where(_jobs.c.id == job_id).values(state=JobState.DELIVERING.value, stage="deliver")
+                update(_jobs).where(_jobs.c.id == job_id).values(state=JobState.DELIVERING, stage=Stage.DELIVER)
             )
     return int(n)
 
 
 @dataclass(frozen=True)
-class DeliveryRow:
+class DeliveryRow(Row):
     """A delivery, for listings."""
 
     id: int

@@ -19,7 +19,9 @@ from datetime import timedelta
 from sqlalchemy import Engine, and_, or_, select, update
 
 from storage.database import as_utc, read_transaction, write_transaction
-from storage.models import Delivery, Instance, Job, JobState, Output, Series, utcnow
+from storage.models import Delivery, Instance, Job, Output, Series, utcnow
+from storage.series import SeriesFacts
+from storage.states import DeliveryState, JobState, OutputKind, Stage
 
 _jobs = Job.__table__
 _series = Series.__table__
@@ -38,11 +40,7 @@ class ClaimedJob:
     attempts: int
     series_uid: str
     study_uid: str
-    modality: str | None
-    body_part: str | None
-    series_description: str | None
-    calling_ae: str | None
-    sop_class_uid: str | None
+    facts: SeriesFacts  # what routing looks at
     reclaimed: bool  # its previous worker died (the lease expired)
 
 
@@ -50,7 +48,7 @@ class ClaimedJob:
 class OutputRecord:
     """One output file of a job, as the outbox stores it."""
 
-    kind: str
+    kind: OutputKind
     path: str
     sop_class_uid: str
     sop_instance_uid: str
@@ -82,8 +80,8 @@ def claim_job(engine: Engine, worker: str, lease_seconds: float, *, max_attempts
     now = utcnow()
     expired = now - timedelta(seconds=lease_seconds)
     claimable = or_(
-        _jobs.c.state == JobState.QUEUED.value,
-        and_(_jobs.c.state == JobState.RUNNING.value, _jobs.c.heartbeat_at < expired),
+        _jobs.c.state == JobState.QUEUED,
+        and_(_jobs.c.state == JobState.RUNNING, _jobs.c.heartbeat_at < expired),
     )
     while True:
         with write_transaction(engine) as conn:
@@ -94,11 +92,11 @@ def claim_job(engine: Engine, worker: str, lease_seconds: float, *, max_attempts
             row = conn.execute(stmt).one_or_none()
             if row is None:
                 return None
-            reclaimed = row.state == JobState.RUNNING.value
+            reclaimed = row.state == JobState.RUNNING
             if reclaimed and row.attempts >= max_attempts:
                 conn.execute(
                     update(_jobs).where(_jobs.c.id == row.id).values(
-                        state=JobState.FAILED.value,
+                        state=JobState.FAILED,
                         finished_at=now,
                         error=f"the worker running this job stopped {row.attempts} times (last: {row.worker}); "
                         "not trying again: `dicomnode retry` re-queues it",
@@ -107,24 +105,28 @@ def claim_job(engine: Engine, worker: str, lease_seconds: float, *, max_attempts
                 continue
             conn.execute(
                 update(_jobs).where(_jobs.c.id == row.id).values(
-                    state=JobState.RUNNING.value,
+                    state=JobState.RUNNING,
                     worker=worker,
                     started_at=now,
                     heartbeat_at=now,
                     attempts=_jobs.c.attempts + 1,
-                    stage="claimed",
+                    stage=Stage.CLAIMED,
                     error=None,
                 )
             )
             s = conn.execute(
                 select(
                     _jobs.c.series_id, _jobs.c.version, _jobs.c.attempts, _series.c.series_uid, _series.c.study_uid,
-                    _series.c.modality, _series.c.body_part, _series.c.series_description, _series.c.calling_ae, _series.c.sop_class_uid,
+                    *(_series.c[f] for f in SeriesFacts.__dataclass_fields__),
                 )
                 .join(_series, _series.c.id == _jobs.c.series_id)
                 .where(_jobs.c.id == row.id)
             ).one()
-            return ClaimedJob(id=row.id, reclaimed=reclaimed, **s._asdict())
+            facts = SeriesFacts(**{f: getattr(s, f) for f in SeriesFacts.__dataclass_fields__})
+            return ClaimedJob(
+                id=row.id, series_id=s.series_id, version=s.version, attempts=s.attempts, series_uid=s.series_uid,
+                study_uid=s.study_uid, facts=facts, reclaimed=reclaimed,
+            )
 
 
 def heartbeat(engine: Engine, job_id: int, worker: str, stage: str | None = None) -> bool:
@@ -135,14 +137,14 @@ def heartbeat(engine: Engine, job_id: int, worker: str, stage: str | None = None
     with write_transaction(engine) as conn:
         n = conn.execute(
             update(_jobs)
-            .where(_jobs.c.id == job_id, _jobs.c.worker == worker, _jobs.c.state == JobState.RUNNING.value)
+            .where(_jobs.c.id == job_id, _jobs.c.worker == worker, _jobs.c.state == JobState.RUNNING)
             .values(**values)
         ).rowcount
     return n == 1
 
 
 def _owned(job_id: int, worker: str) -> object:
-    return and_(_jobs.c.id == job_id, _jobs.c.worker == worker, _jobs.c.state == JobState.RUNNING.value)
+    return and_(_jobs.c.id == job_id, _jobs.c.worker == worker, _jobs.c.state == JobState.RUNNING)
 
 
 def finish_job(
@@ -170,7 +172,7 @@ def finish_job(
         n = conn.execute(
             update(_jobs).where(_owned(job_id, worker)).values(
                 state=state.value, finished_at=now, timings=timings, model=model, output_dir=output_dir,
-                stage="deliver" if targets else "done", heartbeat_at=now,
+                stage=Stage.DELIVER if targets else Stage.DONE, heartbeat_at=now,
             )
         ).rowcount
         if n != 1:
@@ -185,7 +187,7 @@ def finish_job(
                 [
                     {
                         "job_id": job_id, "destination": t.destination, "variant": t.variant,
-                        "storage_commitment": t.storage_commitment, "state": "pending", "attempts": 0,
+                        "storage_commitment": t.storage_commitment, "state": DeliveryState.PENDING, "attempts": 0,
                         "sent_count": 0, "next_attempt_at": now, "created_at": now, "updated_at": now,
                     }
                     for t in targets
@@ -227,24 +229,10 @@ def job_timeline(engine: Engine, job_id: int) -> dict[str, float]:
     first, last, created = as_utc(r.first_received_at), as_utc(r.last_received_at), as_utc(r.created_at)
     started = as_utc(r.started_at) if r.started_at else created
     return {
-        "receive": round((last - first).total_seconds(), 3),
-        "complete": round(max(0.0, (created - last).total_seconds()), 3),
-        "queue": round(max(0.0, (started - created).total_seconds()), 3),
+        Stage.RECEIVE: round((last - first).total_seconds(), 3),
+        Stage.COMPLETE: round(max(0.0, (created - last).total_seconds()), 3),
+        Stage.QUEUE: round(max(0.0, (started - created).total_seconds()), 3),
     }
-
-
-def set_priority(engine: Engine, job_id: int, priority: int) -> None:
-    """Make a queued job more (or less) urgent; higher runs first."""
-    with write_transaction(engine) as conn:
-        conn.execute(update(_jobs).where(_jobs.c.id == job_id).values(priority=priority))
-
-
-def series_facts(engine: Engine, series_id: int) -> dict[str, str | None]:
-    """Modality, body part, description, SOP class and calling AE of a series (what routing looks at)."""
-    cols = ("modality", "body_part", "series_description", "sop_class_uid", "calling_ae")
-    with read_transaction(engine) as conn:
-        row = conn.execute(select(*(_series.c[c] for c in cols)).where(_series.c.id == series_id)).one()
-    return dict(zip(cols, row))
 
 
 def requeue_job(engine: Engine, job_id: int) -> bool:
@@ -252,8 +240,8 @@ def requeue_job(engine: Engine, job_id: int) -> bool:
     with write_transaction(engine) as conn:
         n = conn.execute(
             update(_jobs)
-            .where(_jobs.c.id == job_id, _jobs.c.state != JobState.RUNNING.value)
-            .values(state=JobState.QUEUED.value, attempts=0, error=None, worker=None, stage=None, finished_at=None)
+            .where(_jobs.c.id == job_id, _jobs.c.state != JobState.RUNNING)
+            .values(state=JobState.QUEUED, attempts=0, error=None, worker=None, stage=None, finished_at=None)
         ).rowcount
     return n == 1
 

@@ -20,7 +20,8 @@ from pathlib import Path
 from sqlalchemy import Engine, and_, exists, select, update
 
 from storage.database import write_transaction
-from storage.models import Instance, Job, JobState, Output, Series, SeriesState
+from storage.models import Instance, Job, Output, Series
+from storage.states import JobState, OutputKind, SeriesState
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ def purge_series(engine: Engine, series_id: int, incoming_dir: Path, storage_dir
         job_ids = select(_jobs.c.id).where(_jobs.c.series_id == series_id)
         files += [
             storage_dir / p
-            for p in conn.execute(select(_outputs.c.path).where(_outputs.c.job_id.in_(job_ids), _outputs.c.kind != "source")).scalars()
+            for p in conn.execute(select(_outputs.c.path).where(_outputs.c.job_id.in_(job_ids), _outputs.c.kind != OutputKind.SOURCE)).scalars()
         ]
         conn.execute(_instances.delete().where(_instances.c.series_id == series_id))
         conn.execute(update(_series).where(_series.c.id == series_id).values(state=SeriesState.PURGED.value, instance_count=0))

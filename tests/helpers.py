@@ -14,7 +14,7 @@ from typing import TypeVar
 
 import pytest
 
-from storage.records import InstanceRecord
+from storage.instances import InstanceRecord
 
 T = TypeVar("T")
 

@@ -8,9 +8,9 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dicomnode.receive.completion import find_gaps, judge
+from dicomnode.receive.completion import gap_lines as find_gaps, judge
 from dicomnode.config import SeriesConfig
-from storage.records import InstanceGeometry, OpenSeries
+from storage.series import InstanceGeometry, OpenSeries
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
 CFG = SeriesConfig(quiet_seconds=10, incomplete_timeout_seconds=60)

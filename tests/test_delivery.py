@@ -16,7 +16,8 @@ from dicomnode.node import Node
 from storage.database import migrate, open_engine
 from storage.outbox import list_deliveries
 from storage.queue import DeliveryTarget, OutputRecord, claim_job, finish_job, job_state
-from storage.records import complete_series, open_series, record_instance
+from storage.instances import record_instance
+from storage.series import complete_series, open_series
 from tests.helpers import rec, wait_for
 from tests.peers import CommitmentPACS, StoreSCP, free_port
 

@@ -14,7 +14,8 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, UID
 from dicomnode.dicom import status
 from dicomnode.errors import IngestError
 from dicomnode.dicom.header import parse_header
-from dicomnode.receive.ingest import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION, file_meta_bytes
+from dicomnode.dicom.uids import IMPLEMENTATION_CLASS_UID
+from dicomnode.receive.ingest import IMPLEMENTATION_VERSION, file_meta_bytes
 from dicomnode.testing.synthetic import SeriesSpec, make_slice
 
 

@@ -7,7 +7,8 @@ from datetime import timedelta
 
 from sqlalchemy import Engine, update
 
-from storage.models import Job, JobState, utcnow
+from storage.models import Job, utcnow
+from storage.states import JobState
 from storage.outbox import (
     awaiting_commitment,
     begin_commitment,
@@ -28,7 +29,9 @@ from storage.queue import (
     job_state,
     requeue_job,
 )
-from storage.records import complete_series, list_jobs, open_series, record_instance
+from storage.instances import record_instance
+from storage.listings import list_jobs
+from storage.series import complete_series, open_series
 from tests.helpers import rec
 
 

@@ -9,10 +9,12 @@ from sqlalchemy import Engine, select, update
 
 from dicomnode.config import Config, NodeConfig, RetentionConfig
 from dicomnode.jobs.retention import Retention
-from storage.models import Instance, JobState, Series, utcnow
+from storage.models import Instance, Series, utcnow
+from storage.states import JobState
 from storage.outbox import claim_due, record_sent
 from storage.queue import DeliveryTarget, OutputRecord, claim_job, end_job, finish_job
-from storage.records import complete_series, open_series, record_instance
+from storage.instances import record_instance
+from storage.series import complete_series, open_series
 from tests.helpers import rec
 
 

@@ -10,8 +10,8 @@ import pytest
 
 from dicomnode.config import parse_config
 from dicomnode.errors import ConfigError
-from dicomnode.node import URGENT, Node
-from dicomnode.routing import Rule, SeriesFacts, first_match
+from dicomnode.node import Node
+from dicomnode.routing import URGENT, Rule, SeriesFacts, first_match
 from dicomnode.jobs.worker import JobRunner
 from storage.queue import ClaimedJob
 from tests.conftest import jobs_of
@@ -54,7 +54,8 @@ def test_bad_rules_are_refused_with_their_key(data: dict[str, object], message: 
 def job(**facts: str | None) -> ClaimedJob:
     f = {"modality": "CT", "body_part": "CHEST", "series_description": "Thorax", "calling_ae": "SCANNER1",
          "sop_class_uid": "1.2.840.10008.5.1.4.1.1.2", **facts}
-    return ClaimedJob(id=1, series_id=1, version=1, attempts=1, series_uid="1.2", study_uid="1", reclaimed=False, **f)  # type: ignore[arg-type]
+    return ClaimedJob(id=1, series_id=1, version=1, attempts=1, series_uid="1.2", study_uid="1", reclaimed=False,
+                      facts=SeriesFacts(**f))
 
 
 def test_the_plan_follows_the_first_matching_rule() -> None:
@@ -67,10 +68,10 @@ def test_the_plan_follows_the_first_matching_rule() -> None:
     })
     runner = JobRunner(None, cfg)  # type: ignore[arg-type]
     plan = runner.plan(job())
-    assert plan.action == "run" and [b.name for b in plan.bundles] == ["chest-ct-lungs-nodules"]
-    assert [d.name for d in plan.destinations] == ["pacs"]
+    assert plan.action == "run" and [b.name for b in plan.models] == ["chest-ct-lungs-nodules"]
+    assert plan.destinations == ("pacs",)
     plan = runner.plan(job(modality="MR"))
-    assert plan.action == "forward" and [d.name for d in plan.destinations] == ["research"]
+    assert plan.action == "forward" and plan.destinations == ("research",)
     plan = runner.plan(job(modality="US"))
     assert plan.action == "ignore" and plan.reason == "no routing rule matches modality US / body part CHEST"
     forward = JobRunner(None, replace(cfg, routing=replace(cfg.routing, unmatched="forward")))  # type: ignore[arg-type]
@@ -80,7 +81,7 @@ def test_the_plan_follows_the_first_matching_rule() -> None:
 def test_without_rules_the_models_own_filters_decide() -> None:
     runner = JobRunner(None, parse_config({"destinations": DEST}))  # type: ignore[arg-type]
     plan = runner.plan(job())
-    assert plan.action == "run" and plan.bundles[0].name == "chest-ct-lungs-nodules" and len(plan.destinations) == 2
+    assert plan.action == "run" and plan.models[0].name == "chest-ct-lungs-nodules" and len(plan.destinations) == 2
     assert runner.plan(job(body_part="HEAD")).action == "ignore"
     assert runner.plan(job(modality="MR")).action == "ignore"
 

@@ -20,7 +20,7 @@ from sqlalchemy import text
 from ai.phantom import generate
 from dicomnode.testing.synthetic import write_phantom
 from storage.database import open_engine
-from storage.records import list_jobs
+from storage.listings import list_jobs
 from tests.helpers import NodeProcess, storescu, wait_for, write_config
 from tests.peers import StoreSCP
 

@@ -12,13 +12,9 @@ from storage.database import current_revision, migrate, open_engine
 from storage.errors import DiskFullError
 from storage.files import durable_write, quarantine, recover_temp_files
 from storage.models import Base, Instance, Job, Series
-from storage.records import (
-    RecordOutcome,
-    complete_series,
-    list_jobs,
-    open_series,
-    record_instance,
-)
+from storage.instances import RecordOutcome, record_instance
+from storage.listings import list_jobs
+from storage.series import complete_series, open_series
 from tests.helpers import rec
 
 

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydicom import dcmread
 
-from dicomnode.volume.slices import VolumeError
+from dicomnode.errors import VolumeError
 from dicomnode.testing.synthetic import SeriesSpec, make_slice, phantom_hu, write_series
 from dicomnode.volume.reconstruct import VolumePolicy, reconstruct
 from tests.helpers import require_tool

@@ -11,9 +11,9 @@ from types import FrameType
 from typing import Any
 
 from dicomnode.cli.common import EXIT_FAILED, EXIT_OK, _config, configure_logging
-from storage.models import JobState
+from storage.states import JobState
 
-JOB_STATES = [s.value for s in JobState]
+JOB_STATES = list(JobState)
 
 
 def _engine(args: argparse.Namespace) -> Any:
@@ -25,13 +25,9 @@ def _engine(args: argparse.Namespace) -> Any:
     return engine
 
 
-def _iso(row: object) -> dict[str, object]:
-    return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in vars(row).items()}
-
-
 def cmd_jobs(args: argparse.Namespace) -> int:
     from storage.outbox import list_deliveries
-    from storage.records import list_jobs
+    from storage.listings import list_jobs
 
     configure_logging(args.log_level or "WARNING")
     engine = _engine(args)
@@ -40,7 +36,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     for d in list_deliveries(engine, job_id=args.job, limit=max(100, args.limit * 4)):
         deliveries.setdefault(d.job_id, []).append(d)
     if args.json:
-        print(json.dumps([{**_iso(j), "deliveries": [_iso(d) for d in deliveries.get(j.id, [])]} for j in jobs], indent=2))
+        print(json.dumps([{**j.as_json(), "deliveries": [d.as_json() for d in deliveries.get(j.id, [])]} for j in jobs], indent=2))
         return EXIT_OK
     if not jobs:
         print("no such job" if args.job else "no jobs")
@@ -72,10 +68,10 @@ def cmd_retry(args: argparse.Namespace) -> int:
         print(f"retry: there is no job {args.job}")
         return EXIT_FAILED
     current, _error = state
-    if current == JobState.RUNNING.value:
+    if current == JobState.RUNNING:
         print(f"retry: job {args.job} is running; wait for it to finish")
         return EXIT_FAILED
-    if args.rerun or current in (JobState.FAILED.value, JobState.IGNORED.value, JobState.QUEUED.value):
+    if args.rerun or current in (JobState.FAILED, JobState.IGNORED, JobState.QUEUED):
         requeue_job(engine, args.job)
         print(f"job {args.job} queued again; a running node will process it and deliver the results")
         return EXIT_OK

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import logging
 import shutil
-import threading
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy import Engine
 
+from dicomnode.background import BackgroundLoop
 from dicomnode.config import Config
 from storage.errors import StorageError
 from storage.models import utcnow
@@ -29,7 +29,7 @@ def free_percent(path: Path) -> float:
     return 100.0 * usage.free / usage.total
 
 
-class Retention:
+class Retention(BackgroundLoop):
     """Purges in a background thread every ``retention.interval_seconds``.
 
     Parameters
@@ -43,27 +43,16 @@ class Retention:
     """
 
     def __init__(self, engine: Engine, cfg: Config, free: Callable[[Path], float] = free_percent) -> None:
+        super().__init__("dicomnode-retention", cfg.retention.interval_seconds, first_wait=True)
         self.engine, self.cfg, self.free = engine, cfg, free
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
-    def start(self) -> None:
-        """Start the thread."""
-        self._thread = threading.Thread(target=self._run, name="dicomnode-retention", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop the thread."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(30)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.cfg.retention.interval_seconds):
-            try:
-                self.run_once()
-            except StorageError as exc:
-                logger.warning("retention: %s; trying again later", exc)
+    def step(self) -> bool:
+        """Purge once; a database or file-system error is logged and tried again next interval."""
+        try:
+            self.run_once()
+        except StorageError as exc:
+            logger.warning("retention: %s; trying again later", exc)
+        return False
 
     def _purge(self, series_id: int) -> Purged | None:
         node = self.cfg.node

@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,15 +29,15 @@ from typing import TYPE_CHECKING, TypeVar
 from sqlalchemy import Engine
 
 from dicomnode.audit import audit
+from dicomnode.background import BackgroundLoop
 from dicomnode.config import Config, Destination
-from dicomnode.errors import DicomNodeError
+from dicomnode.errors import DicomNodeError, VolumeError
 from dicomnode.jobs.gpu import GPUAdmission
+from dicomnode.jobs.models import ModelRegistry
 from dicomnode.metrics import Metrics
-from dicomnode.routing import SeriesFacts, first_match
-from dicomnode.volume.slices import VolumeError
+from dicomnode.routing import Plan, PlanAction, Router
 from storage.errors import StorageError
 from storage.files import quarantine
-from storage.models import JobState
 from storage.queue import (
     ClaimedJob,
     DeliveryTarget,
@@ -51,10 +50,10 @@ from storage.queue import (
     job_timeline,
     series_files,
 )
+from storage.states import JobState, OutputKind, Stage
 
 if TYPE_CHECKING:
     from ai.bundle import Bundle
-    from ai.engine import Engine as ModelEngine
     from ai.engine import Result
     from dicomnode.outputs.writer import OutputFile
     from dicomnode.volume.reconstruct import Volume
@@ -70,44 +69,35 @@ def worker_name(suffix: str = "") -> str:
     return f"{socket.gethostname()}:{os.getpid()}" + (f":{suffix}" if suffix else "")
 
 
-class _Heartbeat:
+class _Heartbeat(BackgroundLoop):
     """Renews a job's lease in the background and records its stage."""
 
     def __init__(self, engine: Engine, job_id: int, worker: str, interval: float) -> None:
+        super().__init__(f"heartbeat-{job_id}", interval, first_wait=True)
         self.engine, self.job_id, self.worker = engine, job_id, worker
-        self.lost = threading.Event()
-        self._stop = threading.Event()
-        self._stage: str | None = None
-        self._thread = threading.Thread(target=self._run, args=(interval,), name=f"heartbeat-{job_id}", daemon=True)
+        self.lost = False
+        self.current: Stage | None = None  # the stage the job is in
 
     def __enter__(self) -> _Heartbeat:
-        self._thread.start()
+        self.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+        self.stop()
 
-    def stage(self, name: str) -> None:
+    def stage(self, name: Stage) -> None:
         """Record that the job entered stage ``name`` (and renew the lease now)."""
-        self._stage = name
-        self._beat()
+        self.current = name
+        self.step()
 
-    @property
-    def current(self) -> str | None:
-        """The stage the job is in."""
-        return self._stage
-
-    def _beat(self) -> None:
+    def step(self) -> bool:
+        """Renew the lease; a lease another worker took is remembered in :attr:`lost`."""
         try:
-            if not heartbeat(self.engine, self.job_id, self.worker, self._stage):
-                self.lost.set()
+            if not heartbeat(self.engine, self.job_id, self.worker, self.current):
+                self.lost = True
         except StorageError as exc:  # a busy database: the next beat will do
             logger.warning("job %d: heartbeat failed: %s", self.job_id, exc)
-
-    def _run(self, interval: float) -> None:
-        while not self._stop.wait(interval):
-            self._beat()
+        return False
 
 
 @dataclass
@@ -118,7 +108,7 @@ class _Stages:
     hb: _Heartbeat
     model: str | None = None  # "name version" of the model that ran
 
-    def run(self, name: str, fn: Callable[[], _R]) -> _R:
+    def run(self, name: Stage, fn: Callable[[], _R]) -> _R:
         self.hb.stage(name)
         t = time.perf_counter()
         try:
@@ -131,7 +121,7 @@ class LeaseLost(DicomNodeError):
     """Another worker took the job over (this one was too slow to renew its lease)."""
 
 
-class JobRunner:
+class JobRunner(BackgroundLoop):
     """Runs jobs from the queue in a background thread.
 
     Parameters
@@ -139,7 +129,7 @@ class JobRunner:
     engine : sqlalchemy.Engine
         The node's database.
     cfg : Config
-        Worker, outputs and destination settings.
+        Worker, outputs, routing and destination settings.
     name : str
         This worker's name in the job rows (default ``host:pid``).
     on_finished : callable, optional
@@ -148,44 +138,31 @@ class JobRunner:
         Stage timings and job outcomes are recorded here.
     gpu : GPUAdmission, optional
         Shared by the runners of a process: GPU runs at once and their declared memory.
+    models : ModelRegistry, optional
+        Shared by the runners of a process: each model is loaded once.
     """
 
     def __init__(
         self, engine: Engine, cfg: Config, name: str | None = None, on_finished: Callable[[], None] | None = None,
-        metrics: Metrics | None = None, gpu: GPUAdmission | None = None,
+        metrics: Metrics | None = None, gpu: GPUAdmission | None = None, models: ModelRegistry | None = None,
     ) -> None:
         self.engine = engine
         self.cfg = cfg
         self.metrics = metrics
         self.gpu = gpu or GPUAdmission(cfg.worker.gpu_concurrency, cfg.worker.gpu_memory_mb)
+        self.models = models or ModelRegistry(cfg.worker.device, cfg.worker.models)
+        self.router = Router(cfg.rules, cfg.routing, [d.name for d in cfg.destinations])
         self.name = name or worker_name()
         self.on_finished = on_finished
-        self._models: dict[str, ModelEngine] = {}
-        self._bundles: dict[str, Bundle] = {}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    # ------------------------------------------------------------- lifecycle
-    def start(self) -> None:
-        """Start the job thread."""
-        self._thread = threading.Thread(target=self._run, name=f"dicomnode-worker-{self.name}", daemon=True)
-        self._thread.start()
+        super().__init__(f"dicomnode-worker-{self.name}", cfg.worker.poll_seconds)
 
     def stop(self, timeout: float = 60.0) -> None:
         """Stop after the current job (whose lease another worker takes over if this one is killed)."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        super().stop(timeout)
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                ran = self.run_once()
-            except Exception:  # keep the worker alive; the job's lease will expire
-                logger.exception("worker %s: unexpected error", self.name)
-                ran = False
-            if not ran:
-                self._stop.wait(self.cfg.worker.poll_seconds)
+    def step(self) -> bool:
+        """Run one job; ``False`` when the queue is empty."""
+        return self.run_once()
 
     def run_once(self) -> bool:
         """Claim and run one job; ``False`` when the queue is empty."""
@@ -199,53 +176,12 @@ class JobRunner:
         return True
 
     # --------------------------------------------------------------- routing
-    def _bundle(self, name: str) -> Bundle:
-        if name not in self._bundles:
-            from dicomnode.jobs.models import find_bundle
+    def plan(self, job: ClaimedJob) -> Plan[Bundle]:
+        """Which models run and where results go (see :class:`dicomnode.routing.Router`)."""
+        return self.router.plan(job.facts, self.models.bundle, self.models.candidates)
 
-            self._bundles[name] = find_bundle(name)
-        return self._bundles[name]
-
-    def shipped_bundles(self) -> list[Bundle]:
-        """``worker.models`` (default: every shipped bundle), loaded once."""
-        from dicomnode.jobs.models import shipped_names
-
-        names = self.cfg.worker.models or tuple(shipped_names())
-        return [self._bundle(n) for n in names]
-
-    def plan(self, job: ClaimedJob) -> Plan:
-        """Which models run and where results go: the first matching rule, else the models' own filters."""
-        facts = SeriesFacts(job.modality, job.body_part, job.series_description, job.sop_class_uid, job.calling_ae)
-        every = list(self.cfg.destinations)
-        if self.cfg.rules:
-            rule = first_match(self.cfg.rules, facts)
-            if rule is None:
-                if self.cfg.routing.unmatched == "forward":
-                    return Plan([], self._destinations(self.cfg.routing.forward_to), "forward", "no routing rule matches; forwarded")
-                return Plan([], [], "ignore", f"no routing rule matches {_describe(facts)}")
-            bundles = [self._bundle(m) for m in rule.models]
-            return Plan(_ordered(bundles), self._destinations(rule.destinations), "run" if bundles else "forward", f"rule {rule.name}")
-        modality, body = (facts.modality or "").upper(), (facts.body_part or "").upper()
-        found = [
-            b for b in self.shipped_bundles()
-            if (not b.modalities or modality in {m.upper() for m in b.modalities})
-            and (not b.body_parts or body in {p.upper() for p in b.body_parts})
-        ]
-        if not any(b.task == "segmentation" for b in found):
-            return Plan([], [], "ignore", f"no model applies to {_describe(facts)}")
-        return Plan(_ordered(found), every, "run", "model filters")
-
-    def _destinations(self, names: tuple[str, ...]) -> list[Destination]:
-        return [d for d in self.cfg.destinations if not names or d.name in names]
-
-    def _engine(self, bundle: Bundle) -> ModelEngine:
-        key = str(bundle.path)
-        if key not in self._models:
-            from ai.engine import Engine as ModelEngine
-
-            self._models[key] = ModelEngine(bundle, device=self.cfg.worker.device)
-            logger.info("loaded model %s %s on %s", bundle.name, bundle.version, self._models[key].device)
-        return self._models[key]
+    def _destinations(self, plan: Plan[Bundle]) -> list[Destination]:
+        return [d for d in self.cfg.destinations if d.name in plan.destinations]
 
     # ------------------------------------------------------------------ jobs
     def _source_paths(self, job: ClaimedJob) -> dict[str, tuple[Path, str]]:
@@ -266,7 +202,7 @@ class JobRunner:
             paths = {uid: p for uid, (p, _) in sources.items()}
             try:
                 self._process(job, sources, stages)
-            except VolumeError as exc:
+            except VolumeError as exc:  # the series, not the node, is at fault: quarantine it
                 self._fail_bad_series(job, paths, f"the series cannot be reconstructed: {exc}", timings)
             except LeaseLost:
                 logger.warning("job %d: lease lost to another worker; abandoning this run", job.id)
@@ -275,11 +211,11 @@ class JobRunner:
                 logger.exception("job %d failed in stage %s", job.id, stage)
                 end_job(self.engine, job.id, self.name, JobState.FAILED, f"internal error in stage {stage}: {exc}", timings)
         state = job_state(self.engine, job.id)
-        audit("job", job=job.id, series=job.series_id, version=job.version, calling_ae=job.calling_ae, worker=self.name,
+        audit("job", job=job.id, series=job.series_id, version=job.version, calling_ae=job.facts.calling_ae, worker=self.name,
               state=state[0] if state else None, model=stages.model, reason=state[1] if state else None)
         if self.metrics is not None:
             self.metrics.jobs_finished.labels(state[0] if state else "?", stages.model or "-").inc()
-            self.metrics.observe_stages(timings, stages.model, job.calling_ae)
+            self.metrics.observe_stages(timings, stages.model, job.facts.calling_ae)
 
     def _fail_bad_series(self, job: ClaimedJob, paths: dict[str, Path], reason: str, timings: dict[str, float]) -> None:
         node = self.cfg.node
@@ -297,25 +233,26 @@ class JobRunner:
 
         paths = {uid: p for uid, (p, _) in sources.items()}
         plan = self.plan(job)
-        if plan.action == "ignore":
+        destinations = self._destinations(plan)
+        if plan.action == PlanAction.IGNORE:
             logger.info("job %d ignored: %s", job.id, plan.reason)
             end_job(self.engine, job.id, self.name, JobState.IGNORED, plan.reason, stages.timings)
             return
         if not paths:
             raise VolumeError("the series has no stored instances")
-        if plan.action == "forward":  # no model: send the instances on, unchanged
+        if plan.action == PlanAction.FORWARD:  # no model: send the instances on, unchanged
             records = [
-                OutputRecord("source", str(p.relative_to(self.cfg.node.storage_dir)), sop_class, uid, job.series_uid, "")
+                OutputRecord(OutputKind.SOURCE, str(p.relative_to(self.cfg.node.storage_dir)), sop_class, uid, job.series_uid, "")
                 for uid, (p, sop_class) in sources.items()
             ]
-            self._finish(job, stages, None, None, records, [DeliveryTarget(d.name, "", d.storage_commitment) for d in plan.destinations])
+            self._finish(job, stages, None, None, records, [DeliveryTarget(d.name, "", d.storage_commitment) for d in destinations])
             return
         policy = VolumePolicy(gap_factor=self.cfg.series.gap_factor)
-        vol: Volume = stages.run("reconstruct", lambda: reconstruct(list(paths.values()), policy))
-        primary = plan.bundles[0]
+        vol: Volume = stages.run(Stage.RECONSTRUCT, lambda: reconstruct(list(paths.values()), policy))
+        primary = plan.models[0]
         stages.model = f"{primary.name} {primary.version}"
-        result: Result = stages.run("infer", lambda: self._infer(primary, plan.bundles[1:], vol))
-        if stages.hb.lost.is_set():
+        result: Result = stages.run(Stage.INFER, lambda: self._infer(primary, plan.models[1:], vol))
+        if stages.hb.lost:
             raise LeaseLost(f"job {job.id}")
         from dicomnode.outputs.writer import OutputOptions, write_outputs
 
@@ -330,7 +267,7 @@ class JobRunner:
         in_order = [paths[uid] for uid in vol.sop_uids]
         key = f"{job.series_uid}/{job.version}"
         records: list[OutputRecord] = []
-        all_frames = o.seg and any(d.keep_empty_frames for d in plan.destinations)
+        all_frames = o.seg and any(d.keep_empty_frames for d in destinations)
 
         def write() -> None:
             for f in write_outputs(in_order, vol, result, primary, out_dir, job_key=key, options=base):
@@ -340,10 +277,10 @@ class JobRunner:
                 for f in write_outputs(in_order, vol, result, primary, out_dir / ALL_FRAMES, job_key=key, options=opts):
                     records.append(_record(f, root, ALL_FRAMES))
 
-        stages.run("write", write)
+        stages.run(Stage.WRITE, write)
         targets = [
             DeliveryTarget(d.name, ALL_FRAMES if d.keep_empty_frames and all_frames else "", d.storage_commitment)
-            for d in plan.destinations
+            for d in destinations
         ]
         stages.timings.update({f"model_{k}": round(v, 3) for k, v in result.timings.items()})
         self._finish(job, stages, stages.model, str(out_dir.relative_to(root)), records, targets)
@@ -364,13 +301,13 @@ class JobRunner:
             self.on_finished()
 
     def _run_model(self, bundle: Bundle, vol: Volume) -> Result:
-        model = self._engine(bundle)
+        model = self.models.engine(bundle)
         if model.device.type != "cuda":
             return model.run(vol.array, vol.spacing, vol.direction)
         with self.gpu.admit(bundle.gpu_memory_mb, f"{bundle.name}"):
             return model.run(vol.array, vol.spacing, vol.direction)
 
-    def _infer(self, primary: Bundle, others: list[Bundle], vol: Volume) -> Result:
+    def _infer(self, primary: Bundle, others: tuple[Bundle, ...], vol: Volume) -> Result:
         res = self._run_model(primary, vol)
         for b in others:
             if b.task == "classification":
@@ -378,27 +315,9 @@ class JobRunner:
         return res
 
 
-@dataclass(frozen=True)
-class Plan:
-    """What a job does: run models (segmentation first) or forward, and to which destinations."""
-
-    bundles: list[Bundle]
-    destinations: list[Destination]
-    action: str  # run | forward | ignore
-    reason: str
-
-
-def _ordered(bundles: list[Bundle]) -> list[Bundle]:
-    return sorted(bundles, key=lambda b: b.task != "segmentation")
-
-
-def _describe(f: SeriesFacts) -> str:
-    return f"modality {f.modality or '?'} / body part {f.body_part or '(none)'}"
-
-
 def _record(f: OutputFile, root: Path, variant: str) -> OutputRecord:
     return OutputRecord(
-        kind=f.kind, path=str(f.path.relative_to(root)), sop_class_uid=f.sop_class_uid,
+        kind=OutputKind(f.kind), path=str(f.path.relative_to(root)), sop_class_uid=f.sop_class_uid,
         sop_instance_uid=f.sop_instance_uid, series_uid=f.series_instance_uid,
         transfer_syntax_uid=f.transfer_syntax_uid, variant=variant,
     )

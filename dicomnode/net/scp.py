@@ -1,7 +1,8 @@
 """The DICOM listener: a pynetdicom Storage and Verification SCP.
 
 Each association runs in its own thread.  A C-STORE is answered only after
-:class:`~dicomnode.ingest.Ingestor` has written the file durably and
+:class:`~dicomnode.net.handlers.StoreHandler` (the node's
+:class:`~dicomnode.receive.ingest.Ingestor`) has written the file durably and
 committed its row; every failure becomes a DICOM status with an
 ErrorComment, never a crashed association.
 """
@@ -28,11 +29,10 @@ from dicomnode.audit import audit
 from dicomnode.config import NodeConfig, TLSConfig
 from dicomnode.errors import NetworkError
 from dicomnode.net.fastpath import accelerate
-from dicomnode.receive.ingest import Ingestor
+from dicomnode.net.handlers import StoreHandler
 from dicomnode.metrics import Metrics
 from dicomnode.dicom.sopclasses import storage_contexts
 from dicomnode.dicom.status import NO_SUCH_SOP_INSTANCE, PROCESSING_FAILURE, STORAGE_COMMITMENT_PUSH, SUCCESS, describe, is_success
-from storage.records import RecordOutcome
 
 logger = logging.getLogger(__name__)
 
@@ -73,8 +73,8 @@ class StorageSCP:
     ----------
     cfg : NodeConfig
         AE title, port, limits, allow-lists and TLS.
-    ingestor : Ingestor
-        Where received datasets go.
+    handler : StoreHandler
+        Where received datasets go (the node's ingestor).
     on_released : callable, optional
         Called with ``(assoc_uid, {series_id: instances carried})`` when an
         association that stored instances is released normally (not aborted).
@@ -87,11 +87,11 @@ class StorageSCP:
     """
 
     def __init__(
-        self, cfg: NodeConfig, ingestor: Ingestor, on_released: Any = None, on_commitment: Any = None, metrics: Metrics | None = None
+        self, cfg: NodeConfig, handler: StoreHandler, on_released: Any = None, on_commitment: Any = None, metrics: Metrics | None = None
     ) -> None:
         self.cfg = cfg
         self.metrics = metrics
-        self.ingestor = ingestor
+        self.handler = handler
         self.on_released = on_released
         self.on_commitment = on_commitment
         # Stats live on the Association object itself (attribute _STATS): keying a
@@ -284,7 +284,7 @@ class StorageSCP:
         try:
             request = event.request
             data = request.DataSet.getvalue()  # the dataset exactly as received
-            result = self.ingestor.store(
+            result = self.handler.store(
                 data,
                 event.context.transfer_syntax,
                 assoc_uid=stats.uid,
@@ -296,7 +296,7 @@ class StorageSCP:
             logger.exception("C-STORE handler failed")
             return PROCESSING_FAILURE
         if is_success(result.status):
-            if result.outcome is RecordOutcome.DUPLICATE:
+            if result.duplicate:
                 stats.duplicates += 1
             else:
                 stats.stored += 1

@@ -41,7 +41,7 @@ from dicomnode.outputs.seg import (
     private_scheme_item,
     tracking_uid,
 )
-from dicomnode.testing.synthetic import derived_uid
+from dicomnode.dicom.uids import derived_uid
 
 if TYPE_CHECKING:
     from ai.bundle import Bundle, Label

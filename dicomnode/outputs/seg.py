@@ -21,7 +21,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian
 
 from dicomnode.errors import OutputError
-from dicomnode.testing.synthetic import derived_uid
+from dicomnode.dicom.uids import derived_uid
 
 if TYPE_CHECKING:
     from ai.bundle import Bundle, Label

@@ -28,7 +28,7 @@ from pydicom.errors import InvalidDicomError
 
 from dicomnode import __version__
 from dicomnode.errors import OutputError
-from dicomnode.testing.synthetic import derived_uid
+from dicomnode.dicom.uids import derived_uid
 from storage.errors import StorageError
 from storage.files import durable_write
 

@@ -29,25 +29,22 @@ from __future__ import annotations
 
 import logging
 import queue
-import statistics
-import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 
 from sqlalchemy import Engine
 
+from dicomnode.background import BackgroundLoop
 from dicomnode.config import SeriesConfig
+from dicomnode.dicom.geometry import DEFAULT_GAP_FACTOR, find_gaps, stack_distances
 from storage.errors import StorageError
-from storage.records import InstanceGeometry, OpenSeries, complete_series, open_series, series_geometry
+from storage.series import InstanceGeometry, OpenSeries, SeriesFacts, complete_series, open_series, series_geometry
+from storage.states import CompletionReason
 
 logger = logging.getLogger(__name__)
 
-REASON_EXPECTED_COUNT = "expected_count"
-REASON_RELEASED = "association_released"
-REASON_QUIET = "quiet_period"
-REASON_TIMEOUT = "incomplete_timeout"
 
 
 @dataclass(frozen=True)
@@ -55,53 +52,25 @@ class Verdict:
     """Whether to complete a series now, and why."""
 
     complete: bool
-    reason: str | None = None
+    reason: CompletionReason | None = None
     detail: str | None = None
     missing: str | None = None  # evidence that something is missing, if any
 
 
-def _normal(orientation: Sequence[float]) -> tuple[float, float, float]:
-    r, c = orientation[:3], orientation[3:6]
-    return (r[1] * c[2] - r[2] * c[1], r[2] * c[0] - r[0] * c[2], r[0] * c[1] - r[1] * c[0])
+def gap_lines(geometry: Sequence[InstanceGeometry], factor: float = DEFAULT_GAP_FACTOR) -> list[str]:
+    """Describe missing slices in the stack the volume will be built from, one line per gap.
 
-
-def find_gaps(geometry: Iterable[InstanceGeometry], factor: float = 1.5) -> list[str]:
-    """Describe gaps in slice positions, per stack of one orientation.
-
-    Stacks of fewer than three distinct positions (localizers) are ignored.
-    A gap is a step between neighbouring positions, along the slice normal,
-    larger than ``factor`` times the median step.
+    The stack and the gap rule are those of reconstruction
+    (:mod:`dicomnode.dicom.geometry`): the largest orientation group (others
+    are localizers or a mix that reconstruction refuses anyway), and within
+    it, where positions repeat, the sub-stack reconstruction keeps.
 
     Returns
     -------
     list of str
-        One readable line per gap, empty when there is none.
+        Empty when nothing is missing.
     """
-    stacks: dict[tuple[float, ...], set[float]] = {}
-    for g in geometry:
-        if g.position is None or g.orientation is None or len(g.orientation) != 6:
-            continue
-        key = tuple(round(v, 3) for v in g.orientation)
-        n = _normal(g.orientation)
-        d = g.position[0] * n[0] + g.position[1] * n[1] + g.position[2] * n[2]
-        stacks.setdefault(key, set()).add(round(d, 3))
-    gaps: list[str] = []
-    for key, positions in stacks.items():
-        if len(positions) < 3:
-            continue
-        ordered = sorted(positions)
-        steps = [b - a for a, b in zip(ordered, ordered[1:])]
-        median = statistics.median(steps)
-        if median <= 0:
-            continue
-        for a, b, step in zip(ordered, ordered[1:], steps):
-            if step > factor * median:
-                missing = round(step / median) - 1
-                gaps.append(
-                    f"gap of {step:.2f} mm between slices at {a:.2f} and {b:.2f} mm "
-                    f"(median spacing {median:.2f} mm, about {missing} slice(s) missing)"
-                )
-    return gaps
+    return [g.describe() for g in find_gaps(stack_distances(geometry), factor)]
 
 
 def judge(
@@ -116,9 +85,9 @@ def judge(
 
     Parameters
     ----------
-    series : storage.records.OpenSeries
+    series : storage.series.OpenSeries
         The series' counters as committed.
-    geometry : sequence of storage.records.InstanceGeometry
+    geometry : sequence of storage.series.InstanceGeometry
         Its instances.
     now : datetime
         Current time (UTC).
@@ -133,7 +102,7 @@ def judge(
         must have arrived on ``released_assoc``.
     """
     count = series.instance_count
-    missing: list[str] = find_gaps(geometry, cfg.gap_factor)
+    missing: list[str] = gap_lines(geometry, cfg.gap_factor)
     expected = series.expected_count
     if series.temporal_positions and series.temporal_positions > 1:
         positions = {g.position for g in geometry if g.position is not None}
@@ -146,7 +115,7 @@ def judge(
 
     if not missing:
         if expected is not None:
-            return Verdict(True, REASON_EXPECTED_COUNT, f"{count} of {expected} announced instances")
+            return Verdict(True, CompletionReason.EXPECTED_COUNT, f"{count} of {expected} announced instances")
         carried_all = (
             released_carried >= count
             if released_carried is not None
@@ -157,16 +126,16 @@ def judge(
         # A lone multi-frame or projection (no position) image is.
         lone_ok = count >= 2 or any(g.number_of_frames > 1 or g.position is None for g in geometry)
         if released_assoc is not None and cfg.complete_on_release and count > 0 and carried_all and lone_ok:
-            return Verdict(True, REASON_RELEASED, f"{count} instances, all in one association")
+            return Verdict(True, CompletionReason.ASSOCIATION_RELEASED, f"{count} instances, all in one association")
         if idle >= cfg.quiet_seconds:
-            return Verdict(True, REASON_QUIET, f"{count} instances, nothing new for {idle:.0f} s")
+            return Verdict(True, CompletionReason.QUIET_PERIOD, f"{count} instances, nothing new for {idle:.0f} s")
         return Verdict(False)
     if idle >= cfg.incomplete_timeout_seconds:
-        return Verdict(True, REASON_TIMEOUT, f"{count} instances; incomplete: {missing_text}", missing_text)
+        return Verdict(True, CompletionReason.INCOMPLETE_TIMEOUT, f"{count} instances; incomplete: {missing_text}", missing_text)
     return Verdict(False, missing=missing_text)
 
 
-class CompletionMonitor:
+class CompletionMonitor(BackgroundLoop):
     """Background thread that completes series and queues their jobs.
 
     The database is the only state: hints from the receiver (an instance was
@@ -178,22 +147,23 @@ class CompletionMonitor:
     ----------
     engine : sqlalchemy.Engine
     cfg : SeriesConfig
-    on_job : callable, optional
-        Called with ``(job_id, series_id, reason)`` after a job is queued.
+    priority : callable, optional
+        The priority of a new job from its series' routing facts, decided in
+        the transaction that queues it (see :meth:`dicomnode.routing.Router.priority`).
     """
 
     def __init__(
         self,
         engine: Engine,
         cfg: SeriesConfig,
-        on_job: Callable[[int, int, str], None] | None = None,
+        priority: Callable[[SeriesFacts], int] | None = None,
     ) -> None:
+        super().__init__("series-completion", cfg.check_interval_seconds)
         self.engine = engine
         self.cfg = cfg
-        self.on_job = on_job
-        self._hints: queue.SimpleQueue[tuple[str, object]] = queue.SimpleQueue()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self.priority = priority
+        self._hints: queue.SimpleQueue[tuple[str, int, tuple[str, int] | None]] = queue.SimpleQueue()
+        self._next_scan = 0.0
         self._waiting_logged: dict[int, str] = {}
         # Silence while the node was down is not evidence that a series is
         # complete: quiet timers restart when the node starts, so that senders
@@ -208,7 +178,8 @@ class CompletionMonitor:
         before its association ends, so the others are not worth a look.
         """
         if has_count_evidence:
-            self._hints.put(("stored", series_id))
+            self._hints.put(("stored", series_id, None))
+            self.wake()
 
     def association_released(self, assoc_uid: str, carried: dict[int, int]) -> None:
         """Hint: the association ``assoc_uid`` was released normally.
@@ -216,56 +187,37 @@ class CompletionMonitor:
         ``carried`` maps each series id to the number of distinct instances
         of it that the association stored or re-sent.
         """
-        self._hints.put(("released", (assoc_uid, dict(carried))))
+        for series_id, n in carried.items():
+            self._hints.put(("released", series_id, (assoc_uid, n)))
+        self.wake()
 
-    # -- life cycle --------------------------------------------------------
+    # -- the loop ------------------------------------------------------------
     def start(self) -> None:
-        """Start the monitor thread."""
+        """Start the monitor thread (quiet timers count from now)."""
         self._started_at = datetime.now(timezone.utc)
-        self._thread = threading.Thread(target=self._run, name="series-completion", daemon=True)
-        self._thread.start()
+        super().start()
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop the thread after its current check."""
-        self._stop.set()
-        self._hints.put(("stop", None))
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def _run(self) -> None:
-        next_scan = 0.0
-        while not self._stop.is_set():
-            released: dict[int, tuple[str, int]] = {}
-            touched: set[int] = set()
-            timeout = max(0.0, next_scan - time.monotonic())
+    def step(self) -> bool:
+        """Judge the series hinted at since the last step, and every open series once per interval."""
+        released: dict[int, tuple[str, int]] = {}
+        touched: set[int] = set()
+        while True:
             try:
-                kind, payload = self._hints.get(timeout=timeout)
-                self._collect(kind, payload, released, touched)
-                while True:  # drain what else is waiting
-                    kind, payload = self._hints.get_nowait()
-                    self._collect(kind, payload, released, touched)
+                kind, series_id, payload = self._hints.get_nowait()
             except queue.Empty:
-                pass
-            scan = time.monotonic() >= next_scan
-            try:
-                self.check(released=released, touched=touched, full_scan=scan)
-            except StorageError as exc:
-                logger.error("series completion check failed, will retry: %s", exc)
-            except Exception:
-                logger.exception("series completion check failed, will retry")
-            if scan:
-                next_scan = time.monotonic() + self.cfg.check_interval_seconds
-
-    @staticmethod
-    def _collect(
-        kind: str, payload: object, released: dict[int, tuple[str, int]], touched: set[int]
-    ) -> None:
-        if kind == "stored":
-            touched.add(payload)  # type: ignore[arg-type]
-        elif kind == "released":
-            assoc_uid, carried = payload  # type: ignore[misc]
-            for sid, n in carried.items():
-                released[sid] = (assoc_uid, n)
+                break
+            if kind == "released" and payload is not None:
+                released[series_id] = payload
+            else:
+                touched.add(series_id)
+        scan = time.monotonic() >= self._next_scan
+        try:
+            self.check(released=released, touched=touched, full_scan=scan)
+        except StorageError as exc:
+            logger.error("series completion check failed, will retry: %s", exc)
+        if scan:
+            self._next_scan = time.monotonic() + self.cfg.check_interval_seconds
+        return False
 
     def check(
         self,
@@ -316,13 +268,14 @@ class CompletionMonitor:
                 s.id,
                 seen_count=seen.instance_count,
                 seen_last_received_at=seen.last_received_at,
-                reason=verdict.reason or REASON_QUIET,
+                reason=verdict.reason or CompletionReason.QUIET_PERIOD,
                 detail=verdict.detail,
+                priority=self.priority,
             )
             if job_id is None:
                 continue  # something arrived meanwhile: judge again later
             self._waiting_logged.pop(s.id, None)
-            log = logger.warning if verdict.reason == REASON_TIMEOUT else logger.info
+            log = logger.warning if verdict.reason == CompletionReason.INCOMPLETE_TIMEOUT else logger.info
             log(
                 "series %d complete (%s): %s -> job %d (version %d)",
                 s.id,
@@ -332,9 +285,4 @@ class CompletionMonitor:
                 s.version + 1,
             )
             jobs.append(job_id)
-            if self.on_job is not None:
-                try:
-                    self.on_job(job_id, s.id, verdict.reason or REASON_QUIET)
-                except Exception:
-                    logger.exception("job callback failed for job %d", job_id)
         return jobs

@@ -12,7 +12,6 @@ import struct
 import zlib
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom.uid import UID
@@ -20,7 +19,9 @@ from sqlalchemy import Engine
 
 from dicomnode import __version__
 from dicomnode.errors import IngestError
+from dicomnode.dicom.uids import IMPLEMENTATION_CLASS_UID, pad_uid
 from dicomnode.dicom.header import InstanceHeader, parse_header
+from dicomnode.net.handlers import StoreResult
 from dicomnode.dicom.status import (
     PROCESSING_FAILURE,
     REFUSED_OUT_OF_RESOURCES,
@@ -28,38 +29,16 @@ from dicomnode.dicom.status import (
 )
 from storage.errors import DatabaseError, DiskFullError, StorageError
 from storage.files import durable_write, free_bytes, fsync_dir
-from storage.records import (
-    InstanceRecord,
-    RecordOutcome,
-    find_instance,
-    record_instance,
-)
+from storage.instances import InstanceRecord, RecordOutcome, find_instance, record_instance
 
 logger = logging.getLogger(__name__)
 
-IMPLEMENTATION_CLASS_UID = UID("1.2.826.0.1.3680043.8.498.10459.1")  # under pydicom's open root
 IMPLEMENTATION_VERSION = f"DICOMNODE_{__version__}"[:16]
 PREAMBLE = b"\x00" * 128 + b"DICM"
 
 
-@dataclass(frozen=True)
-class StoreResult:
-    """What happened to one C-STORE request."""
-
-    status: int
-    outcome: RecordOutcome | None = None
-    series_id: int | None = None
-    sop_uid: str | None = None
-    reason: str | None = None  # for failures: readable, no patient data
-
-
 def _short(element: int, vr: bytes, value: bytes) -> bytes:
     return struct.pack("<HH2sH", 0x0002, element, vr, len(value)) + value
-
-
-def _ui(value: str) -> bytes:
-    b = value.encode("ascii")
-    return b + b"\x00" if len(b) % 2 else b
 
 
 def _text(value: str) -> bytes:
@@ -76,10 +55,10 @@ def file_meta_bytes(sop_class: str, sop_uid: str, transfer_syntax: str, calling_
     body = (
         struct.pack("<HH2sHL", 0x0002, 0x0001, b"OB", 0, 2)
         + b"\x00\x01"
-        + _short(0x0002, b"UI", _ui(sop_class))
-        + _short(0x0003, b"UI", _ui(sop_uid))
-        + _short(0x0010, b"UI", _ui(transfer_syntax))
-        + _short(0x0012, b"UI", _ui(IMPLEMENTATION_CLASS_UID))
+        + _short(0x0002, b"UI", pad_uid(sop_class))
+        + _short(0x0003, b"UI", pad_uid(sop_uid))
+        + _short(0x0010, b"UI", pad_uid(transfer_syntax))
+        + _short(0x0012, b"UI", pad_uid(IMPLEMENTATION_CLASS_UID))
         + _short(0x0013, b"SH", _text(IMPLEMENTATION_VERSION))
     )
     if calling_ae:
@@ -205,7 +184,7 @@ class Ingestor:
             logger.warning("series %d re-opened by an instance that arrived after completion", result.series_id)
         if self.on_stored is not None and result.outcome is not RecordOutcome.DUPLICATE:
             self.on_stored(result.series_id, bool(header.expected_count or header.temporal_positions))
-        return StoreResult(SUCCESS, result.outcome, result.series_id, header.sop_uid)
+        return StoreResult(SUCCESS, result.outcome is RecordOutcome.DUPLICATE, result.series_id, header.sop_uid)
 
     def is_committed(self, tmp: Path, target: Path) -> bool:
         """Whether the database holds exactly the content of ``tmp`` for ``target`` (crash recovery)."""
@@ -245,4 +224,4 @@ class Ingestor:
         )
 
 
-__all__ = ["Ingestor", "StoreResult", "file_meta_bytes"]
+__all__ = ["Ingestor", "file_meta_bytes"]

@@ -6,7 +6,6 @@ UIDs derive from a seed, so the same call always writes the same series.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,19 +14,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, UID
+from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian
+
+from dicomnode.dicom.uids import derived_uid
 
 if TYPE_CHECKING:
     from ai.phantom import Phantom
-
-UID_ROOT = "1.2.826.0.1.3680043.8.498."  # pydicom's root, open for generated UIDs
-
-
-def derived_uid(*parts: object) -> UID:
-    """A deterministic UID under the node's root, from ``parts``."""
-    digest = int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:16], "big")
-    return UID((UID_ROOT + str(digest))[:64])
-
 
 @dataclass(frozen=True)
 class SeriesSpec:

@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from dicomnode.volume.slices import SliceInfo, VolumeError, scan, series_files
+from dicomnode.errors import VolumeError
+from dicomnode.volume.slices import SliceInfo, scan, series_files
 from dicomnode.volume.stacks import Excluded, Stack, choose_stack
 
 logger = logging.getLogger(__name__)

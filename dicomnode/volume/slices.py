@@ -20,7 +20,7 @@ from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 from pydicom.uid import UID
 
-from dicomnode.errors import DicomNodeError, IngestError
+from dicomnode.errors import IngestError, VolumeError
 from dicomnode.dicom.header import RawValues, check_structure
 
 logger = logging.getLogger(__name__)
@@ -56,10 +56,6 @@ VOLUME_TAGS: dict[int, str] = {
         ("RescaleIntercept", "DS"),
     )
 }
-
-
-class VolumeError(DicomNodeError):
-    """A series cannot become a trustworthy volume; the message says why."""
 
 
 @dataclass(frozen=True)

@@ -10,24 +10,26 @@ Defects are refused with a message that names the instances involved.
 from __future__ import annotations
 
 import math
-from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from dicomnode.volume.slices import SliceInfo, VolumeError
+from dicomnode.dicom.geometry import (
+    DEFAULT_GAP_FACTOR,
+    Excluded,
+    by_orientation,
+    distance,
+    find_gaps,
+    slice_normal,
+    split_repeats,
+)
+from dicomnode.errors import VolumeError
+from dicomnode.volume.slices import SliceInfo
 
-ORIENTATION_DECIMALS = 3
 SPACING_TOLERANCE = 0.01  # relative: slice spacing may vary 1% before it counts as non-uniform
 
-
-@dataclass(frozen=True)
-class Excluded:
-    """Images left out of the volume, and why."""
-
-    count: int
-    reason: str
+__all__ = ["Excluded", "Stack", "choose_stack"]
 
 
 @dataclass
@@ -57,13 +59,9 @@ def _is_localizer(group: Sequence[SliceInfo]) -> bool:
 
 
 def _split_orientations(slices: list[SliceInfo], excluded: list[Excluded]) -> list[SliceInfo]:
-    groups: dict[tuple[float, ...], list[SliceInfo]] = defaultdict(list)
-    for s in slices:
-        assert s.orientation is not None
-        groups[tuple(round(v, ORIENTATION_DECIMALS) + 0.0 for v in s.orientation)].append(s)
-    ordered = sorted(groups.items(), key=lambda kv: -len(kv[1]))
-    main_key, main = ordered[0]
-    for key, group in ordered[1:]:
+    groups = by_orientation(slices)
+    main_key, main = groups[0]
+    for key, group in groups[1:]:
         if _is_localizer(group):
             excluded.append(Excluded(len(group), f"localizer or scout in another orientation ({_describe_orientation(key)})"))
         else:
@@ -89,71 +87,10 @@ def _check_matrix(slices: list[SliceInfo]) -> None:
         raise VolumeError("colour images cannot become a volume (SamplesPerPixel is not 1)")
 
 
-def _duplicates(slices: Sequence[SliceInfo], normal: np.ndarray) -> list[tuple[SliceInfo, SliceInfo]]:
-    seen: dict[float, SliceInfo] = {}
-    dups = []
-    for s in slices:
-        d = round(float(np.dot(s.position, normal)), 2)  # type: ignore[arg-type]
-        if d in seen:
-            dups.append((seen[d], s))
-        else:
-            seen[d] = s
-    return dups
-
-
-_SPLITTERS: list[tuple[str, Callable[[SliceInfo], object]]] = [
-    ("temporal position", lambda s: s.temporal_position),
-    ("echo", lambda s: s.echo_number),
-    ("acquisition", lambda s: s.acquisition_number),
-]
-
-
-def _split_repeats(
-    slices: list[SliceInfo],
-    normal: np.ndarray,
-    excluded: list[Excluded],
-    prefer: Mapping[str, object] | None = None,
-) -> list[SliceInfo]:
-    """Pick one stack when positions repeat across temporal positions, echoes or acquisitions.
-
-    The largest stack wins (ties: the lowest key) unless ``prefer`` names the
-    value to keep, e.g. ``{"echo": 2}``.
-    """
-    if not _duplicates(slices, normal):
-        return slices
-    for name, key in _SPLITTERS:
-        groups: dict[object, list[SliceInfo]] = defaultdict(list)
-        for s in slices:
-            groups[key(s)].append(s)
-        if len(groups) < 2 or any(_duplicates(g, normal) for g in groups.values()):
-            continue
-        # Largest first; ties go to the first echo/position/acquisition (unnumbered first).
-        ordered = sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0] is not None, kv[0] if isinstance(kv[0], int) else 0))
-        if prefer and name in prefer:
-            wanted = [kv for kv in ordered if str(kv[0]) == str(prefer[name])]
-            if not wanted:
-                raise VolumeError(
-                    f"the rule asks for {name} {prefer[name]}, but the series has {name}s "
-                    f"{', '.join(str(k) for k, _ in ordered)}"
-                )
-            ordered.remove(wanted[0])
-            ordered.insert(0, wanted[0])
-        chosen_key, chosen = ordered[0]
-        for k, g in ordered[1:]:
-            excluded.append(Excluded(len(g), f"other {name} ({k}); kept {name} {chosen_key}"))
-        return chosen
-    a, b = _duplicates(slices, normal)[0]
-    n = len(_duplicates(slices, normal))
-    raise VolumeError(
-        f"duplicate slice positions: {a.label} and {b.label} are both at "
-        f"{float(np.dot(a.position, normal)):.2f} mm along the slice normal ({n} duplicate(s) in all)"  # type: ignore[arg-type]
-    )
-
-
 def choose_stack(
     slices: Sequence[SliceInfo],
     *,
-    gap_factor: float = 1.5,
+    gap_factor: float = DEFAULT_GAP_FACTOR,
     allow_nonuniform: bool = False,
     prefer: Mapping[str, object] | None = None,
 ) -> Stack:
@@ -188,26 +125,22 @@ def choose_stack(
     row_dir, col_dir = o[:3] / np.linalg.norm(o[:3]), o[3:] / np.linalg.norm(o[3:])
     if abs(float(np.dot(row_dir, col_dir))) > 1e-3:
         raise VolumeError(f"ImageOrientationPatient of {main[0].label} is not orthogonal")
-    normal = np.cross(row_dir, col_dir)
-    main = _split_repeats(main, normal, excluded, prefer)
+    normal = slice_normal(o)
+    main = split_repeats(main, normal, excluded, prefer)
     _check_matrix(main)
-    ordered = sorted(main, key=lambda s: float(np.dot(s.position, normal)))  # type: ignore[arg-type]
+    ordered = sorted(main, key=lambda s: distance(s, normal))
     pos = np.array([s.position for s in ordered], dtype=float)
     d = pos @ normal
     px = ordered[0].pixel_spacing or (1.0, 1.0)
     if len(ordered) == 1:
         thickness = 1.0
         return Stack(ordered, row_dir, col_dir, normal, d, (px[1], px[0], thickness), excluded)
+    gaps = find_gaps(d, gap_factor)  # the rule series completion applies too (dicomnode.dicom.geometry)
+    if gaps:
+        g = gaps[0]
+        raise VolumeError(f"missing slice(s): a {g.describe(ordered[g.index].label, ordered[g.index + 1].label)}")
     steps = np.diff(d)
     median = float(np.median(steps))
-    for i, step in enumerate(steps):
-        if step > gap_factor * median:
-            missing = round(step / median) - 1
-            raise VolumeError(
-                f"missing slice(s): a gap of {step:.2f} mm between {ordered[i].label} at {d[i]:.2f} mm and "
-                f"{ordered[i + 1].label} at {d[i + 1]:.2f} mm (median spacing {median:.2f} mm, about "
-                f"{missing} slice(s) missing)"
-            )
     uniform = bool(np.all(np.abs(steps - median) <= SPACING_TOLERANCE * median + 1e-3))
     if not uniform and not allow_nonuniform:
         raise VolumeError(
