@@ -91,14 +91,14 @@ class Bundle:
         try:
             if self.weights_format == "torchscript":
                 module = torch.jit.load(str(self.weights_file), map_location=device).eval()
-                return module  # type: ignore[no-any-return]
+                return module
             if self.weights_format == "state_dict":
                 net = build_network(self.architecture, self.in_channels, self.out_channels)
                 state = torch.load(self.weights_file, map_location="cpu", weights_only=True)
                 if isinstance(state, dict) and "state_dict" in state:
                     state = state["state_dict"]
                 net.load_state_dict(state, strict=True)
-                return net.to(device).eval()  # type: ignore[no-any-return]
+                return net.to(device).eval()
             return _onnx_predictor(self.weights_file, device)
         except BundleError:
             raise
@@ -115,7 +115,7 @@ def build_network(arch: dict[str, Any], in_channels: int, out_channels: int) -> 
         raise BundleError(f"architecture {name!r} is not one of {', '.join(ARCHITECTURES)}")
     params = dict(arch.get("params", {}))
     try:
-        return getattr(nets, name)(spatial_dims=3, in_channels=in_channels, out_channels=out_channels, **params)  # type: ignore[no-any-return]
+        return getattr(nets, name)(spatial_dims=3, in_channels=in_channels, out_channels=out_channels, **params)
     except TypeError as exc:
         raise BundleError(f"architecture {name}: bad parameters {params}: {exc}") from exc
 
@@ -178,7 +178,10 @@ def _problems_in(m: dict[str, Any], path: Path) -> list[str]:
         color = lb.get("color", [255, 0, 0])
         if not (isinstance(color, list) and len(color) == 3 and all(isinstance(c, int) and 0 <= c <= 255 for c in color)):
             problems.append(f"label {lb['name']!r}: color must be three integers 0-255")
-    if m.get("task") == "segmentation" and values and sorted(values) != list(range(1, len(values) + 1)):
+    int_values = [v for v in values if isinstance(v, int)]  # JSON may hold anything: sort only integers
+    if m.get("task") == "segmentation" and values and (
+        len(int_values) != len(values) or sorted(int_values) != list(range(1, len(values) + 1))
+    ):
         problems.append("segmentation label values must be 1..N (0 is background)")
     return problems
 
@@ -216,10 +219,10 @@ def load_bundle(path: Path) -> Bundle:
         task=m["task"],
         modalities=tuple(m.get("modalities", [])),
         body_parts=tuple(m.get("body_parts", [])),
-        spacing=tuple(inp["spacing"]) if inp.get("spacing") else None,  # type: ignore[arg-type]
+        spacing=tuple(inp["spacing"]) if inp.get("spacing") else None,
         orientation=inp.get("orientation", "LPS"),
         normalization=inp.get("normalization", {"kind": "none"}),
-        roi_size=tuple(inf["roi_size"]),  # type: ignore[arg-type]
+        roi_size=tuple(inf["roi_size"]),
         overlap=float(inf.get("overlap", 0.25)),
         batch_size=int(inf.get("batch_size", 2)),
         background_threshold=inf.get("background_threshold"),
@@ -231,7 +234,7 @@ def load_bundle(path: Path) -> Bundle:
                 snomed_meaning=(lb.get("snomed") or {}).get("meaning"),
                 category_code=(lb.get("category") or {}).get("code"),
                 category_meaning=(lb.get("category") or {}).get("meaning"),
-                color=tuple(lb.get("color", [255, 0, 0])),  # type: ignore[arg-type]
+                color=tuple(lb.get("color", [255, 0, 0])),
                 lesion=bool(lb.get("lesion", False)),
             )
             for lb in m["labels"]

@@ -62,7 +62,8 @@ def optimize_predictor(predictor: Predictor, channels_last: bool = True) -> Pred
     an onnxruntime session, are returned as they are.
     """
     if channels_last and isinstance(predictor, torch.nn.Module):
-        predictor.to(memory_format=torch.channels_last_3d)
+        # torch's stub of Module.to lacks the memory_format keyword that it accepts at run time.
+        predictor.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
     return predictor
 
 

@@ -107,12 +107,13 @@ def measure(
             for k in range(1, int(cc.max()) + 1):
                 bbox = stats["bounding_boxes"][k]
                 comp = cc[bbox] == k
+                cz, cy, cx = stats["centroids"][k]
                 lesions.append(
                     Lesion(
                         index=k,
                         volume_ml=float(stats["voxel_counts"][k]) * voxel_ml,
                         max_diameter_mm=max_diameter_mm(comp, (sz, sy, sx)),
-                        centroid_voxel=tuple(float(c) for c in stats["centroids"][k]),  # type: ignore[arg-type]
+                        centroid_voxel=(float(cz), float(cy), float(cx)),
                         slices=(int(bbox[0].start), int(bbox[0].stop)),
                     )
                 )

@@ -45,7 +45,7 @@ def manifest_from_monai(path: Path) -> dict[str, Any]:
         except json.JSONDecodeError as exc:
             raise AIError(f"{inf_file} is not valid JSON: {exc}") from exc
     outputs = (meta.get("network_data_format") or {}).get("outputs") or {}
-    pred = outputs.get("pred") or next(iter(outputs.values()), {})
+    pred: dict[str, Any] = outputs.get("pred") or next(iter(outputs.values()), {})
     channels = pred.get("channel_def") or {}
     labels = [
         {"value": int(k), "name": str(v), "color": [255, 0, 0]}

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Literal
 
 import cc3d
 import numpy as np
 import torch
+
+Connectivity = Literal[6, 18, 26]  # 3D voxel neighbourhoods: faces, +edges, +corners
 
 
 def to_labels(
@@ -66,7 +69,7 @@ def _argmax(s: np.ndarray, first: int) -> np.ndarray:
     return out
 
 
-def keep_largest(labels: np.ndarray, values: Sequence[int], connectivity: int = 26) -> np.ndarray:
+def keep_largest(labels: np.ndarray, values: Sequence[int], connectivity: Connectivity = 26) -> np.ndarray:
     """Keep only the largest connected component of each label in ``values``."""
     out = labels.copy()
     for v in values:
@@ -80,7 +83,7 @@ def keep_largest(labels: np.ndarray, values: Sequence[int], connectivity: int = 
     return out
 
 
-def remove_small(labels: np.ndarray, min_voxels: int, values: Sequence[int] | None = None, connectivity: int = 26) -> np.ndarray:
+def remove_small(labels: np.ndarray, min_voxels: int, values: Sequence[int] | None = None, connectivity: Connectivity = 26) -> np.ndarray:
     """Remove components smaller than ``min_voxels`` (of every label, or of ``values``)."""
     out = labels.copy()
     for v in values if values is not None else [int(x) for x in np.unique(labels) if x != 0]:
@@ -107,7 +110,7 @@ def fill_holes(labels: np.ndarray, values: Sequence[int] | None = None) -> np.nd
     return out
 
 
-def keep_within(labels: np.ndarray, child: int, parent: int, margin: int = 2, connectivity: int = 26) -> np.ndarray:
+def keep_within(labels: np.ndarray, child: int, parent: int, margin: int = 2, connectivity: Connectivity = 26) -> np.ndarray:
     """Drop components of ``child`` that do not come within ``margin`` voxels of ``parent``.
 
     An anatomical prior: a lung nodule lies in (or on the wall of) a lung, so
