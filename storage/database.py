@@ -16,7 +16,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, Table, create_engine, event, inspect
+from sqlalchemy import Connection, Engine, Table, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
@@ -154,14 +154,6 @@ def migrate(engine: Engine, revision: str = "head") -> None:
     except Exception as exc:
         url = engine.url.render_as_string(hide_password=True)
         raise DatabaseError(f"cannot migrate database {url}: {exc}") from exc
-
-
-def current_revision(engine: Engine) -> str | None:
-    """The Alembic revision the database is at, or ``None`` if it has no schema."""
-    with engine.connect() as conn:
-        if not inspect(conn).has_table("alembic_version"):
-            return None
-        return conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
 
 
 def as_utc(value: datetime) -> datetime:

@@ -7,11 +7,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from sqlalchemy import Engine
 
 from dicomnode.config import parse_config
 from dicomnode.errors import ConfigError
 from dicomnode.node import Node
-from dicomnode.routing import URGENT, Rule, SeriesFacts, first_match
+from dicomnode.routing import URGENT, Router, RoutingConfig, Rule, SeriesFacts, first_match
 from dicomnode.jobs.worker import JobRunner
 from storage.queue import ClaimedJob
 from tests.conftest import jobs_of
@@ -106,3 +107,33 @@ def test_urgent_rules_put_their_jobs_first_and_unmatched_series_are_forwarded(
         assert [j.priority for j in jobs] == [URGENT, 0]
     finally:
         pacs.stop()
+
+
+def test_urgency_is_decided_in_the_transaction_that_queues_the_job(engine: Engine) -> None:
+    from sqlalchemy import select
+
+    from storage.instances import record_instance
+    from storage.models import Job
+    from storage.series import complete_series, open_series
+    from storage.states import CompletionReason
+    from tests.helpers import rec
+
+    router = Router([Rule("stroke", body_part=("HEAD",), urgent=True)], RoutingConfig(), ["pacs"])
+    seen: list[SeriesFacts] = []
+
+    def priority(facts: SeriesFacts) -> int:
+        seen.append(facts)
+        return router.priority(facts)
+
+    for series, body in (("1.1", "HEAD"), ("1.2", "CHEST")):
+        record_instance(engine, rec(f"{series}.1", series=series, body_part=body, modality="CT", calling_ae="CT1"))
+    jobs = {}
+    for s in open_series(engine):
+        jobs[s.id] = complete_series(
+            engine, s.id, seen_count=s.instance_count, seen_last_received_at=s.last_received_at,
+            reason=CompletionReason.QUIET_PERIOD, priority=priority,
+        )
+    with engine.connect() as conn:  # the row is born with its priority: no later update is involved
+        rows = dict(conn.execute(select(Job.series_id, Job.priority)).all())
+    assert sorted(rows.values()) == [0, URGENT]
+    assert {f.body_part for f in seen} == {"HEAD", "CHEST"} and all(f.calling_ae == "CT1" for f in seen)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, inspect, select
 
-from storage.database import current_revision, migrate, open_engine
+from storage.database import migrate, open_engine
 from storage.errors import DiskFullError
 from storage.files import durable_write, quarantine, recover_temp_files
 from storage.models import Base, Instance, Job, Series
@@ -16,6 +16,14 @@ from storage.instances import RecordOutcome, record_instance
 from storage.listings import list_jobs
 from storage.series import complete_series, open_series
 from tests.helpers import rec
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The Alembic revision the database is at, or ``None`` if it has no schema."""
+    with engine.connect() as conn:
+        if not inspect(conn).has_table("alembic_version"):
+            return None
+        return conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
 
 
 def test_migrations_create_the_models_schema(engine: Engine) -> None:

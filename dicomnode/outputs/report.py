@@ -100,24 +100,6 @@ def _class_concept(name: str, labels: Sequence[Label]) -> hd.sr.CodedConcept:
     return hd.sr.CodedConcept(name[:16], PRIVATE_SCHEME, name[:64])
 
 
-def _lesion_slices(mask: np.ndarray, lesions: Sequence[Lesion], voxel_ml: float) -> dict[int, list[int]]:
-    """Lesion index -> the slices it lies on (components numbered as :func:`ai.measure.measure` numbers them)."""
-    import cc3d
-
-    cc = cc3d.connected_components(mask, connectivity=26)
-    stats = cc3d.statistics(cc)
-    counts, boxes = stats["voxel_counts"], stats["bounding_boxes"]
-    out: dict[int, list[int]] = {}
-    for les in lesions:
-        k = les.index
-        if 0 < k < len(counts) and voxel_ml > 0 and abs(int(counts[k]) - les.volume_ml / voxel_ml) < 0.5 + 1e-6 * counts[k]:
-            zs = boxes[k][0]
-            out[k] = list(range(int(zs.start), int(zs.stop)))  # a connected component has no empty slice inside
-        else:  # numbered differently: the slice through its centroid
-            out[k] = [min(max(round(les.centroid_voxel[0]), 0), mask.shape[0] - 1)]
-    return out
-
-
 def _source_images(frames: Sequence[SourceFrame], zs: Sequence[int]) -> list[hd.sr.SourceImageForMeasurementGroup]:
     return [
         hd.sr.SourceImageForMeasurementGroup.from_source_image(
@@ -238,7 +220,6 @@ def build_sr(
             groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
                 tracking_identifier=track, source_images=_source_images(frames, zs), measurements=sizes, **common
             ))
-        slices = _lesion_slices(mask, st.lesions, voxel_ml) if st.lesions and number is None else {}
         for les in st.lesions:
             track = hd.sr.TrackingIdentifier(
                 uid=tracking_uid(params.uid_seed, lb.value, les.index), identifier=f"{lb.name} {les.index}"[:64]
@@ -256,7 +237,7 @@ def build_sr(
                 ))
             else:
                 groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
-                    tracking_identifier=track, source_images=_source_images(frames, slices[les.index]), measurements=sizes,
+                    tracking_identifier=track, source_images=_source_images(frames, range(*les.slices)), measurements=sizes,
                     **common,
                 ))
     for i, (name, p) in enumerate(result.class_probabilities.items(), start=1):
