@@ -16,12 +16,11 @@ import numpy as np
 import torch
 
 from ai.bundle import Bundle
-from ai.classify import to_roi
 from ai.errors import AIError
 from ai.inference import WindowConfig, optimize_predictor, select_device, sliding_window
 from ai.measure import LabelMeasurement, measure
 from ai.postprocess import fill_holes, keep_largest, keep_within, remove_small, to_labels
-from ai.preprocess import prepare
+from ai.preprocess import prepare, to_roi
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +55,7 @@ class Engine:
         self.device = select_device(device)
         predictor = optimize_predictor(bundle.predictor(self.device))
         if compile and self.device.type == "cuda" and isinstance(predictor, torch.nn.Module):
-            predictor = torch.compile(predictor)  # type: ignore[assignment]
+            predictor = torch.compile(predictor)
         self.predictor = predictor
 
     def _cpu_predictor(self) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -127,7 +126,7 @@ class Engine:
         res.timings["preprocess"] = time.perf_counter() - t0
         t1 = time.perf_counter()
         if b.task == "classification":
-            x = to_roi(prepared.tensor, b.roi_size)  # exactly as ai.classify trains it
+            x = to_roi(prepared.tensor, b.roi_size)  # exactly as the classification task trains it
             with torch.inference_mode():
                 logits = self.predictor(x.to(self.device)).float().cpu()[0]
             probs = torch.softmax(logits, 0) if logits.numel() > 1 else torch.sigmoid(logits)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import torch
@@ -21,6 +21,10 @@ import torch.nn.functional as F
 
 from ai.errors import AIError
 
+if TYPE_CHECKING:
+    from nibabel.spatialimages import SpatialImage
+
+_T = TypeVar("_T")
 _LPS = ("L", "P", "S")
 _OPPOSITE = {"L": "R", "R": "L", "P": "A", "A": "P", "S": "I", "I": "S"}
 _WORLD_AXIS = {"L": 0, "R": 0, "P": 1, "A": 1, "S": 2, "I": 2}
@@ -135,14 +139,14 @@ def prepare(
     src_axis_of_world = {_WORLD_AXIS[c]: i for i, c in enumerate(codes)}
     new_index_axes = [src_axis_of_world[_WORLD_AXIS[c]] for c in orientation]  # source index axis for each target index axis
     flip_index = [k for k, c in enumerate(orientation) if codes[new_index_axes[k]] != c]
-    perm = tuple(2 - new_index_axes[2 - a] for a in range(3))  # array axes
+    perm = _triple([2 - new_index_axes[2 - a] for a in range(3)])  # array axes
     flips = tuple(2 - k for k in flip_index)
     x = torch.from_numpy(np.ascontiguousarray(array)).float().permute(*perm)
     if flips:
         x = torch.flip(x, list(flips))
-    reoriented_shape = tuple(int(s) for s in x.shape)
-    src_spacing_zyx = tuple(float(spacing_xyz[2 - perm[a]]) for a in range(3))
-    crop = tuple(slice(0, n) for n in reoriented_shape)
+    reoriented_shape = _triple([int(s) for s in x.shape])
+    src_spacing_zyx = _triple([float(spacing_xyz[2 - perm[a]]) for a in range(3)])
+    crop = _triple([slice(0, n) for n in reoriented_shape])
     if foreground_above is not None:
         fg = x > foreground_above
         if bool(fg.any()):
@@ -152,7 +156,7 @@ def prepare(
                 idx = torch.nonzero(fg.any(dim=other)).flatten()
                 m = int(np.ceil(margin_mm / src_spacing_zyx[a]))
                 box.append(slice(max(0, int(idx[0]) - m), min(reoriented_shape[a], int(idx[-1]) + 1 + m)))
-            crop = tuple(box)
+            crop = _triple(box)
     x = x[crop]
     spacing_zyx = src_spacing_zyx
     if target_spacing_xyz is not None:
@@ -160,27 +164,53 @@ def prepare(
         size = tuple(max(1, int(round(n * s / t))) for n, s, t in zip(x.shape, src_spacing_zyx, target_zyx))
         if size != tuple(x.shape):
             x = F.interpolate(x[None, None], size=size, mode="trilinear", align_corners=False)[0, 0]
-        spacing_zyx = tuple(n * s / m for n, s, m in zip((c.stop - c.start for c in crop), src_spacing_zyx, size))  # type: ignore[assignment]
+        spacing_zyx = _triple([n * s / m for n, s, m in zip((c.stop - c.start for c in crop), src_spacing_zyx, size)])
     x = normalize(x, normalization or {"kind": "none"})
     return Prepared(
         tensor=x[None].contiguous(),
-        source_shape=tuple(array.shape),  # type: ignore[arg-type]
-        perm=perm,  # type: ignore[arg-type]
+        source_shape=_triple([int(n) for n in array.shape]),
+        perm=perm,
         flips=flips,
-        crop=crop,  # type: ignore[arg-type]
-        reoriented_shape=reoriented_shape,  # type: ignore[arg-type]
-        spacing_zyx=spacing_zyx,  # type: ignore[arg-type]
+        crop=crop,
+        reoriented_shape=reoriented_shape,
+        spacing_zyx=spacing_zyx,
     )
+
+
+def _triple(values: Sequence[_T]) -> tuple[_T, _T, _T]:
+    """The three values of a per-axis sequence, as a typed triple."""
+    a, b, c = values
+    return a, b, c
+
+
+def to_roi(tensor: torch.Tensor, roi: tuple[int, int, int]) -> torch.Tensor:
+    """``(C, D, H, W)`` -> ``(1, C, *roi)`` by trilinear resizing.
+
+    The input of a classification bundle: the engine resizes the prepared
+    volume with it, and training (:mod:`ai.training`) does exactly the same.
+    """
+    return F.interpolate(tensor[None], size=roi, mode="trilinear", align_corners=False)
 
 
 def read_pair(image: Path, labels: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """A NIfTI image and label map as ``[z, y, x]`` float32 arrays, with spacing ``(x, y, z)`` and LPS direction."""
-    import nibabel as nib
-
-    img = nib.load(str(image))
+    img, lab_img = _load_spatial(image), _load_spatial(labels)
     aff = img.affine
+    if aff is None:
+        raise AIError(f"{image} has no affine")
     sp = np.linalg.norm(aff[:3, :3], axis=0)
     direction = np.diag([-1.0, -1.0, 1.0]) @ (aff[:3, :3] / sp)  # RAS -> LPS
     hu = np.asarray(img.dataobj).transpose(2, 1, 0).astype(np.float32)
-    lab = np.asarray(nib.load(str(labels)).dataobj).transpose(2, 1, 0).astype(np.float32)
+    lab = np.asarray(lab_img.dataobj).transpose(2, 1, 0).astype(np.float32)
     return hu, lab, sp, direction
+
+
+def _load_spatial(path: Path) -> SpatialImage:
+    """A NIfTI (or other spatial) image, as nibabel loads it."""
+    import nibabel as nib
+    from nibabel.spatialimages import SpatialImage
+
+    img = nib.load(str(path))
+    if not isinstance(img, SpatialImage):
+        raise AIError(f"{path} is not a spatial image (NIfTI)")
+    return img

@@ -32,10 +32,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ai.bundle import load_bundle  # noqa: E402
-from ai.classify import auc  # noqa: E402
 from ai.engine import Engine  # noqa: E402
 from ai.phantom import LUNG, NODULE, Phantom, generate  # noqa: E402
-from ai.train import dice_per_label  # noqa: E402
+from ai.training.tasks.classification import auc  # noqa: E402
+from ai.training.tasks.segmentation import dice_per_label  # noqa: E402
 
 # Every nodule of 6 mm or more falls in exactly one bin, so the bins also give the overall sensitivity.
 SIZE_BINS = {"6-8 mm": (6.0, 8.0), "8-12 mm": (8.0, 12.0), "12-25 mm": (12.0, float("inf"))}

@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ai.phantom import generate  # noqa: E402
-from ai.train import TrainConfig, train  # noqa: E402
+from ai.training import TrainConfig, train  # noqa: E402
 from bench.common import OUT  # noqa: E402
 
 

@@ -10,7 +10,7 @@ import torch
 from ai.bundle import check_bundle, load_bundle
 from ai.engine import Engine
 from ai.phantom import LUNG, generate
-from ai.train import dice_per_label
+from ai.training.tasks.segmentation import dice_per_label
 
 BUNDLE = Path(__file__).resolve().parents[1] / "ai" / "bundles" / "chest-ct-lungs-nodules"
 

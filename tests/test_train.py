@@ -105,7 +105,7 @@ def test_classifier_two_steps_then_resume_and_ddp(data: Path, tmp_path: Path) ->
 
 def _lesion_share(sampling: str) -> float:
     """Share of patches that contain a tiny (8-voxel) lesion beside a large one and two large organs."""
-    from ai.train import PatchStream
+    from ai.training.tasks.segmentation import PatchStream
 
     lab = np.zeros((96, 96, 96), np.uint8)
     lab[8:88, 8:44, 8:44] = 1
@@ -121,7 +121,7 @@ def _lesion_share(sampling: str) -> float:
 
 
 def test_component_sampling_shows_small_lesions_as_often_as_large_ones() -> None:
-    from ai.train import _components
+    from ai.training.sampling import _components
 
     lab = np.zeros((10, 10, 10), np.uint8)
     lab[1:3, 1:3, 1:3] = 2
@@ -139,7 +139,7 @@ def test_component_sampling_shows_small_lesions_as_often_as_large_ones() -> None
 
 def test_unknown_sampling_is_refused() -> None:
     from ai.errors import AIError
-    from ai.train import PatchStream
+    from ai.training.tasks.segmentation import PatchStream
 
     with pytest.raises(AIError, match="unknown patch sampling"):
         PatchStream([], (8, 8, 8), 0.5, 0, sampling="lesions")

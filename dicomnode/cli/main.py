@@ -137,17 +137,19 @@ def cmd_phantom(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ai.train import TrainConfig, train
+    from ai.training import TrainConfig, train
 
     configure_logging(args.log_level or "INFO")
+    pz, py, px = args.patch
+    sx, sy, sz = args.spacing
     cfg = TrainConfig(
         data=args.data, out=args.out, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
-        patch=tuple(args.patch), batch_size=args.batch_size, lr=args.lr, workers=args.workers,  # type: ignore[arg-type]
+        patch=(pz, py, px), batch_size=args.batch_size, lr=args.lr, workers=args.workers,
         seed=args.seed, resume=not args.no_resume, task=args.task, sampling=args.sampling,
-        val_fraction=args.val_fraction, amp=not args.no_amp,
-        spacing=tuple(args.spacing),  # type: ignore[arg-type]
-        **({"channels": tuple(args.channels)} if args.channels else {}),
+        val_fraction=args.val_fraction, amp=not args.no_amp, spacing=(sx, sy, sz),
     )
+    if args.channels:
+        cfg.channels = tuple(args.channels)
     result = train(cfg, progress=not args.quiet)
     last = result["history"][-1] if result["history"] else {}
     print(f"trained {result['steps']} step(s); last epoch: {json.dumps(last)}; bundle in {args.out}")
@@ -353,10 +355,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--val-fraction", type=float, default=0.2,
         help="fraction of the pairs held out for the per-epoch validation Dice (default: %(default)s)",
     )
+    from ai.training.task import TaskChoices  # the registered tasks, discovered only when --task is checked
+
     p.add_argument(
-        "--task", choices=["segmentation", "classification"], default="segmentation",
-        help="segmentation (lungs and nodules, a UNet on patches) or classification (nodule present/absent per "
-        "volume; --patch is then the whole-volume input size)",
+        "--task", choices=TaskChoices(), default="segmentation", metavar="TASK",
+        help="a registered training task (%(choices)s): segmentation (lungs and nodules, a UNet on patches) or "
+        "classification (nodule present/absent per volume; --patch is then the whole-volume input size)",
     )
     p.add_argument("--channels", type=int, nargs="+", help="network channels per level (default: 16 32 64 128)")
     p.add_argument(

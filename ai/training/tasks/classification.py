@@ -1,8 +1,9 @@
-"""The classification task of the training pipeline: nodule present or absent, per volume.
+"""The classification task: nodule present or absent, per volume.
 
 The input is what :class:`ai.engine.Engine` feeds a classification bundle: the
 volume cropped to the body (voxels above -500 HU plus a margin), resampled to
-the bundle's spacing, windowed, then resized to the ROI (:func:`to_roi`).
+the bundle's spacing, windowed, then resized to the ROI
+(:func:`ai.preprocess.to_roi`).
 
 The network (:class:`NoduleNet`, MONAI residual units) scores every cell of a
 coarse grid for "holds a nodule", and answers "is there a nodule anywhere?"
@@ -18,35 +19,28 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import IterableDataset
 
-from ai.preprocess import prepare, read_pair
-
-if TYPE_CHECKING:
-    from ai.train import TrainConfig
+from ai.preprocess import prepare, read_pair, to_roi
+from ai.training.config import TrainConfig
+from ai.training.data import WINDOW, validation_count
+from ai.training.sampling import Shape3, augment, pad_to, patch_slices, random_voxel, worker_rng
+from ai.training.task import Pair, register
 
 logger = logging.getLogger(__name__)
 
-WINDOW = {"kind": "window", "low": -1000, "high": 1000}
 BODY_ABOVE = -500.0  # HU: the crop to the body, as the bundle's crop_foreground_above
 CLASSES = ("no nodule", "nodule present")
 NODULE_LABEL = 2
 PATCH = (48, 48, 48)  # training patches (voxels at the bundle spacing); the ROI is the whole-volume input
 POSITIVE_WEIGHT = 4.0
-
-
-def to_roi(tensor: torch.Tensor, roi: tuple[int, int, int]) -> torch.Tensor:
-    """``(C, D, H, W)`` -> ``(1, C, *roi)`` by trilinear resizing (the engine does the same)."""
-    return F.interpolate(tensor[None], size=roi, mode="trilinear", align_corners=False)
 
 
 class NoduleNet(torch.nn.Module):
@@ -58,7 +52,16 @@ class NoduleNet(torch.nn.Module):
     a nodule?); in eval mode it returns two logits ``(0, max score)``, so a
     softmax gives P(no nodule), P(nodule present).  Batch normalisation keeps
     patches and whole volumes on the same statistics.
+
+    Parameters
+    ----------
+    channels : tuple of int
+        Output channels of each stage.
+    strides : tuple of int
+        Stride of each stage.
     """
+
+    offset: torch.Tensor  # a registered buffer, subtracted from the top score
 
     def __init__(self, channels: tuple[int, ...] = (16, 32, 64, 64), strides: tuple[int, ...] = (2, 2, 2, 1)) -> None:
         super().__init__()
@@ -77,14 +80,15 @@ class NoduleNet(torch.nn.Module):
         self.register_buffer("offset", torch.zeros(()))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scores = self.score(self.features(x))  # (B, 1, d, h, w)
+        """The score map ``(B, 1, d, h, w)`` in training mode, the logits ``(B, 2)`` in eval mode."""
+        scores: torch.Tensor = self.score(self.features(x))  # (B, 1, d, h, w)
         if self.training:
             return scores
         top = torch.amax(scores, dim=(1, 2, 3, 4)) - self.offset
         return torch.stack([torch.zeros_like(top), top], dim=1)
 
 
-def load_volume(image: Path, labels: Path, spacing: tuple[float, float, float], roi: tuple[int, int, int]) -> tuple[np.ndarray, int]:
+def load_volume(image: Path, labels: Path, spacing: tuple[float, float, float], roi: Shape3) -> tuple[np.ndarray, int]:
     """The classifier's whole-volume input (float16, ``roi``), and the truth: 1 when the labels hold a nodule."""
     hu, lab, sp, direction = read_pair(image, labels)
     x = prepare(hu, tuple(sp), direction, target_spacing_xyz=spacing, normalization=WINDOW, foreground_above=BODY_ABOVE)
@@ -101,19 +105,29 @@ def load_grid(image: Path, labels: Path, spacing: tuple[float, float, float]) ->
     return x.tensor[0].numpy().astype(np.float16), (y_t.numpy() == NODULE_LABEL)
 
 
-class PatchStream(IterableDataset):  # type: ignore[type-arg]
-    """Endless augmented patches: half centred on a nodule (label 1), half holding none (label 0)."""
+class PatchStream(IterableDataset[tuple[torch.Tensor, torch.Tensor]]):
+    """Endless augmented patches: half holding a nodule, half holding none; the target is the cell grid.
 
-    def __init__(self, cases: list[tuple[np.ndarray, np.ndarray]], patch: tuple[int, int, int], seed: int, cell: int) -> None:
+    Parameters
+    ----------
+    cases : list of (image, mask)
+        Body-cropped volumes and their nodule masks (:func:`load_grid`).
+    patch : (int, int, int)
+        Patch size.
+    seed : int
+        Seed; each DDP rank and DataLoader worker derives its own stream.
+    cell : int
+        The network's reduction: each target cell says whether that many voxels per axis hold a nodule.
+    """
+
+    def __init__(self, cases: list[tuple[np.ndarray, np.ndarray]], patch: Shape3, seed: int, cell: int) -> None:
         self.cases, self.patch, self.seed, self.cell = cases, patch, seed, cell
         self.with_nodules = [i for i, (_, m) in enumerate(cases) if m.any()]
         # Voxels denser than -450 HU (normalised -0.45): where a nodule detector is tempted to fire.
         self.dense = [np.argwhere(img[::2, ::2, ::2] > -0.45) * 2 for img, _ in cases]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        info = get_worker_info()
-        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-        rng = np.random.default_rng([self.seed, rank, info.id if info else 0, 7])
+        rng = worker_rng(self.seed, 7)
         while True:
             want = int(rng.random() < 0.5) if self.with_nodules else 0
             for _attempt in range(20):
@@ -126,29 +140,20 @@ class PatchStream(IterableDataset):  # type: ignore[type-arg]
                     points = self.dense[i]
                     centre = points[int(rng.integers(len(points)))]
                 else:
-                    centre = np.array([rng.integers(s) for s in mask.shape])
-                lo = [int(np.clip(c - p // 2, 0, max(0, s - p))) for c, p, s in zip(centre, self.patch, mask.shape)]
-                sl = tuple(slice(a, a + p) for a, p in zip(lo, self.patch))
+                    centre = random_voxel(mask.shape, rng)
+                sl = patch_slices(centre, self.patch, mask.shape)
                 if bool(mask[sl].any()) == bool(want):
                     break
-            x = _fit(img[sl].astype(np.float32), self.patch)
-            m = _fit(mask[sl].astype(np.float32), self.patch, 0.0)
-            if rng.random() < 0.5:
-                x, m = x[:, :, ::-1], m[:, :, ::-1]
-            x = x * float(rng.uniform(0.9, 1.1)) + float(rng.uniform(-0.05, 0.05))
-            x = x + rng.normal(0, 0.01, x.shape).astype(np.float32)
+            x = pad_to(img[sl].astype(np.float32), self.patch, -1.0)
+            m = pad_to(mask[sl].astype(np.float32), self.patch, 0.0)
+            x, m = augment(x, m, rng)
             # Each cell of the network's score grid: does it hold a nodule?
-            cells = F.max_pool3d(torch.from_numpy(np.ascontiguousarray(m))[None], self.cell)
-            yield torch.from_numpy(np.ascontiguousarray(x))[None], cells
-
-
-def _fit(a: np.ndarray, patch: tuple[int, int, int], fill: float = -1.0) -> np.ndarray:
-    pad = [(0, max(0, p - s)) for p, s in zip(patch, a.shape)]
-    return np.pad(a, pad, constant_values=fill) if any(p[1] for p in pad) else a
+            cells = F.max_pool3d(torch.from_numpy(m)[None], self.cell)
+            yield torch.from_numpy(x)[None], cells
 
 
 def auc(scores: list[float], truth: list[int]) -> float:
-    """ROC AUC: the chance a positive scores above a negative (ties count half)."""
+    """ROC AUC: the chance a positive scores above a negative (ties count half); NaN without both classes."""
     pos = [s for s, t in zip(scores, truth) if t]
     neg = [s for s, t in zip(scores, truth) if not t]
     if not pos or not neg:
@@ -171,28 +176,41 @@ def calibration_offset(scores: list[float], truth: list[int]) -> float:
     return float(max(candidates, key=balanced))
 
 
+@register
 class ClassificationTask:
-    """What :func:`ai.train.train` needs to train the nodule classifier."""
+    """Nodule present/absent per volume; the best model has the highest validation ROC AUC."""
 
+    name = "classification"
     metric = "auc"
 
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
+        self.val_pairs: list[Pair] = []  # the volumes last validated on: the export calibrates on them
 
-    def dataset(self, pairs: list[tuple[Path, Path]]) -> IterableDataset:  # type: ignore[type-arg]
+    def dataset(self, pairs: list[Pair]) -> PatchStream:
+        """Nodule / no-nodule patches of the cases (:class:`PatchStream`)."""
         cases = [load_grid(i, lab, self.cfg.spacing) for i, lab in pairs]
         n = sum(1 for _, m in cases if m.any())
         logger.info("classifier training set: %d volumes with nodules, %d without", n, len(cases) - n)
         return PatchStream(cases, PATCH, self.cfg.seed, self.network().reduction)
 
     def network(self) -> NoduleNet:
+        """A :class:`NoduleNet` with ``TrainConfig.channels``."""
         return NoduleNet(tuple(self.cfg.channels))
 
-    def loss(self) -> Any:
-        # Few cells hold a nodule: weigh them up.
+    def loss(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """Binary cross-entropy per cell; the few cells that hold a nodule weigh ``POSITIVE_WEIGHT``."""
         return torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(POSITIVE_WEIGHT))
 
-    def _scores(self, model: torch.nn.Module, pairs: list[tuple[Path, Path]], device: torch.device) -> tuple[list[float], list[int]]:
+    def split(self, pairs: list[Pair]) -> tuple[list[Pair], list[Pair]]:
+        """Every k-th pair validates (k from ``val_fraction``), so that both classes are in validation."""
+        n_val = validation_count(len(pairs), self.cfg.val_fraction)
+        if not n_val:
+            return pairs, []
+        k = max(2, len(pairs) // n_val)
+        return [p for i, p in enumerate(pairs) if i % k], pairs[::k]
+
+    def _scores(self, model: torch.nn.Module, pairs: list[Pair], device: torch.device) -> tuple[list[float], list[int]]:
         """Whole-volume logits of "nodule present" (as the engine computes them) and the truth."""
         model.eval()
         scores, truth = [], []
@@ -204,17 +222,19 @@ class ClassificationTask:
                 truth.append(y)
         return scores, truth
 
-    def validate(self, model: torch.nn.Module, pairs: list[tuple[Path, Path]], device: torch.device) -> dict[str, float]:
+    def validate(self, model: torch.nn.Module, pairs: list[Pair], device: torch.device) -> dict[str, float]:
+        """ROC AUC (``auc``) and accuracy at P = 0.5 on the whole validation volumes."""
         self.val_pairs = pairs
         scores, truth = self._scores(model, pairs, device)
         acc = float(np.mean([(s >= 0.0) == bool(t) for s, t in zip(scores, truth)]))
         return {"auc": auc(scores, truth), "accuracy": acc}
 
     def export(self, state: dict[str, torch.Tensor], out: Path) -> None:
+        """TorchScript and ONNX weights, calibrated on the validation volumes, and ``manifest.json``."""
         net = self.network()
         net.load_state_dict(state)
         net.eval()
-        pairs = getattr(self, "val_pairs", [])
+        pairs = self.val_pairs
         if pairs:  # calibrate: P(present) = 0.5 where validation separates the classes best
             net.offset.zero_()
             scores, truth = self._scores(net, pairs, torch.device("cpu"))
@@ -222,7 +242,7 @@ class ClassificationTask:
             logger.info("calibration offset %.3f from %d validation volumes", float(net.offset), len(pairs))
         example = torch.zeros(1, 1, *self.cfg.patch)
         torch.jit.trace(net, example).save(str(out / "model.ts"))
-        torch.onnx.export(net, example, str(out / "model.onnx"), dynamo=False, input_names=["input"], output_names=["output"],
+        torch.onnx.export(net, (example,), str(out / "model.onnx"), dynamo=False, input_names=["input"], output_names=["output"],
                           dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}}, opset_version=17)
         manifest = {
             "name": out.name, "version": "1.0.0", "task": "classification", "modalities": ["CT"], "body_parts": ["CHEST"],

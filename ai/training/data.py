@@ -1,0 +1,81 @@
+"""Training data: image/label pairs on disk, loading them on the training grid, and the hold-out split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ai.errors import AIError
+from ai.preprocess import prepare, read_pair
+from ai.training.task import Pair
+
+WINDOW: dict[str, Any] = {"kind": "window", "low": -1000, "high": 1000}
+"""The CT intensity normalisation of every task (the bundles' ``input.normalization``)."""
+
+
+def find_pairs(data: Path) -> list[Pair]:
+    """The ``(image, labels)`` NIfTI pairs in a folder: ``*_image.nii.gz`` with ``*_labels.nii.gz``.
+
+    Parameters
+    ----------
+    data : Path
+        The folder.
+
+    Returns
+    -------
+    list of (Path, Path)
+        Sorted by image name.
+
+    Raises
+    ------
+    AIError
+        There is no pair.
+    """
+    pairs = []
+    for img in sorted(data.glob("*_image.nii*")):
+        lab = img.with_name(img.name.replace("_image.", "_labels."))
+        if lab.exists():
+            pairs.append((img, lab))
+    if not pairs:
+        raise AIError(f"no *_image.nii.gz / *_labels.nii.gz pairs in {data}")
+    return pairs
+
+
+def load_case(image: Path, labels: Path, spacing: tuple[float, float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """An image (normalised by :data:`WINDOW`, float16) and its labels (uint8), resampled to ``spacing``.
+
+    Parameters
+    ----------
+    image, labels : Path
+        The NIfTI pair.
+    spacing : (float, float, float)
+        Target spacing ``(x, y, z)`` mm.
+
+    Returns
+    -------
+    (ndarray, ndarray)
+        ``[z, y, x]`` arrays on the same grid (labels by nearest neighbour).
+    """
+    hu, lab, sp, direction = read_pair(image, labels)
+    x = prepare(hu, tuple(sp), direction, target_spacing_xyz=spacing, normalization=WINDOW)
+    y = prepare(lab, tuple(sp), direction, target_spacing_xyz=None)
+    size = tuple(x.tensor.shape[1:])
+    y_t = torch.nn.functional.interpolate(y.tensor[None], size=size, mode="nearest")[0, 0]
+    return x.tensor[0].numpy().astype(np.float16), y_t.numpy().astype(np.uint8)
+
+
+def validation_count(n_pairs: int, fraction: float) -> int:
+    """How many of ``n_pairs`` cases to hold out: ``round(n * fraction)``, at least one, none of a single case."""
+    return max(1, int(round(n_pairs * fraction))) if n_pairs > 1 else 0
+
+
+def head_split(pairs: list[Pair], fraction: float) -> tuple[list[Pair], list[Pair]]:
+    """``(train, validation)``: the first :func:`validation_count` pairs validate, the rest train.
+
+    With a single pair there is no validation and that pair trains.
+    """
+    n_val = validation_count(len(pairs), fraction)
+    return pairs[n_val:] or pairs, pairs[:n_val]
