@@ -18,7 +18,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import Engine, func, select
 
 from storage.database import as_utc, read_transaction
-from storage.models import Delivery, Job, utcnow
+from storage.models import Delivery, Job, table_of, utcnow
 from storage.states import TIMED_STAGES, JobState
 
 BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600)
@@ -36,17 +36,17 @@ class _DatabaseCollector(Collector):
         deliveries = GaugeMetricFamily("dicomnode_deliveries", "Deliveries by state", labels=["state"])
         depth = GaugeMetricFamily("dicomnode_queue_depth", "Jobs waiting for a worker")
         age = GaugeMetricFamily("dicomnode_queue_oldest_seconds", "Age of the oldest job waiting for a worker")
-        j, d = Job.__table__, Delivery.__table__
+        j, d = table_of(Job), table_of(Delivery)
         with read_transaction(self.engine) as conn:
-            by_state = dict(conn.execute(select(j.c.state, func.count()).group_by(j.c.state)).all())
-            d_state = dict(conn.execute(select(d.c.state, func.count()).group_by(d.c.state)).all())
+            by_state: dict[str, int] = dict(conn.execute(select(j.c.state, func.count()).group_by(j.c.state)).all())
+            d_state: dict[str, int] = dict(conn.execute(select(d.c.state, func.count()).group_by(d.c.state)).all())
             oldest: datetime | None = conn.execute(
                 select(func.min(j.c.created_at)).where(j.c.state == JobState.QUEUED)
             ).scalar_one_or_none()
         for state in JobState:
             jobs.add_metric([state], by_state.get(state, 0))
-        for state, n in d_state.items():
-            deliveries.add_metric([state], n)
+        for name, n in d_state.items():
+            deliveries.add_metric([name], n)
         depth.add_metric([], by_state.get(JobState.QUEUED, 0))
         age.add_metric([], (utcnow() - as_utc(oldest)).total_seconds() if oldest else 0.0)
         yield from (jobs, deliveries, depth, age)

@@ -31,7 +31,7 @@ from storage.states import FINISHED_JOB_STATES, DeliveryState, JobState, OutputK
 
 logger = logging.getLogger(__name__)
 
-STATE_COLOURS = {
+STATE_COLOURS: dict[str, str] = {
     JobState.QUEUED: "#888", JobState.RUNNING: "#1f77b4", JobState.DELIVERING: "#9467bd", JobState.DONE: "#2ca02c",
     JobState.FAILED: "#d62728", JobState.DELIVERY_FAILED: "#d62728", JobState.IGNORED: "#aaa",
     DeliveryState.PENDING: "#888", DeliveryState.AWAITING_COMMITMENT: "#9467bd",

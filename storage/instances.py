@@ -13,11 +13,11 @@ from datetime import datetime
 from sqlalchemy import Engine, Integer, bindparam, case, func, select, update
 
 from storage.database import insert, read_transaction, write_transaction
-from storage.models import Instance, Series, utcnow
+from storage.models import Instance, Series, table_of, utcnow
 from storage.states import SeriesState
 
-_series = Series.__table__
-_instances = Instance.__table__
+_series = table_of(Series)
+_instances = table_of(Instance)
 
 
 @dataclass(frozen=True)

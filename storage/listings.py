@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine, select
 
 from storage.database import as_utc, read_transaction
-from storage.models import Job, Series
+from storage.models import Job, Series, table_of
 
-_series = Series.__table__
-_jobs = Job.__table__
+_series = table_of(Series)
+_jobs = table_of(Job)
 
 
 class Row:
@@ -20,11 +20,7 @@ class Row:
 
     def as_json(self) -> dict[str, Any]:
         """The row's fields, with datetimes as ISO 8601 strings."""
-        return {
-            f.name: (v.isoformat() if isinstance(v, datetime) else v)
-            for f in fields(self)  # type: ignore[arg-type]
-            for v in (getattr(self, f.name),)
-        }
+        return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in vars(self).items()}
 
 
 @dataclass(frozen=True)

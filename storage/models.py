@@ -19,6 +19,7 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    Table,
     Text,
     UniqueConstraint,
 )
@@ -177,3 +178,11 @@ class Delivery(Base):
     finished_at: Mapped[datetime | None]
 
     job: Mapped[Job] = relationship(back_populates="deliveries")
+
+
+def table_of(model: type[Base]) -> Table:
+    """The Core table a model maps (typed as the :class:`~sqlalchemy.Table` it is, for Core statements)."""
+    table = model.__table__
+    if not isinstance(table, Table):  # every model here maps exactly one table
+        raise TypeError(f"{model.__name__} does not map a single table")
+    return table

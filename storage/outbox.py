@@ -12,19 +12,20 @@ none is still pending.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, Engine, and_, select, update
 
 from storage.database import as_utc, read_transaction, write_transaction
 from storage.listings import Row
-from storage.models import Delivery, Job, Output, utcnow
+from storage.models import Delivery, Job, Output, table_of, utcnow
 from storage.states import DeliveryState, JobState, OutputKind, Stage
 from storage.queue import OutputRecord
 
-_jobs = Job.__table__
-_outputs = Output.__table__
-_deliveries = Delivery.__table__
+_jobs = table_of(Job)
+_outputs = table_of(Output)
+_deliveries = table_of(Delivery)
 
 _OPEN = (DeliveryState.PENDING, DeliveryState.AWAITING_COMMITMENT)
 
@@ -217,4 +218,5 @@ def list_deliveries(engine: Engine, job_id: int | None = None, limit: int = 100)
         stmt = stmt.where(_deliveries.c.job_id == job_id)
     with read_transaction(engine) as conn:
         rows = conn.execute(stmt).all()
-    return [DeliveryRow(**{k: as_utc(v) if isinstance(v, datetime) else v for k, v in r._asdict().items()}) for r in rows]
+    values: list[dict[str, Any]] = [{k: as_utc(v) if isinstance(v, datetime) else v for k, v in r._asdict().items()} for r in rows]
+    return [DeliveryRow(**v) for v in values]

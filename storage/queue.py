@@ -16,18 +16,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import Engine, and_, or_, select, update
+from sqlalchemy import ColumnElement, Engine, and_, or_, select, update
 
 from storage.database import as_utc, read_transaction, write_transaction
-from storage.models import Delivery, Instance, Job, Output, Series, utcnow
+from storage.models import Delivery, Instance, Job, Output, Series, table_of, utcnow
 from storage.series import SeriesFacts
 from storage.states import DeliveryState, JobState, OutputKind, Stage
 
-_jobs = Job.__table__
-_series = Series.__table__
-_instances = Instance.__table__
-_outputs = Output.__table__
-_deliveries = Delivery.__table__
+_jobs = table_of(Job)
+_series = table_of(Series)
+_instances = table_of(Instance)
+_outputs = table_of(Output)
+_deliveries = table_of(Delivery)
 
 
 @dataclass(frozen=True)
@@ -143,7 +143,7 @@ def heartbeat(engine: Engine, job_id: int, worker: str, stage: str | None = None
     return n == 1
 
 
-def _owned(job_id: int, worker: str) -> object:
+def _owned(job_id: int, worker: str) -> ColumnElement[bool]:
     return and_(_jobs.c.id == job_id, _jobs.c.worker == worker, _jobs.c.state == JobState.RUNNING)
 
 

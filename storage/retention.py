@@ -17,15 +17,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import Engine, and_, exists, select, update
+from sqlalchemy import ColumnElement, Engine, and_, exists, select, update
 
 from storage.database import write_transaction
-from storage.models import Instance, Job, Output, Series
+from storage.models import Instance, Job, Output, Series, table_of
 from storage.states import JobState, OutputKind, SeriesState
 
 logger = logging.getLogger(__name__)
 
-_series, _jobs, _instances, _outputs = Series.__table__, Job.__table__, Instance.__table__, Output.__table__
+_series, _jobs, _instances, _outputs = table_of(Series), table_of(Job), table_of(Instance), table_of(Output)
 _SETTLED = (JobState.DONE.value, JobState.IGNORED.value)
 
 
@@ -38,7 +38,7 @@ class Purged:
     bytes: int
 
 
-def _eligible() -> object:
+def _eligible() -> ColumnElement[bool]:
     unsettled = exists().where(and_(_jobs.c.series_id == _series.c.id, _jobs.c.state.not_in(_SETTLED)))
     return and_(_series.c.state == SeriesState.COMPLETE.value, ~unsettled)
 

@@ -9,12 +9,12 @@ from datetime import datetime
 from sqlalchemy import Engine, select, update
 
 from storage.database import as_utc, insert, read_transaction, write_transaction
-from storage.models import Instance, Job, Series, utcnow
+from storage.models import Instance, Job, Series, table_of, utcnow
 from storage.states import CompletionReason, JobState, SeriesState
 
-_series = Series.__table__
-_instances = Instance.__table__
-_jobs = Job.__table__
+_series = table_of(Series)
+_instances = table_of(Instance)
+_jobs = table_of(Job)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dicomnode.receive.completion import gap_lines as find_gaps, judge
+from dicomnode.receive.completion import gap_lines, judge
 from dicomnode.config import SeriesConfig
 from storage.series import InstanceGeometry, OpenSeries
 
@@ -46,7 +46,7 @@ def test_expected_count_before_quiet_and_timeout_when_short() -> None:
 
 def test_gap_waits_for_the_incomplete_timeout() -> None:
     geo = stack(10, skip=(4,))
-    assert "gap of 5.00 mm" in find_gaps(geo)[0]
+    assert "gap of 5.00 mm" in gap_lines(geo)[0]
     assert not judge(series(9, 30), geo, NOW, CFG).complete
     assert judge(series(9, 61), geo, NOW, CFG).reason == "incomplete_timeout"
 
@@ -64,7 +64,7 @@ def test_release_of_the_association_that_carried_everything() -> None:
 
 def test_localizer_of_another_orientation_is_not_a_gap() -> None:
     geo = stack(10) + stack(2, orientation=(1.0, 0.0, 0.0, 0.0, 0.0, -1.0), spacing=40)
-    assert find_gaps(geo) == []
+    assert gap_lines(geo) == []
 
 
 def test_temporal_positions_multiply_the_positions() -> None:
@@ -92,4 +92,4 @@ def test_gaps_found_in_any_orientation_iff_a_slice_is_missing(axis: list[float],
     skip = (data.draw(st.integers(1, n - 2)),) if remove else ()
     geo = stack(n, skip=skip, orientation=orientation, spacing=spacing)
     data.draw(st.randoms()).shuffle(geo)
-    assert bool(find_gaps(geo)) == remove
+    assert bool(gap_lines(geo)) == remove

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -29,13 +30,15 @@ def load_input(path: Path) -> Volume:
         import nibabel as nib
 
         img = nib.load(str(path))
+        if not isinstance(img, nib.spatialimages.SpatialImage):
+            raise DicomNodeError(f"{path.name} is not a NIfTI image")
         aff = img.affine
         spacing = np.linalg.norm(aff[:3, :3], axis=0)
         lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ aff  # RAS -> LPS
         return Volume(
             array=np.asarray(img.dataobj).transpose(2, 1, 0).astype(np.float32),
-            spacing=tuple(float(v) for v in spacing),  # type: ignore[arg-type]
-            origin=tuple(float(v) for v in lps[:3, 3]),  # type: ignore[arg-type]
+            spacing=(float(spacing[0]), float(spacing[1]), float(spacing[2])),
+            origin=(float(lps[0, 3]), float(lps[1, 3]), float(lps[2, 3])),
             direction=lps[:3, :3] / spacing,
         )
     return reconstruct(path)
@@ -44,7 +47,7 @@ def load_input(path: Path) -> Volume:
 def infer(
     input_path: Path, out_dir: Path, model: str | None = None, device: str = "auto",
     progress: Callable[[int, int], None] | None = None,
-) -> dict[str, object]:
+) -> dict[str, Any]:
     """Run a bundle on ``input_path`` and write ``labels.nii.gz``, ``measurements.json`` and ``overlay.png``."""
     bundle = find_bundle(model)
     if bundle.task != "segmentation":
@@ -54,7 +57,7 @@ def infer(
     assert res.labels is not None
     out_dir.mkdir(parents=True, exist_ok=True)
     Volume(res.labels, vol.spacing, vol.origin, vol.direction).write_nifti(out_dir / "labels.nii.gz")
-    summary = {
+    summary: dict[str, Any] = {
         "model": {"name": bundle.name, "version": bundle.version, "intended_use": bundle.intended_use},
         "input": str(input_path),
         "device": res.device,

@@ -15,6 +15,7 @@ from pathlib import Path
 from dicomnode import __version__
 from dicomnode.cli.common import EXIT_FAILED, EXIT_OK, _config, configure_logging
 from dicomnode.cli.jobs import add_job_commands
+from dicomnode.config import Destination
 from dicomnode.errors import ConfigError, DicomNodeError
 from dicomnode.jobs.models import SHIPPED_BUNDLES
 from ai.errors import AIError
@@ -43,7 +44,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _destination(args: argparse.Namespace, target: str):  # type: ignore[no-untyped-def]
+def _destination(args: argparse.Namespace, target: str) -> Destination:
     from dicomnode.net.scu import parse_peer
 
     if "@" in target:
@@ -170,7 +171,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
             bar.refresh()
 
         summary = infer(Path(args.input), Path(args.out), args.model, args.device, progress)
-    for m in summary["measurements"]:  # type: ignore[union-attr]
+    for m in summary["measurements"]:
         extra = f", {len(m['lesions'])} lesion(s)" if m["lesions"] else ""
         print(f"{m['name']}: {m['volume_ml']:.1f} mL{extra}")
     print(f"wrote labels.nii.gz, measurements.json and overlay.png to {args.out}")

@@ -8,6 +8,7 @@ the few attributes the node needs, which :func:`parse_header` decodes.
 
 from __future__ import annotations
 
+import builtins
 import functools
 import logging
 import re
@@ -287,7 +288,7 @@ class RawValues:
         except (UnicodeDecodeError, ValueError):
             return None  # a malformed optional value is ignored, never fatal
 
-    def floats(self, keyword: str, n: int | None = None) -> tuple[float, ...] | None:
+    def floats(self, keyword: str, n: builtins.int | None = None) -> tuple[float, ...] | None:
         """A DS attribute as floats; ``None`` when absent, malformed or not ``n`` values."""
         b = self.raw.get(_tag(keyword))
         if not b:
@@ -297,6 +298,16 @@ class RawValues:
         except (UnicodeDecodeError, ValueError):
             return None
         return values if n is None or len(values) == n else None
+
+    def pair(self, keyword: str) -> tuple[float, float] | None:
+        """A two-valued DS attribute (e.g. PixelSpacing), or ``None``."""
+        v = self.floats(keyword, 2)
+        return None if v is None else (v[0], v[1])
+
+    def triple(self, keyword: str) -> tuple[float, float, float] | None:
+        """A three-valued DS attribute (e.g. ImagePositionPatient), or ``None``."""
+        v = self.floats(keyword, 3)
+        return None if v is None else (v[0], v[1], v[2])
 
     def texts(self, keyword: str) -> tuple[str, ...]:
         """All values of a string attribute (e.g. ImageType)."""
@@ -381,7 +392,7 @@ def parse_header(
         acquisition_number=v.int("AcquisitionNumber"),
         temporal_position=v.int("TemporalPositionIdentifier"),
         number_of_frames=frames,
-        position=v.floats("ImagePositionPatient", 3),  # type: ignore[arg-type]
+        position=v.triple("ImagePositionPatient"),
         orientation=v.floats("ImageOrientationPatient", 6),
         expected_count=expected,
         temporal_positions=v.int("NumberOfTemporalPositions") or None,

@@ -241,11 +241,11 @@ class JobRunner(BackgroundLoop):
         if not paths:
             raise VolumeError("the series has no stored instances")
         if plan.action == PlanAction.FORWARD:  # no model: send the instances on, unchanged
-            records = [
+            forwarded = [
                 OutputRecord(OutputKind.SOURCE, str(p.relative_to(self.cfg.node.storage_dir)), sop_class, uid, job.series_uid, "")
                 for uid, (p, sop_class) in sources.items()
             ]
-            self._finish(job, stages, None, None, records, [DeliveryTarget(d.name, "", d.storage_commitment) for d in destinations])
+            self._finish(job, stages, None, None, forwarded, [DeliveryTarget(d.name, "", d.storage_commitment) for d in destinations])
             return
         policy = VolumePolicy(gap_factor=self.cfg.series.gap_factor)
         vol: Volume = stages.run(Stage.RECONSTRUCT, lambda: reconstruct(list(paths.values()), policy))

@@ -14,7 +14,7 @@ from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 from pynetdicom import AE
 from pynetdicom.association import Association
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # generated at import, unknown to the stubs
 
 from dicomnode.config import Destination
 from dicomnode.errors import NetworkError
@@ -43,9 +43,13 @@ def parse_peer(text: str) -> Destination:
 def set_nodelay(assoc: Association) -> None:
     # pynetdicom does not set TCP_NODELAY; without it every small PDU waits
     # for the peer's delayed ACK (about 3x slower sending over loopback).
+    wrapper = assoc.dul.socket
+    sock = wrapper.socket if wrapper is not None else None
+    if sock is None:
+        return
     try:
-        assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # type: ignore[union-attr]
-    except (AttributeError, OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
         pass
 
 

@@ -49,7 +49,7 @@ def add_legend(fig: Any, bundle: Bundle) -> None:
     """Label colours at the bottom, and the model with its intended use at the top."""
     from matplotlib.patches import Patch
 
-    handles = [Patch(color=tuple(c / 255 for c in lb.color), label=lb.name) for lb in bundle.labels]
+    handles = [Patch(color=(lb.color[0] / 255, lb.color[1] / 255, lb.color[2] / 255), label=lb.name) for lb in bundle.labels]
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), facecolor="black", labelcolor="white", frameon=False)
     width = fig.get_figwidth() * fig.dpi
     fig.suptitle(textwrap.fill(intended_use_line(bundle), max(40, int(width / 6.5))), color="white", fontsize=9, y=0.99)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import highdicom as hd
 import numpy as np
@@ -101,12 +101,13 @@ def _class_concept(name: str, labels: Sequence[Label]) -> hd.sr.CodedConcept:
 
 
 def _source_images(frames: Sequence[SourceFrame], zs: Sequence[int]) -> list[hd.sr.SourceImageForMeasurementGroup]:
-    return [
-        hd.sr.SourceImageForMeasurementGroup.from_source_image(
-            frames[z].dataset, referenced_frame_numbers=[frames[z].frame] if frames[z].frame is not None else None
-        )
-        for z in zs
-    ]
+    out = []
+    for z in zs:
+        frame = frames[z].frame
+        out.append(hd.sr.SourceImageForMeasurementGroup.from_source_image(
+            frames[z].dataset, referenced_frame_numbers=[frame] if frame is not None else None
+        ))
+    return out
 
 
 def _unique_sources(frames: Sequence[SourceFrame]) -> list[Dataset]:
@@ -195,10 +196,11 @@ def build_sr(
         hd.sr.MeasurementsAndQualitativeEvaluations | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
     ] = []
     for st in _label_stats(result, bundle, labels, voxel_ml) if labels is not None else []:
+        assert labels is not None
         lb = st.label
         finding = label_type(lb)
         private |= finding.scheme_designator == PRIVATE_SCHEME
-        common = {"finding_type": finding, "algorithm_id": _algorithm(bundle)}
+        common: dict[str, Any] = {"finding_type": finding, "algorithm_id": _algorithm(bundle)}
         track = hd.sr.TrackingIdentifier(uid=tracking_uid(params.uid_seed, lb.value), identifier=lb.name[:64])
         sizes = [hd.sr.Measurement(name=codes.SCT.Volume, value=round(st.volume_ml, 4), unit=MILLILITRE)]
         if st.voxels == 0:  # nothing found: say so (volume 0 mL), referencing no region
@@ -208,12 +210,12 @@ def build_sr(
             sizes.append(hd.sr.Measurement(name=codes.SCT.Mean, value=round(st.mean, 3), unit=intensity_unit))
         if st.std is not None:
             sizes.append(hd.sr.Measurement(name=codes.SCT.StandardDeviation, value=round(st.std, 3), unit=intensity_unit))
-        mask = labels == lb.value
-        number = segment_numbers.get(lb.value) if seg is not None else None
-        if number is not None:
+        mask = np.asarray(labels == lb.value)
+        number = segment_numbers.get(lb.value)
+        segment = _referenced_segment(seg, number, frames) if seg is not None and number is not None else None
+        if segment is not None:
             groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-                tracking_identifier=track, referenced_segment=_referenced_segment(seg, number, frames),
-                measurements=sizes, **common,
+                tracking_identifier=track, referenced_segment=segment, measurements=sizes, **common,
             ))
         else:
             zs = [int(z) for z in np.flatnonzero(mask.any(axis=(1, 2)))]
@@ -230,10 +232,9 @@ def build_sr(
                     name=codes.SCT.Diameter, value=round(les.max_diameter_mm, 2), unit=MILLIMETRE, derivation=codes.SCT.Maximum
                 ),
             ]
-            if number is not None:
+            if segment is not None:
                 groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-                    tracking_identifier=track, referenced_segment=_referenced_segment(seg, number, frames),
-                    measurements=sizes, **common,
+                    tracking_identifier=track, referenced_segment=segment, measurements=sizes, **common,
                 ))
             else:
                 groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(

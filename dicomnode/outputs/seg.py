@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import highdicom as hd
 import numpy as np
@@ -94,6 +94,10 @@ def algorithm(bundle: Bundle) -> hd.AlgorithmIdentificationSequence:
     )
 
 
+def _position(value: Sequence[float] | np.ndarray) -> tuple[float, float, float]:
+    return (float(value[0]), float(value[1]), float(value[2]))
+
+
 def is_multiframe(ds: Dataset) -> bool:
     """Whether ``ds`` is a multi-frame image (frames described by functional groups)."""
     return int(ds.get("NumberOfFrames", 1) or 1) > 1 or "PerFrameFunctionalGroupsSequence" in ds
@@ -115,7 +119,7 @@ def source_frames(sources: Sequence[Dataset], volume: Volume) -> list[SourceFram
     """
     nz = volume.array.shape[0]
     if not any(is_multiframe(s) for s in sources):
-        return [SourceFrame(s, None, tuple(float(v) for v in s.ImagePositionPatient)) for s in sources]  # type: ignore[misc]
+        return [SourceFrame(s, None, _position(s.ImagePositionPatient)) for s in sources]
     if len(sources) != 1:
         raise OutputError(f"the slices come from {len(sources)} images, of which some are multi-frame: not supported")
     src = sources[0]
@@ -136,7 +140,7 @@ def source_frames(sources: Sequence[Dataset], volume: Volume) -> list[SourceFram
             raise OutputError(
                 f"slice {z + 1} of {nz} has no source frame at its position (nearest {dist[f]:.2f} mm away)"
             )
-        out.append(SourceFrame(src, f + 1, tuple(float(v) for v in positions[f])))  # type: ignore[arg-type]
+        out.append(SourceFrame(src, f + 1, _position(positions[f])))
     if len({f.frame for f in out}) != nz:
         raise OutputError("two slices of the volume fall on the same source frame")
     return out
@@ -211,7 +215,7 @@ def build_seg(
         pixels = np.stack([np.clip(probabilities[lb.value], 0.0, 1.0) for lb in chosen], axis=-1).astype(np.float32)
     else:
         pixels = np.stack([labels == lb.value for lb in chosen], axis=-1).astype(np.uint8)
-    geometry: dict[str, object] = {}
+    geometry: dict[str, Any] = {}  # keyword arguments of hd.seg.Segmentation
     if frames[0].frame is not None:  # a multi-frame source: place each slice on its frame, highdicom references it
         geometry["plane_positions"] = [hd.PlanePositionSequence(hd.CoordinateSystemNames.PATIENT, f.position) for f in frames]
     try:
@@ -234,7 +238,7 @@ def build_seg(
             series_description=params.series_description[:64],
             omit_empty_frames=not keep_empty,
             transfer_syntax_uid=ExplicitVRLittleEndian,
-            **geometry,  # type: ignore[arg-type]
+            **geometry,
         )
     except (ValueError, TypeError, AttributeError, KeyError) as exc:
         raise OutputError(f"cannot build the segmentation: {exc}") from exc

@@ -280,10 +280,12 @@ def reconstruct(
         spacing = (spacing[0], spacing[1], dz)
         stack.excluded.append(Excluded(0, f"non-uniform slice spacing resampled to {dz:.3f} mm"))
     direction = np.column_stack([stack.row_dir, stack.col_dir, stack.normal])
+    first = stack.slices[0].position
+    assert first is not None  # choose_stack keeps only slices with a position
     return Volume(
         array=array,
         spacing=spacing,
-        origin=tuple(float(v) for v in stack.slices[0].position),  # type: ignore[arg-type]
+        origin=(float(first[0]), float(first[1]), float(first[2])),
         direction=direction,
         sop_uids=[s.sop_uid for s in stack.slices],
         excluded=stack.excluded,

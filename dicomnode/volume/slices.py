@@ -67,7 +67,7 @@ class SliceInfo:
     sop_uid: str
     instance_number: int | None
     position: tuple[float, float, float] | None
-    orientation: tuple[float, float, float, float, float, float] | None
+    orientation: tuple[float, ...] | None  # six direction cosines
     rows: int
     columns: int
     pixel_spacing: tuple[float, float] | None  # (between rows, between columns), mm
@@ -135,8 +135,8 @@ def _read_single(path: Path, head: bytes, ts: UID, offset: int) -> SliceInfo | N
     if native:
         hdr = 8 if ts.is_implicit_VR else 12
         value_offset = offset + st.pixel_offset + hdr
-    spacing = v.floats("PixelSpacing", 2)
-    pos = v.floats("ImagePositionPatient", 3)
+    spacing = v.pair("PixelSpacing")
+    pos = v.triple("ImagePositionPatient")
     ori = v.floats("ImageOrientationPatient", 6)
     bits = v.int("BitsAllocated") or 16
     return SliceInfo(
@@ -144,11 +144,11 @@ def _read_single(path: Path, head: bytes, ts: UID, offset: int) -> SliceInfo | N
         frame=None,
         sop_uid=v.text("SOPInstanceUID") or path.name,
         instance_number=v.int("InstanceNumber"),
-        position=pos,  # type: ignore[arg-type]
-        orientation=ori,  # type: ignore[arg-type]
+        position=pos,
+        orientation=ori,
         rows=v.int("Rows") or 0,
         columns=v.int("Columns") or 0,
-        pixel_spacing=spacing,  # type: ignore[arg-type]
+        pixel_spacing=spacing,
         slope=(v.floats("RescaleSlope", 1) or (1.0,))[0],
         intercept=(v.floats("RescaleIntercept", 1) or (0.0,))[0],
         acquisition_number=v.int("AcquisitionNumber"),
@@ -206,8 +206,8 @@ def _read_multiframe(path: Path, ds: Dataset) -> list[SliceInfo]:
                 frame=i,
                 sop_uid=str(ds.SOPInstanceUID),
                 instance_number=int(ds.InstanceNumber) if ds.get("InstanceNumber") is not None else None,
-                position=tuple(float(x) for x in position) if position is not None else None,  # type: ignore[arg-type]
-                orientation=tuple(float(x) for x in orientation) if orientation is not None else None,  # type: ignore[arg-type]
+                position=(float(position[0]), float(position[1]), float(position[2])) if position is not None else None,
+                orientation=tuple(float(x) for x in orientation) if orientation is not None else None,
                 rows=int(ds.Rows),
                 columns=int(ds.Columns),
                 pixel_spacing=(float(spacing[0]), float(spacing[1])) if spacing else None,

@@ -125,7 +125,7 @@ def choose_stack(
     row_dir, col_dir = o[:3] / np.linalg.norm(o[:3]), o[3:] / np.linalg.norm(o[3:])
     if abs(float(np.dot(row_dir, col_dir))) > 1e-3:
         raise VolumeError(f"ImageOrientationPatient of {main[0].label} is not orthogonal")
-    normal = slice_normal(o)
+    normal = slice_normal(o.tolist())
     main = split_repeats(main, normal, excluded, prefer)
     _check_matrix(main)
     ordered = sorted(main, key=lambda s: distance(s, normal))
