@@ -47,6 +47,8 @@ from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import P_DATA
 
+from dicomnode.dicom.uids import pad_uid
+
 logger = logging.getLogger(__name__)
 
 DUL_POLL_SECONDS = 0.0002
@@ -92,20 +94,15 @@ def _element(tag_elem: int, value: bytes) -> bytes:
     return struct.pack("<HHL", 0x0000, tag_elem, len(value)) + value
 
 
-def _uid(value: str) -> bytes:
-    b = value.encode("ascii")
-    return b + b"\x00" if len(b) % 2 else b
-
-
 def encode_store_success(sop_class: str, sop_instance: str, message_id: int, status: int = 0) -> bytes:
     """The command set of a C-STORE-RSP without ErrorComment (implicit VR little endian, PS3.7 9.3.1.2)."""
     body = (
-        _element(0x0002, _uid(sop_class))
+        _element(0x0002, pad_uid(sop_class))
         + _element(0x0100, struct.pack("<H", _C_STORE_RSP))
         + _element(0x0120, struct.pack("<H", message_id))
         + _element(0x0800, struct.pack("<H", _NO_DATASET))
         + _element(0x0900, struct.pack("<H", status))
-        + _element(0x1000, _uid(sop_instance))
+        + _element(0x1000, pad_uid(sop_instance))
     )
     return _element(0x0000, struct.pack("<L", len(body))) + body
 
