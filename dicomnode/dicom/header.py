@@ -122,21 +122,25 @@ class _Walker:
                 if pos > len(self.buf):
                     raise _Truncated(f"item at byte {value} declares {length} bytes beyond the end of the data")
 
+    def next_element(self, tag: int, vr: bytes | None, length: int, value: int, implicit: bool) -> int:
+        """The offset after the element whose value starts at ``value`` (sequences of undefined length are walked)."""
+        if length == UNDEFINED:
+            return self.skip_undefined(value, implicit or vr == b"UN")
+        end = value + length
+        if end > len(self.buf):
+            raise _Truncated(
+                f"element ({tag >> 16:04X},{tag & 0xFFFF:04X}) declares {length} bytes "
+                f"but only {len(self.buf) - value} remain"
+            )
+        return end
+
     def walk(self, pos: int, implicit: bool, until_item_end: bool = False) -> int:
         end = len(self.buf)
         while pos < end:
             tag, vr, length, value = self.header(pos, implicit)
             if tag == _ITEM_END and until_item_end:
                 return value
-            if length == UNDEFINED:
-                pos = self.skip_undefined(value, implicit or vr == b"UN")
-            else:
-                pos = value + length
-                if pos > end:
-                    raise _Truncated(
-                        f"element ({tag >> 16:04X},{tag & 0xFFFF:04X}) declares {length} bytes "
-                        f"but only {end - value} remain"
-                    )
+            pos = self.next_element(tag, vr, length, value, implicit)
         if until_item_end:
             raise _Truncated("data ends inside a sequence item")
         return pos
@@ -155,15 +159,7 @@ class _Walker:
                 pixel_offset, pixel_len = start, (None if length == UNDEFINED else length)
                 if stop_at_pixels:
                     break
-            if length == UNDEFINED:
-                pos = self.skip_undefined(value, self.implicit or vr == b"UN")
-            else:
-                pos = value + length
-                if pos > end:
-                    raise _Truncated(
-                        f"element ({tag >> 16:04X},{tag & 0xFFFF:04X}) declares {length} bytes "
-                        f"but only {end - value} remain"
-                    )
+            pos = self.next_element(tag, vr, length, value, self.implicit)
         return Structure(pixel_offset, pixel_len, values)
 
 
