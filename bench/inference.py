@@ -5,7 +5,11 @@ resampled to 1.5 mm): a body ellipse in air, so that part of the field of
 view is background.  The network is a MONAI 3D UNet (16-128 channels, two
 residual units, about 1.2 M parameters), ROI 96^3, overlap 0.25.
 
-Usage: ``python bench/inference.py [--repeat 2] [--device auto|cpu|cuda]``
+``--quick`` is a smoke run: a 40x48x48 input, a tiny UNet (4-32 channels,
+one residual unit), ROI 32^3, one timed run each; it writes nothing (the
+table has the same rows).
+
+Usage: ``python bench/inference.py [--repeat 2] [--device auto|cpu|cuda] [--batch 2] [--quick]``
 """
 
 from __future__ import annotations
@@ -43,13 +47,18 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--batch", type=int, default=2, help="windows per batch, for both (default 2)")
+    ap.add_argument("--quick", action="store_true", help="smoke run: tiny input and network, one run")
     args = ap.parse_args()
     device = select_device(args.device)
     torch.manual_seed(0)
-    net = UNet(3, 1, 3, channels=(16, 32, 64, 128), strides=(2, 2, 2), num_res_units=2).eval().to(device)
+    if args.quick:
+        args.repeat = 1
+        channels, res_units, shape, roi = (4, 8, 16, 32), 1, (40, 48, 48), (32, 32, 32)
+    else:
+        channels, res_units, shape, roi = (16, 32, 64, 128), 2, (200, 240, 240), (96, 96, 96)
+    net = UNet(3, 1, 3, channels=channels, strides=(2, 2, 2), num_res_units=res_units).eval().to(device)
     params = sum(p.numel() for p in net.parameters()) / 1e6
-    image = phantom()
-    roi = (96, 96, 96)
+    image = phantom(shape)
 
     def monai_run() -> torch.Tensor:
         with torch.inference_mode():
@@ -77,7 +86,7 @@ def main() -> int:
             sigma_scale=0.125, sw_device=device, device="cpu",
         )[0]
     agree = (ref.argmax(0) == ours_run()[(slice(None), *box)].argmax(0)).float().mean().item()
-    print(f"\nUNet {params:.1f} M parameters, input {tuple(image.shape[1:])}, ROI {roi}, overlap 0.25, batch {args.batch}, {device}\n")
+    print(f"\nUNet {params:.{1 if params >= 0.1 else 3}f} M parameters, input {tuple(image.shape[1:])}, ROI {roi}, overlap 0.25, batch {args.batch}, {device}\n")
     print("| | seconds |")
     print("|---|---|")
     print(f"| MONAI sliding_window_inference | {t_monai:.2f} |")
