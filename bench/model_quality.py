@@ -16,7 +16,12 @@ grid, and we report:
 validation phantoms SEED.. (use 2000: never the held-out seeds) and prints
 the trade-off, to choose the values written into the bundle's manifest.
 
-Usage: ``python bench/model_quality.py [--bundle DIR] [--count 20] [--classifier ai/bundles/chest-ct-nodule-classifier] [--tune 2000]``
+``--quick`` is a smoke run: 2 phantoms of 96x96, scored with the shipped
+classifier too (unless ``--classifier`` names another); it writes nothing
+(the table has the same columns).  Its figures on 2 small phantoms say
+nothing about the bundles' quality.
+
+Usage: ``python bench/model_quality.py [--bundle DIR] [--count 20] [--classifier ai/bundles/chest-ct-nodule-classifier] [--tune 2000] [--quick]``
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from ai.training.tasks.segmentation import dice_per_label  # noqa: E402
 SIZE_BINS = {"6-8 mm": (6.0, 8.0), "8-12 mm": (8.0, 12.0), "12-25 mm": (12.0, float("inf"))}
 BUNDLES = Path(__file__).resolve().parents[1] / "ai" / "bundles"
 DEFAULT = BUNDLES / "chest-ct-lungs-nodules"
+CLASSIFIER = BUNDLES / "chest-ct-nodule-classifier"
 
 
 @dataclass
@@ -119,7 +125,11 @@ def main() -> int:
     ap.add_argument("--matrix", type=int, default=160)
     ap.add_argument("--first-seed", type=int, default=1000)
     ap.add_argument("--tune", type=int, metavar="SEED", help="sweep the nodule threshold on validation seeds SEED..")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 2 small phantoms, with the shipped classifier")
     args = ap.parse_args()
+    if args.quick:
+        args.count, args.matrix = 2, 96
+        args.classifier = args.classifier or CLASSIFIER
     engine = Engine(load_bundle(args.bundle), device="auto")
     if args.tune is not None:
         tune(engine, args.tune, args.count, args.matrix)

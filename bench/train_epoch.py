@@ -9,7 +9,13 @@ left out of the timing (``train_seconds`` in ``train_log.jsonl``).
 On the CPU both runs are fp32, since AMP is used only on CUDA; the script
 says so instead of printing a meaningless ratio.
 
-Usage: ``python bench/train_epoch.py [--count 8] [--steps 80] [--patch 64 64 64] [--spacing 3 3 3] [--batch-size 2]``
+Phantoms and training outputs are cached under ``bench/out`` (or
+``$DICOMNODE_BENCH_OUT``).  ``--quick`` is a smoke run: 2 phantoms of 64x64,
+one epoch of one step of a 32^3 patch, no DataLoader workers, everything
+under a temporary folder (or ``$DICOMNODE_BENCH_OUT``), never ``bench/out``;
+the table has the same columns.
+
+Usage: ``python bench/train_epoch.py [--count 8] [--steps 80] [--patch 64 64 64] [--spacing 3 3 3] [--batch-size 2] [--quick]``
 """
 
 from __future__ import annotations
@@ -27,12 +33,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ai.phantom import generate  # noqa: E402
 from ai.training import TrainConfig, train  # noqa: E402
-from bench.common import OUT  # noqa: E402
+from bench.common import out_dir, use_quick_out  # noqa: E402
 
 
 def phantoms(count: int, matrix: int) -> Path:
-    """Training phantoms (seeds 0..count-1), cached under ``bench/out``."""
-    d = OUT / "data" / f"phantoms-{count}x{matrix}"
+    """Training phantoms (seeds 0..count-1), cached under ``out_dir()/data``."""
+    d = out_dir() / "data" / f"phantoms-{count}x{matrix}"
     d.mkdir(parents=True, exist_ok=True)
     for seed in range(count):
         image, labels = d / f"phantom_{seed:04d}_image.nii.gz", d / f"phantom_{seed:04d}_labels.nii.gz"
@@ -42,7 +48,7 @@ def phantoms(count: int, matrix: int) -> Path:
 
 
 def last_epoch(args: argparse.Namespace, data: Path, amp: bool) -> dict[str, object]:
-    out = OUT / ("train-amp" if amp else "train-fp32")
+    out = out_dir() / ("train-amp" if amp else "train-fp32")
     shutil.rmtree(out, ignore_errors=True)
     cfg = TrainConfig(
         data=str(data), out=str(out), epochs=args.epochs, steps_per_epoch=args.steps, patch=tuple(args.patch),  # type: ignore[arg-type]
@@ -63,7 +69,12 @@ def main() -> None:
     ap.add_argument("--spacing", type=float, nargs=3, default=[3.0, 3.0, 3.0])
     ap.add_argument("--batch-size", type=int, default=2)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--quick", action="store_true", help="smoke run: 2 tiny phantoms, one step, outputs in a temporary folder")
     args = ap.parse_args()
+    if args.quick:
+        use_quick_out()
+        args.count, args.matrix, args.epochs, args.steps = 2, 64, 1, 1
+        args.patch, args.batch_size, args.workers = [32, 32, 32], 1, 0
 
     t0 = time.perf_counter()
     data = phantoms(args.count, args.matrix)
