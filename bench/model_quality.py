@@ -36,6 +36,7 @@ import cc3d
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from dicomnode.jobs.models import DEFAULT_MODEL, SHIPPED_BUNDLES  # noqa: E402
 from ai.bundle import load_bundle  # noqa: E402
 from ai.engine import Engine  # noqa: E402
 from ai.phantom import LUNG, NODULE, Phantom, generate  # noqa: E402
@@ -44,9 +45,8 @@ from ai.training.tasks.segmentation import dice_per_label  # noqa: E402
 
 # Every nodule of 6 mm or more falls in exactly one bin, so the bins also give the overall sensitivity.
 SIZE_BINS = {"6-8 mm": (6.0, 8.0), "8-12 mm": (8.0, 12.0), "12-25 mm": (12.0, float("inf"))}
-BUNDLES = Path(__file__).resolve().parents[1] / "ai" / "bundles"
-DEFAULT = BUNDLES / "chest-ct-lungs-nodules"
-CLASSIFIER = BUNDLES / "chest-ct-nodule-classifier"
+DEFAULT = SHIPPED_BUNDLES / DEFAULT_MODEL
+CLASSIFIER = SHIPPED_BUNDLES / "chest-ct-nodule-classifier"
 
 
 @dataclass
