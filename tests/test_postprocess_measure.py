@@ -37,6 +37,10 @@ def test_lesions_are_counted_and_sorted() -> None:
     labels[sphere((40, 40, 40), (28, 28, 28), 7, (1, 1, 1))] = 1
     [m] = measure(labels, (1, 1, 1), {1: "nodule"}, lesion_values=[1])
     assert len(m.lesions) == 2 and m.lesions[0].max_diameter_mm > m.lesions[1].max_diameter_mm
+    # Each lesion names the slices it lies on (the SR's source-image references come from here, not from a recount).
+    for les in m.lesions:
+        zs = np.flatnonzero(labels.any(axis=(1, 2)) & (np.abs(np.arange(40) - les.centroid_voxel[0]) < 10))
+        assert les.slices == (int(zs.min()), int(zs.max()) + 1)
 
 
 def test_keep_largest_remove_small_fill_holes() -> None:
