@@ -143,3 +143,22 @@ def test_unknown_sampling_is_refused() -> None:
 
     with pytest.raises(AIError, match="unknown patch sampling"):
         PatchStream([], (8, 8, 8), 0.5, 0, sampling="lesions")
+
+
+def test_hard_negative_patches_and_no_flip() -> None:
+    """A share of patches centres on hard negatives (vessels...), and with flips off no patch is mirrored."""
+    from ai.training.tasks.segmentation import PatchStream
+
+    img = np.tile(np.arange(32, dtype=np.float16), (32, 32, 1))  # an x-ramp: a mirrored patch would run backwards
+    lab = np.zeros((32, 32, 32), np.uint8)
+    lab[2:6, 2:6, 2:6] = 1
+    hard = np.array([[25, 25, x] for x in range(32)], dtype=np.int16)  # a "vessel" along x
+    stream = PatchStream([(img, lab)], (4, 4, 4), 0.2, seed=3, hard=[hard], hard_fraction=0.5, flip=False)
+    patches = iter(stream)
+    for _ in range(100):
+        x, _y = next(patches)
+        assert np.all(np.diff(x[0, 0, 0].numpy()) > 0), "flip is off: the ramp keeps its direction"
+    rng = np.random.default_rng(0)
+    centres = [stream._centre(0, rng) for _ in range(400)]
+    on_hard = np.mean([c[0] == 25 and c[1] == 25 for c in centres])
+    assert 0.4 < on_hard < 0.6  # r < 0.2: foreground; 0.2 <= r < 0.7: a hard negative; else anywhere

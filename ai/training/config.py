@@ -49,6 +49,15 @@ class TrainConfig:
         Continue from ``out/checkpoints/last.pt`` when it exists.
     task : str
         The registered task to train (:func:`ai.training.task_names`).
+    flip : bool
+        Left-right flip augmentation.  Off for label maps that name sides
+        (right and left lung): a mirrored chest would teach the network that
+        the right lung may lie on the left.
+    hard_negative_fraction : float
+        Fraction of segmentation patches centred on a hard negative (a voxel
+        of ``*_hardneg.nii.gz`` beside the pair: vessels, airway walls,
+        fissures, consolidations), so that the network learns what is *not*
+        a lesion.  Cases without such a file draw a random centre instead.
     """
 
     data: str
@@ -75,3 +84,5 @@ class TrainConfig:
     sampling: str = "components"
     resume: bool = True
     task: str = "segmentation"  # or "classification" (nodule present/absent); see ai.training.task_names()
+    flip: bool = True
+    hard_negative_fraction: float = 0.0

@@ -67,6 +67,32 @@ def load_case(image: Path, labels: Path, spacing: tuple[float, float, float]) ->
     return x.tensor[0].numpy().astype(np.float16), y_t.numpy().astype(np.uint8)
 
 
+def hard_negative_path(image: Path) -> Path:
+    """Where the hard-negative mask of an image lies: ``*_image.nii.gz`` -> ``*_hardneg.nii.gz``."""
+    return image.with_name(image.name.replace("_image.", "_hardneg."))
+
+
+def load_mask(image: Path, mask: Path, size: tuple[int, int, int]) -> np.ndarray:
+    """A mask beside ``image`` (same grid), reoriented as :func:`load_case` does and resized to ``size``.
+
+    Parameters
+    ----------
+    image, mask : Path
+        The image and its mask (NIfTI, same grid).
+    size : (int, int, int)
+        The shape of the image's :func:`load_case` array.
+
+    Returns
+    -------
+    ndarray
+        ``bool [z, y, x]``, nearest neighbour.
+    """
+    _hu, m, sp, direction = read_pair(image, mask)
+    y = prepare(m, tuple(sp), direction, target_spacing_xyz=None)
+    y_t = torch.nn.functional.interpolate(y.tensor[None], size=size, mode="nearest")[0, 0]
+    return y_t.numpy() > 0
+
+
 def validation_count(n_pairs: int, fraction: float) -> int:
     """How many of ``n_pairs`` cases to hold out: ``round(n * fraction)``, at least one, none of a single case."""
     return max(1, int(round(n_pairs * fraction))) if n_pairs > 1 else 0

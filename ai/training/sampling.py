@@ -111,7 +111,7 @@ def component_centre(by_label: dict[int, list[np.ndarray]], patch: Shape3, rng: 
     return centre + np.array([int(rng.integers(-(p // 4), p // 4 + 1)) for p in patch])
 
 
-def augment(x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def augment(x: np.ndarray, y: np.ndarray, rng: np.random.Generator, flip: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Left-right flip (of image and target together), then intensity scale, shift and noise of the image.
 
     Parameters
@@ -122,13 +122,15 @@ def augment(x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> tuple[np.
         Its target (labels or mask), on the same grid.
     rng : Generator
         Draws, in this order: flip, scale (0.9-1.1), shift (+-0.05), noise (sd 0.01).
+    flip : bool
+        Whether to flip at all (no draw is made for it when not).
 
     Returns
     -------
     (ndarray, ndarray)
         Contiguous arrays.
     """
-    if rng.random() < 0.5:  # left-right flip
+    if flip and rng.random() < 0.5:  # left-right flip
         x, y = x[:, :, ::-1], y[:, :, ::-1]
     x = x * float(rng.uniform(0.9, 1.1)) + float(rng.uniform(-0.05, 0.05))
     x = x + rng.normal(0, 0.01, x.shape).astype(np.float32)

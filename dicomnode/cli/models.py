@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from dicomnode.cli.common import EXIT_FAILED, EXIT_OK, configure_logging
+from dicomnode.errors import ConfigError
 from dicomnode.jobs.models import SHIPPED_BUNDLES
 
 
@@ -47,13 +48,27 @@ def cmd_train(args: argparse.Namespace) -> int:
         patch=(pz, py, px), batch_size=args.batch_size, lr=args.lr, workers=args.workers,
         seed=args.seed, resume=not args.no_resume, task=args.task, sampling=args.sampling,
         val_fraction=args.val_fraction, amp=not args.no_amp, spacing=(sx, sy, sz),
+        flip=not args.no_flip, hard_negative_fraction=args.hard_negatives,
     )
+    if args.labels:
+        cfg.labels = _labels(args.labels)
     if args.channels:
         cfg.channels = tuple(args.channels)
     result = train(cfg, progress=not args.quiet)
     last = result["history"][-1] if result["history"] else {}
     print(f"trained {result['steps']} step(s); last epoch: {json.dumps(last)}; bundle in {args.out}")
     return EXIT_OK
+
+
+def _labels(text: str) -> dict[int, str]:
+    """``"1=right lung,2=left lung,3=nodule"`` as ``{1: "right lung", ...}``."""
+    out: dict[int, str] = {}
+    for item in text.split(","):
+        value, sep, name = item.partition("=")
+        if not sep or not value.strip().isdigit() or not name.strip():
+            raise ConfigError(f"--labels {text!r}: use VALUE=NAME pairs separated by commas, e.g. 1=lung,2=nodule")
+        out[int(value)] = name.strip()
+    return out
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
@@ -179,6 +194,20 @@ def add_model_commands(sub: Any, common: Callable[..., None]) -> None:
         "--sampling", choices=["components", "voxels"], default="components",
         help="where foreground patches centre: on a label, then one of its connected components, chosen uniformly "
         "(small lesions are seen as often as large ones), or on a random foreground voxel (default: %(default)s)",
+    )
+    p.add_argument(
+        "--labels", metavar="V=NAME,...",
+        help="label values and names of the label maps, e.g. '1=right lung,2=left lung,3=nodule' "
+        "(default: 1=lung,2=nodule); names 'lung', 'right lung', 'left lung' and 'nodule' get SNOMED CT codes",
+    )
+    p.add_argument(
+        "--no-flip", action="store_true",
+        help="no left-right flip augmentation (needed when labels name sides, such as right and left lung)",
+    )
+    p.add_argument(
+        "--hard-negatives", type=float, default=0.0, metavar="FRACTION",
+        help="fraction of patches centred on hard negatives from *_hardneg.nii.gz beside each pair "
+        "(vessels, airways, fissures: what a nodule detector must leave alone; default: %(default)s)",
     )
     p.add_argument("--no-resume", action="store_true", help="start again even if OUT has a checkpoint")
     p.add_argument(

@@ -22,7 +22,7 @@ from torch.utils.data import IterableDataset
 from ai.errors import AIError
 from ai.inference import WindowConfig, sliding_window
 from ai.training.config import TrainConfig
-from ai.training.data import WINDOW, head_split, load_case
+from ai.training.data import WINDOW, hard_negative_path, head_split, load_case, load_mask
 from ai.training.sampling import (
     Shape3,
     _components,
@@ -51,6 +51,12 @@ class PatchStream(IterableDataset[tuple[torch.Tensor, torch.Tensor]]):
         Seed; each DDP rank and DataLoader worker derives its own stream.
     sampling : {"components", "voxels"}
         How a foreground centre is chosen (see :class:`TrainConfig`).
+    hard : list of ndarray or None, optional
+        Per case, the voxel coordinates ``[n, 3]`` of its hard negatives (or ``None``).
+    hard_fraction : float
+        Fraction of patches centred on a hard negative (cases without any draw a random centre).
+    flip : bool
+        Left-right flip augmentation.
 
     Raises
     ------
@@ -65,6 +71,9 @@ class PatchStream(IterableDataset[tuple[torch.Tensor, torch.Tensor]]):
         fg: float,
         seed: int,
         sampling: str = "components",
+        hard: list[np.ndarray | None] | None = None,
+        hard_fraction: float = 0.0,
+        flip: bool = True,
     ) -> None:
         if sampling not in ("components", "voxels"):
             raise AIError(f"unknown patch sampling {sampling!r}: use 'components' or 'voxels'")
@@ -72,17 +81,24 @@ class PatchStream(IterableDataset[tuple[torch.Tensor, torch.Tensor]]):
         self.fg = fg
         self.seed = seed
         self.sampling = sampling
+        self.hard = hard or [None] * len(cases)
+        self.hard_fraction = hard_fraction
+        self.flip = flip
         self.cases = [(pad_to(img, patch, -1.0), pad_to(lab, patch, 0)) for img, lab in cases]
         # Per case: label -> voxel coordinates of each connected component (computed once, not per patch).
         self.components = [_components(lab) if sampling == "components" else {} for _, lab in self.cases]
 
     def _centre(self, i: int, rng: np.random.Generator) -> np.ndarray:
         lab = self.cases[i][1]
-        if rng.random() < self.fg and lab.any():
+        r = rng.random()
+        if r < self.fg and lab.any():
             if self.sampling == "voxels":
                 fg = np.argwhere(lab > 0)
                 return fg[int(rng.integers(len(fg)))]
             return component_centre(self.components[i], self.patch, rng)
+        hard = self.hard[i]
+        if hard is not None and len(hard) and r < self.fg + self.hard_fraction:
+            return hard[int(rng.integers(len(hard)))].astype(np.int64)
         return random_voxel(lab.shape, rng)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -91,7 +107,7 @@ class PatchStream(IterableDataset[tuple[torch.Tensor, torch.Tensor]]):
             i = int(rng.integers(len(self.cases)))
             img, lab = self.cases[i]
             sl = patch_slices(self._centre(i, rng), self.patch, lab.shape)
-            x, y = augment(img[sl].astype(np.float32), lab[sl].astype(np.int64), rng)
+            x, y = augment(img[sl].astype(np.float32), lab[sl].astype(np.int64), rng, self.flip)
             yield torch.from_numpy(x)[None], torch.from_numpy(y)[None]
 
 
@@ -144,14 +160,17 @@ def export_bundle(cfg: TrainConfig, state: dict[str, torch.Tensor], out: Path) -
     torch.jit.trace(net, example).save(str(out / "model.ts"))
     torch.onnx.export(net, (example,), str(out / "model.onnx"), dynamo=False, input_names=["input"], output_names=["output"],
                       dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}}, opset_version=17)
-    colors = {1: [0, 128, 255], 2: [255, 64, 0]}
-    snomed = {"lung": ("39607008", "Lung"), "nodule": ("27925004", "Nodule")}
+    colors = {"lung": [0, 128, 255], "right lung": [0, 128, 255], "left lung": [0, 200, 160], "nodule": [255, 64, 0]}
+    snomed = {
+        "lung": ("39607008", "Lung"), "right lung": ("3341006", "Right lung"), "left lung": ("44029006", "Left lung"),
+        "nodule": ("27925004", "Nodule"),
+    }
     manifest = {
         "name": out.name, "version": "1.0.0", "task": "segmentation", "modalities": ["CT"], "body_parts": ["CHEST"],
         "input": {"spacing": list(cfg.spacing), "orientation": "LPS", "normalization": WINDOW},
         "inference": {"roi_size": list(cfg.patch), "overlap": 0.25, "batch_size": cfg.batch_size, "background_threshold": -0.9},
         "labels": [
-            {"value": v, "name": n, "color": colors.get(v, [255, 255, 0]), "lesion": n == "nodule",
+            {"value": v, "name": n, "color": colors.get(n, [255, 255, 0]), "lesion": n == "nodule",
              **({"snomed": {"code": snomed[n][0], "meaning": snomed[n][1]}} if n in snomed else {})}
             for v, n in sorted(cfg.labels.items())
         ],
@@ -177,7 +196,15 @@ class SegmentationTask:
     def dataset(self, pairs: list[Pair]) -> PatchStream:
         """Component-balanced (or voxel) foreground patches of the cases, with augmentation."""
         cases = [load_case(i, lab, self.cfg.spacing) for i, lab in pairs]
-        return PatchStream(cases, self.cfg.patch, self.cfg.foreground_fraction, self.cfg.seed, self.cfg.sampling)
+        hard: list[np.ndarray | None] = []
+        for (image, _), (img, _lab) in zip(pairs, cases):
+            path = hard_negative_path(image)
+            use = self.cfg.hard_negative_fraction > 0 and path.exists()
+            hard.append(np.argwhere(load_mask(image, path, img.shape)).astype(np.int16) if use else None)
+        return PatchStream(
+            cases, self.cfg.patch, self.cfg.foreground_fraction, self.cfg.seed, self.cfg.sampling,
+            hard=hard, hard_fraction=self.cfg.hard_negative_fraction, flip=self.cfg.flip,
+        )
 
     def network(self) -> torch.nn.Module:
         """The UNet (:func:`build_unet`)."""
