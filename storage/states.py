@@ -23,7 +23,9 @@ class JobState(enum.StrEnum):
     """Life cycle of a job.
 
     queued → running → delivering → done | delivery_failed, or running →
-    failed (the series could not be processed) | ignored (no model applies).
+    failed (the series could not be processed) | ignored (no model applies) |
+    not_applicable (a model ran, but the anatomy it needs is not in the images:
+    nothing is sent and nothing is quarantined).
     """
 
     QUEUED = "queued"
@@ -33,6 +35,7 @@ class JobState(enum.StrEnum):
     FAILED = "failed"
     DELIVERY_FAILED = "delivery_failed"  # a destination refused or stayed unreachable after the last attempt
     IGNORED = "ignored"
+    NOT_APPLICABLE = "not_applicable"
 
 
 FINISHED_JOB_STATES = frozenset({JobState.DELIVERING, JobState.DONE, JobState.DELIVERY_FAILED})  # outputs were written
