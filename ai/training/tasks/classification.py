@@ -38,7 +38,12 @@ logger = logging.getLogger(__name__)
 
 BODY_ABOVE = -500.0  # HU: the crop to the body, as the bundle's crop_foreground_above
 CLASSES = ("no nodule", "nodule present")
-NODULE_LABEL = 2
+NODULE_LABEL = 2  # the nodule label of the default label map (1 lung, 2 nodule); see nodule_label()
+
+
+def nodule_label(labels: dict[int, str]) -> int:
+    """The value of the label named ``nodule`` in ``TrainConfig.labels`` (:data:`NODULE_LABEL` when none is)."""
+    return next((v for v, name in labels.items() if name == "nodule"), NODULE_LABEL)
 PATCH = (48, 48, 48)  # training patches (voxels at the bundle spacing); the ROI is the whole-volume input
 POSITIVE_WEIGHT = 4.0
 
@@ -88,21 +93,25 @@ class NoduleNet(torch.nn.Module):
         return torch.stack([torch.zeros_like(top), top], dim=1)
 
 
-def load_volume(image: Path, labels: Path, spacing: tuple[float, float, float], roi: Shape3) -> tuple[np.ndarray, int]:
+def load_volume(
+    image: Path, labels: Path, spacing: tuple[float, float, float], roi: Shape3, nodule: int = NODULE_LABEL
+) -> tuple[np.ndarray, int]:
     """The classifier's whole-volume input (float16, ``roi``), and the truth: 1 when the labels hold a nodule."""
     hu, lab, sp, direction = read_pair(image, labels)
     x = prepare(hu, tuple(sp), direction, target_spacing_xyz=spacing, normalization=WINDOW, foreground_above=BODY_ABOVE)
-    return to_roi(x.tensor, roi)[0, 0].numpy().astype(np.float16), int((lab == NODULE_LABEL).any())
+    return to_roi(x.tensor, roi)[0, 0].numpy().astype(np.float16), int((lab == nodule).any())
 
 
-def load_grid(image: Path, labels: Path, spacing: tuple[float, float, float]) -> tuple[np.ndarray, np.ndarray]:
+def load_grid(
+    image: Path, labels: Path, spacing: tuple[float, float, float], nodule: int = NODULE_LABEL
+) -> tuple[np.ndarray, np.ndarray]:
     """The body-cropped volume at ``spacing`` (float16) and its nodule mask on the same grid, for patches."""
     hu, lab, sp, direction = read_pair(image, labels)
     x = prepare(hu, tuple(sp), direction, target_spacing_xyz=spacing, normalization=WINDOW, foreground_above=BODY_ABOVE)
     # The labels get the same reorientation and crop as the image, then nearest-neighbour resampling.
     y = prepare(lab, tuple(sp), direction, target_spacing_xyz=None).tensor[0][x.crop]
     y_t = F.interpolate(y[None, None], size=tuple(x.tensor.shape[1:]), mode="nearest")[0, 0]
-    return x.tensor[0].numpy().astype(np.float16), (y_t.numpy() == NODULE_LABEL)
+    return x.tensor[0].numpy().astype(np.float16), (y_t.numpy() == nodule)
 
 
 class PatchStream(IterableDataset[tuple[torch.Tensor, torch.Tensor]]):
@@ -189,7 +198,7 @@ class ClassificationTask:
 
     def dataset(self, pairs: list[Pair]) -> PatchStream:
         """Nodule / no-nodule patches of the cases (:class:`PatchStream`)."""
-        cases = [load_grid(i, lab, self.cfg.spacing) for i, lab in pairs]
+        cases = [load_grid(i, lab, self.cfg.spacing, nodule_label(self.cfg.labels)) for i, lab in pairs]
         n = sum(1 for _, m in cases if m.any())
         logger.info("classifier training set: %d volumes with nodules, %d without", n, len(cases) - n)
         return PatchStream(cases, PATCH, self.cfg.seed, self.network().reduction)
@@ -216,7 +225,7 @@ class ClassificationTask:
         scores, truth = [], []
         with torch.inference_mode():
             for i, lab in pairs:
-                x, y = load_volume(i, lab, self.cfg.spacing, self.cfg.patch)
+                x, y = load_volume(i, lab, self.cfg.spacing, self.cfg.patch, nodule_label(self.cfg.labels))
                 logits = model(torch.from_numpy(x.astype(np.float32))[None, None].to(device)).float().cpu()[0]
                 scores.append(float(logits[1] - logits[0]))
                 truth.append(y)
