@@ -7,7 +7,7 @@ and the confounders, without touching the full-resolution volume.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import SimpleITK as sitk
@@ -34,6 +34,7 @@ class LungMap:
     side: np.ndarray
     depth: np.ndarray
     spacing: np.ndarray
+    _cache: dict[tuple[int, float, float], np.ndarray] = field(default_factory=dict, repr=False)
 
     @classmethod
     def build(cls, lung_planes: np.ndarray, plane_z_v: np.ndarray, fr: Frame, step: int = 2) -> "LungMap":
@@ -104,8 +105,12 @@ class LungMap:
         ndarray
             ``(n, 3)`` points (fewer when no grid point qualifies), jittered within their cell.
         """
-        ok = (self.side == side) & (self.depth >= lo) & (self.depth <= hi)
-        idx = np.flatnonzero(ok)
+        key = (side, float(lo), float(hi))
+        idx = self._cache.get(key) if weight is None else None
+        if idx is None:
+            idx = np.flatnonzero((self.side == side) & (self.depth >= lo) & (self.depth <= hi))
+            if weight is None:
+                self._cache[key] = idx
         if idx.size == 0:
             return np.zeros((0, 3))
         w = None

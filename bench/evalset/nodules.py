@@ -152,7 +152,7 @@ def _vessel_nodes(trees: list[Tree]) -> tuple[np.ndarray, np.ndarray, np.ndarray
 
 def place_nodules(hu: np.ndarray, labels: np.ndarray, lung_sd: np.ndarray, fr: Frame, lungs: LungMap,
                   trees: list[Tree], r: np.random.Generator) -> list[EvalNodule]:
-    """Draw 1-5 nodules, paint them into ``hu`` and ``labels`` (in place) and return their truth.
+    """Draw 1-5 nodules (at least one placed), paint them into ``hu`` and ``labels`` (in place) and return their truth.
 
     Parameters
     ----------
@@ -177,9 +177,12 @@ def place_nodules(hu: np.ndarray, labels: np.ndarray, lung_sd: np.ndarray, fr: F
     n = int(r.choice([1, 2, 3, 4, 5], p=[0.15, 0.2, 0.25, 0.2, 0.2]))
     vpos, vrad, vdir = _vessel_nodes(trees)
     big = vrad > 0.9
+    vside, vdepth = lungs.side_at(vpos), lungs.depth_at(vpos)
     out: list[EvalNodule] = []
     taken: list[tuple[np.ndarray, float]] = []
-    for _ in range(n):
+    for attempt in range(n + 30):  # past n only while nothing could be placed: a nodule case has >= 1 nodule
+        if attempt >= n and out:
+            break
         kind = str(r.choice(KINDS, p=[0.42, 0.2, 0.2, 0.18]))
         site = str(r.choice(SITES, p=[0.42, 0.3, 0.28]))
         D = _nominal(r, kind)
@@ -192,8 +195,7 @@ def place_nodules(hu: np.ndarray, labels: np.ndarray, lung_sd: np.ndarray, fr: F
             if site == "juxtapleural":
                 c = lungs.sample(r, 1, side, lo=0.0, hi=0.75 * D / 2 + 2.0)
             elif site == "juxtavascular":
-                ok = np.flatnonzero((vrad > 0.9) & (vrad < 3.5) & (lungs.side_at(vpos) == side)
-                                    & (lungs.depth_at(vpos) > D / 2 + 4))
+                ok = np.flatnonzero((vrad > 0.9) & (vrad < 3.5) & (vside == side) & (vdepth > D / 2 + 4))
                 if not ok.size:
                     continue
                 j = int(r.choice(ok))
