@@ -78,6 +78,7 @@ class Anatomy:
     arms_down: bool
     breasts: bool
     arm: tuple[float, float, float] = (0.0, 0.0, 0.0)  # arm centre |x|, y and radius (arms down)
+    pectoral: float = 12.0  # extra muscle in front of the upper chest
     hu: dict[str, float] = field(default_factory=dict)
 
     # ---- profiles along z -------------------------------------------------
@@ -88,8 +89,8 @@ class Anatomy:
     def cavity_axes(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Half-width and half-depth of the pleural cavity (inner rib cage) at ``z``."""
         s = self.s(z)
-        a = self.ac * (0.6 + 0.4 * smoothstep(-0.1, 0.8, s)) * (1 - 0.06 * smoothstep(1.1, 1.6, s))
-        b = self.bc * (0.74 + 0.26 * smoothstep(-0.1, 0.55, s))
+        a = self.ac * (0.62 + 0.38 * smoothstep(-0.3, 0.6, s)) * (1 - 0.06 * smoothstep(1.1, 1.6, s))
+        b = self.bc * (0.74 + 0.26 * smoothstep(-0.25, 0.5, s))
         return a.astype(np.float32), b.astype(np.float32)
 
     def spine_yz(self, z: np.ndarray) -> np.ndarray:
@@ -106,26 +107,33 @@ class Anatomy:
         return x * x * (1.0 / (a + grow) ** 2) + yp * (1.0 / (b * 1.04 + grow) ** 2) + ya * (1.0 / (b * 0.96 + grow) ** 2)
 
     # ---- body wall --------------------------------------------------------
-    def body_q(self, x: np.ndarray, y: np.ndarray, z: np.ndarray, depth: str = "skin") -> np.ndarray:
-        """Squared normalised radius of a body-wall boundary: ``skin``, ``fat`` (inner), ``ribs`` (outer)."""
-        a, b = self.cavity_axes(z)
-        fl, fa, fp = self.fat if depth == "skin" else (0.0, 0.0, 0.0)
-        ml, ma, mp = self.muscle if depth in ("skin", "fat") else (0.0, 0.0, 0.0)
-        w = self.wall
-        ax = a + w + ml + fl
-        ba = b * 0.96 + w + ma + fa
-        bp = b * 1.04 + w + mp + fp
-        bb = np.where(y > 0, bp, ba)
-        return x * x / (ax * ax) + y * y / (bb * bb)
+    def wall_layers(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Chest-wall muscle and subcutaneous fat thickness (mm) around the thorax: pectorals in front
+        of the upper chest, the paraspinal masses behind, thinner at the sides."""
+        th = np.arctan2(x, -y)  # 0 anterior, +-pi posterior
+        c = np.cos(th)
+        ant, post = np.clip(c, 0, 1) ** 2, np.clip(-c, 0, 1) ** 2
+        ml, ma, mp = self.muscle
+        fl, fa, fp = self.fat
+        back = (0.5 - 0.5 * c) ** 1.6  # paraspinal and back muscles, broad and smooth
+        pec = np.exp(-(((np.abs(th) - 0.8) / 0.5) ** 2))
+        scap = np.exp(-(((np.abs(th) - 2.2) / 0.55) ** 2))  # around the scapulae
+        s = self.s(z)
+        upper = smoothstep(-0.15, 0.1, s) * (1 - smoothstep(0.4, 0.7, s))
+        muscle = ml + (ma - ml) * ant + (mp - ml) * back + upper * (self.pectoral * pec + 0.8 * self.pectoral * scap)
+        fat = fl + (fa - fl) * ant + (fp - fl) * post
+        return muscle.astype(np.float32), fat.astype(np.float32)
 
-    def flat_side(self, y: np.ndarray, z: np.ndarray) -> np.ndarray:
-        """True on the table side of the flattened back (supine) or front (prone)."""
-        _a, b = self.cavity_axes(z)
-        if self.gravity > 0:
-            lim = (b * 1.04 + self.wall + self.muscle[2] + self.fat[2]) * 0.93
-            return np.asarray(y > lim)
-        lim = (b * 0.96 + self.wall + self.muscle[1] + self.fat[1]) * 0.95
-        return np.asarray(y < -lim)
+    def body_q(self, x: np.ndarray, y: np.ndarray, z: np.ndarray, depth: str = "skin") -> np.ndarray:
+        """Squared normalised radius of a body-wall boundary: ``skin``, ``fat`` (its inner side) or ``ribs`` (outer)."""
+        a, b = self.cavity_axes(z)
+        grow: np.ndarray | float = self.wall
+        if depth in ("skin", "fat"):
+            m, f = self.wall_layers(x, y, z)
+            grow = grow + m + (f if depth == "skin" else 0.0)
+        yy = y * y
+        yp = np.where(y > 0, yy, 0.0).astype(np.float32)
+        return x * x / (a + grow) ** 2 + yp / (b * 1.04 + grow) ** 2 + (yy - yp) / (b * 0.96 + grow) ** 2
 
     # ---- diaphragm --------------------------------------------------------
     def dome_z(self, x: np.ndarray, y: np.ndarray, side: int) -> np.ndarray:
@@ -217,7 +225,7 @@ def draw_anatomy(rng: np.random.Generator, prone: bool) -> Anatomy:
     bc = ac * float(rng.uniform(0.64, 0.76))
     fat = (6 + 62 * adip**1.6 * rng.uniform(0.8, 1.2), 5 + 45 * adip**1.6 * rng.uniform(0.8, 1.2),
            6 + 50 * adip**1.6 * rng.uniform(0.8, 1.2))
-    muscle = (float(rng.uniform(7, 14)), float(rng.uniform(8, 18)), float(rng.uniform(26, 42)) * scale)
+    muscle = (float(rng.uniform(6, 12)), float(rng.uniform(6, 12)), float(rng.uniform(28, 46)) * scale)
     dome_depth = 0.14 * lung_h * float(rng.uniform(0.85, 1.15))
     top_r = -lung_h + 1.6 * dome_depth + float(rng.uniform(-6, 6))
     top_l = top_r - float(rng.uniform(8, 24))
@@ -225,7 +233,7 @@ def draw_anatomy(rng: np.random.Generator, prone: bool) -> Anatomy:
     # Heart: long axis from base (posterior, right, up) to apex (anterior, left, down).
     long_axis = np.array([0.62 + rng.uniform(-0.1, 0.1), -0.58 + rng.uniform(-0.1, 0.1), -0.5 + rng.uniform(-0.1, 0.1)])
     rot = rotation_to(long_axis)[:, [2, 0, 1]]
-    hax = np.array([rng.uniform(62, 74), rng.uniform(44, 52), rng.uniform(40, 48)]) * scale**0.8
+    hax = np.array([rng.uniform(56, 66), rng.uniform(40, 47), rng.uniform(33, 40)]) * scale**0.8
     hx, hy = 0.21 * ac + float(rng.uniform(-6, 6)), -0.2 * bc + float(rng.uniform(-5, 5))
     ext_z = float(np.sqrt(((rot * hax[None, :]) ** 2).sum(1))[2])
     probe = Anatomy(scale, adip, lung_h, ac, bc, 12.0, (0, 0, 0), (0, 0, 0), 1.0, (top_r, top_l), dome_depth, 0.0, 1.0,
@@ -240,9 +248,9 @@ def draw_anatomy(rng: np.random.Generator, prone: bool) -> Anatomy:
         scale=scale, adiposity=adip, lung_height=lung_h, ac=ac, bc=bc, wall=wall,
         muscle=muscle, fat=tuple(float(f) for f in fat),  # type: ignore[arg-type]
         gravity=-1.0 if prone else 1.0, dome_top=(top_r, top_l), dome_depth=dome_depth,
-        apex_x=0.5 * ac, apex_depth=float(rng.uniform(90, 130)) * scale, carina_z=carina,
+        apex_x=0.5 * ac, apex_depth=float(rng.uniform(60, 90)) * scale, carina_z=carina,
         spine_y=0.8 * bc + float(rng.uniform(-4, 4)), spine_r=float(rng.uniform(14, 18)) * scale,
         heart=heart, arms_down=bool(rng.random() < 0.3), breasts=bool(rng.random() < 0.45),
-        arm=(arm_x, float(rng.uniform(-0.2, 0.25)) * bc, arm_r),
+        arm=(arm_x, float(rng.uniform(-0.2, 0.25)) * bc, arm_r), pectoral=float(rng.uniform(6, 22)) * scale,
         hu={"pericardium_mm": float(rng.uniform(2.5, 6.0) + 6 * adip)},
     )

@@ -164,7 +164,7 @@ def generate(
         "psf_mm": proto.psf_mm, "sharpen": proto.sharpen, "padding": proto.padding, "fov_mm": proto.fov,
         "pixel_mm": proto.px, "slice_mm": proto.dz, "body_size": size, "body_width_mm": width,
         "adiposity": anat.adiposity, "arms": "down" if anat.arms_down else "up", "breasts": bool(org.breasts),
-        "table": org.table_y is not None, "truncated": out.truncated, "confounders": conf.present,
+        "table": org.table, "truncated": out.truncated, "confounders": conf.present,
         "nodules": len(nodules), "healthy": count == 0, "vessel_r_min_mm": r_min,
         "hila_lps": {s: [float(v) for v in pose.to_patient(h.bronchus)] for s, h in med.hila.items()},
         "tissue_hu": {k: round(v, 1) for k, v in T.items()}, "noise": noise,

@@ -240,6 +240,8 @@ def _place(
             u = vessels.b[j] - vessels.a[j]
             u /= max(float(np.linalg.norm(u)), 1e-9)
             perp = np.cross(u, rng.normal(size=3))
+            if float(np.linalg.norm(perp)) < 1e-6:
+                continue
             perp /= np.linalg.norm(perp)
             c = mid_v[j] + perp * (rv + mean_r * float(rng.uniform(0.55, 0.85)))
             b = blob.scaled(1.0, c)

@@ -75,3 +75,26 @@ class LungQuery:
         if self.anat.cavity_q(beyond[None, 0], beyond[None, 1], beyond[None, 2])[0] < 1.0:
             return None  # left through the mediastinum or the diaphragm, not the chest wall
         return last, d
+
+
+class LungGrid:
+    """The lung region on a coarse grid (``cell`` mm), for fast "is this point in a lung?" lookups."""
+
+    def __init__(self, lungs: LungQuery, cell: float = 3.0) -> None:
+        lo, hi = lungs.anat.bounds()
+        self.lo = lo - cell
+        self.cell = cell
+        n = np.ceil((hi + cell - self.lo) / cell).astype(int) + 1
+        axes = [self.lo[i] + np.arange(n[i]) * cell for i in range(3)]
+        X, Y, Z = np.meshgrid(*axes, indexing="ij")
+        self.side = lungs.side(np.stack([X.ravel(), Y.ravel(), Z.ravel()], 1)).reshape(tuple(n))
+
+    def lookup(self, pts: np.ndarray) -> np.ndarray:
+        """Side (0 none, 1 right, 2 left) of the cell nearest each point ``(N, 3)``."""
+        idx = np.rint((np.asarray(pts) - self.lo) / self.cell).astype(int)
+        shape = np.asarray(self.side.shape)
+        ok = ((idx >= 0) & (idx < shape)).all(1)
+        out = np.zeros(len(idx), dtype=np.uint8)
+        i = idx[ok]
+        out[ok] = self.side[i[:, 0], i[:, 1], i[:, 2]]
+        return out

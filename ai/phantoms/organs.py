@@ -22,7 +22,8 @@ class Organs:
     stomach: Ellipsoid
     stomach_gas: float  # gas depth below the non-dependent wall, mm (0: none)
     breasts: list[Ellipsoid]
-    table_y: float | None  # patient y of the table (or mattress) surface on the dependent side
+    table_y: float  # patient y of the surface the patient lies on (mattress or table top), dependent side
+    table: bool  # whether a table is drawn (the body is flattened against the surface either way)
     mattress_mm: float
 
 
@@ -56,26 +57,25 @@ def build_organs(rng: np.random.Generator, anat: Anatomy, dy: float) -> Organs:
         for s in (-1.0, 1.0):
             c = np.array([s * 0.5 * float(a), -front + proj * 0.7, zb])
             breasts.append(Ellipsoid(c, np.eye(3), np.array([62.0 * size * (0.85 if anat.gravity < 0 else 1.1), proj, 55.0 * size])))
-    table_y = None
-    mattress = 0.0
-    if rng.random() < 0.92:
-        a, b = anat.cavity_axes(np.asarray(-0.5 * anat.lung_height))
-        if anat.gravity > 0:
-            edge = (float(b) * 1.04 + anat.wall + anat.muscle[2] + anat.fat[2]) * 0.93
-        else:
-            front = float(b) * 0.96 + anat.wall + anat.muscle[1] + anat.fat[1]
-            edge = max(0.95 * front, max((front + 0.3 * e.axes[1] - 2.0 for e in breasts), default=0.0))
-        table_y = dy + anat.gravity * (edge + float(rng.uniform(0.0, 3.0)))
-        mattress = float(rng.uniform(15, 45)) if rng.random() < 0.5 else 0.0
-    return Organs(parts, spleen, stomach, float(rng.uniform(8, 30)) if rng.random() < 0.6 else 0.0, breasts, table_y, mattress)
+    a, b = anat.cavity_axes(np.asarray(-0.5 * anat.lung_height))
+    if anat.gravity > 0:
+        edge = (float(b) * 1.04 + anat.wall + anat.muscle[2] + anat.fat[2]) * float(rng.uniform(0.9, 0.96))
+    else:
+        front = float(b) * 0.96 + anat.wall + anat.muscle[1] + anat.fat[1]
+        edge = max(float(rng.uniform(0.92, 0.97)) * front, max((front + 0.3 * e.axes[1] - 2.0 for e in breasts), default=0.0))
+    table_y = dy + anat.gravity * edge
+    table = bool(rng.random() < 0.92)
+    mattress = float(rng.uniform(15, 45)) if rng.random() < 0.5 else 0.0
+    gas = float(rng.uniform(8, 30)) if rng.random() < 0.6 else 0.0
+    return Organs(parts, spleen, stomach, gas, breasts, table_y, table, mattress)
 
 
 def paint_body(c: Chunk, hu: np.ndarray, anat: Anatomy, org: Organs, T: dict[str, float], gland: np.ndarray) -> np.ndarray:
     """Paint table, body wall, arms and breasts into ``hu``; return the body mask (the patient's inside)."""
     ax, ay, z = c.ax, c.ay, c.z
-    if org.table_y is not None:
-        g = anat.gravity
-        depth = g * (c.y - org.table_y) + 0.0006 * (c.x - c.pose.dx) ** 2  # a shallow cradle
+    g = anat.gravity
+    depth = g * (c.y - org.table_y) + 0.0006 * (c.x - c.pose.dx) ** 2  # a shallow cradle, in the scanner's frame
+    if org.table:
         wide = np.abs(c.x - c.pose.dx) < 235.0
         m = org.mattress_mm
         layers = ((0, m, T["mattress"]), (m, m + 3, T["table_shell"]), (m + 3, m + 38, T["table_core"]), (m + 38, m + 41, T["table_shell"]))
@@ -87,7 +87,7 @@ def paint_body(c: Chunk, hu: np.ndarray, anat: Anatomy, org: Organs, T: dict[str
         if hit.any():
             hu[:] = np.where(hit, plane, hu)
     q = anat.body_q(ax, ay, z, "skin")
-    body = (q < 1.0) & ~anat.flat_side(ay, z)
+    body = (q < 1.0) & (depth < 0)  # soft tissue flattened against the support
     hu[body] = T["fat"]
     hu[body & (q > 0.972)] = T["skin"]
     for e in org.breasts:

@@ -12,6 +12,7 @@ can follow given groups (lobes), so branches stay within their lobe.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Union
 
@@ -66,6 +67,22 @@ def _perpendicular(u: np.ndarray, prev: np.ndarray, r: np.ndarray) -> np.ndarray
     return math.cos(ang) * n + math.sin(ang) * _cross(u, n)
 
 
+def _clip_to_region(start: np.ndarray, end: np.ndarray, inside: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """Shorten ``start -> end`` where it leaves the region after having been inside it (or from its start)."""
+    d = end - start
+    n = max(4, int(math.sqrt(float(d @ d)) / 1.5))
+    t = np.linspace(0.0, 1.0, n + 1)
+    ok = inside(start[None] + t[:, None] * d[None])
+    entered = np.flatnonzero(ok)
+    if not len(entered):
+        return end
+    out = np.flatnonzero(~ok[entered[0]:])
+    if not len(out):
+        return end
+    j = entered[0] + out[0]  # first sample outside after being inside
+    return start + d * t[max(j - 1, 0)]
+
+
 def _cross(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.array([a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]])
 
@@ -81,6 +98,7 @@ def grow_tree(
     rng: np.random.Generator,
     murray: float = 3.0,
     length_frac: float = 0.42,
+    inside: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> Branches:
     """Grow one tree into the region sampled by ``points``.
 
@@ -107,6 +125,9 @@ def grow_tree(
         Exponent of Murray's law (3: radius cubed is conserved).
     length_frac : float
         Share of the way to its region's centre a branch covers before it splits.
+    inside : callable, optional
+        ``inside(points) -> bool``: the region a branch must not leave once it has entered it (the
+        lung); a branch that would leave it (say, across the heart) stops at its edge.
     """
     starts: list[np.ndarray] = []
     ends: list[np.ndarray] = []
@@ -149,6 +170,8 @@ def grow_tree(
         else:
             u = v / dist
             end = start + u * min(0.8 * dist, max(dist * length_frac, 5.0 * r))
+        if inside is not None:
+            end = _clip_to_region(start, end, inside)
         me = len(radii)
         starts.append(start)
         ends.append(end)

@@ -11,13 +11,14 @@ enough, the bronchus (:mod:`ai.phantoms.airways`) on the other.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from ai.phantoms.anatomy import Anatomy
 from ai.phantoms.lobes import LOWER, MIDDLE, UPPER, Fissures
-from ai.phantoms.lungs import LungQuery
+from ai.phantoms.lungs import LungGrid, LungQuery
 from ai.phantoms.mediastinum import Hilum, Mediastinum
 from ai.phantoms.raster import Capsules, Ch
 from ai.phantoms.trees import Branches, Plan, grow_tree
@@ -110,6 +111,13 @@ def bundle_capsules(b: Bundle) -> Capsules:
     )
 
 
+def _side_test(grid: LungGrid, sid: int) -> Callable[[np.ndarray], np.ndarray]:
+    def inside(pts: np.ndarray) -> np.ndarray:
+        return np.asarray(grid.lookup(pts) == sid)
+
+    return inside
+
+
 PLANS: dict[str, Plan] = {"right": (UPPER, (MIDDLE, LOWER)), "left": (UPPER, LOWER)}
 VEIN_PLANS: dict[str, tuple[Plan, Plan]] = {"right": ((UPPER, MIDDLE), LOWER), "left": (UPPER, LOWER)}
 
@@ -130,7 +138,9 @@ def build_trees(
     n_points : int
         Samples per lung and tree (the partition's resolution).
     """
-    pts, side = LungQuery(anat, med.excl).sample(rng, n_points)
+    lq = LungQuery(anat, med.excl)
+    pts, side = lq.sample(rng, n_points)
+    grid = LungGrid(lq)
     lobe = fis.lobe(pts, side)
     bundles: list[Bundle] = []
     aw_min = float(rng.uniform(0.9, 1.3))
@@ -141,11 +151,13 @@ def build_trees(
         rng.shuffle(mine)
         half = len(mine) // 2
         art_idx, vein_idx = mine[:half], mine[half:]
-        br = grow_tree(pts[art_idx], lobe[art_idx], PLANS[sname], hil.bronchus, hil.bronchus_dir, hil.artery_r, r_min, rng)
+        inside = _side_test(grid, sid)
+        br = grow_tree(pts[art_idx], lobe[art_idx], PLANS[sname], hil.bronchus, hil.bronchus_dir, hil.artery_r, r_min, rng,
+                       inside=inside)
         bundles.append(lay_out(f"{sname} artery", sname, "artery", br, hil.artery - hil.bronchus, aw_min, aw_ratio))
         vp = VEIN_PLANS[sname]
         for which, root, plan in (("superior", hil.veins[0], vp[0]), ("inferior", hil.veins[1], vp[1])):
             d = root - hil.bronchus
-            br = grow_tree(pts[vein_idx], lobe[vein_idx], plan, root, d, hil.vein_r, r_min, rng)
+            br = grow_tree(pts[vein_idx], lobe[vein_idx], plan, root, d, hil.vein_r, r_min, rng, inside=inside)
             bundles.append(lay_out(f"{sname} vein ({which})", sname, "vein", br, np.zeros(3)))
     return bundles
