@@ -135,6 +135,17 @@ class Anatomy:
         yp = np.where(y > 0, yy, 0.0).astype(np.float32)
         return x * x / (a + grow) ** 2 + yp / (b * 1.04 + grow) ** 2 + (yy - yp) / (b * 0.96 + grow) ** 2
 
+    def extent(self) -> tuple[float, float]:
+        """Half-width and half-depth of the body outline (arms included when down), mm."""
+        th = np.linspace(-np.pi, np.pi, 73)[None, :]
+        ux, uy = np.sin(th), -np.cos(th)
+        z = np.linspace(-1.2 * self.lung_height, 30.0, 16)[:, None]
+        r = 1.0 / np.sqrt(self.body_q(ux, uy, np.broadcast_to(z, (16, 73))))
+        hx, hy = float((r * np.abs(ux)).max()), float((r * np.abs(uy)).max())
+        if self.arms_down:
+            hx = max(hx, self.arm[0] + self.arm[2])
+        return hx, hy
+
     # ---- diaphragm --------------------------------------------------------
     def dome_z(self, x: np.ndarray, y: np.ndarray, side: int) -> np.ndarray:
         """Height of the right (``side=-1``) or left (``+1``) diaphragm dome under (x, y)."""

@@ -12,10 +12,11 @@ from ai.phantoms.acquisition import (
     circle_mask,
     draw_protocol,
     draw_tissues,
+    fit_fov,
     noise_field,
 )
 from ai.phantoms.airways import bronchus_capsules
-from ai.phantoms.anatomy import draw_anatomy
+from ai.phantoms.anatomy import Anatomy, draw_anatomy
 from ai.phantoms.confounders import draw_confounders
 from ai.phantoms.geometry import (
     Grid,
@@ -46,7 +47,16 @@ def scan_protocol(
 ) -> Protocol:
     """The acquisition :func:`generate` draws for ``seed`` (position, kernel, noise, padding, contrast, ...), without
     generating anything: for picking or stratifying seeds cheaply."""
-    return draw_protocol(streams(seed, *_STREAMS)["protocol"], matrix, fov_mm, slice_mm)
+    rs = streams(seed, *_STREAMS)
+    proto = draw_protocol(rs["protocol"], matrix, fov_mm, slice_mm)
+    anat = draw_anatomy(rs["anatomy"], is_prone(proto.position))
+    return fit_fov(proto, body_width(anat), matrix, fov_mm)
+
+
+def body_width(anat: Anatomy) -> float:
+    """The patient's largest extent across the field of view (arms included when down), mm."""
+    hx, hy = anat.extent()
+    return 2 * max(hx, hy + 20.0)
 
 
 def generate(
@@ -96,11 +106,12 @@ def generate(
     """
     rs = streams(seed, *_STREAMS)
     proto = draw_protocol(rs["protocol"], matrix, fov_mm, slice_mm)
+    anat = draw_anatomy(rs["anatomy"], is_prone(proto.position))
+    proto = fit_fov(proto, body_width(anat), matrix, fov_mm)
     T = draw_tissues(rs["protocol"], proto.contrast)
     pr = rs["protocol"]
     above, below = float(pr.uniform(15, 45)), float(pr.uniform(15, 55))
     roll, dx, dy = math.radians(float(pr.uniform(-6, 6))), float(pr.uniform(-22, 22)), float(pr.uniform(-30, 15))
-    anat = draw_anatomy(rs["anatomy"], is_prone(proto.position))
     L = anat.lung_height
     centre = (above - L - below) / 2
     nz = int(slices) if slices else max(8, round((L + above + below) / proto.dz))
