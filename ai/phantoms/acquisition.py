@@ -95,7 +95,7 @@ def draw_tissues(rng: np.random.Generator, contrast: str | None) -> dict[str, fl
                  myocardium=float(u(90, 130)), liver=float(u(65, 85)), spleen=float(u(90, 140)), muscle=T["muscle"] + 6)
     elif contrast == "venous":
         v = float(u(150, 210))
-        T.update(blood_art=v + float(u(-10, 20)), blood_vein=v, aorta=v, sysvein=v + float(u(-10, 30)),
+        T.update(blood_art=v + float(u(0, 25)), blood_vein=v, aorta=v, sysvein=v + float(u(-10, 30)),
                  myocardium=float(u(100, 130)), liver=float(u(95, 130)), spleen=float(u(100, 130)), muscle=T["muscle"] + 10)
     return T
 

@@ -193,10 +193,6 @@ class Anatomy:
         inside &= z > (top - self.dome_depth * (u * u + v * v) ** 1.3).astype(np.float32)
         return np.asarray(inside)
 
-    def lung_side(self, x: np.ndarray, y: np.ndarray, z: np.ndarray, side: int) -> np.ndarray:
-        """One lung (``side`` -1 right, +1 left) before mediastinal exclusions."""
-        return np.asarray(self.lungs(x, y, z) & ((x * side) > 0))
-
     def lung_points(self, pts: np.ndarray, excluded: np.ndarray | None = None) -> np.ndarray:
         """Side of each point: 1 right lung, 2 left lung, 0 neither (``excluded``: extra points to leave out)."""
         x, y, z = (pts[:, i].astype(np.float32) for i in range(3))

@@ -45,8 +45,23 @@ _STREAMS = ("protocol", "anatomy", "vessels", "airways", "confounders", "nodules
 def scan_protocol(
     seed: int, *, matrix: int = 512, fov_mm: tuple[float, float] = (310.0, 500.0), slice_mm: tuple[float, float] = (0.625, 5.0)
 ) -> Protocol:
-    """The acquisition :func:`generate` draws for ``seed`` (position, kernel, noise, padding, contrast, ...), without
-    generating anything: for picking or stratifying seeds cheaply."""
+    """The acquisition :func:`generate` draws for ``seed``, without rendering anything.
+
+    For picking or stratifying seeds cheaply (position, kernel, noise,
+    padding, contrast, field of view, slice spacing).
+
+    Parameters
+    ----------
+    seed : int
+        As for :func:`generate`.
+    matrix, fov_mm, slice_mm
+        As for :func:`generate` (they change the field of view and spacing only).
+
+    Returns
+    -------
+    Protocol
+        The same protocol ``generate(seed, ...)`` uses.
+    """
     rs = streams(seed, *_STREAMS)
     proto = draw_protocol(rs["protocol"], matrix, fov_mm, slice_mm)
     anat = draw_anatomy(rs["anatomy"], is_prone(proto.position))
@@ -102,7 +117,23 @@ def generate(
     -------
     Phantom
         Image, labels (1 right lung, 2 left lung, 3 nodule), nodule records,
-        orientation and the drawn parameters in ``meta``.
+        orientation, vessel trees and the draws in ``meta``: ``position``
+        (HFS, HFP, FFS, FFP), ``contrast`` (none, arterial, venous),
+        ``kernel`` (sharp, smooth), ``noise_hu``, ``psf_mm``, ``sharpen``,
+        ``padding`` (None, -2000, -3024), ``fov_mm``, ``pixel_mm``,
+        ``slice_mm``, ``body_size`` (small, medium, large, obese),
+        ``body_width_mm``, ``adiposity``, ``arms`` (up, down), ``breasts``,
+        ``table``, ``truncated`` (the body reaches the image edge),
+        ``confounders`` (names), ``nodules``, ``healthy``,
+        ``vessel_r_min_mm``, ``hila_lps`` (bronchus roots per side),
+        ``tissue_hu`` (drawn attenuation per tissue) and ``noise``.
+
+    Notes
+    -----
+    The anatomy, trees, confounders and nodules depend on the seed only
+    (not on ``matrix``, ``slices``, ``fov_mm`` or ``slice_mm``), except that
+    the smallest vessel radius follows the pixel size; nodule centres are in
+    millimetres from the centre of voxel 0 along the image axes.
     """
     rs = streams(seed, *_STREAMS)
     proto = draw_protocol(rs["protocol"], matrix, fov_mm, slice_mm)

@@ -53,7 +53,8 @@ def render_preview(p: Phantom, path: Path, levels: tuple[float, ...] = (0.2, 0.3
     if len(nod):
         ks[-1] = int(nod[0][0])
     cy = int(np.median(np.flatnonzero((lab > 0).any(axis=(0, 2))))) if len(lung_z) else hu.shape[1] // 2
-    cx = hu.shape[2] // 2 + int(0.22 * hu.shape[2])
+    left_x = np.flatnonzero((lab == LEFT_LUNG).any(axis=(0, 1)))
+    cx = int(np.median(left_x)) if len(left_x) else hu.shape[2] // 2 + int(0.22 * hu.shape[2])
     px, _, dz = p.spacing
     views: list[tuple[str, np.ndarray, np.ndarray, np.ndarray | None, float]] = []
     for k in ks:
