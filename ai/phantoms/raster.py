@@ -307,7 +307,8 @@ def sdf_coverage(
 class SmoothField:
     """A smooth random field (unit variance before interpolation) on the render grid, by chunks.
 
-    Values on a coarse lattice of ``cell`` mm, interpolated linearly.
+    Values on a coarse lattice of ``cell`` mm, interpolated linearly (element-wise, so the result
+    does not depend on the BLAS or its thread count).
     """
 
     def __init__(self, grid: Grid, rng: np.random.Generator, cell: float) -> None:
@@ -316,20 +317,17 @@ class SmoothField:
         gy = int(np.ceil(grid.ny * grid.py / cell)) + 2
         gz = int(np.ceil(grid.nz * grid.dz / cell)) + 2
         coarse = rng.standard_normal((gz, gy, gx)).astype(np.float32)
-        wx = self._weights(grid.nx, grid.px / cell, gx)
-        wy = self._weights(grid.ny, grid.py / cell, gy)
-        self.planes = np.einsum("yb,zba,xa->zyx", wy, coarse, wx, optimize=True).astype(np.float32)
+        iy, ty = self._taps(grid.ny, grid.py / cell, gy)
+        ix, tx = self._taps(grid.nx, grid.px / cell, gx)
+        rows = coarse[:, iy, :] * (1 - ty)[None, :, None] + coarse[:, iy + 1, :] * ty[None, :, None]
+        self.planes = rows[:, :, ix] * (1 - tx)[None, None, :] + rows[:, :, ix + 1] * tx[None, None, :]
         self.fz = np.arange(grid.nz) * grid.dz / cell + 0.5
 
     @staticmethod
-    def _weights(n: int, step: float, g: int) -> np.ndarray:
+    def _taps(n: int, step: float, g: int) -> tuple[np.ndarray, np.ndarray]:
         f = np.arange(n) * step + 0.5
         i = np.clip(np.floor(f).astype(int), 0, g - 2)
-        t = (f - i).astype(np.float32)
-        w = np.zeros((n, g), dtype=np.float32)
-        w[np.arange(n), i] = 1 - t
-        w[np.arange(n), i + 1] = t
-        return w
+        return i, (f - i).astype(np.float32)
 
     def chunk(self, k0: int, k1: int) -> np.ndarray:
         """Field values ``[k1-k0, ny, nx]``."""
