@@ -53,6 +53,9 @@ class TrainConfig:
         Left-right flip augmentation.  Off for label maps that name sides
         (right and left lung): a mirrored chest would teach the network that
         the right lung may lie on the left.
+    val_every : int
+        Validate every this many epochs (and after the last); only validated
+        epochs can become the exported best model.
     hard_negative_fraction : float
         Fraction of segmentation patches centred on a hard negative (a voxel
         of ``*_hardneg.nii.gz`` beside the pair: vessels, airway walls,
@@ -85,4 +88,5 @@ class TrainConfig:
     resume: bool = True
     task: str = "segmentation"  # or "classification" (nodule present/absent); see ai.training.task_names()
     flip: bool = True
+    val_every: int = 1
     hard_negative_fraction: float = 0.0

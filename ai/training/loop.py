@@ -144,10 +144,12 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
             torch.cuda.synchronize(device)  # so that train_seconds counts the queued GPU work
         train_seconds = time.perf_counter() - t0
         gpu = {"peak_gpu_mb": torch.cuda.max_memory_allocated(device) / 2**20} if cuda else {}
-        val = task.validate(_unwrap(model), val_pairs, device) if rank == 0 and val_pairs else {}
+        validating = bool(val_pairs) and ((epoch + 1) % max(1, cfg.val_every) == 0 or epoch + 1 == cfg.epochs)
+        val = task.validate(_unwrap(model), val_pairs, device) if rank == 0 and validating else {}
         metric = val.get(task.metric, float("nan"))
-        # The best-model criterion: the task's metric, or minus the loss when there is none (no validation).
-        score = float(metric) if np.isfinite(metric) else -float(np.mean(losses))
+        # The best-model criterion: the task's metric, or minus the loss when there is no validation at all;
+        # an epoch that skips validation (val_every) cannot become the best.
+        score: float | None = float(metric) if np.isfinite(metric) else (None if val_pairs else -float(np.mean(losses)))
         entry = {
             "epoch": epoch + 1, "loss": float(np.mean(losses)), "val": val, "metric": task.metric,
             "seconds": time.perf_counter() - t0, "train_seconds": train_seconds, "amp": use_amp, "device": device.type,
@@ -165,12 +167,13 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
             log.flush()
             state = {
                 "model": _unwrap(model).state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "scaler": scaler.state_dict(), "epoch": epoch + 1, "best": max(best, score), "history": history,
+                "scaler": scaler.state_dict(), "epoch": epoch + 1, "best": best if score is None else max(best, score),
+                "history": history,
                 "config": asdict(cfg),
             }
             torch.save(state, ckpt_dir / "last.tmp")
             os.replace(ckpt_dir / "last.tmp", last)
-            if score > best:
+            if score is not None and score > best:
                 best = score
                 torch.save(_unwrap(model).state_dict(), ckpt_dir / "best.pt")
     if rank == 0:

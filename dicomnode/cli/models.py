@@ -48,7 +48,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         patch=(pz, py, px), batch_size=args.batch_size, lr=args.lr, workers=args.workers,
         seed=args.seed, resume=not args.no_resume, task=args.task, sampling=args.sampling,
         val_fraction=args.val_fraction, amp=not args.no_amp, spacing=(sx, sy, sz),
-        flip=not args.no_flip, hard_negative_fraction=args.hard_negatives,
+        flip=not args.no_flip, hard_negative_fraction=args.hard_negatives, val_every=args.val_every,
     )
     if args.labels:
         cfg.labels = _labels(args.labels)
@@ -208,6 +208,10 @@ def add_model_commands(sub: Any, common: Callable[..., None]) -> None:
         "--hard-negatives", type=float, default=0.0, metavar="FRACTION",
         help="fraction of patches centred on hard negatives from *_hardneg.nii.gz beside each pair "
         "(vessels, airways, fissures: what a nodule detector must leave alone; default: %(default)s)",
+    )
+    p.add_argument(
+        "--val-every", type=int, default=1, metavar="N",
+        help="validate every N epochs and after the last (validation of whole volumes is slow on a CPU; default: %(default)s)",
     )
     p.add_argument("--no-resume", action="store_true", help="start again even if OUT has a checkpoint")
     p.add_argument(
