@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from ai.anatomy import AnatomySpec
 from ai.errors import AIError
+from ai.measure import METHODS, LesionVolume
+from ai.postprocess import ShapeRule
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +78,10 @@ class Bundle:
     in_channels: int = 1
     gpu_memory_mb: int = 0  # declared peak GPU memory of one run (0: not declared); workers admit jobs by it
     tta_flips: tuple[tuple[int, ...], ...] = ()  # test-time augmentation: array axes (z=0, y=1, x=2) to mirror
+    lesion_shape: Mapping[int, ShapeRule] = field(default_factory=dict)  # postprocessing.lesion_shape
+    contains: Mapping[int, tuple[int, ...]] = field(default_factory=dict)  # measurement.contains: organ -> lesion labels
+    lesion_volume: LesionVolume = field(default_factory=LesionVolume)  # measurement.lesion_volume
+    anatomy: AnatomySpec | None = None  # the plausibility gate; None: no gate
 
     @property
     def out_channels(self) -> int:
@@ -183,7 +191,185 @@ def _problems_in(m: dict[str, Any], path: Path) -> list[str]:
         len(int_values) != len(values) or sorted(int_values) != list(range(1, len(values) + 1))
     ):
         problems.append("segmentation label values must be 1..N (0 is background)")
+    return problems + _problems_in_anatomy_keys(m)
+
+
+_SHAPE_KEYS = {"max_elongation": 1.0, "max_length_mm": 0.0, "min_fill": 0.0, "vessel_radius_mm": 0.0}  # key -> exclusive lower bound
+_VOLUME_KEYS = ("method", "shell_mm", "tail_mm", "core", "min_contrast")
+_ANATOMY_KEYS = ("labels", "paired", "volume_ml", "min_extent_mm", "min_fill", "partial_min_ml")
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _label_ref(key: object, known: dict[int, bool]) -> int | None:
+    """A label value written as a JSON key or number ("3" or 3), if it is one of the bundle's labels."""
+    try:
+        value = int(str(key))
+    except ValueError:
+        return None
+    return value if value in known else None
+
+
+def _problems_in_anatomy_keys(m: dict[str, Any]) -> list[str]:
+    """Problems of ``postprocessing.within``, ``postprocessing.lesion_shape``, ``min_size_mm3``, ``measurement`` and ``anatomy``."""
+    problems: list[str] = []
+    labels = m.get("labels")
+    labels = labels if isinstance(labels, list) else []
+    known = {lb["value"]: bool(lb.get("lesion", False)) for lb in labels if isinstance(lb, dict) and isinstance(lb.get("value"), int)}
+    listed = ", ".join(str(v) for v in sorted(known))
+
+    def ref(where: str, key: object, lesion: bool | None = None) -> int | None:
+        value = _label_ref(key, known)
+        if value is None:
+            problems.append(f"{where}: {key!r} is not a label of this bundle (labels {listed})")
+        elif lesion is not None and known[value] != lesion:
+            problems.append(f"{where}: label {value} {'is not' if lesion else 'is'} a lesion label")
+        return value
+
+    pp = m.get("postprocessing", {})
+    if not isinstance(pp, dict):
+        return ["postprocessing must be an object"]
+    new_keys = [k for k in ("lesion_shape",) if k in pp] + [k for k in ("measurement", "anatomy") if k in m]
+    if new_keys and m.get("task") != "segmentation":
+        problems.append(f"{', '.join(new_keys)} apply to segmentation bundles only")
+    floor = pp.get("min_size_mm3")
+    if floor is not None and not (_is_number(floor) and floor >= 0):
+        problems.append(f"postprocessing.min_size_mm3 must be a number >= 0, not {floor!r}")
+    within = pp.get("within", {})
+    if not isinstance(within, dict):
+        problems.append("postprocessing.within must map a label to its parent label(s), e.g. {\"3\": [1, 2]}")
+    else:
+        for child, parents in within.items():
+            ref("postprocessing.within", child)
+            if not (isinstance(parents, int) or (isinstance(parents, list) and parents)):
+                problems.append(f"postprocessing.within[{child!r}] must be a label or a non-empty list of labels, not {parents!r}")
+                continue
+            for parent in parents if isinstance(parents, list) else [parents]:
+                ref(f"postprocessing.within[{child!r}]", parent)
+    shapes = pp.get("lesion_shape", {})
+    if not isinstance(shapes, dict):
+        problems.append("postprocessing.lesion_shape must map lesion labels to rules")
+    else:
+        for key, rule in shapes.items():
+            where = f"postprocessing.lesion_shape[{key!r}]"
+            ref("postprocessing.lesion_shape", key, lesion=True)
+            if not isinstance(rule, dict):
+                problems.append(f"{where} must be an object")
+                continue
+            for name, value in rule.items():
+                if name not in _SHAPE_KEYS:
+                    problems.append(f"{where}: unknown key {name!r} (known: {', '.join(_SHAPE_KEYS)})")
+                elif value is not None and not (_is_number(value) and (value >= 0 if name == "vessel_radius_mm" else value > _SHAPE_KEYS[name])):
+                    bound = ">= 0" if name == "vessel_radius_mm" else f"> {_SHAPE_KEYS[name]:g}"
+                    problems.append(f"{where}.{name} must be a number {bound}{'' if name == 'vessel_radius_mm' else ' or null'}, not {value!r}")
+            if _is_number(rule.get("min_fill")) and rule["min_fill"] > 1:
+                problems.append(f"{where}.min_fill must be at most 1")
+            if rule.get("vessel_radius_mm", 0) is None:
+                problems.append(f"{where}.vessel_radius_mm must be a number >= 0 (0: no opening)")
+    meas = m.get("measurement", {})
+    if not isinstance(meas, dict):
+        problems.append("measurement must be an object")
+        meas = {}
+    for key in meas:
+        if key not in ("contains", "lesion_volume"):
+            problems.append(f"measurement: unknown key {key!r} (known: contains, lesion_volume)")
+    contains = meas.get("contains", {})
+    if not isinstance(contains, dict):
+        problems.append("measurement.contains must map organ labels to lists of lesion labels")
+    else:
+        for organ, held in contains.items():
+            ref("measurement.contains", organ, lesion=False)
+            if not (isinstance(held, list) and held):
+                problems.append(f"measurement.contains[{organ!r}] must be a non-empty list of lesion labels, not {held!r}")
+                continue
+            for v in held:
+                ref(f"measurement.contains[{organ!r}]", v, lesion=True)
+    lv = meas.get("lesion_volume", {})
+    if isinstance(lv, str):
+        lv = {"method": lv}
+    if not isinstance(lv, dict):
+        problems.append("measurement.lesion_volume must be a method name or an object")
+        lv = {}
+    for key, value in lv.items():
+        if key not in _VOLUME_KEYS:
+            problems.append(f"measurement.lesion_volume: unknown key {key!r} (known: {', '.join(_VOLUME_KEYS)})")
+        elif key == "method" and value not in METHODS:
+            problems.append(f"measurement.lesion_volume.method must be one of {', '.join(METHODS)}, not {value!r}")
+        elif key == "core" and not (value is None or _is_number(value)):
+            problems.append(f"measurement.lesion_volume.core must be a number (the lesion's own intensity) or null, not {value!r}")
+        elif key in ("shell_mm", "tail_mm", "min_contrast") and not (_is_number(value) and value > 0):
+            problems.append(f"measurement.lesion_volume.{key} must be a number > 0, not {value!r}")
+    anat = m.get("anatomy")
+    if anat is None:
+        return problems
+    if not isinstance(anat, dict):
+        return [*problems, "anatomy must be an object"]
+    for key in anat:
+        if key not in _ANATOMY_KEYS:
+            problems.append(f"anatomy: unknown key {key!r} (known: {', '.join(_ANATOMY_KEYS)})")
+    paired = anat.get("paired")
+    if paired is not None:
+        if not (isinstance(paired, list) and len(paired) == 2 and paired[0] != paired[1]):
+            problems.append(f"anatomy.paired must be two different labels [right, left], not {paired!r}")
+        else:
+            for v in paired:
+                ref("anatomy.paired", v, lesion=False)
+    organs = anat.get("labels", paired)
+    if isinstance(organs, list) and organs:
+        for v in organs:
+            ref("anatomy.labels", v, lesion=False)
+        if isinstance(paired, list) and not set(map(str, paired)) <= set(map(str, organs)):
+            problems.append("anatomy.paired must be among anatomy.labels")
+    else:
+        problems.append("anatomy needs the organ labels: 'labels' (a non-empty list) or 'paired' ([right, left])")
+    vol = anat.get("volume_ml")
+    if vol is not None and not (isinstance(vol, list) and len(vol) == 2 and all(_is_number(v) for v in vol) and 0 <= vol[0] < vol[1]):
+        problems.append(f"anatomy.volume_ml must be [min, max] mL with 0 <= min < max, not {vol!r}")
+    for key in ("min_extent_mm", "partial_min_ml"):
+        if key in anat and not (_is_number(anat[key]) and anat[key] >= 0):
+            problems.append(f"anatomy.{key} must be a number >= 0, not {anat[key]!r}")
+    if "min_fill" in anat and not (_is_number(anat["min_fill"]) and 0 <= anat["min_fill"] <= 1):
+        problems.append(f"anatomy.min_fill must be a fraction 0-1, not {anat['min_fill']!r}")
     return problems
+
+
+def _shape_rules(pp: dict[str, Any]) -> dict[int, ShapeRule]:
+    default = ShapeRule()
+    return {
+        int(key): ShapeRule(**{name: rule.get(name, getattr(default, name)) for name in _SHAPE_KEYS})
+        for key, rule in pp.get("lesion_shape", {}).items()
+    }
+
+
+def _lesion_volume(meas: dict[str, Any]) -> LesionVolume:
+    lv = meas.get("lesion_volume", {})
+    lv = {"method": lv} if isinstance(lv, str) else dict(lv)
+    default = LesionVolume()
+    core = lv.get("core")
+    return LesionVolume(
+        method=lv.get("method", default.method),
+        shell_mm=float(lv.get("shell_mm", default.shell_mm)),
+        tail_mm=float(lv.get("tail_mm", default.tail_mm)),
+        core=None if core is None else float(core),
+        min_contrast=float(lv.get("min_contrast", default.min_contrast)),
+    )
+
+
+def _anatomy(anat: dict[str, Any] | None) -> AnatomySpec | None:
+    if anat is None:
+        return None
+    paired = anat.get("paired")
+    lo, hi = anat.get("volume_ml", [0.0, math.inf])
+    return AnatomySpec(
+        labels=tuple(int(v) for v in anat.get("labels") or paired or []),
+        paired=(int(paired[0]), int(paired[1])) if paired else None,
+        volume_ml=(float(lo), float(hi)),
+        min_extent_mm=float(anat.get("min_extent_mm", 0.0)),
+        min_fill=float(anat.get("min_fill", AnatomySpec(labels=()).min_fill)),
+        partial_min_ml=float(anat.get("partial_min_ml", float(lo) / 10)),
+    )
 
 
 def load_bundle(path: Path) -> Bundle:
@@ -247,6 +433,10 @@ def load_bundle(path: Path) -> Bundle:
         in_channels=int(inp.get("channels", 1)),
         gpu_memory_mb=int(inf.get("gpu_memory_mb", 0) or 0),
         tta_flips=tuple(tuple(int(a) for a in axes) for axes in inf.get("tta_flips", [])),
+        lesion_shape=_shape_rules(m.get("postprocessing", {})),
+        contains={int(k): tuple(int(v) for v in held) for k, held in m.get("measurement", {}).get("contains", {}).items()},
+        lesion_volume=_lesion_volume(m.get("measurement", {})),
+        anatomy=_anatomy(m.get("anatomy")),
     )
 
 

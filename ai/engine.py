@@ -6,6 +6,7 @@ the outputs are on the source voxel grid.  No DICOM here.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -15,11 +16,20 @@ from typing import Any
 import numpy as np
 import torch
 
+from ai.anatomy import AnatomyVerdict, assess
 from ai.bundle import Bundle
 from ai.errors import AIError
 from ai.inference import WindowConfig, optimize_predictor, select_device, sliding_window
 from ai.measure import LabelMeasurement, measure
-from ai.postprocess import fill_holes, keep_largest, keep_within, remove_small, to_labels
+from ai.postprocess import (
+    fill_holes,
+    filter_shapes,
+    keep_largest,
+    keep_within,
+    min_voxels,
+    remove_small,
+    to_labels,
+)
 from ai.preprocess import prepare, to_roi
 
 logger = logging.getLogger(__name__)
@@ -35,6 +45,7 @@ class Result:
     measurements: list[LabelMeasurement] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     device: str = "cpu"
+    anatomy: AnatomyVerdict | None = None  # the bundle's anatomy gate (None: the bundle has none)
 
 
 class Engine:
@@ -70,7 +81,11 @@ class Engine:
     ) -> np.ndarray:
         """Scores on the source grid -> label map, as the bundle's ``postprocessing`` says.
 
-        ``label_thresholds`` and ``detection_thresholds`` override the bundle's (for tuning them).
+        In order: argmax or thresholds, ``keep_largest``, ``lesion_shape``
+        (vessels among the lesion components go to their surroundings),
+        ``min_size_mm3`` (a component is kept when its volume reaches the
+        floor), ``fill_holes``, ``within``.  ``label_thresholds`` and
+        ``detection_thresholds`` override the bundle's (for tuning them).
         """
         pp: dict[str, Any] = self.bundle.postprocessing
         if label_thresholds is None:
@@ -83,14 +98,24 @@ class Engine:
         )
         if pp.get("keep_largest"):
             labels = keep_largest(labels, pp["keep_largest"])
+        spacing_zyx = (float(spacing_xyz[2]), float(spacing_xyz[1]), float(spacing_xyz[0]))
+        if self.bundle.lesion_shape:
+            labels = filter_shapes(labels, self.bundle.lesion_shape, spacing_zyx)
         if pp.get("min_size_mm3"):
-            voxel_mm3 = float(np.prod(spacing_xyz))
-            labels = remove_small(labels, max(1, int(pp["min_size_mm3"] / voxel_mm3)))
+            floor = min_voxels(float(pp["min_size_mm3"]), float(np.prod(spacing_xyz)))
+            labels = remove_small(labels, floor, values=[lb.value for lb in self.bundle.labels])
         if pp.get("fill_holes"):
             labels = fill_holes(labels, pp["fill_holes"] if isinstance(pp["fill_holes"], list) else None)
         for child, parent in pp.get("within", {}).items():
-            labels = keep_within(labels, int(child), int(parent))
+            labels = keep_within(labels, int(child), [int(p) for p in parent] if isinstance(parent, list) else int(parent))
         return labels
+
+    def _tail_thresholds(self) -> dict[int, float]:
+        """Per lesion label, the probability from which post-processing calls a voxel that label."""
+        pp: dict[str, Any] = self.bundle.postprocessing
+        default = float(pp["threshold"]) if pp.get("threshold") is not None else 0.5
+        given = {int(k): float(v) for k, v in pp.get("label_thresholds", {}).items()}
+        return {lb.value: min(given.get(lb.value, default), default) for lb in self.bundle.labels if lb.lesion}
 
     def run(
         self,
@@ -158,12 +183,19 @@ class Engine:
         res.labels = labels
         if keep_probabilities:
             res.probabilities = source_scores.astype(np.float32)
+        names = {lb.value: lb.name for lb in b.labels}
         res.measurements = measure(
             labels,
             spacing_xyz,
-            {lb.value: lb.name for lb in b.labels},
+            names,
             image=array,
             lesion_values=[lb.value for lb in b.labels if lb.lesion],
+            probabilities=source_scores if pp.get("softmax", True) else None,  # raw scores are no probabilities
+            contains=b.contains,
+            lesion_volume=dataclasses.replace(b.lesion_volume, thresholds=self._tail_thresholds()),
         )
+        if b.anatomy is not None:
+            volumes = {m.value: m.volume_ml for m in res.measurements}
+            res.anatomy = assess(labels, spacing_xyz, direction, b.anatomy, names, volumes)
         res.timings["postprocess"] = time.perf_counter() - t2
         return res

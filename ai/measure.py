@@ -1,14 +1,25 @@
-"""Measurements of a label map on its own voxel grid: volumes, intensities, lesions."""
+"""Measurements of a label map on its own voxel grid: volumes, intensities, lesions.
+
+A label's volume is its voxel count (what its SEG segment holds), plus, for
+an organ that ``contains`` lesion labels, the lesions that lie in it.  A
+lesion's volume is measured with sub-voxel care (:class:`LesionVolume`):
+counting the voxels of a small component misjudges it by a good part of
+its boundary shell, which is most of a small nodule.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
-import cc3d
 import numpy as np
 
+from ai.postprocess import components, dilate_box
+
 MAX_SURFACE_POINTS = 4000  # for the maximum diameter; more are subsampled evenly
+METHODS = ("auto", "partial_volume", "probability", "voxels")
+Method = Literal["auto", "partial_volume", "probability", "voxels"]
 
 
 @dataclass(frozen=True)
@@ -16,10 +27,13 @@ class Lesion:
     """One connected component of a lesion-type label."""
 
     index: int
-    volume_ml: float
+    volume_ml: float  # measured as ``method`` says
     max_diameter_mm: float
     centroid_voxel: tuple[float, float, float]  # [z, y, x]
     slices: tuple[int, int] = (0, 0)  # the z extent [first, stop): a connected component has no empty slice inside
+    voxel_volume_ml: float = 0.0  # the component's voxel count times the voxel volume
+    method: str = "voxels"  # how volume_ml was measured: partial_volume, probability or voxels
+    organ: int | None = None  # the organ label it lies in (``contains``), if any
 
 
 @dataclass(frozen=True)
@@ -28,11 +42,62 @@ class LabelMeasurement:
 
     value: int
     name: str
-    volume_ml: float
-    voxels: int
-    mean: float | None
+    volume_ml: float  # voxels x voxel volume
+    voxels: int  # its own voxels plus those of the lesions it contains
+    mean: float | None  # intensity over its own voxels
     std: float | None
     lesions: list[Lesion] = field(default_factory=list)
+    contained_ml: float = 0.0  # the part of volume_ml that is lesions inside this organ
+
+
+@dataclass(frozen=True)
+class LesionVolume:
+    """How a lesion's volume is measured (``measurement.lesion_volume`` of a bundle).
+
+    Attributes
+    ----------
+    method : str
+        ``partial_volume``: from the intensities, every voxel of the lesion
+        and of a shell around it counts with the fraction of lesion that its
+        intensity shows, between the local background (the organ around it)
+        and the lesion's core.  ``probability``: the sum of the lesion
+        class's probability over the lesion and the low-probability tail
+        around it.  ``voxels``: the voxel count.  ``auto`` (default):
+        partial volume where the lesion stands out from its background by
+        ``min_contrast`` noise standard deviations, else probability where
+        there are probabilities, else voxels.
+    shell_mm : float
+        How far around the component partial-volume fractions are collected
+        (a box of this half-width); the background is sampled from the next
+        ``shell_mm`` out.
+    tail_mm : float
+        How far around the component the probability tail is summed: a
+        network's probability fades over a few of its own voxels.
+    core : float, optional
+        The intensity of the lesion's own tissue, for lesions too small to
+        show it (fewer than ``MIN_CORE_VOXELS`` voxels whose neighbours are
+        all lesion), e.g. 0 HU for solid lung nodules.  Without it, such a
+        lesion is measured by probability (or voxels): every one of its voxels
+        is partial, so its brightest voxel would understate its core and
+        inflate its volume.
+    min_contrast : float
+        Partial volume needs |core - background| of at least this many robust
+        noise standard deviations of the background.
+    thresholds : mapping of int to float
+        Per lesion label, the probability at which the network calls a voxel
+        that label (default 0.5): outside the component, only voxels below it
+        are the lesion's tail; above it they belong to another finding.
+    """
+
+    method: Method = "auto"
+    shell_mm: float = 3.0
+    tail_mm: float = 5.0
+    core: float | None = None
+    min_contrast: float = 10.0
+    thresholds: Mapping[int, float] = field(default_factory=dict)
+
+
+MIN_CORE_VOXELS = 8
 
 
 def _surface(mask: np.ndarray) -> np.ndarray:
@@ -67,6 +132,87 @@ def max_diameter_mm(mask: np.ndarray, spacing_zyx: Sequence[float]) -> float:
     return float(np.sqrt(best))
 
 
+def _inner(mask: np.ndarray) -> np.ndarray:
+    """Voxels of ``mask`` whose 26 neighbours are all in ``mask``."""
+    return mask & ~dilate_box(~np.pad(mask, 1), (1, 1, 1))[1:-1, 1:-1, 1:-1]
+
+
+@dataclass
+class _Component:
+    """One lesion component and its neighbourhood, while it is measured."""
+
+    box: tuple[slice, slice, slice]  # the neighbourhood in the volume
+    comp: np.ndarray  # the component's voxels in ``box``
+    border: np.ndarray  # label counts on its one-voxel shell
+
+
+def _partial_volume(
+    c: _Component, labels: np.ndarray, image: np.ndarray, free: np.ndarray, cfg: LesionVolume, half: Sequence[int]
+) -> float | None:
+    """Lesion voxels (a fraction each) from intensities, or None where the contrast is too low to tell.
+
+    ``free``: the voxels of ``c.box`` that no lesion holds and no larger lesion's shell has counted.
+    """
+    host = int(c.border.argmax())  # the label around the lesion: its background
+    lab = labels[c.box]
+    img = image[c.box].astype(np.float64)
+    near = dilate_box(c.comp, half)
+    ring = dilate_box(near, half) & ~near & (lab == host)
+    if np.count_nonzero(ring) < 10:
+        return None
+    bg_vals = img[ring]
+    bg = float(np.median(bg_vals))
+    noise = max(1.4826 * float(np.median(np.abs(bg_vals - bg))), 1e-6)
+    vals = img[c.comp]
+    sign = 1.0 if float(np.median(vals)) >= bg else -1.0
+    # The lesion's pure voxels: those whose neighbours all show more than half its peak contrast (the
+    # component may be a little off the lesion: a network's boundary on a coarser grid).
+    peak = float(np.percentile(vals, 95 if sign > 0 else 5))
+    region = c.comp | (near & (lab == host))
+    inner = _inner(region & ((img - (bg + peak) / 2) * sign > 0))
+    if np.count_nonzero(inner) >= MIN_CORE_VOXELS:
+        core = float(np.median(img[inner]))
+    elif cfg.core is not None and (cfg.core - bg) * sign > 0:
+        core = float(cfg.core)
+    else:
+        return None  # too small to show its own intensity, and none given: every voxel is partial
+    contrast = core - bg
+    if abs(contrast) < cfg.min_contrast * noise:
+        return None
+    frac = (img - bg) / contrast
+    edge = c.comp & ~inner
+    shell = near & ~c.comp & free & (lab == host)
+    tail = frac[shell]
+    floor = 2 * noise / abs(contrast)  # below two noise SDs a shell voxel is background: no bias from clipping noise
+    return float(
+        np.count_nonzero(inner & c.comp) + np.clip(frac[edge], 0, 1).sum() + np.clip(tail[tail > floor], 0, 1).sum()
+    )
+
+
+def _probability(c: _Component, prob: np.ndarray, free: np.ndarray, threshold: float, half: Sequence[int]) -> float:
+    """Lesion voxels as the sum of the lesion's probability over it and its tail (``free`` as for partial volume)."""
+    p = prob[c.box]
+    tail = dilate_box(c.comp, half) & ~c.comp & free & (p < threshold)
+    return float(p[c.comp].sum() + p[tail].sum())
+
+
+def _components(
+    labels: np.ndarray, value: int, pad: Sequence[int], lesion_values: Sequence[int], top: int
+) -> tuple[list[_Component], list[tuple[float, float, float]]]:
+    """The connected components of ``value`` (26-connected), each in a box ``pad`` voxels wider, and their centroids."""
+    out: list[_Component] = []
+    centroids: list[tuple[float, float, float]] = []
+    others = [v for v in lesion_values if v != value]
+    for _, box, comp in components(labels == value, pad):
+        shell = dilate_box(comp, (1, 1, 1)) & ~comp
+        values = labels[box][shell]
+        values = values[(values != value) & ~np.isin(values, others)] if others else values[values != value]
+        out.append(_Component(box, comp, np.bincount(values.ravel().astype(np.int64), minlength=top + 1)))
+        cz, cy, cx = np.argwhere(comp).mean(axis=0) + [b.start for b in box]
+        centroids.append((float(cz), float(cy), float(cx)))
+    return out, centroids
+
+
 def measure(
     labels: np.ndarray,
     spacing_xyz: Sequence[float],
@@ -74,6 +220,9 @@ def measure(
     *,
     image: np.ndarray | None = None,
     lesion_values: Sequence[int] = (),
+    probabilities: np.ndarray | None = None,
+    contains: Mapping[int, Sequence[int]] | None = None,
+    lesion_volume: LesionVolume | None = None,
 ) -> list[LabelMeasurement]:
     """Volume (mL), intensity mean/std and, for lesion labels, per-component volume and diameter.
 
@@ -86,37 +235,95 @@ def measure(
     names : dict
         Label value to display name.
     image : ndarray, optional
-        Intensities on the same grid (e.g. HU), for mean and standard deviation.
+        Intensities on the same grid (e.g. HU), for mean and standard
+        deviation, and for partial-volume lesion volumes.
     lesion_values : sequence of int
         Labels measured per connected component.
+    probabilities : ndarray ``(K, z, y, x)``, optional
+        The network's probabilities on the same grid (channel = label value),
+        for probability lesion volumes.
+    contains : mapping, optional
+        Organ label -> lesion labels it contains (``{1: [3], 2: [3]}``): each
+        lesion component counts in the volume of the organ it borders most.
+    lesion_volume : LesionVolume, optional
+        How lesion volumes are measured (default: :class:`LesionVolume`).
+
+    Notes
+    -----
+    A lesion's maximum diameter is that of its voxel centres, scaled by the
+    cube root of (measured volume / voxel-count volume): the component's
+    shape at the measured volume, so diameter and volume agree.
     """
+    cfg = lesion_volume or LesionVolume()
     sx, sy, sz = (float(v) for v in spacing_xyz)
+    spacing_zyx = (sz, sy, sx)
     voxel_ml = sx * sy * sz / 1000.0
+    shell = [max(1, round(cfg.shell_mm / s)) for s in spacing_zyx]
+    tail = [max(1, round(cfg.tail_mm / s)) for s in spacing_zyx]
+    pad = [max(2 * a + 1, b + 1) for a, b in zip(shell, tail)]
+    organs_of: dict[int, list[int]] = {}
+    for organ, held in (contains or {}).items():
+        for v in held:
+            organs_of.setdefault(int(v), []).append(int(organ))
+    lesion_set = sorted({int(v) for v in lesion_values} | set(organs_of))
+    lesions: dict[int, list[Lesion]] = {}
+    contained: dict[int, int] = {}
+    top = int(labels.max()) if labels.size else 0
+    for value in lesion_set:
+        comps, centroids = _components(labels, value, pad, lesion_set, top)
+        if not comps:
+            continue
+        claimed = np.zeros(labels.shape, dtype=bool)  # shell voxels counted already: each counts once (largest lesion first)
+        found: list[Lesion] = []
+        for k in sorted(range(len(comps)), key=lambda i: -int(np.count_nonzero(comps[i].comp))):
+            c = comps[k]
+            count = int(np.count_nonzero(c.comp))
+            touching = [o for o in organs_of.get(value, []) if o <= top and c.border[o] > 0]
+            in_organ = max(touching, key=lambda o: (int(c.border[o]), -o)) if touching else None
+            if in_organ is not None:
+                contained[in_organ] = contained.get(in_organ, 0) + count
+            if value not in lesion_values:
+                continue
+            free = ~claimed[c.box] & ~np.isin(labels[c.box], lesion_set)
+            voxels, method = _lesion_voxels(c, labels, value, image, probabilities, free, cfg, shell, tail)
+            if method != "voxels":
+                claimed[c.box] |= dilate_box(c.comp, tail if method == "probability" else shell)
+            diameter = max_diameter_mm(c.comp, spacing_zyx) * (voxels / count) ** (1 / 3)
+            zs = np.flatnonzero(c.comp.any(axis=(1, 2)))
+            slices = (c.box[0].start + int(zs[0]), c.box[0].start + int(zs[-1]) + 1)
+            found.append(Lesion(k + 1, voxels * voxel_ml, diameter, centroids[k], slices, count * voxel_ml, method, in_organ))
+        lesions[value] = sorted(found, key=lambda les: -les.volume_ml)
     out: list[LabelMeasurement] = []
     for value, name in sorted(names.items()):
         mask = labels == value
-        n = int(mask.sum())
+        n = int(np.count_nonzero(mask))
         mean = std = None
         if image is not None and n:
             vals = image[mask].astype(np.float64)
             mean, std = float(vals.mean()), float(vals.std())
-        lesions: list[Lesion] = []
-        if value in lesion_values and n:
-            cc = cc3d.connected_components(mask, connectivity=26)
-            stats = cc3d.statistics(cc)
-            for k in range(1, int(cc.max()) + 1):
-                bbox = stats["bounding_boxes"][k]
-                comp = cc[bbox] == k
-                cz, cy, cx = stats["centroids"][k]
-                lesions.append(
-                    Lesion(
-                        index=k,
-                        volume_ml=float(stats["voxel_counts"][k]) * voxel_ml,
-                        max_diameter_mm=max_diameter_mm(comp, (sz, sy, sx)),
-                        centroid_voxel=(float(cz), float(cy), float(cx)),
-                        slices=(int(bbox[0].start), int(bbox[0].stop)),
-                    )
-                )
-            lesions.sort(key=lambda les: -les.volume_ml)
-        out.append(LabelMeasurement(value, name, n * voxel_ml, n, mean, std, lesions))
+        extra = contained.get(value, 0)
+        out.append(
+            LabelMeasurement(value, name, (n + extra) * voxel_ml, n + extra, mean, std, lesions.get(value, []), extra * voxel_ml)
+        )
     return out
+
+
+def _lesion_voxels(
+    c: _Component,
+    labels: np.ndarray,
+    value: int,
+    image: np.ndarray | None,
+    probabilities: np.ndarray | None,
+    free: np.ndarray,
+    cfg: LesionVolume,
+    shell: Sequence[int],
+    tail: Sequence[int],
+) -> tuple[float, str]:
+    """How many voxels' worth of lesion one component holds, and by which method."""
+    if cfg.method in ("auto", "partial_volume") and image is not None:
+        v = _partial_volume(c, labels, image, free, cfg, shell)
+        if v is not None:
+            return v, "partial_volume"
+    if cfg.method in ("auto", "probability", "partial_volume") and probabilities is not None and value < len(probabilities):
+        return _probability(c, probabilities[value], free, float(cfg.thresholds.get(value, 0.5)), tail), "probability"
+    return float(np.count_nonzero(c.comp)), "voxels"
