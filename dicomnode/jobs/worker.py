@@ -254,6 +254,13 @@ class JobRunner(BackgroundLoop):
         result: Result = stages.run(Stage.INFER, lambda: self._infer(primary, plan.models[1:], vol))
         if stages.hb.lost:
             raise LeaseLost(f"job {job.id}")
+        if result.anatomy is not None and not result.anatomy.applicable:
+            # The model ran, but the anatomy it needs is not there (e.g. a head CT labelled CHEST):
+            # nothing goes to the PACS, and the series is not at fault, so nothing is quarantined.
+            logger.info("job %d not applicable: %s", job.id, result.anatomy.reason)
+            stages.timings.update({f"model_{k}": round(v, 3) for k, v in result.timings.items()})
+            end_job(self.engine, job.id, self.name, JobState.NOT_APPLICABLE, result.anatomy.reason, stages.timings)
+            return
         from dicomnode.outputs.writer import OutputOptions, write_outputs
 
         root = self.cfg.node.storage_dir

@@ -93,6 +93,14 @@ def _algorithm(bundle: Bundle) -> hd.sr.AlgorithmIdentification:
     return hd.sr.AlgorithmIdentification(name=bundle.name[:64], version=bundle.version[:64])
 
 
+def _coverage(result: Result) -> str:
+    """A sentence for the report when the scan does not cover every organ measured (else nothing)."""
+    a = result.anatomy
+    if a is None or not a.partial:
+        return ""
+    return f" Partial coverage: {'; '.join(a.cut_off) or 'an organ reaches the edge of the scan'}; its volume is incomplete."
+
+
 def _class_concept(name: str, labels: Sequence[Label]) -> hd.sr.CodedConcept:
     match = next((lb for lb in labels if lb.name == name), None)
     if match is not None and match.snomed_code:
@@ -265,7 +273,7 @@ def build_sr(
         note.ContentSequence = hd.sr.ContentSequence([
             hd.sr.TextContentItem(
                 name=codes.DCM.Comment, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
-                value=f"AI result of {bundle.name} {bundle.version}. Intended use: {bundle.intended_use}",
+                value=f"AI result of {bundle.name} {bundle.version}. Intended use: {bundle.intended_use}" + _coverage(result),
             )
         ])
         report[0].ContentSequence.append(note)
