@@ -23,7 +23,7 @@ import torch
 from ai.anatomy import AnatomySpec
 from ai.errors import AIError
 from ai.measure import METHODS, LesionVolume
-from ai.postprocess import ShapeRule
+from ai.shape import ShapeRule
 
 logger = logging.getLogger(__name__)
 

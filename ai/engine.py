@@ -21,15 +21,8 @@ from ai.bundle import Bundle
 from ai.errors import AIError
 from ai.inference import WindowConfig, optimize_predictor, select_device, sliding_window
 from ai.measure import LabelMeasurement, measure
-from ai.postprocess import (
-    fill_holes,
-    filter_shapes,
-    keep_largest,
-    keep_within,
-    min_voxels,
-    remove_small,
-    to_labels,
-)
+from ai.postprocess import fill_holes, keep_largest, keep_within, min_voxels, remove_small, to_labels
+from ai.shape import filter_shapes
 from ai.preprocess import prepare, to_roi
 
 logger = logging.getLogger(__name__)

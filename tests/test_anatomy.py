@@ -16,7 +16,7 @@ from ai.bundle import BundleError, load_bundle
 from ai.engine import Engine
 from ai.measure import LesionVolume
 from ai.phantom import LUNG, NODULE, generate
-from ai.postprocess import ShapeRule
+from ai.shape import ShapeRule
 
 BUNDLE = Path(__file__).resolve().parents[1] / "ai" / "bundles" / "chest-ct-lungs-nodules"
 NAMES = {1: "right lung", 2: "left lung", 3: "nodule"}

@@ -11,17 +11,8 @@ import pytest
 import torch
 
 from ai.measure import LesionVolume, max_diameter_mm, measure
-from ai.postprocess import (
-    ShapeRule,
-    fill_holes,
-    filter_shapes,
-    keep_largest,
-    keep_within,
-    min_voxels,
-    remove_small,
-    shape_of,
-    to_labels,
-)
+from ai.postprocess import fill_holes, keep_largest, keep_within, min_voxels, remove_small, to_labels
+from ai.shape import ShapeRule, filter_shapes, shape_of
 
 
 def sphere(shape: tuple[int, int, int], centre_mm: tuple[float, float, float], radius_mm: float, spacing_zyx: tuple[float, float, float]) -> np.ndarray:
