@@ -22,7 +22,9 @@ import torch
 
 from ai.anatomy import AnatomySpec
 from ai.errors import AIError
+from ai import scan_score
 from ai.measure import METHODS, LesionVolume
+from ai.scan_score import ScanScore
 from ai.shape import ShapeRule
 
 logger = logging.getLogger(__name__)
@@ -82,6 +84,7 @@ class Bundle:
     contains: Mapping[int, tuple[int, ...]] = field(default_factory=dict)  # measurement.contains: organ -> lesion labels
     lesion_volume: LesionVolume = field(default_factory=LesionVolume)  # measurement.lesion_volume
     anatomy: AnatomySpec | None = None  # the plausibility gate; None: no gate
+    scan_score: ScanScore | None = None  # class probabilities derived from the lesions; None: none
 
     @property
     def out_channels(self) -> int:
@@ -191,7 +194,9 @@ def _problems_in(m: dict[str, Any], path: Path) -> list[str]:
         len(int_values) != len(values) or sorted(int_values) != list(range(1, len(values) + 1))
     ):
         problems.append("segmentation label values must be 1..N (0 is background)")
-    return problems + _problems_in_anatomy_keys(m)
+    listed = labels if isinstance(labels, list) else []
+    lesion_labels = [lb.get("value") for lb in listed if isinstance(lb, dict) and lb.get("lesion")]
+    return problems + _problems_in_anatomy_keys(m) + scan_score.problems(m, lesion_labels)
 
 
 _SHAPE_KEYS = {"max_elongation": 1.0, "max_length_mm": 0.0, "min_fill": 0.0, "vessel_radius_mm": 0.0}  # key -> exclusive lower bound
@@ -437,6 +442,7 @@ def load_bundle(path: Path) -> Bundle:
         contains={int(k): tuple(int(v) for v in held) for k, held in m.get("measurement", {}).get("contains", {}).items()},
         lesion_volume=_lesion_volume(m.get("measurement", {})),
         anatomy=_anatomy(m.get("anatomy")),
+        scan_score=scan_score.from_manifest(m),
     )
 
 

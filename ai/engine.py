@@ -187,6 +187,8 @@ class Engine:
             contains=b.contains,
             lesion_volume=dataclasses.replace(b.lesion_volume, thresholds=self._tail_thresholds()),
         )
+        if b.scan_score is not None:
+            res.class_probabilities = b.scan_score.classes(labels, source_scores)
         if b.anatomy is not None:
             volumes = {m.value: m.volume_ml for m in res.measurements}
             res.anatomy = assess(labels, spacing_xyz, direction, b.anatomy, names, volumes)

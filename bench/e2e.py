@@ -1,6 +1,6 @@
 """End to end: a 512x512x300 chest CT goes in, SEG + SR come out at a PACS; time per stage.
 
-A procedural chest phantom (``ai.phantom``) is written once as a DICOM series
+A procedural chest phantom (``ai.phantoms``) is written once as a DICOM series
 under ``bench/out/data`` (or ``$DICOMNODE_BENCH_OUT/data``).  dcmtk's
 ``storescu`` sends it to ``dicomnode serve`` (SQLite, the shipped chest
 model, outputs sent to a dcmtk ``storescp`` standing in for the PACS).
@@ -37,9 +37,9 @@ from bench.common import free_port, out_dir, start_node, tool, use_quick_out, wa
 SEG, SR = "1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.88.34"
 
 
-def phantom_series(matrix: int, slices: int, seed: int = 1005) -> Path:
+def phantom_series(matrix: int, slices: int, seed: int = 4242) -> Path:
     """A cached chest phantom series."""
-    from ai.phantom import generate
+    from ai.phantoms import generate
     from dicomnode.testing.synthetic import write_phantom
 
     d = out_dir() / "data" / f"phantom-{seed}-{slices}x{matrix}"

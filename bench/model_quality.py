@@ -1,27 +1,32 @@
-"""Held-out quality of the default chest-CT bundles on phantoms they never saw.
+"""Quality of the chest-CT bundles on two phantom families: the training family's held-out seeds, and an independent one.
 
-For each of N phantoms (seeds 1000+, never used for training or tuning) the
-segmentation bundle runs through ``ai.engine.Engine`` on the phantom's own
-grid, and we report:
+Lesson learned here: a generator cannot grade the model it trained.  So the
+bundles are scored on
 
-- Dice of lungs and nodules;
-- nodule detection: the sensitivity for nodules of 6 mm or more (a nodule is
-  found when a predicted nodule component overlaps it), and false-positive
-  components per scan;
-- with ``--classifier``, the nodule present/absent classifier's ROC AUC, on
-  the same phantoms plus as many without nodules (seeds +100, ``max_nodules=0``).
+- ``train``: held-out seeds of the training generator (:mod:`ai.phantoms`,
+  seeds 7000+ by default; training used 0-99, tuning 6000+), and
+- ``eval``: the frozen, independently written family :mod:`bench.evalset`
+  (32 scans with nodules, 24 healthy), whose shapes and parameter ranges
+  training never saw.  It was frozen before training (``tests/test_evalset.py``
+  pins it) and is never used to tune anything.
 
-``--tune SEED`` instead sweeps the nodule probability thresholds
-(``postprocessing.label_thresholds`` and ``detection_thresholds``) on
-validation phantoms SEED.. (use 2000: never the held-out seeds) and prints
-the trade-off, to choose the values written into the bundle's manifest.
+For each family: right and left lung Dice; nodule sensitivity by kind
+(solid; part-solid and ground-glass; calcified) and size bin for nodules of
+6 mm or more; false-positive nodules per scan (mean, and the share of scans
+with at most one); the share of found nodules whose measured volume is
+within +-15 % of the truth; the "nodule present" probability's AUC, the share of
+healthy scans it puts below 0.5 and its calibration: the bundle's own
+``scan_score`` (:mod:`ai.scan_score`), or ``--classifier DIR``.  ``--plots DIR`` writes
+the FROC curves and the classifier's reliability diagram as one PNG.
 
-``--quick`` is a smoke run: 2 phantoms of 96x96, scored with the shipped
-classifier too (unless ``--classifier`` names another); it writes nothing
-(the table has the same columns).  Its figures on 2 small phantoms say
-nothing about the bundles' quality.
+``--tune SEED`` sweeps the nodule thresholds on training-family *validation*
+seeds SEED.. (use 6000), fits the scan score's calibration at each and prints
+the trade-off; the chosen values go into the bundle's manifest.  Cases are cached under the bench output folder.
 
-Usage: ``python bench/model_quality.py [--bundle DIR] [--count 20] [--classifier ai/bundles/chest-ct-nodule-classifier] [--tune 2000] [--quick]``
+``--quick`` is a smoke run: one small scan per family (the table has the
+same rows); its figures say nothing about the bundles' quality.
+
+Usage: ``python bench/model_quality.py [--bundle DIR] [--classifier DIR] [--family both|train|eval] [--count 40] [--plots DIR] [--tune 6000] [--quick]``
 """
 
 from __future__ import annotations
@@ -29,150 +34,164 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-import cc3d
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from dicomnode.jobs.models import DEFAULT_MODEL, SHIPPED_BUNDLES  # noqa: E402
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
 from ai.bundle import load_bundle  # noqa: E402
-from ai.engine import Engine  # noqa: E402
-from ai.phantom import LUNG, NODULE, Phantom, generate  # noqa: E402
-from ai.training.tasks.classification import auc  # noqa: E402
-from ai.training.tasks.segmentation import dice_per_label  # noqa: E402
+from ai.engine import Engine, Result  # noqa: E402
+from bench.common import out_dir, use_quick_out  # noqa: E402
+from bench.quality import NODULE, Scores, auc, froc, plot, score_case, table  # noqa: E402
+from dicomnode.jobs.models import DEFAULT_MODEL, SHIPPED_BUNDLES  # noqa: E402
 
-# Every nodule of 6 mm or more falls in exactly one bin, so the bins also give the overall sensitivity.
-SIZE_BINS = {"6-8 mm": (6.0, 8.0), "8-12 mm": (8.0, 12.0), "12-25 mm": (12.0, float("inf"))}
 DEFAULT = SHIPPED_BUNDLES / DEFAULT_MODEL
-CLASSIFIER = SHIPPED_BUNDLES / "chest-ct-nodule-classifier"
+TRAIN_HELD_OUT = 7000  # seeds of the training family that no training or tuning step uses
+TUNE_SEEDS = 6000  # validation seeds of the training family, for --tune
 
 
-@dataclass
-class Tally:
-    """Detection and overlap counts over scans."""
+def _cached(kind: str, seed: int, matrix: int, make: Any) -> Any:
+    """A generated case, from the cache when it was made before (generation takes seconds each)."""
+    import pickle
 
-    lung: list[float] = field(default_factory=list)
-    nodule: list[float] = field(default_factory=list)
-    fp: int = 0
-    scans: int = 0
-    by_size: dict[str, list[int]] = field(default_factory=lambda: {b: [0, 0] for b in SIZE_BINS})  # found, all
-
-    @property
-    def found(self) -> int:
-        return sum(found for found, _ in self.by_size.values())
-
-    @property
-    def missed(self) -> int:
-        return sum(total - found for found, total in self.by_size.values())
-
-    @property
-    def sensitivity(self) -> float:
-        return self.found / max(1, self.found + self.missed)
-
-    def add(self, ph: Phantom, labels: np.ndarray) -> None:
-        self.scans += 1
-        truth_nod, pred_nod = ph.labels == NODULE, labels == NODULE
-        d = dice_per_label(labels, ph.labels, {LUNG: "lung", NODULE: "nodule"})
-        self.lung.append(d["lung"])
-        if truth_nod.any() or pred_nod.any():
-            self.nodule.append(d["nodule"])
-        truth_cc = cc3d.connected_components(truth_nod, connectivity=26)
-        pred_cc = cc3d.connected_components(pred_nod, connectivity=26)
-        nz, ny, nx = ph.labels.shape
-        for n in ph.nodules:  # match each drawn nodule to the truth component at its centre
-            zi = min(int(n.centre_mm[2] / ph.spacing[2]), nz - 1)
-            yi = min(int((n.centre_mm[1] + ny * ph.spacing[1] / 2) / ph.spacing[1]), ny - 1)
-            xi = min(int((n.centre_mm[0] + nx * ph.spacing[0] / 2) / ph.spacing[0]), nx - 1)
-            comp = truth_cc[zi, yi, xi]
-            if n.diameter_mm < 6 or comp == 0:
-                continue
-            hit = bool((pred_nod & (truth_cc == comp)).any())
-            for name, (lo, hi) in SIZE_BINS.items():
-                if lo <= n.diameter_mm < hi:
-                    self.by_size[name][0] += hit
-                    self.by_size[name][1] += 1
-        self.fp += sum(1 for k in range(1, int(pred_cc.max()) + 1) if not (truth_nod & (pred_cc == k)).any())
+    path = out_dir() / "quality-cache" / f"{kind}-{seed}-{matrix}.pkl"
+    if path.exists():
+        with path.open("rb") as f:
+            return pickle.load(f)
+    case = make()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("wb") as f:
+        pickle.dump(case, f, protocol=pickle.HIGHEST_PROTOCOL)
+    tmp.replace(path)
+    return case
 
 
-def tune(engine: Engine, first_seed: int, count: int, matrix: int) -> None:
-    # (label threshold, detection threshold) for the nodule class; None: argmax
-    grid = [(None, None), (0.35, None), (0.2, None), (0.05, None), (0.35, 0.1), (0.35, 0.05), (0.35, 0.03), (0.35, 0.02)]
-    tallies = {thr: Tally() for thr in grid}
-    for seed in range(first_seed, first_seed + count):
-        ph = generate(seed, matrix=matrix)
-        res = engine.run(ph.hu.astype(np.float32), ph.spacing, np.eye(3), keep_probabilities=True)
+def train_cases(first: int, count: int, matrix: int) -> Iterator[Any]:
+    """Seeds ``first..`` of the training family (about a third of them healthy)."""
+    from ai.phantoms import generate
+
+    for seed in range(first, first + count):
+        yield _cached("train", seed, matrix, lambda seed=seed: generate(seed, matrix=matrix))
+
+
+def eval_cases(matrix: int, limit: int | None = None) -> Iterator[Any]:
+    """The frozen independent family (:func:`bench.evalset.frozen_set`)."""
+    from bench.evalset import frozen_set, generate_case
+
+    cases = frozen_set("eval")
+    if limit is not None:  # a smoke run: some with nodules and some without
+        cases = [c for c in cases if not c[1]][: (limit + 1) // 2] + [c for c in cases if c[1]][: limit // 2]
+    for seed, healthy in cases:
+        yield _cached("eval", seed, matrix, lambda seed=seed, healthy=healthy: generate_case(seed, healthy=healthy, matrix=matrix))
+
+
+def run(engine: Engine, case: Any) -> tuple[Result, float]:
+    """The bundle on one case, on its own grid and orientation; seconds taken."""
+    t = time.perf_counter()
+    res = engine.run(case.hu.astype(np.float32), tuple(case.spacing), np.asarray(case.direction), keep_probabilities=True)
+    return res, time.perf_counter() - t
+
+
+def score(name: str, cases: Iterator[Any], engine: Engine, classifier: Engine | None) -> Scores:
+    """Score one family."""
+    s = Scores(name)
+    for case in cases:
+        res, seconds = run(engine, case)
+        s.seconds.append(seconds)
+        anatomy = getattr(res, "anatomy", None)
+        if anatomy is not None and not anatomy.applicable:
+            s.not_applicable.append(anatomy.reason)
+        assert res.labels is not None and res.probabilities is not None
+        lesions = next((m.lesions for m in res.measurements if m.value == NODULE), [])
+        score_case(s, case, res.labels, res.probabilities[NODULE], lesions)
+        probs = res.class_probabilities  # the bundle's own scan score, when its manifest has one
+        if classifier is not None:
+            probs = classifier.run(case.hu.astype(np.float32), tuple(case.spacing), np.asarray(case.direction)).class_probabilities
+        if probs:
+            s.classifier.append((probs.get("nodule present", max(probs.values())), bool((case.labels == NODULE).any())))
+        print(f"  {name} scan {s.cases}: {sum(n.found for n in s.nodules if n.case == s.cases - 1)}/"
+              f"{sum(1 for n in s.nodules if n.case == s.cases - 1)} nodules found, {len(s.fp_scores[-1])} FP, {seconds:.1f} s",
+              file=sys.stderr)
+    return s
+
+
+def tune(engine: Engine, first: int, count: int, matrix: int) -> None:
+    """Sweep the nodule thresholds on training-family validation seeds, and fit the scan score's calibration for each."""
+    from ai.scan_score import ScanScore, fit_platt
+
+    grid = [(0.5, None), (0.5, 0.3), (0.5, 0.2), (0.35, None), (0.35, 0.2), (0.35, 0.1), (0.25, 0.1), (0.7, None), (0.7, 0.5)]
+    tallies = {g: Scores(f"{g}") for g in grid}
+    peaks: dict[tuple[float, float | None], list[tuple[float, bool]]] = {g: [] for g in grid}
+    raw = ScanScore(label=NODULE)
+    for case in train_cases(first, count, matrix):
+        res, _ = run(engine, case)
         assert res.probabilities is not None
         for lab, det in grid:
-            labels = engine.postprocess(
-                res.probabilities, ph.spacing, {} if lab is None else {NODULE: lab}, {} if det is None else {NODULE: det}
-            )
-            tallies[(lab, det)].add(ph, labels)
-    print(f"\nnodule threshold sweep on {count} validation phantoms (seeds {first_seed}-{first_seed + count - 1})\n")
-    print("| nodule label threshold | detection threshold | sensitivity >= 6 mm | FP per scan | nodule Dice | lung Dice |")
-    print("|---|---|---|---|---|---|")
+            labels = engine.postprocess(res.probabilities, tuple(case.spacing), {NODULE: lab}, {} if det is None else {NODULE: det})
+            score_case(tallies[(lab, det)], case, labels, res.probabilities[NODULE], [])
+            peaks[(lab, det)].append((raw.peak(labels, res.probabilities), bool((case.labels == NODULE).any())))
+    print(f"\nnodule threshold sweep on {count} validation phantoms of the training family (seeds {first}-{first + count - 1})\n")
+    print("| nodule label threshold | detection threshold | sensitivity >= 6 mm | part-solid/GGO >= 6 mm | FP per scan "
+          "| scans with <= 1 FP | scan score AUC | calibration a, b |")
+    print("|---|---|---|---|---|---|---|---|")
     for (lab, det), t in tallies.items():
-        print(f"| {'argmax' if lab is None else lab} | {det or '-'} | {t.sensitivity:.3f} ({t.found}/{t.found + t.missed}) | "
-              f"{t.fp / t.scans:.2f} | {np.mean(t.nodule):.3f} | {np.mean(t.lung):.3f} |")
+        big, sub = t.big(), t.big(("part-solid", "ground-glass"))
+        fp = t.fp_per_scan()
+        pairs = peaks[(lab, det)]
+        try:
+            a, b = fit_platt([p for p, _ in pairs], [y for _, y in pairs])
+            cal = f"{a:.3f}, {b:.3f}"
+        except ValueError:
+            cal = "-"
+        print(f"| {lab} | {det or '-'} | {np.mean([n.found for n in big]):.3f} ({len(big)}) | "
+              f"{np.mean([n.found for n in sub]) if sub else float('nan'):.3f} ({len(sub)}) | {np.mean(fp):.2f} | "
+              f"{np.mean([f <= 1 for f in fp]):.2f} | {auc(pairs):.3f} | {cal} |")
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bundle", type=Path, default=DEFAULT)
-    ap.add_argument("--classifier", type=Path, help="also score a nodule present/absent classifier bundle")
-    ap.add_argument("--count", type=int, default=20)
-    ap.add_argument("--matrix", type=int, default=160)
-    ap.add_argument("--first-seed", type=int, default=1000)
-    ap.add_argument("--tune", type=int, metavar="SEED", help="sweep the nodule threshold on validation seeds SEED..")
-    ap.add_argument("--quick", action="store_true", help="smoke run: 2 small phantoms, with the shipped classifier")
+    ap.add_argument("--classifier", type=Path,
+                    help="a separate nodule present/absent classification bundle to score instead of the bundle's own scan score")
+    ap.add_argument("--family", choices=["both", "train", "eval"], default="both")
+    ap.add_argument("--count", type=int, default=40, help="held-out scans of the training family (default: %(default)s)")
+    ap.add_argument("--first-seed", type=int, default=TRAIN_HELD_OUT)
+    ap.add_argument("--matrix", type=int, default=256, help="rows and columns of both families' scans (default: %(default)s)")
+    ap.add_argument("--plots", type=Path, help="write FROC and reliability plots (quality.png) into this folder")
+    ap.add_argument("--tune", type=int, metavar="SEED", help="sweep the nodule thresholds on validation seeds SEED.. (use 6000)")
+    ap.add_argument("--quick", action="store_true", help="smoke run: one small scan per family")
     args = ap.parse_args()
+    limit = None
     if args.quick:
-        args.count, args.matrix = 2, 96
-        args.classifier = args.classifier or CLASSIFIER
+        use_quick_out()
+        args.count, args.matrix, limit = 1, 128, 1
     engine = Engine(load_bundle(args.bundle), device="auto")
     if args.tune is not None:
         tune(engine, args.tune, args.count, args.matrix)
         return 0
-    classifier = Engine(load_bundle(args.classifier), device="auto") if args.classifier else None
-    negatives = (
-        [generate(seed, matrix=args.matrix, max_nodules=0) for seed in range(args.first_seed + 100, args.first_seed + 100 + args.count)]
-        if classifier is not None else []
-    )
-    tally = Tally()
-    seconds: list[float] = []
-    scores: list[float] = []
-    truth: list[bool] = []
-    for seed in range(args.first_seed, args.first_seed + args.count):
-        ph = generate(seed, matrix=args.matrix)
-        t = time.perf_counter()
-        res = engine.run(ph.hu.astype(np.float32), ph.spacing, np.eye(3))
-        seconds.append(time.perf_counter() - t)
-        assert res.labels is not None
-        tally.add(ph, res.labels)
-        if classifier is not None:
-            probs = classifier.run(ph.hu.astype(np.float32), ph.spacing, np.eye(3)).class_probabilities
-            scores.append(probs.get("nodule present", max(probs.values())))
-            truth.append(bool((ph.labels == NODULE).any()))
-    for ph in negatives:  # the held-out seeds have few scans without nodules: add as many that have none
-        assert classifier is not None
-        probs = classifier.run(ph.hu.astype(np.float32), ph.spacing, np.eye(3)).class_probabilities
-        scores.append(probs.get("nodule present", max(probs.values())))
-        truth.append(bool((ph.labels == NODULE).any()))
-    print(f"\n{args.count} held-out phantoms (seeds {args.first_seed}-{args.first_seed + args.count - 1}), bundle {args.bundle.name}\n")
-    print("| metric | value | target |")
-    print("|---|---|---|")
-    print(f"| lung Dice (mean) | {np.mean(tally.lung):.3f} | >= 0.95 |")
-    print(f"| nodule Dice (mean over scans with nodules) | {np.mean(tally.nodule) if tally.nodule else float('nan'):.3f} | >= 0.70 |")
-    print(f"| nodule sensitivity, >= 6 mm | {tally.sensitivity:.3f} ({tally.found}/{tally.found + tally.missed}) | >= 0.90 |")
-    for name, (found, total) in tally.by_size.items():
-        print(f"| sensitivity, {name} | {found / max(1, total):.3f} ({found}/{total}) | |")
-    print(f"| false-positive nodules per scan | {tally.fp / args.count:.2f} | <= 1 |")
-    if classifier is not None:
-        acc = np.mean([(s >= 0.5) == t for s, t in zip(scores, truth)])
-        print(f"| classifier AUC, nodule present ({sum(truth)} scans with, {len(truth) - sum(truth)} without) | {auc(scores, truth):.3f} | >= 0.90 |")
-        print(f"| classifier accuracy at 0.5 | {acc:.3f} | |")
-    print(f"| seconds per scan ({engine.device}) | {np.mean(seconds):.2f} | |")
+    clf_path = args.classifier
+    classifier = Engine(load_bundle(clf_path), device="auto") if clf_path is not None else None
+    families = []
+    if args.family in ("both", "train"):
+        families.append(score(f"training family, held-out seeds {args.first_seed}-{args.first_seed + args.count - 1}",
+                              train_cases(args.first_seed, args.count, args.matrix), engine, classifier))
+    if args.family in ("both", "eval"):
+        families.append(score("independent family (bench/evalset, frozen)", eval_cases(args.matrix, limit), engine, classifier))
+    print(f"\nbundle {args.bundle.name}" + (f", classifier {clf_path.name}" if clf_path else "") + f", {args.matrix}x{args.matrix} scans\n")
+    for s in families:
+        print(f"### {s.name}\n")
+        print(table(s, targets=True))
+        op = froc(s, [0.0])[0]
+        print(f"\noperating point: sensitivity >= 6 mm {op[1]:.3f} at {op[2]:.2f} FP per scan\n")
+    if args.plots is not None:
+        args.plots.mkdir(parents=True, exist_ok=True)
+        plot(families, str(args.plots / "quality.png"))
+        print(f"wrote {args.plots / 'quality.png'}")
     return 0
 
 

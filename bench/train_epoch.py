@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ai.phantom import generate  # noqa: E402
+from ai.phantoms import generate  # noqa: E402
 from ai.training import TrainConfig, train  # noqa: E402
 from bench.common import out_dir, use_quick_out  # noqa: E402
 

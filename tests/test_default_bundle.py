@@ -9,7 +9,7 @@ import torch
 
 from ai.bundle import check_bundle, load_bundle
 from ai.engine import Engine
-from ai.phantom import LUNG, generate
+from ai.phantoms import LEFT_LUNG, RIGHT_LUNG, generate
 from ai.training.tasks.segmentation import dice_per_label
 
 BUNDLE = Path(__file__).resolve().parents[1] / "ai" / "bundles" / "chest-ct-lungs-nodules"
@@ -32,9 +32,11 @@ def test_default_bundle_is_valid_and_small() -> None:
 
 def test_default_bundle_segments_an_unseen_phantom() -> None:
     ph = generate(4242, matrix=128, slice_mm=(2.5, 4.0))
-    res = Engine(load_bundle(BUNDLE), device="cpu").run(ph.hu.astype(np.float32), ph.spacing, np.eye(3))
+    res = Engine(load_bundle(BUNDLE), device="cpu").run(ph.hu.astype(np.float32), ph.spacing, ph.direction)
     assert res.labels is not None
-    assert dice_per_label(res.labels, ph.labels, {LUNG: "lung"})["lung"] > 0.9
+    dice = dice_per_label(res.labels, ph.labels, {RIGHT_LUNG: "right lung", LEFT_LUNG: "left lung"})
+    assert dice["right lung"] > 0.9 and dice["left lung"] > 0.9, dice
+    assert res.anatomy is not None and res.anatomy.applicable
 
 
 CLASSIFIER = BUNDLE.parent / "chest-ct-nodule-classifier"

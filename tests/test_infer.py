@@ -15,7 +15,7 @@ import pytest
 @pytest.fixture(scope="module")
 def phantom(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("ph")
-    r = subprocess.run([sys.executable, "-m", "dicomnode", "phantom", str(d), "--seed", "31", "--matrix", "96", "--slices", "60", "--format", "both"],
+    r = subprocess.run([sys.executable, "-m", "dicomnode", "phantom", str(d), "--seed", "31", "--matrix", "96", "--format", "both"],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     return d
@@ -26,17 +26,19 @@ def test_infer_writes_labels_measurements_and_overlay(phantom: Path, tmp_path: P
     out = tmp_path / "out"
     r = subprocess.run([sys.executable, "-m", "dicomnode", "infer", str(phantom / source), "--out", str(out)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    assert "lung:" in r.stdout and "mL" in r.stdout
+    assert "right lung:" in r.stdout and "left lung:" in r.stdout and "mL" in r.stdout
     summary = json.loads((out / "measurements.json").read_text())
     assert summary["model"]["intended_use"] == "demonstration; not for diagnosis"
-    lung = next(m for m in summary["measurements"] if m["name"] == "lung")
-    assert lung["volume_ml"] > 500 and lung["mean"] < -700
+    for name in ("right lung", "left lung"):
+        lung = next(m for m in summary["measurements"] if m["name"] == name)
+        assert lung["volume_ml"] > 500 and lung["mean"] < -700
     labels = nib.load(out / "labels.nii.gz")
     truth = nib.load(phantom / "phantom_0031_labels.nii.gz")
     assert labels.shape == truth.shape
     np.testing.assert_allclose(labels.affine, truth.affine, atol=1e-3)
-    a, b = np.asarray(labels.dataobj) == 1, np.asarray(truth.dataobj) == 1
-    assert 2 * (a & b).sum() / (a.sum() + b.sum()) > 0.9
+    for value in (1, 2):  # right and left lung, on the phantom's own (feet-first) grid
+        a, b = np.asarray(labels.dataobj) == value, np.asarray(truth.dataobj) == value
+        assert 2 * (a & b).sum() / (a.sum() + b.sum()) > 0.9
     assert (out / "overlay.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

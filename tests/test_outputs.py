@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from pydicom import dcmread
 
-from ai.bundle import load_bundle
+from ai.bundle import Label, load_bundle
 from ai.engine import Result
 from ai.measure import measure
 from dicomnode.errors import OutputError
@@ -21,7 +21,16 @@ from dicomnode.outputs.writer import IDENTITY, OutputFile, OutputOptions, write_
 from dicomnode.volume.reconstruct import Volume, reconstruct
 from tests.helpers import require_tool
 
-BUNDLE = load_bundle(Path(__file__).resolve().parents[1] / "ai" / "bundles" / "chest-ct-lungs-nodules")
+SHIPPED = Path(__file__).resolve().parents[1] / "ai" / "bundles" / "chest-ct-lungs-nodules"
+# The writers take names and codes from the bundle: these tests pin a two-label one (1 lung, 2 nodule) of the shipped
+# bundle's identity, so that they do not depend on which labels the shipped model happens to have.
+BUNDLE = replace(
+    load_bundle(SHIPPED),
+    labels=(
+        Label(value=1, name="lung", snomed_code="39607008", snomed_meaning="Lung", color=(0, 128, 255)),
+        Label(value=2, name="nodule", snomed_code="27925004", snomed_meaning="Nodule", color=(255, 64, 0), lesion=True),
+    ),
+)
 VOLUME = hd.sr.CodedConcept("118565006", "SCT", "Volume")
 DIAMETER = hd.sr.CodedConcept("81827009", "SCT", "Diameter")
 NO_FILES = OutputOptions(sr=False, preview=False)
@@ -284,15 +293,16 @@ def test_fractional_needs_probabilities(case: tuple[list[Path], Volume], tmp_pat
 def test_default_bundle_on_a_phantom(tmp_path: Path) -> None:
     """The real model on a small chest phantom: the outputs carry what it found (about 5 s)."""
     from ai.engine import Engine
-    from ai.phantom import generate
+    from ai.phantoms import generate
     from dicomnode.testing.synthetic import write_phantom
 
-    ph = generate(1005, matrix=128, slices=40)
+    ph = generate(4242, matrix=128, slice_mm=(4.0, 5.0))
     files = write_phantom(ph, tmp_path / "ct")
     vol = reconstruct(files)
-    res = Engine(BUNDLE, device="cpu").run(vol.array, vol.spacing, vol.direction)
+    shipped = load_bundle(SHIPPED)
+    res = Engine(shipped, device="cpu").run(vol.array, vol.spacing, vol.direction)
     by_uid = {str(dcmread(f, stop_before_pixels=True).SOPInstanceUID): f for f in files}
-    out = write_outputs([by_uid[u] for u in vol.sop_uids], vol, res, BUNDLE, tmp_path / "out", job_key="k/1")
+    out = write_outputs([by_uid[u] for u in vol.sop_uids], vol, res, shipped, tmp_path / "out", job_key="k/1")
     assert_valid(out)
     assert sr_volumes(hd.sr.srread(out[1].path)) == expected_volumes(res)
     seg = hd.seg.segread(out[0].path)

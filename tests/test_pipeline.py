@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from pydicom import dcmread
 
-from ai.phantom import LUNG, generate
+from ai.phantoms import LEFT_LUNG, RIGHT_LUNG, generate
 from dicomnode.node import Node
 from dicomnode.testing.synthetic import write_phantom
 from tests.conftest import jobs_of
@@ -65,16 +65,17 @@ def test_phantom_ct_comes_back_as_seg_sr_and_preview_at_storescp_and_orthanc(tmp
             assert ds.SeriesInstanceUID != source.SeriesInstanceUID
         seg = hd.seg.segread(out[SEG])
         assert seg.FrameOfReferenceUID == source.FrameOfReferenceUID
-        lung = next(s.segment_number for s in seg.SegmentSequence if s.SegmentLabel.lower().startswith("lung"))
         uids = [str(dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files]
-        mask = seg.get_pixels_by_source_instance(
-            source_sop_instance_uids=uids, segment_numbers=[lung], assert_missing_frames_are_empty=True,
-            ignore_spatial_locations=True,
-        )[..., 0]
-        assert dice(mask > 0, ph.labels == LUNG) > 0.9
+        for name, value in (("right lung", RIGHT_LUNG), ("left lung", LEFT_LUNG)):
+            number = next(s.segment_number for s in seg.SegmentSequence if s.SegmentLabel.lower() == name)
+            mask = seg.get_pixels_by_source_instance(
+                source_sop_instance_uids=uids, segment_numbers=[number], assert_missing_frames_are_empty=True,
+                ignore_spatial_locations=True,
+            )[..., 0]
+            assert dice(mask > 0, ph.labels == value) > 0.9, name
         sr = hd.sr.srread(out[SR])
         groups = sr.content.get_volumetric_roi_measurement_groups()  # a TID 1500 report
-        assert {str(g.finding_type.meaning) for g in groups} >= {"Lung", "Nodule"}
+        assert {str(g.finding_type.meaning) for g in groups} >= {"Right lung", "Left lung", "Nodule"}
         # Orthanc's study now holds the three new series beside the CT.
         study = orthanc.get("/studies")
         assert len(study) == 1
@@ -133,3 +134,27 @@ def test_a_series_no_model_applies_to_is_ignored(
     [job] = wait_for(lambda: [j for j in jobs_of(node) if j.state == "ignored"] or None, 60, what="the ignored job")
     assert job.error == "no model applies to modality CT / body part HEAD"
 
+
+
+def test_a_head_ct_labelled_chest_is_not_applicable(
+    node_factory: Callable[..., Node], tmp_path: Path
+) -> None:
+    """A head scan that says CHEST: the model runs, its anatomy gate finds no plausible lungs, nothing is sent."""
+    from dicomnode.testing.synthetic import SeriesSpec, write_series
+    from tests.test_anatomy import head
+
+    hu, _taken, _sinus = head((40, 96, 96), (2.0, 2.0, 4.0))
+    spec = SeriesSpec(slices=40, rows=96, columns=96, pixel_spacing=(2.0, 2.0), slice_spacing=4.0, seed="head-as-chest",
+                      body_part="CHEST", signed=True)
+    files = write_series(spec, tmp_path / "head", volume=np.round(hu).astype(np.int16))
+    pacs = StoreSCP(tmp_path / "pacs").start()
+    try:
+        node = node_factory(extra_toml=WORKER + destination("pacs", "PACS", pacs.port))
+        assert storescu(node.cfg.node.port, files).returncode == 0
+        [job] = wait_for(lambda: [j for j in jobs_of(node) if j.state == "not_applicable"] or None, 120, what="the job")
+        assert "lung" in (job.error or ""), job.error
+        assert not pacs.files()
+        assert not list(node.cfg.node.quarantine_dir.rglob("*.dcm"))  # the series is not at fault
+        assert len(list(node.cfg.node.incoming_dir.rglob("*.dcm"))) == 40
+    finally:
+        pacs.stop()

@@ -17,7 +17,7 @@ import pytest
 from pydicom import dcmread
 from sqlalchemy import text
 
-from ai.phantom import generate
+from ai.phantoms import generate
 from dicomnode.testing.synthetic import write_phantom
 from storage.database import open_engine
 from storage.listings import list_jobs
@@ -122,7 +122,7 @@ def test_two_worker_processes_share_a_postgresql_queue(
 
 
 def test_a_worker_killed_mid_job_is_replaced_and_the_job_delivered_once(tmp_path: Path, pacs: StoreSCP) -> None:
-    files = write_phantom(generate(1005, matrix=160, slices=60), tmp_path / "ct")
+    files = write_phantom(generate(4242, matrix=160, slice_mm=(4.0, 5.0)), tmp_path / "ct")
     db = f'sqlite:///{tmp_path / "storage" / "dicomnode.db"}'
     receiver = write_config(tmp_path, series="quiet_seconds = 30")
     node = NodeProcess(receiver, tmp_path / "node.log").start()

@@ -46,7 +46,7 @@ def test_two_steps_then_resume(data: Path, tmp_path: Path) -> None:
     assert epoch["amp"] is (epoch["device"] == "cuda")  # AMP only on CUDA; the CPU trains in fp32
     assert (out / "checkpoints" / "last.pt").exists()
     bundle = check_bundle(out)  # the export is a valid bundle, in all three formats
-    assert [lb.name for lb in bundle.labels] == ["lung", "nodule"] and (out / "model.ts").exists() and (out / "model.onnx").exists()
+    assert [lb.name for lb in bundle.labels] == ["right lung", "left lung", "nodule"] and (out / "model.ts").exists() and (out / "model.onnx").exists()
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     # Resume: a second run with more epochs continues from the checkpoint.
     more = [a if a != "1" or i != 1 else "2" for i, a in enumerate(TRAIN)]
@@ -76,7 +76,7 @@ CLASSIFY = ["--task", "classification", "--epochs", "1", "--steps-per-epoch", "2
 def test_classifier_two_steps_then_resume_and_ddp(data: Path, tmp_path: Path) -> None:
     from ai.bundle import load_bundle
     from ai.engine import Engine
-    from ai.phantom import generate
+    from ai.phantoms import generate
 
     out = tmp_path / "classifier"
     r = subprocess.run([sys.executable, "-m", "dicomnode", "train", "--data", str(data), "--out", str(out), *CLASSIFY], capture_output=True, text=True)

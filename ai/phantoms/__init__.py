@@ -1,4 +1,4 @@
-"""Realistic procedural chest-CT phantoms for training and tests (the successor of :mod:`ai.phantom`).
+"""Realistic procedural chest-CT phantoms for training and tests: vessels, airways, fissures, confounders and nodules.
 
 Anatomy with pulmonary vessel and bronchial trees, fissures, ribs, spine,
 scapulae, heart, aorta, diaphragm domes, body habitus and arms; nodules of

@@ -75,7 +75,7 @@ class TrainConfig:
     channels: tuple[int, ...] = (16, 32, 64, 128)
     strides: tuple[int, ...] = (2, 2, 2)
     num_res_units: int = 2
-    labels: dict[int, str] = field(default_factory=lambda: {1: "lung", 2: "nodule"})
+    labels: dict[int, str] = field(default_factory=lambda: {1: "right lung", 2: "left lung", 3: "nodule"})
     val_fraction: float = 0.2
     workers: int = 2
     seed: int = 0
@@ -87,6 +87,6 @@ class TrainConfig:
     sampling: str = "components"
     resume: bool = True
     task: str = "segmentation"  # or "classification" (nodule present/absent); see ai.training.task_names()
-    flip: bool = True
+    flip: bool = False
     val_every: int = 1
     hard_negative_fraction: float = 0.0

@@ -1,8 +1,8 @@
 """Independent evaluation phantoms for the chest-CT lungs-and-nodules model.
 
 **This family is frozen before training and must not be tuned afterwards.**
-It was written independently of the training generators (``ai/phantom.py``,
-``ai/phantoms/``, ``ai/training/``), with its own shapes and wider parameter
+It was written independently of the training generator (``ai/phantoms/``)
+and the training code (``ai/training/``), with its own shapes and wider parameter
 ranges, so that it grades a model instead of echoing its training data.
 ``tests/test_evalset.py`` pins checksums of the smoke cases: a change to any
 module here shows up as a test failure, and a changed family is a new family

@@ -15,25 +15,31 @@ from dicomnode.jobs.models import SHIPPED_BUNDLES
 
 
 def cmd_phantom(args: argparse.Namespace) -> int:
-    from ai.phantom import generate
+    from ai.phantoms import generate
     from dicomnode.testing.synthetic import write_phantom
 
     configure_logging(args.log_level or "WARNING")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for seed in range(args.seed, args.seed + args.count):
-        ph = generate(seed, matrix=args.matrix, slices=args.slices, max_nodules=args.max_nodules)
+        ph = generate(
+            seed, matrix=args.matrix, slices=args.slices, max_nodules=args.max_nodules,
+            healthy_fraction=args.healthy_fraction, hard_negatives=args.hard_negatives,
+        )
         px, _, dz = ph.spacing
         nz, ny, nx = ph.hu.shape
         where = []
         if args.format in ("nifti", "both"):
-            ph.write_nifti(out / f"phantom_{seed:04d}_image.nii.gz", out / f"phantom_{seed:04d}_labels.nii.gz")
-            where.append("NIfTI")
+            name = out / f"phantom_{seed:04d}"
+            hard = name.with_name(name.name + "_hardneg.nii.gz") if args.hard_negatives else None
+            ph.write_nifti(name.with_name(name.name + "_image.nii.gz"), name.with_name(name.name + "_labels.nii.gz"), hard)
+            where.append("NIfTI" + (" (with hard negatives)" if hard else ""))
         if args.format in ("dicom", "both"):
             write_phantom(ph, out / f"phantom_{seed:04d}_dicom")
             where.append("DICOM")
-        sizes = ", ".join(f"{n.diameter_mm:.1f}" for n in ph.nodules) or "none"
-        print(f"phantom {seed}: {nx}x{ny}x{nz} ({px:.2f} x {px:.2f} x {dz:.2f} mm) as {' and '.join(where)}; nodules (mm): {sizes}")
+        found = ", ".join(f"{n.kind} {n.site} {n.diameter_mm:.1f} mm {n.side}" for n in ph.nodules) or "none"
+        print(f"phantom {seed}: {nx}x{ny}x{nz} ({px:.2f} x {px:.2f} x {dz:.2f} mm, {ph.position}) as {' and '.join(where)}; "
+              f"nodules: {found}")
     return EXIT_OK
 
 
@@ -48,7 +54,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         patch=(pz, py, px), batch_size=args.batch_size, lr=args.lr, workers=args.workers,
         seed=args.seed, resume=not args.no_resume, task=args.task, sampling=args.sampling,
         val_fraction=args.val_fraction, amp=not args.no_amp, spacing=(sx, sy, sz),
-        flip=not args.no_flip, hard_negative_fraction=args.hard_negatives, val_every=args.val_every,
+        flip=args.flip, hard_negative_fraction=args.hard_negatives, val_every=args.val_every,
     )
     if args.labels:
         cfg.labels = _labels(args.labels)
@@ -139,9 +145,11 @@ def add_model_commands(sub: Any, common: Callable[..., None]) -> None:
         "phantom",
         help="write a procedural chest-CT phantom as a DICOM series (for demos and tests)",
         description=(
-            "Generate a chest-CT phantom (body wall, fat, muscle, lungs, heart, spine, table, 0-6 nodules of "
-            "3-25 mm, realistic HU with noise and blur) and write it as a DICOM CT series under OUT/dicom, "
-            "optionally with NIfTI image/label files. The same seed gives the same phantom."
+            "Generate a chest-CT phantom (body, ribs, spine, heart, aorta, right and left lungs with fissures, "
+            "pulmonary vessel and bronchial trees, 0-6 solid, part-solid, ground-glass or calcified nodules of "
+            "3-30 mm, confounders such as emphysema or effusion, a scanner's kernel, noise and patient position) "
+            "and write it as a DICOM CT series, or as NIfTI image/label pairs for training (labels: 1 right lung, "
+            "2 left lung, 3 nodule). The same seed gives the same phantom."
         ),
     )
     common(p, config=False)
@@ -150,7 +158,16 @@ def add_model_commands(sub: Any, common: Callable[..., None]) -> None:
     p.add_argument("--count", type=int, default=1, help="how many phantoms, seeds seed..seed+count-1 (default: 1)")
     p.add_argument("--matrix", type=int, default=512, help="rows and columns (default: %(default)s)")
     p.add_argument("--slices", type=int, help="number of slices (default: 260-320 mm of chest)")
-    p.add_argument("--max-nodules", type=int, default=6, help="0 to N nodules each (default: %(default)s; 0: none)")
+    p.add_argument("--max-nodules", type=int, default=6, help="1 to N nodules in a scan that has any (default: %(default)s; 0: none)")
+    p.add_argument(
+        "--healthy-fraction", type=float, default=1 / 3, metavar="F",
+        help="share of scans with no nodule at all (default: 1/3)",
+    )
+    p.add_argument(
+        "--hard-negatives", action="store_true",
+        help="also write phantom_NNNN_hardneg.nii.gz: vessels, airway walls, fissures and confounders, for "
+        "'dicomnode train --hard-negatives'",
+    )
     p.add_argument(
         "--format", choices=["dicom", "nifti", "both"], default="dicom",
         help="phantom_NNNN_dicom/ series, phantom_NNNN_image/labels.nii.gz pairs for training, or both",
@@ -198,11 +215,12 @@ def add_model_commands(sub: Any, common: Callable[..., None]) -> None:
     p.add_argument(
         "--labels", metavar="V=NAME,...",
         help="label values and names of the label maps, e.g. '1=right lung,2=left lung,3=nodule' "
-        "(default: 1=lung,2=nodule); names 'lung', 'right lung', 'left lung' and 'nodule' get SNOMED CT codes",
+        "(default: 1=right lung,2=left lung,3=nodule); names 'lung', 'right lung', 'left lung' and 'nodule' get SNOMED CT codes",
     )
     p.add_argument(
-        "--no-flip", action="store_true",
-        help="no left-right flip augmentation (needed when labels name sides, such as right and left lung)",
+        "--flip", action="store_true",
+        help="left-right flip augmentation (off by default: it would teach that the right lung may lie on the left; "
+        "use it only when no label names a side)",
     )
     p.add_argument(
         "--hard-negatives", type=float, default=0.0, metavar="FRACTION",

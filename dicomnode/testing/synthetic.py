@@ -19,7 +19,7 @@ from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian
 from dicomnode.dicom.uids import derived_uid
 
 if TYPE_CHECKING:
-    from ai.phantom import Phantom
+    from ai.phantoms import Phantom
 
 @dataclass(frozen=True)
 class SeriesSpec:
@@ -41,6 +41,10 @@ class SeriesSpec:
     rescale_slope: float = 1.0
     signed: bool = False  # PixelRepresentation 1: store HU directly as int16
     rescale_per_slice: bool = False  # slope and intercept differ between slices
+    # Where slice i+1 lies from slice i (unit vector); default: the row x column normal.  A feet-first
+    # scan stacks its slices against that normal.
+    slice_direction: tuple[float, float, float] | None = None
+    patient_position: str = "HFS"
 
     def rescale(self, index: int) -> tuple[float, float]:
         """(slope, intercept) of slice ``index``."""
@@ -63,7 +67,7 @@ class SeriesSpec:
 
     def position(self, index: int) -> tuple[float, float, float]:
         o = np.asarray(self.orientation, dtype=float)
-        normal = np.cross(o[:3], o[3:])
+        normal = np.asarray(self.slice_direction, dtype=float) if self.slice_direction is not None else np.cross(o[:3], o[3:])
         p = np.asarray(self.origin) + index * self.slice_spacing * normal
         return (float(p[0]), float(p[1]), float(p[2]))
 
@@ -120,6 +124,7 @@ def make_slice(spec: SeriesSpec, index: int, stored: np.ndarray | None = None) -
     ds.PatientBirthDate = "19700101"
     ds.PatientSex = "O"
     ds.BodyPartExamined = spec.body_part
+    ds.PatientPosition = spec.patient_position
     ds.SliceThickness = spec.slice_spacing
     ds.KVP = 120
     ds.StudyInstanceUID = spec.study_uid
@@ -176,11 +181,19 @@ def write_series(
 
 
 def write_phantom(ph: Phantom, out_dir: Path) -> list[Path]:
-    """Write a chest phantom (:func:`ai.phantom.generate`) as a CT series with its own identity."""
-    px, _, dz = ph.spacing
+    """Write a chest phantom (:func:`ai.phantoms.generate`) as a CT series with its own identity.
+
+    The image orientation, slice direction and PatientPosition follow the
+    phantom's (supine or prone, head- or feet-first), so the series means
+    the same patient anatomy as its label map.
+    """
+    px, py, dz = ph.spacing
     nz, ny, nx = ph.hu.shape
+    d = np.asarray(ph.direction, dtype=float)
     spec = SeriesSpec(
-        slices=nz, rows=ny, columns=nx, pixel_spacing=(px, px), slice_spacing=dz, origin=ph.origin_lps,
+        slices=nz, rows=ny, columns=nx, pixel_spacing=(py, px), slice_spacing=dz, origin=ph.origin_lps,
+        orientation=(float(d[0, 0]), float(d[1, 0]), float(d[2, 0]), float(d[0, 1]), float(d[1, 1]), float(d[2, 1])),
+        slice_direction=(float(d[0, 2]), float(d[1, 2]), float(d[2, 2])), patient_position=ph.position,
         seed=f"phantom-{ph.seed}", patient_id=f"PHANTOM-{ph.seed:04d}", patient_name=f"Phantom^{ph.seed}", signed=True,
     )
     return write_series(spec, out_dir, volume=ph.hu)
