@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -110,39 +109,21 @@ def test_a_head_is_no_chest() -> None:
     assert not v.applicable and v.reason == "no plausible lung: label 'lung' 33.8 mL (expected 1000-4500 mL)"
 
 
-def _shipped_with(tmp_path: Path, **keys: Any) -> Path:
-    """The shipped chest bundle (1 lung, 2 nodule) with extra manifest keys, in a temporary folder."""
-    out = tmp_path / "bundle"
-    shutil.copytree(BUNDLE, out, ignore=shutil.ignore_patterns("*.onnx", "*.ts", "*.jsonl"))
-    m = json.loads((out / "manifest.json").read_text())
-    for key, value in keys.items():
-        if key in ("lesion_shape", "within"):
-            m["postprocessing"][key] = value
-        else:
-            m[key] = value
-    (out / "manifest.json").write_text(json.dumps(m))
-    return out
-
-
-def test_engine_gates_the_shipped_model_on_a_head_and_a_chest(tmp_path: Path) -> None:
-    gated = load_bundle(_shipped_with(
-        tmp_path,
-        anatomy={"labels": [1], "volume_ml": [1000, 9000], "min_extent_mm": 100},
-        lesion_shape={"2": {"max_elongation": 3, "max_length_mm": 60}},
-        measurement={"contains": {"1": [2]}, "lesion_volume": {"core": 0}},
-    ))
-    engine = Engine(gated, device="cpu")
+def test_the_shipped_model_is_gated_and_its_lungs_contain_their_nodules() -> None:
+    """The shipped bundle's own gate: a head is not applicable; on a chest the lungs include the nodules inside them."""
+    engine = Engine(load_bundle(BUNDLE), device="cpu")
     res = engine.run(head()[0], (1.5, 1.5, 3.0), np.eye(3))
     assert res.anatomy is not None and not res.anatomy.applicable, res.anatomy
-    ph = generate(1009, matrix=96)  # six nodules of 10-22 mm
-    res = engine.run(ph.hu.astype(np.float32), ph.spacing, np.eye(3))
+    ph = generate(4251, matrix=128, slice_mm=(2.5, 4.0))  # prone, six nodules of 8-27 mm, never seen in training
+    res = engine.run(ph.hu.astype(np.float32), ph.spacing, ph.direction)
     assert res.anatomy is not None and res.anatomy.applicable and not res.anatomy.partial, res.anatomy
-    lung, nodule = res.measurements
-    assert nodule.lesions and lung.contained_ml > 0 and all(les.organ == 1 for les in nodule.lesions)
-    assert lung.volume_ml == pytest.approx((np.count_nonzero(res.labels == 1) * np.prod(ph.spacing) / 1000) + lung.contained_ml)
-    assert {les.method for les in nodule.lesions} <= {"partial_volume", "probability"}
-    plain = Engine(load_bundle(BUNDLE), device="cpu").run(ph.hu.astype(np.float32), ph.spacing, np.eye(3))
-    assert plain.anatomy is None  # the shipped manifest has no gate
+    right, left, nodule = res.measurements
+    assert nodule.lesions and all(les.organ in (1, 2) for les in nodule.lesions)
+    for lung in (right, left):
+        own = np.count_nonzero(res.labels == lung.value) * np.prod(ph.spacing) / 1000
+        inside = sum(les.volume_ml for les in nodule.lesions if les.organ == lung.value)
+        assert lung.volume_ml == pytest.approx(own + lung.contained_ml) and lung.contained_ml == pytest.approx(inside)
+    assert right.contained_ml + left.contained_ml > 0
 
 
 def _three_labels(tmp_path: Path, **keys: Any) -> Path:
@@ -176,8 +157,9 @@ def test_a_three_label_manifest_loads(tmp_path: Path) -> None:
     assert b.lesion_shape == {3: ShapeRule(max_elongation=3.0, max_length_mm=60.0, min_fill=0.3, vessel_radius_mm=1.5)}
     assert b.contains == {1: (3,), 2: (3,)} and b.lesion_volume == LesionVolume(method="auto", core=0.0)
     assert b.anatomy == AnatomySpec(labels=(1, 2), paired=(1, 2), volume_ml=(500.0, 4500.0), min_extent_mm=100.0, partial_min_ml=50.0)
-    shipped = load_bundle(BUNDLE)
-    assert shipped.anatomy is None and not shipped.lesion_shape and not shipped.contains and shipped.lesion_volume == LesionVolume()
+    shipped = load_bundle(BUNDLE)  # the default model carries all of it
+    assert shipped.anatomy is not None and shipped.anatomy.paired == (1, 2) and 3 in shipped.lesion_shape
+    assert shipped.contains == {1: (3,), 2: (3,)} and shipped.scan_score is not None and shipped.scan_score.label == 3
 
 
 @pytest.mark.parametrize(

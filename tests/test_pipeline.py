@@ -39,7 +39,7 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 def test_phantom_ct_comes_back_as_seg_sr_and_preview_at_storescp_and_orthanc(tmp_path: Path) -> None:
     import highdicom as hd
 
-    ph = generate(1005, matrix=160, slices=60)
+    ph = generate(4247, matrix=160, slice_mm=(4.0, 5.0))  # feet-first supine: the SEG must still land on the right slices
     files = write_phantom(ph, tmp_path / "ct")
     pacs = StoreSCP(tmp_path / "storescp").start()
     orthanc = Orthanc(tmp_path / "orthanc").start()
