@@ -81,6 +81,9 @@ class AnatomyVerdict:
     organs: tuple[Organ, ...] = ()
 
 
+EDGE_FRACTION = 0.05  # an organ is cut by an edge when its cross-section there exceeds 5 % of its largest one
+
+
 def edge_sides(direction: np.ndarray) -> list[tuple[str, str]]:
     """For each array axis (z, y, x): the patient side of its first and of its last index.
 
@@ -122,7 +125,9 @@ def _organ(labels: np.ndarray, value: int, name: str, spacing_zyx: np.ndarray, d
     for axis, p in enumerate(profiles):
         idx = np.flatnonzero(p)
         box *= int(idx[-1] - idx[0] + 1)
-        ends = [i for i, touches in enumerate((idx[0] == 0, idx[-1] == len(p) - 1)) if touches]
+        # Cut at an edge: it reaches the edge with a real cross-section, not the tip of an apex grazing the first slice.
+        floor = EDGE_FRACTION * float(p.max())
+        ends = [i for i, touches in enumerate((p[0] > floor, p[-1] > floor)) if touches]
         cut += [sides[axis][i] for i in ends]
         if axis == cranio:
             extent = float((idx[-1] - idx[0] + 1) * spacing_zyx[axis])

@@ -84,6 +84,17 @@ def test_a_chest_cut_to_the_apex_is_applicable_and_partial() -> None:
     assert not v.applicable and v.partial and "for an organ cut by the scan range" in v.reason
 
 
+def test_an_apex_tip_grazing_the_first_slice_is_no_partial_scan() -> None:
+    labels, spacing = chest(0)
+    zs = np.flatnonzero((labels == 1).any(axis=(1, 2)) | (labels == 2).any(axis=(1, 2)))
+    for start in (zs[0], zs[-1]):  # the scan range starts exactly at one end of the lungs, then just past it
+        cropped = labels[start:] if start == zs[0] else labels[: start + 1]
+        v = assess(cropped, spacing, np.eye(3), SPEC, NAMES)
+        assert v.applicable and not v.partial, v.reason
+    cropped = labels[zs[0] + 4 :]  # four slices (10-20 mm) into the lungs: that is cut
+    assert assess(cropped, spacing, np.eye(3), SPEC, NAMES).partial
+
+
 def test_a_single_lung_is_not_applicable() -> None:
     labels, spacing = chest(0)
     labels[labels == 2] = 0
@@ -121,7 +132,7 @@ def test_the_shipped_model_is_gated_and_its_lungs_contain_their_nodules() -> Non
     assert nodule.lesions and all(les.organ in (1, 2) for les in nodule.lesions)
     for lung in (right, left):
         own = np.count_nonzero(res.labels == lung.value) * np.prod(ph.spacing) / 1000
-        inside = sum(les.volume_ml for les in nodule.lesions if les.organ == lung.value)
+        inside = sum(les.voxel_volume_ml for les in nodule.lesions if les.organ == lung.value)
         assert lung.volume_ml == pytest.approx(own + lung.contained_ml) and lung.contained_ml == pytest.approx(inside)
     assert right.contained_ml + left.contained_ml > 0
 

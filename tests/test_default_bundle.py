@@ -26,8 +26,9 @@ def test_default_bundle_is_valid_and_small() -> None:
         alt = load_bundle(BUNDLE).__class__(**{**vars(b), "weights_format": fmt, "weights_file": BUNDLE / file})
         with torch.inference_mode():
             outs.append(alt.predictor(torch.device("cpu"))(x))
-    torch.testing.assert_close(outs[1], outs[0], atol=1e-4, rtol=0)
-    torch.testing.assert_close(outs[2], outs[0], atol=1e-4, rtol=0)
+    # Logits reach about +-20; float32 sums in a different order differ in the 5th significant digit.
+    torch.testing.assert_close(outs[1], outs[0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(outs[2], outs[0], atol=1e-4, rtol=1e-4)
 
 
 def test_default_bundle_segments_an_unseen_phantom() -> None:
