@@ -82,11 +82,13 @@ def _sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
 
 
-def fit_platt(peaks: Sequence[float], truth: Sequence[bool], l2: float = 1e-2) -> tuple[float, float]:
+def fit_platt(peaks: Sequence[float], truth: Sequence[bool], l2: float = 1.0) -> tuple[float, float]:
     """Fit ``a, b`` of :class:`ScanScore` by logistic regression on ``logit(peak)`` (Newton's method).
 
-    A small L2 penalty on ``a`` and ``b`` keeps the fit finite when the
-    validation scans are perfectly separated, which a handful of them often are.
+    An L2 penalty on ``a`` and ``b`` (``l2``, in units of one scan's
+    log-loss) keeps the fit finite when the validation scans are perfectly
+    separated, which a handful of them often are, and Newton steps are halved
+    until the penalised loss falls.
 
     Returns
     -------
@@ -97,14 +99,22 @@ def fit_platt(peaks: Sequence[float], truth: Sequence[bool], l2: float = 1e-2) -
     if len(x) == 0 or y.min() == y.max():
         raise ValueError("fitting a calibration needs scans with and without lesions")
     X = np.stack([x, np.ones_like(x)], axis=1)
+
+    def loss(w: np.ndarray) -> float:
+        z = X @ w
+        return float(np.sum(np.logaddexp(0.0, z) - y * z) + 0.5 * l2 * w @ w)
+
     w = np.array([1.0, 0.0])
-    for _ in range(100):
+    for _ in range(200):
         p = 1.0 / (1.0 + np.exp(-(X @ w)))
         grad = X.T @ (p - y) + l2 * w
         hess = (X.T * (p * (1 - p))) @ X + l2 * np.eye(2)
         step = np.linalg.solve(hess, grad)
-        w -= step
-        if np.abs(step).max() < 1e-10:
+        t, before = 1.0, loss(w)
+        while loss(w - t * step) > before and t > 1e-8:  # backtracking: a full Newton step can overshoot on near-separable scans
+            t /= 2
+        w = w - t * step
+        if np.abs(t * step).max() < 1e-10:
             break
     return float(w[0]), float(w[1])
 

@@ -120,35 +120,56 @@ def score(name: str, cases: Iterator[Any], engine: Engine, classifier: Engine | 
     return s
 
 
+def _drop_small(labels: np.ndarray, floor_mm3: float, spacing_xyz: tuple[float, float, float]) -> np.ndarray:
+    """``labels`` without the nodule components under ``floor_mm3`` (what ``min_size_mm3`` does, for the sweep)."""
+    import cc3d
+
+    cc, n = cc3d.connected_components(labels == NODULE, connectivity=26, return_N=True)
+    if not n:
+        return labels
+    sizes = np.bincount(cc.ravel(), minlength=n + 1) * float(np.prod(spacing_xyz))
+    small = sizes < floor_mm3
+    small[0] = False
+    out = labels.copy()
+    out[small[cc]] = 0
+    return out
+
+
 def tune(engine: Engine, first: int, count: int, matrix: int) -> None:
-    """Sweep the nodule thresholds on training-family validation seeds, and fit the scan score's calibration for each."""
+    """Sweep the nodule thresholds and size floor on training-family validation seeds; fit the scan score at each."""
     from ai.scan_score import ScanScore, fit_platt
 
-    grid = [(0.5, None), (0.5, 0.3), (0.5, 0.2), (0.35, None), (0.35, 0.2), (0.35, 0.1), (0.25, 0.1), (0.7, None), (0.7, 0.5)]
+    grid = [(lab, det, floor) for lab, det in ((0.5, None), (0.5, 0.2), (0.35, None), (0.35, 0.1), (0.7, None), (0.7, 0.5),
+                                               (0.85, None), (0.9, 0.7))
+            for floor in (10.0, 30.0, 65.0)]
     tallies = {g: Scores(f"{g}") for g in grid}
-    peaks: dict[tuple[float, float | None], list[tuple[float, bool]]] = {g: [] for g in grid}
+    peaks: dict[tuple[float, float | None, float], list[tuple[float, bool]]] = {g: [] for g in grid}
     raw = ScanScore(label=NODULE)
     for case in train_cases(first, count, matrix):
         res, _ = run(engine, case)
         assert res.probabilities is not None
-        for lab, det in grid:
-            labels = engine.postprocess(res.probabilities, tuple(case.spacing), {NODULE: lab}, {} if det is None else {NODULE: det})
-            score_case(tallies[(lab, det)], case, labels, res.probabilities[NODULE], [])
-            peaks[(lab, det)].append((raw.peak(labels, res.probabilities), bool((case.labels == NODULE).any())))
+        spacing = tuple(case.spacing)
+        for lab, det in dict.fromkeys((lab, det) for lab, det, _ in grid):
+            labels = engine.postprocess(res.probabilities, spacing, {NODULE: lab}, {} if det is None else {NODULE: det})
+            for floor in (10.0, 30.0, 65.0):
+                kept = _drop_small(labels, floor, spacing)
+                score_case(tallies[(lab, det, floor)], case, kept, res.probabilities[NODULE], [])
+                peaks[(lab, det, floor)].append((raw.peak(kept, res.probabilities), bool((case.labels == NODULE).any())))
+        print(f"  tuning scan {case.seed} done", file=sys.stderr)
     print(f"\nnodule threshold sweep on {count} validation phantoms of the training family (seeds {first}-{first + count - 1})\n")
-    print("| nodule label threshold | detection threshold | sensitivity >= 6 mm | part-solid/GGO >= 6 mm | FP per scan "
-          "| scans with <= 1 FP | scan score AUC | calibration a, b |")
-    print("|---|---|---|---|---|---|---|---|")
-    for (lab, det), t in tallies.items():
+    print("| nodule label threshold | detection threshold | size floor mm3 | sensitivity >= 6 mm | part-solid/GGO >= 6 mm "
+          "| FP per scan | scans with <= 1 FP | scan score AUC | calibration a, b |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for (lab, det, floor), t in tallies.items():
         big, sub = t.big(), t.big(("part-solid", "ground-glass"))
         fp = t.fp_per_scan()
-        pairs = peaks[(lab, det)]
+        pairs = peaks[(lab, det, floor)]
         try:
             a, b = fit_platt([p for p, _ in pairs], [y for _, y in pairs])
             cal = f"{a:.3f}, {b:.3f}"
         except ValueError:
             cal = "-"
-        print(f"| {lab} | {det or '-'} | {np.mean([n.found for n in big]):.3f} ({len(big)}) | "
+        print(f"| {lab} | {det or '-'} | {floor:g} | {np.mean([n.found for n in big]):.3f} ({len(big)}) | "
               f"{np.mean([n.found for n in sub]) if sub else float('nan'):.3f} ({len(sub)}) | {np.mean(fp):.2f} | "
               f"{np.mean([f <= 1 for f in fp]):.2f} | {auc(pairs):.3f} | {cal} |")
 

@@ -40,7 +40,8 @@ TABLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     ),
     "model_quality": (
         (),
-        ("| metric | value | target |", "| lung Dice (mean) |", "| nodule sensitivity, >= 6 mm |", "| classifier AUC,"),
+        ("| metric | value | target |", "| lung Dice, right |", "| sensitivity, solid >= 6 mm |",
+         "| false-positive nodules per scan (mean) |", "| classifier AUC, nodule present |"),
     ),
     "train_epoch": (
         (),
