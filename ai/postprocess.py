@@ -77,10 +77,13 @@ def keep_largest(labels: np.ndarray, values: Sequence[int], connectivity: Connec
         mask = labels == v
         if not mask.any():
             continue
-        cc = cc3d.connected_components(mask, connectivity=connectivity)
-        sizes = np.bincount(cc.ravel())
+        area = _bounding_box(mask)  # the labelling and the clearing cost follow the organ, not the whole scan
+        sub = mask[area]
+        cc = cc3d.connected_components(sub, connectivity=connectivity)
+        sizes = np.asarray(cc3d.statistics(cc)["voxel_counts"]).copy()
         sizes[0] = 0
-        out[mask & (cc != int(sizes.argmax()))] = 0
+        if np.count_nonzero(sizes) > 1:
+            out[area][sub & (cc != int(sizes.argmax()))] = 0
     return out
 
 

