@@ -236,7 +236,7 @@ def _problems_in_anatomy_keys(m: dict[str, Any]) -> list[str]:
     pp = m.get("postprocessing", {})
     if not isinstance(pp, dict):
         return ["postprocessing must be an object"]
-    new_keys = [k for k in ("lesion_shape",) if k in pp] + [k for k in ("measurement", "anatomy") if k in m]
+    new_keys = [k for k in ("lesion_shape",) if k in pp] + [k for k in ("measurement", "anatomy", "scan_score") if k in m]
     if new_keys and m.get("task") != "segmentation":
         problems.append(f"{', '.join(new_keys)} apply to segmentation bundles only")
     floor = pp.get("min_size_mm3")

@@ -123,15 +123,16 @@ KEYS = ("label", "present", "absent", "calibration")
 
 
 def problems(m: dict[str, Any], lesion_labels: Sequence[object]) -> list[str]:
-    """What is wrong with a manifest's ``scan_score`` (nothing when it has none)."""
+    """What is wrong with a manifest's ``scan_score`` (nothing when it has none).
+
+    That it belongs to a segmentation bundle is checked with the other segmentation-only keys (:mod:`ai.bundle`).
+    """
     s = m.get("scan_score")
     if s is None:
         return []
     if not isinstance(s, dict):
         return [f"scan_score must be an object, not {s!r}"]
     out = [f"scan_score has an unknown key {k!r} (known: {', '.join(KEYS)})" for k in s if k not in KEYS]
-    if m.get("task") != "segmentation":
-        out.append("scan_score belongs to a segmentation bundle")
     if s.get("label") not in lesion_labels:
         out.append(f"scan_score.label must be a lesion label ({', '.join(map(str, lesion_labels)) or 'none'}), not {s.get('label')!r}")
     cal = s.get("calibration", {})

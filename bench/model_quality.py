@@ -122,17 +122,9 @@ def score(name: str, cases: Iterator[Any], engine: Engine, classifier: Engine | 
 
 def _drop_small(labels: np.ndarray, floor_mm3: float, spacing_xyz: tuple[float, float, float]) -> np.ndarray:
     """``labels`` without the nodule components under ``floor_mm3`` (what ``min_size_mm3`` does, for the sweep)."""
-    import cc3d
+    from ai.postprocess import min_voxels, remove_small
 
-    cc, n = cc3d.connected_components(labels == NODULE, connectivity=26, return_N=True)
-    if not n:
-        return labels
-    sizes = np.bincount(cc.ravel(), minlength=n + 1) * float(np.prod(spacing_xyz))
-    small = sizes < floor_mm3
-    small[0] = False
-    out = labels.copy()
-    out[small[cc]] = 0
-    return out
+    return remove_small(labels, min_voxels(floor_mm3, float(np.prod(spacing_xyz))), values=[NODULE])
 
 
 def tune(engine: Engine, first: int, count: int, matrix: int) -> None:

@@ -69,3 +69,8 @@ def test_bad_scan_scores_are_refused_in_words(tmp_path: Path, score: dict[str, o
         load_bundle(path)
     m = json.loads((path / "manifest.json").read_text())
     assert m["scan_score"] == score
+
+
+def test_a_classifier_cannot_carry_a_scan_score(tmp_path: Path) -> None:
+    with pytest.raises(BundleError, match="anatomy, scan_score apply to segmentation bundles only"):
+        load_bundle(_three_labels(tmp_path, task="classification", scan_score=SCORE))

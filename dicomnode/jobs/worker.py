@@ -254,11 +254,11 @@ class JobRunner(BackgroundLoop):
         result: Result = stages.run(Stage.INFER, lambda: self._infer(primary, plan.models[1:], vol))
         if stages.hb.lost:
             raise LeaseLost(f"job {job.id}")
+        stages.timings.update({f"model_{k}": round(v, 3) for k, v in result.timings.items()})
         if result.anatomy is not None and not result.anatomy.applicable:
             # The model ran, but the anatomy it needs is not there (e.g. a head CT labelled CHEST):
             # nothing goes to the PACS, and the series is not at fault, so nothing is quarantined.
             logger.info("job %d not applicable: %s", job.id, result.anatomy.reason)
-            stages.timings.update({f"model_{k}": round(v, 3) for k, v in result.timings.items()})
             end_job(self.engine, job.id, self.name, JobState.NOT_APPLICABLE, result.anatomy.reason, stages.timings)
             return
         from dicomnode.outputs.writer import OutputOptions, write_outputs
@@ -289,7 +289,6 @@ class JobRunner(BackgroundLoop):
             DeliveryTarget(d.name, ALL_FRAMES if d.keep_empty_frames and all_frames else "", d.storage_commitment)
             for d in destinations
         ]
-        stages.timings.update({f"model_{k}": round(v, 3) for k, v in result.timings.items()})
         self._finish(job, stages, stages.model, str(out_dir.relative_to(root)), records, targets)
 
     def _finish(
