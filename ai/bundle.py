@@ -22,7 +22,8 @@ import torch
 
 from ai.anatomy import AnatomySpec
 from ai.errors import AIError
-from ai import scan_score
+from ai import coding, scan_score
+from ai.coding import Concept, Laterality
 from ai.measure import METHODS, LesionVolume
 from ai.scan_score import ScanScore
 from ai.shape import ShapeRule
@@ -52,6 +53,9 @@ class Label:
     category_meaning: str | None = None
     color: tuple[int, int, int] = (255, 0, 0)
     lesion: bool = False  # measured per connected component
+    site: Concept | None = None  # the anatomic site it is (or, for a lesion, where its findings lie); default: snomed
+    laterality: Laterality | None = None  # the side of a paired organ
+    finding: Concept | None = None  # a lesion label's finding in the report (e.g. Pulmonary nodule); default: snomed
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,7 @@ class Bundle:
     lesion_volume: LesionVolume = field(default_factory=LesionVolume)  # measurement.lesion_volume
     anatomy: AnatomySpec | None = None  # the plausibility gate; None: no gate
     scan_score: ScanScore | None = None  # class probabilities derived from the lesions; None: none
+    procedure: Concept | None = None  # the imaging procedure its reports are about (e.g. LN 24627-2 CT Chest)
 
     @property
     def out_channels(self) -> int:
@@ -189,6 +194,7 @@ def _problems_in(m: dict[str, Any], path: Path) -> list[str]:
         color = lb.get("color", [255, 0, 0])
         if not (isinstance(color, list) and len(color) == 3 and all(isinstance(c, int) and 0 <= c <= 255 for c in color)):
             problems.append(f"label {lb['name']!r}: color must be three integers 0-255")
+        problems += coding.label_problems(lb)
     int_values = [v for v in values if isinstance(v, int)]  # JSON may hold anything: sort only integers
     if m.get("task") == "segmentation" and values and (
         len(int_values) != len(values) or sorted(int_values) != list(range(1, len(values) + 1))
@@ -196,6 +202,7 @@ def _problems_in(m: dict[str, Any], path: Path) -> list[str]:
         problems.append("segmentation label values must be 1..N (0 is background)")
     listed = labels if isinstance(labels, list) else []
     lesion_labels = [lb.get("value") for lb in listed if isinstance(lb, dict) and lb.get("lesion")]
+    problems += coding.problems("procedure", m.get("procedure"))
     return problems + _problems_in_anatomy_keys(m) + scan_score.problems(m, lesion_labels)
 
 
@@ -427,6 +434,9 @@ def load_bundle(path: Path) -> Bundle:
                 category_meaning=(lb.get("category") or {}).get("meaning"),
                 color=tuple(lb.get("color", [255, 0, 0])),
                 lesion=bool(lb.get("lesion", False)),
+                site=coding.concept(lb.get("site")),
+                laterality=Laterality(lb["laterality"]) if lb.get("laterality") else None,
+                finding=coding.concept(lb.get("finding")),
             )
             for lb in m["labels"]
         ),
@@ -443,6 +453,7 @@ def load_bundle(path: Path) -> Bundle:
         lesion_volume=_lesion_volume(m.get("measurement", {})),
         anatomy=_anatomy(m.get("anatomy")),
         scan_score=scan_score.from_manifest(m),
+        procedure=coding.concept(m.get("procedure")),
     )
 
 

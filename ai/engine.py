@@ -19,6 +19,7 @@ import torch
 from ai.anatomy import AnatomyVerdict, assess
 from ai.bundle import Bundle
 from ai.errors import AIError
+from ai.findings import Finding, findings
 from ai.inference import WindowConfig, optimize_predictor, select_device, sliding_window
 from ai.measure import LabelMeasurement, measure
 from ai.postprocess import fill_holes, keep_largest, keep_within, min_voxels, remove_small, to_labels
@@ -39,6 +40,7 @@ class Result:
     timings: dict[str, float] = field(default_factory=dict)
     device: str = "cpu"
     anatomy: AnatomyVerdict | None = None  # the bundle's anatomy gate (None: the bundle has none)
+    findings: list[Finding] = field(default_factory=list)  # every lesion, numbered by volume across lesion labels
 
 
 class Engine:
@@ -187,6 +189,7 @@ class Engine:
             contains=b.contains,
             lesion_volume=dataclasses.replace(b.lesion_volume, thresholds=self._tail_thresholds()),
         )
+        res.findings = findings(res.measurements, b)
         if b.scan_score is not None:
             res.class_probabilities = b.scan_score.classes(labels, source_scores)
         if b.anatomy is not None:

@@ -10,11 +10,13 @@ its boundary shell, which is most of a small nodule.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from enum import Enum
 from typing import Literal
 
 import numpy as np
 
+from ai.axes import Axes, axial_axes
 from ai.postprocess import components, dilate_box
 
 MAX_SURFACE_POINTS = 4000  # for the maximum diameter; more are subsampled evenly
@@ -22,9 +24,22 @@ METHODS = ("auto", "partial_volume", "probability", "voxels")
 Method = Literal["auto", "partial_volume", "probability", "voxels"]
 
 
+class Edge(str, Enum):
+    """A side of the volume that a lesion touches: the scan may have cut it off."""
+
+    FIRST_SLICE = "first slice"
+    LAST_SLICE = "last slice"
+    FIELD_OF_VIEW = "edge of the field of view"
+
+
 @dataclass(frozen=True)
 class Lesion:
-    """One connected component of a lesion-type label."""
+    """One connected component of a lesion-type label.
+
+    Lesions of a label are numbered by volume, largest first (``index`` 1),
+    so that the same scan gives the same numbers whatever its slice order or
+    patient position.
+    """
 
     index: int
     volume_ml: float  # measured as ``method`` says
@@ -34,6 +49,19 @@ class Lesion:
     voxel_volume_ml: float = 0.0  # the component's voxel count times the voxel volume
     method: str = "voxels"  # how volume_ml was measured: partial_volume, probability or voxels
     organ: int | None = None  # the organ label it lies in (``contains``), if any
+    axes: Axes | None = None  # long and short axis in the slice where the long axis is largest
+    mean: float | None = None  # intensity over its voxels
+    std: float | None = None
+    edges: tuple[Edge, ...] = ()  # sides of the volume it touches (possibly truncated)
+    box: tuple[slice, slice, slice] | None = field(default=None, repr=False, compare=False)  # where ``mask`` lies
+    mask: np.ndarray | None = field(default=None, repr=False, compare=False)  # its voxels within ``box``
+
+    def voxels_in(self, shape: Sequence[int]) -> np.ndarray:
+        """Its voxels as a boolean array of the volume's ``shape``."""
+        out = np.zeros(tuple(shape), dtype=bool)
+        if self.box is not None and self.mask is not None:
+            out[self.box] = self.mask
+        return out
 
 
 @dataclass(frozen=True)
@@ -288,11 +316,20 @@ def measure(
             voxels, method = _lesion_voxels(c, labels, value, image, probabilities, free, cfg, shell, tail)
             if method != "voxels":
                 claimed[c.box] |= dilate_box(c.comp, tail if method == "probability" else shell)
-            diameter = max_diameter_mm(c.comp, spacing_zyx) * (voxels / count) ** (1 / 3)
+            scale = (voxels / count) ** (1 / 3)  # the component's shape at the measured volume
+            diameter = max_diameter_mm(c.comp, spacing_zyx) * scale
             zs = np.flatnonzero(c.comp.any(axis=(1, 2)))
             slices = (c.box[0].start + int(zs[0]), c.box[0].start + int(zs[-1]) + 1)
-            found.append(Lesion(k + 1, voxels * voxel_ml, diameter, centroids[k], slices, count * voxel_ml, method, in_organ))
-        lesions[value] = sorted(found, key=lambda les: -les.volume_ml)
+            offset = tuple(b.start for b in c.box)
+            vals = image[c.box][c.comp].astype(np.float64) if image is not None else None
+            found.append(Lesion(
+                k + 1, voxels * voxel_ml, diameter, centroids[k], slices, count * voxel_ml, method, in_organ,
+                axes=axial_axes(c.comp, spacing_zyx, offset, scale),
+                mean=float(vals.mean()) if vals is not None else None, std=float(vals.std()) if vals is not None else None,
+                edges=_edges(c, labels.shape), box=c.box, mask=c.comp,
+            ))
+        ranked = sorted(found, key=lambda les: (-round(les.volume_ml, 6), les.centroid_voxel))
+        lesions[value] = [replace(les, index=i) for i, les in enumerate(ranked, start=1)]
     out: list[LabelMeasurement] = []
     for value, name in sorted(names.items()):
         mask = labels == value
@@ -306,6 +343,20 @@ def measure(
             LabelMeasurement(value, name, (n + extra) * voxel_ml, n + extra, mean, std, lesions.get(value, []), extra * voxel_ml)
         )
     return out
+
+
+def _edges(c: _Component, shape: Sequence[int]) -> tuple[Edge, ...]:
+    """The sides of the volume that component ``c`` touches."""
+    lo = [b.start + int(np.flatnonzero(c.comp.any(axis=tuple(a for a in range(3) if a != i)))[0]) for i, b in enumerate(c.box)]
+    hi = [b.start + int(np.flatnonzero(c.comp.any(axis=tuple(a for a in range(3) if a != i)))[-1]) for i, b in enumerate(c.box)]
+    out: list[Edge] = []
+    if lo[0] == 0:
+        out.append(Edge.FIRST_SLICE)
+    if hi[0] == shape[0] - 1:
+        out.append(Edge.LAST_SLICE)
+    if lo[1] == 0 or lo[2] == 0 or hi[1] == shape[1] - 1 or hi[2] == shape[2] - 1:
+        out.append(Edge.FIELD_OF_VIEW)
+    return tuple(out)
 
 
 def _lesion_voxels(

@@ -1,7 +1,9 @@
 """DICOM Segmentation (SEG) of a model's label map, through highdicom.
 
-One segment per label found, with the bundle's SNOMED CT category and type,
-its colour and the model as the algorithm.  The geometry is that of the
+One segment per finding (each lesion on its own: "nodule 1" is segment 1,
+the largest) and one per organ found, with the bundle's SNOMED CT category
+and type, the anatomic region and its side, its colour, the model as the
+algorithm, and the Tracking ID and UID that the SR uses for the same thing.  The geometry is that of the
 source images: the frames of every segment lie on the source slices (or
 frames of a multi-frame source) and reference them, in the source's Frame of
 Reference.  Only the source headers are needed, never their pixel data.
@@ -25,6 +27,8 @@ from dicomnode.dicom.uids import derived_uid
 
 if TYPE_CHECKING:
     from ai.bundle import Bundle, Label
+    from ai.coding import Concept, Laterality
+    from ai.findings import Finding
     from dicomnode.volume.reconstruct import Volume
 
 logger = logging.getLogger(__name__)
@@ -146,13 +150,66 @@ def source_frames(sources: Sequence[Dataset], volume: Volume) -> list[SourceFram
     return out
 
 
+@dataclass(frozen=True)
+class Segment:
+    """One segment of the SEG: a finding (one lesion) or a whole label (an organ)."""
+
+    number: int
+    label: Label
+    finding: Finding | None
+    tracking_uid: str
+
+    @property
+    def name(self) -> str:
+        """``"nodule 2"`` for a finding, the label's name otherwise."""
+        return self.finding.name if self.finding is not None else self.label.name
+
+    def site(self) -> tuple[Concept | None, Laterality | None]:
+        """Anatomic region and side of the segment."""
+        if self.finding is not None:
+            return self.finding.site, self.finding.side
+        return self.label.site, self.label.laterality
+
+    def mask(self, labels: np.ndarray) -> np.ndarray:
+        """Its voxels in the label map."""
+        if self.finding is not None:
+            return self.finding.lesion.voxels_in(labels.shape)
+        return np.asarray(labels == self.label.value)
+
+
+def plan_segments(labels: np.ndarray, bundle: Bundle, findings: Sequence[Finding], seed: str) -> list[Segment]:
+    """The segments of a result: its findings, numbered as they are (largest first), then the organs found.
+
+    A lesion label with voxels but no findings (a result measured without
+    lesions) becomes one whole-label segment.  Labels with no voxels get no
+    segment: the report says what was not found.
+    """
+    out = [Segment(f.number, f.label, f, tracking_uid(seed, f.label.value, f.number)) for f in findings]
+    with_findings = {f.label.value for f in findings}
+    n = len(out)
+    for lb in bundle.labels:
+        if lb.value in with_findings or not (labels == lb.value).any():
+            continue
+        n += 1
+        out.append(Segment(n, lb, None, tracking_uid(seed, lb.value)))
+    return out
+
+
+def anatomic_region(site: Concept | None, side: Laterality | None) -> list[hd.sr.CodedConcept] | None:
+    """The AnatomicRegionSequence of a segment (None when the site is unknown); the side goes in its modifier."""
+    if site is None:
+        return None
+    return [hd.sr.CodedConcept(site.code, site.scheme, site.meaning)]
+
+
 def build_seg(
     frames: Sequence[SourceFrame],
     labels: np.ndarray,
     probabilities: np.ndarray | None,
     bundle: Bundle,
+    segments: Sequence[Segment],
     params: SegParams,
-) -> tuple[hd.seg.Segmentation, dict[int, int]]:
+) -> hd.seg.Segmentation:
     """Build the SEG.
 
     Parameters
@@ -165,61 +222,74 @@ def build_seg(
         ``(K, z, y, x)`` scores, channel = label value; needed for FRACTIONAL.
     bundle : Bundle
         Labels, codes, colours and the model's identity.
+    segments : sequence of Segment
+        What goes in, numbered 1..N (see :func:`plan_segments`); at least one.
     params : SegParams
         UIDs, numbers and options.
 
     Returns
     -------
-    (Segmentation, dict)
-        The SEG, and which segment number each label value got.
+    Segmentation
+        One segment per finding and per organ found; segments do not overlap.
 
     Raises
     ------
     OutputError
-        Shapes disagree, FRACTIONAL was asked without probabilities, or
-        highdicom refused the content.
+        Shapes disagree, FRACTIONAL was asked without probabilities, there
+        is no segment, or highdicom refused the content.
     """
     first = frames[0].dataset
     if labels.shape[0] != len(frames) or labels.shape[1:] != (int(first.Rows), int(first.Columns)):
         raise OutputError(
             f"the label map {labels.shape} does not fit the {len(frames)} source slice(s) of {first.Rows}x{first.Columns}"
         )
+    if not segments:
+        raise OutputError("a segmentation needs at least one segment")
     if params.fractional and probabilities is None:
         raise OutputError("a FRACTIONAL segmentation needs the model's probabilities (the job did not keep them)")
     if params.fractional and probabilities is not None:
         need = max(lb.value for lb in bundle.labels) + 1
         if probabilities.ndim != 4 or probabilities.shape[0] < need or probabilities.shape[1:] != labels.shape:
             raise OutputError(f"the probabilities {probabilities.shape} do not fit {need} channel(s) of the label map {labels.shape}")
-    present = [lb for lb in bundle.labels if (labels == lb.value).any()]
-    # With nothing found, an explicit empty segmentation (every frame of every label) says so:
-    # highdicom needs at least one frame, and a reader sees that the model looked.
-    chosen = present or list(bundle.labels)
-    keep_empty = params.keep_empty_frames or not present
-    numbers = {lb.value: i for i, lb in enumerate(chosen, start=1)}
-    descriptions = [
-        hd.seg.SegmentDescription(
-            segment_number=numbers[lb.value],
-            segment_label=lb.name[:64],
-            segmented_property_category=label_category(lb),
-            segmented_property_type=label_type(lb),
+    descriptions = []
+    for seg in segments:
+        site, side = seg.site()
+        desc = hd.seg.SegmentDescription(
+            segment_number=seg.number,
+            segment_label=seg.name[:64],
+            segmented_property_category=label_category(seg.label),
+            segmented_property_type=label_type(seg.label),
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=algorithm(bundle),
-            tracking_uid=tracking_uid(params.uid_seed, lb.value),
-            tracking_id=f"{lb.name} segment"[:64],
-            display_color=hd.color.CIELabColor.from_rgb(*lb.color),
+            tracking_uid=seg.tracking_uid,
+            tracking_id=seg.name[:64],
+            anatomic_regions=anatomic_region(site, side),
+            display_color=hd.color.CIELabColor.from_rgb(*seg.label.color),
         )
-        for lb in chosen
-    ]
+        if side is not None and "AnatomicRegionSequence" in desc:
+            desc.AnatomicRegionSequence[0].AnatomicRegionModifierSequence = [
+                hd.sr.CodedConcept(side.code, "SCT", side.meaning)
+            ]
+        descriptions.append(desc)
     if params.fractional:
         assert probabilities is not None
-        pixels = np.stack([np.clip(probabilities[lb.value], 0.0, 1.0) for lb in chosen], axis=-1).astype(np.float32)
-    else:
-        pixels = np.stack([labels == lb.value for lb in chosen], axis=-1).astype(np.uint8)
+        pixels: np.ndarray = np.zeros(labels.shape + (len(segments),), dtype=np.float32)
+        for i, seg in enumerate(segments):
+            p = np.clip(probabilities[seg.label.value], 0.0, 1.0)
+            if seg.finding is not None and seg.finding.lesion.box is not None:  # the finding's neighbourhood only
+                box = seg.finding.lesion.box
+                pixels[box + (i,)] = p[box]
+            else:
+                pixels[..., i] = p
+    else:  # segments do not overlap: a label map of segment numbers (one array, not one per segment)
+        pixels = np.zeros(labels.shape, dtype=np.uint8 if len(segments) < 256 else np.uint16)
+        for seg in segments:
+            pixels[seg.mask(labels)] = seg.number
     geometry: dict[str, Any] = {}  # keyword arguments of hd.seg.Segmentation
     if frames[0].frame is not None:  # a multi-frame source: place each slice on its frame, highdicom references it
         geometry["plane_positions"] = [hd.PlanePositionSequence(hd.CoordinateSystemNames.PATIENT, f.position) for f in frames]
     try:
-        seg = hd.seg.Segmentation(
+        seg_ds = hd.seg.Segmentation(
             source_images=[first] if frames[0].frame is not None else [f.dataset for f in frames],
             pixel_array=pixels,
             segmentation_type=hd.seg.SegmentationTypeValues.FRACTIONAL if params.fractional else hd.seg.SegmentationTypeValues.BINARY,
@@ -236,14 +306,13 @@ def build_seg(
             content_label="AI_SEGMENTATION",
             content_creator_name="dicomnode^AI",
             series_description=params.series_description[:64],
-            omit_empty_frames=not keep_empty,
+            omit_empty_frames=not params.keep_empty_frames,
             transfer_syntax_uid=ExplicitVRLittleEndian,
             **geometry,
         )
     except (ValueError, TypeError, AttributeError, KeyError) as exc:
         raise OutputError(f"cannot build the segmentation: {exc}") from exc
-    if any(label_type(lb).scheme_designator == PRIVATE_SCHEME for lb in chosen):
-        seg.CodingSchemeIdentificationSequence = [private_scheme_item()]
-    logger.debug("SEG: %d segment(s), %d frame(s)", len(chosen), int(seg.NumberOfFrames))
-    return seg, numbers
-
+    if any(label_type(s.label).scheme_designator == PRIVATE_SCHEME for s in segments):
+        seg_ds.CodingSchemeIdentificationSequence = [private_scheme_item()]
+    logger.debug("SEG: %d segment(s), %d frame(s)", len(segments), int(seg_ds.NumberOfFrames))
+    return seg_ds
