@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ai.anatomy import AnatomyVerdict, assess
-from ai.bundle import Bundle
+from ai.bundle import Bundle, Label
 from ai.errors import AIError
 from ai.findings import Finding, findings
 from ai.inference import WindowConfig, optimize_predictor, select_device, sliding_window
@@ -27,6 +27,16 @@ from ai.shape import filter_shapes
 from ai.preprocess import prepare, to_roi
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ClassScores:
+    """The class probabilities of one classifier, named by the model that computed them."""
+
+    model: str
+    version: str
+    probabilities: dict[str, float]
+    labels: tuple[Label, ...] = ()  # its classes, with their codes
 
 
 @dataclass
@@ -41,6 +51,7 @@ class Result:
     device: str = "cpu"
     anatomy: AnatomyVerdict | None = None  # the bundle's anatomy gate (None: the bundle has none)
     findings: list[Finding] = field(default_factory=list)  # every lesion, numbered by volume across lesion labels
+    classifications: list[ClassScores] = field(default_factory=list)  # other models' classes, each under its own name
 
 
 class Engine:

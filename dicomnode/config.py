@@ -116,10 +116,13 @@ class OutputsConfig:
     seg: bool = True
     sr: bool = True
     preview: bool = True
+    kos: bool = True  # a Key Object Selection that flags each finding's source slice
     fractional: bool = False  # FRACTIONAL instead of BINARY segmentations
+    max_key_images: int = 6  # one key image per finding, largest first, up to this many
     seg_series_number: int = 9001
     sr_series_number: int = 9002
     preview_series_number: int = 9003
+    kos_series_number: int = 9004
     series_description_prefix: str = "AI"
 
 
@@ -377,8 +380,10 @@ def _parse_worker(data: Any) -> WorkerConfig:
 def _parse_outputs(data: Any) -> OutputsConfig:
     number = partial(_int, lo=1, hi=2**31 - 1)
     return _parse_section("outputs", OutputsConfig, data, {
-        "seg": _bool, "sr": _bool, "preview": _bool, "fractional": _bool,
+        "seg": _bool, "sr": _bool, "preview": _bool, "kos": _bool, "fractional": _bool,
+        "max_key_images": partial(_int, lo=1, hi=100),
         "seg_series_number": number, "sr_series_number": number, "preview_series_number": number,
+        "kos_series_number": number,
         "series_description_prefix": _str,
     })
 

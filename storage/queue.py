@@ -42,6 +42,9 @@ class ClaimedJob:
     study_uid: str
     facts: SeriesFacts  # what routing looks at
     reclaimed: bool  # its previous worker died (the lease expired)
+    completion_reason: str = ""  # why the series was judged complete (CompletionReason value)
+    completion_detail: str | None = None  # e.g. what was missing when it completed incomplete
+    instance_count: int = 0  # instances the job covers
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,7 @@ def claim_job(engine: Engine, worker: str, lease_seconds: float, *, max_attempts
             s = conn.execute(
                 select(
                     _jobs.c.series_id, _jobs.c.version, _jobs.c.attempts, _series.c.series_uid, _series.c.study_uid,
+                    _jobs.c.completion_reason, _jobs.c.instance_count, _series.c.completion_detail,
                     *(_series.c[f] for f in SeriesFacts.__dataclass_fields__),
                 )
                 .join(_series, _series.c.id == _jobs.c.series_id)
@@ -125,7 +129,8 @@ def claim_job(engine: Engine, worker: str, lease_seconds: float, *, max_attempts
             facts = SeriesFacts(**{f: getattr(s, f) for f in SeriesFacts.__dataclass_fields__})
             return ClaimedJob(
                 id=row.id, series_id=s.series_id, version=s.version, attempts=s.attempts, series_uid=s.series_uid,
-                study_uid=s.study_uid, facts=facts, reclaimed=reclaimed,
+                study_uid=s.study_uid, facts=facts, reclaimed=reclaimed, completion_reason=s.completion_reason or "",
+                completion_detail=s.completion_detail, instance_count=s.instance_count or 0,
             )
 
 

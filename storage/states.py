@@ -89,6 +89,7 @@ class OutputKind(enum.StrEnum):
     SEG = "seg"
     SR = "sr"
     PREVIEW = "preview"  # Secondary Capture key image
+    KOS = "kos"  # Key Object Selection flagging the key source slices
     SOURCE = "source"  # forwarded unchanged
 
 

@@ -15,6 +15,7 @@ from pydicom import dcmread
 
 from ai.bundle import Label, load_bundle
 from ai.engine import Result
+from ai.findings import findings
 from ai.measure import measure
 from dicomnode.errors import OutputError
 from dicomnode.outputs.writer import IDENTITY, OutputFile, OutputOptions, write_outputs
@@ -30,10 +31,11 @@ BUNDLE = replace(
         Label(value=1, name="lung", snomed_code="39607008", snomed_meaning="Lung", color=(0, 128, 255)),
         Label(value=2, name="nodule", snomed_code="27925004", snomed_meaning="Nodule", color=(255, 64, 0), lesion=True),
     ),
+    scan_score=replace(load_bundle(SHIPPED).scan_score, label=2),
 )
 VOLUME = hd.sr.CodedConcept("118565006", "SCT", "Volume")
 DIAMETER = hd.sr.CodedConcept("81827009", "SCT", "Diameter")
-NO_FILES = OutputOptions(sr=False, preview=False)
+NO_FILES = OutputOptions(sr=False, preview=False, kos=False)
 
 
 def sphere(shape: tuple[int, int, int], centre: tuple[float, float, float], r: float) -> np.ndarray:
@@ -46,7 +48,7 @@ def fabricate(vol: Volume, labels: np.ndarray, classes: bool = True) -> Result:
     probs = np.stack([(labels == k).astype(np.float32) * 0.9 + 0.05 for k in range(3)])
     m = measure(labels, vol.spacing, {1: "lung", 2: "nodule"}, image=vol.array, lesion_values=[2])
     scores = {"nodule present": 0.83, "no nodule": 0.17} if classes else {}
-    return Result(labels=labels, probabilities=probs, measurements=m, class_probabilities=scores)
+    return Result(labels=labels, probabilities=probs, measurements=m, class_probabilities=scores, findings=findings(m, BUNDLE))
 
 
 def result_for(vol: Volume, empty: bool = False, classes: bool = True) -> Result:
@@ -67,26 +69,29 @@ def case(make_series: Callable[..., list[Path]]) -> tuple[list[Path], Volume]:
     return [by_uid[u] for u in vol.sop_uids], vol
 
 
-def dciodvfy_errors(path: Path) -> list[str]:
+def dciodvfy_errors(path: Path, warnings: bool = True) -> list[str]:
+    """dciodvfy's errors (and warnings) on ``path``."""
     exe = require_tool("dciodvfy")
     r = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=60, check=False)  # it exits 1 on warnings
-    return [line for line in (r.stdout + r.stderr).splitlines() if line.startswith("Error")]
+    kinds = ("Error", "Warning") if warnings else ("Error",)
+    return [line for line in (r.stdout + r.stderr).splitlines() if line.startswith(kinds)]
 
 
-def assert_valid(outputs: list[OutputFile]) -> None:
+def assert_valid(outputs: list[OutputFile], warnings: bool = True) -> None:
     for o in outputs:
-        assert dciodvfy_errors(o.path) == [], f"{o.kind}: {o.path.name}"
+        assert dciodvfy_errors(o.path, warnings) == [], f"{o.kind}: {o.path.name}"
 
 
 def sr_volumes(sr: hd.sr.Comprehensive3DSR) -> list[float]:
     groups = [*sr.content.get_volumetric_roi_measurement_groups(), *sr.content.get_image_measurement_groups()]
+    groups = [g for g in groups if not str(g.tracking_identifier).endswith("total")]  # a sum of the others
     return sorted(float(m.value) for g in groups for m in g.get_measurements(name=VOLUME))
 
 
 def expected_volumes(res: Result) -> object:
     """What :func:`sr_volumes` reads back: every label and lesion volume, to the 0.1 uL the report keeps."""
-    volumes = [m.volume_ml for m in res.measurements] + [les.volume_ml for m in res.measurements for les in m.lesions]
-    return pytest.approx(sorted(volumes), abs=1e-4)
+    volumes = [m.volume_ml for m in res.measurements if not m.lesions] + [les.volume_ml for m in res.measurements for les in m.lesions]
+    return pytest.approx(sorted(volumes), abs=1e-2)
 
 
 def test_seg_sr_and_key_images_are_valid_and_read_back(case: tuple[list[Path], Volume], tmp_path: Path) -> None:
@@ -94,7 +99,7 @@ def test_seg_sr_and_key_images_are_valid_and_read_back(case: tuple[list[Path], V
     res = result_for(vol)
     out = write_outputs(sources, vol, res, BUNDLE, tmp_path / "out", job_key="1.2.3/1")
     kinds = [o.kind for o in out]
-    assert kinds[:2] == ["seg", "sr"] and 1 <= kinds.count("preview") <= 6
+    assert kinds == ["seg", "sr", "preview", "preview", "kos"]  # one key image per finding
     assert_valid(out)
     src = dcmread(sources[0], stop_before_pixels=True)
     assert str(src.PatientName) == "Müller^Jörg"
@@ -104,13 +109,16 @@ def test_seg_sr_and_key_images_are_valid_and_read_back(case: tuple[list[Path], V
             assert ds.get(key) == src.get(key), f"{o.kind}: {key}"
         assert ds.SeriesInstanceUID != src.SeriesInstanceUID and ds.SOPInstanceUID == o.sop_instance_uid
         assert ds.file_meta.TransferSyntaxUID == o.transfer_syntax_uid == "1.2.840.10008.1.2.1"
-    assert len({o.series_instance_uid for o in out}) == 3  # SEG, SR and key images: one new series each
+    assert len({o.series_instance_uid for o in out}) == 4  # SEG, SR, key images and KOS: one new series each
 
     seg = hd.seg.segread(out[0].path)
     assert seg.FrameOfReferenceUID == src.FrameOfReferenceUID and seg.SegmentationType == "BINARY"
-    assert (seg.SeriesNumber, seg.SeriesDescription) == (9001, "AI chest-ct-lungs-nodules SEG")
-    assert {s.SegmentNumber: s.SegmentLabel for s in seg.SegmentSequence} == {1: "lung", 2: "nodule"}
-    for s, lb in zip(seg.SegmentSequence, BUNDLE.labels):
+    assert (seg.SeriesNumber, seg.SeriesDescription) == (9001, "AI chest-ct-lungs-nodules SEG - demonstration; not for diagnosis")
+    # One segment per finding, numbered by size (the r=4 sphere is nodule 1), then the organ.
+    assert {s.SegmentNumber: s.SegmentLabel for s in seg.SegmentSequence} == {1: "nodule 1", 2: "nodule 2", 3: "lung"}
+    assert [s.TrackingID for s in seg.SegmentSequence] == ["nodule 1", "nodule 2", "lung"]
+    nodule, lung_label = BUNDLE.labels[1], BUNDLE.labels[0]
+    for s, lb in zip(seg.SegmentSequence, (nodule, nodule, lung_label)):
         assert s.SegmentedPropertyTypeCodeSequence[0].CodeValue == lb.snomed_code
         assert s.SegmentedPropertyCategoryCodeSequence[0].CodeValue == ("49755003" if lb.lesion else "91723000")
         assert list(s.RecommendedDisplayCIELabValue) == list(hd.color.CIELabColor.from_rgb(*lb.color).value)
@@ -118,31 +126,39 @@ def test_seg_sr_and_key_images_are_valid_and_read_back(case: tuple[list[Path], V
         assert (algo.AlgorithmName, algo.AlgorithmVersion) == (BUNDLE.name, BUNDLE.version)
         assert algo.AlgorithmFamilyCodeSequence[0].CodeMeaning == "Artificial Intelligence"
     uids = [str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in sources]
-    px = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids, segment_numbers=[1, 2], assert_missing_frames_are_empty=True)
-    assert (px[..., 0] == (res.labels == 1)).all() and (px[..., 1] == (res.labels == 2)).all()
-    assert seg.NumberOfFrames == int(sum((res.labels == k).any(axis=(1, 2)).sum() for k in (1, 2)))  # empty frames omitted
+    px = seg.get_pixels_by_source_instance(
+        source_sop_instance_uids=uids, segment_numbers=[1, 2, 3], assert_missing_frames_are_empty=True
+    )
+    big = sphere(res.labels.shape, (8, 25, 45), 4)  # type: ignore[union-attr]
+    assert (px[..., 0] == big).all() and (px[..., 1] == ((res.labels == 2) & ~big)).all() and (px[..., 2] == (res.labels == 1)).all()
+    assert seg.NumberOfFrames == int(px.any(axis=(1, 2)).sum())  # empty frames omitted
 
     sr = hd.sr.srread(out[1].path)
     groups = sr.content.get_volumetric_roi_measurement_groups()
     assert sr_volumes(sr) == expected_volumes(res)
-    assert {n for g in groups for n in g.referenced_segment.referenced_segment_numbers} == {1, 2}  # type: ignore[union-attr]
+    refs = {str(g.tracking_identifier): g.referenced_segment.referenced_segment_numbers for g in groups}  # type: ignore[union-attr]
+    assert refs == {"nodule 1": [1], "nodule 2": [2], "lung": [3]}  # each finding references its own segment
     assert all(g.referenced_segment.referenced_sop_instance_uid == seg.SOPInstanceUID for g in groups)  # type: ignore[union-attr]
-    diameters = sorted(round(float(m.value), 2) for g in groups for m in g.get_measurements(name=DIAMETER))
-    assert diameters == sorted(round(les.max_diameter_mm, 2) for les in res.measurements[1].lesions)
+    for g, s in zip(sorted(groups, key=lambda g: str(g.tracking_identifier)), (seg.SegmentSequence[2], *seg.SegmentSequence[:2])):
+        assert g.tracking_uid == s.TrackingUID  # one finding, one Tracking UID in SEG and SR
+    n1 = next(g for g in groups if g.tracking_identifier == "nodule 1")
+    sizes = {str(m.name.meaning): float(m.value) for m in n1.get_measurements()}
+    assert sizes["Long axis"] == pytest.approx(9.0 * vol.spacing[0], abs=vol.spacing[0]) and sizes["Short axis"] <= sizes["Long axis"]
+    assert sizes["Diameter"] == pytest.approx((sizes["Long axis"] + sizes["Short axis"]) / 2, abs=0.06)
+    assert str(n1.finding_type.value) == "27925004"
     lung = next(g for g in groups if g.tracking_identifier == "lung")
-    assert lung.tracking_uid == seg.SegmentSequence[0].TrackingUID  # one finding, one Tracking UID in SEG and SR
     assert {str(m.name.meaning) for m in lung.get_measurements()} == {"Volume", "Mean", "Standard Deviation"}
     assert all(str(m.unit.value) == "[hnsf'U]" for m in lung.get_measurements() if m.name.meaning != "Volume")
     [device] = sr.content.get_observer_contexts(observer_type=hd.sr.CodedConcept("121007", "DCM", "Device"))
     assert device.observer_identifying_attributes.name == BUNDLE.name  # type: ignore[union-attr]
-    classes = sr.content.get_image_measurement_groups()
-    assert {str(g.tracking_identifier) for g in classes} == {"classification: nodule present", "classification: no nodule"}
-    probability = [float(m.value) for g in classes for m in g.get_measurements() if m.name.meaning == "Probability"]
-    assert sorted(probability) == [0.17, 0.83]
+    [score] = sr.content.get_image_measurement_groups()
+    assert str(score.tracking_identifier) == "classification: nodule present"
+    assert [float(m.value) for m in score.get_measurements() if m.name.meaning == "Probability"] == [0.83]
+    assert "scan score: calibrated peak nodule probability" in dcmread(out[1].path).to_json()
     text = dcmread(out[1].path).to_json()
     assert "nodule present" in text and BUNDLE.intended_use in text and "not for diagnosis" in str(sr.SeriesDescription)
 
-    for o in out[2:]:
+    for o in out[2:4]:
         sc = dcmread(o.path)
         assert sc.PhotometricInterpretation == "RGB" and sc.pixel_array.shape == (512, 512, 3)
         assert sc.BurnedInAnnotation == "YES" and BUNDLE.intended_use in sc.ImageComments
@@ -177,11 +193,16 @@ def test_fractional_and_all_frames(case: tuple[list[Path], Volume], tmp_path: Pa
     [sparse] = write_outputs(sources, vol, res, BUNDLE, tmp_path / "s", job_key="k/1", options=NO_FILES)
     assert_valid([frac, full])
     seg = hd.seg.segread(frac.path)
-    assert seg.SegmentationType == "FRACTIONAL" and seg.NumberOfFrames == 2 * len(sources)  # no frame is all zero
+    assert seg.SegmentationType == "FRACTIONAL"
     uids = [str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in sources]
-    px = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids, segment_numbers=[2])[..., 0]
-    assert np.allclose(px, res.probabilities[2], atol=1 / 255)  # type: ignore[index]
-    assert hd.seg.segread(full.path).NumberOfFrames == 2 * len(sources) > dcmread(sparse.path, stop_before_pixels=True).NumberOfFrames
+    px = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids, segment_numbers=[1, 3])
+    assert np.allclose(px[..., 1], res.probabilities[1], atol=1 / 255)  # type: ignore[index]  # the organ: its probability
+    box = res.findings[0].lesion.box if res.findings else None
+    assert box is not None and np.allclose(px[box][..., 0], res.probabilities[2][box], atol=1 / 255)  # type: ignore[index]
+    outside = np.ones(px.shape[:3], dtype=bool)
+    outside[box] = False
+    assert (px[..., 0][outside] == 0).all()  # a finding's segment stays in its neighbourhood
+    assert hd.seg.segread(full.path).NumberOfFrames == 3 * len(sources) > dcmread(sparse.path, stop_before_pixels=True).NumberOfFrames
     assert len({frac.sop_instance_uid, full.sop_instance_uid, sparse.sop_instance_uid}) == 3  # other content, other UID
 
 
@@ -189,18 +210,21 @@ def test_an_empty_result_still_makes_valid_outputs(case: tuple[list[Path], Volum
     sources, vol = case
     res = result_for(vol, empty=True, classes=False)
     out = write_outputs(sources, vol, res, BUNDLE, tmp_path / "e", job_key="k/1")
-    assert [o.kind for o in out] == ["seg", "sr", "preview"]
+    assert [o.kind for o in out] == ["sr", "preview"]  # no empty segments, no key slices to flag
     assert_valid(out)
-    seg = hd.seg.segread(out[0].path)
-    assert seg.NumberOfFrames == 2 * len(sources) and len(seg.SegmentSequence) == 2  # an explicit, all-empty segmentation
-    sr = hd.sr.srread(out[1].path)
+    sr = hd.sr.srread(out[0].path)
     assert sr_volumes(sr) == [0.0, 0.0]  # "nothing found", said per label
+    absent = hd.sr.CodedConcept("272519000", "SCT", "Absent")
+    evaluations = [e for g in sr.content.get_image_measurement_groups() for e in g.get_qualitative_evaluations()]
+    assert [e.value for e in evaluations] == [absent, absent]
+    assert "No nodule found." in dcmread(out[0].path).to_json()
+    assert "no nodule found" in dcmread(out[1].path).ImageComments
 
 
 def test_report_without_seg_references_the_source_images(case: tuple[list[Path], Volume], tmp_path: Path) -> None:
     sources, vol = case
     res = result_for(vol)
-    [sr_file] = write_outputs(sources, vol, res, BUNDLE, tmp_path / "r", job_key="k/1", options=OutputOptions(seg=False, preview=False))
+    [sr_file] = write_outputs(sources, vol, res, BUNDLE, tmp_path / "r", job_key="k/1", options=OutputOptions(seg=False, preview=False, kos=False))
     assert_valid([sr_file])
     sr = hd.sr.srread(sr_file.path)
     assert sr.content.get_volumetric_roi_measurement_groups() == []
@@ -214,11 +238,31 @@ def test_report_without_seg_references_the_source_images(case: tuple[list[Path],
 
 def test_a_classifier_gets_a_report_only(case: tuple[list[Path], Volume], tmp_path: Path) -> None:
     sources, vol = case
+    classifier = replace(
+        BUNDLE, name="nodule-classifier", version="2.1", task="classification", scan_score=None,
+        labels=(Label(1, "no nodule"), Label(2, "nodule present", snomed_code="786838002", snomed_meaning="Pulmonary nodule")),
+    )
     res = Result(class_probabilities={"nodule present": 0.4, "no nodule": 0.6})
-    [sr_file] = write_outputs(sources, vol, res, BUNDLE, tmp_path / "c", job_key="k/1")
+    [sr_file] = write_outputs(sources, vol, res, classifier, tmp_path / "c", job_key="k/1")
     assert sr_file.kind == "sr"
+    assert_valid([sr_file], warnings=False)  # "no nodule" has no standard code: a declared private one
+    groups = hd.sr.srread(sr_file.path).content.get_image_measurement_groups()
+    assert len(groups) == 2
+    text = dcmread(sr_file.path).to_json()
+    assert "nodule-classifier" in text and "786838002" in text  # the classifier names itself, with its own codes
+
+
+def test_a_second_classifier_is_reported_under_its_own_name(case: tuple[list[Path], Volume], tmp_path: Path) -> None:
+    from ai.engine import ClassScores
+
+    sources, vol = case
+    res = result_for(vol)
+    labels = (Label(1, "emphysema", snomed_code="87433001", snomed_meaning="Pulmonary emphysema"),)
+    res.classifications.append(ClassScores("emphysema-classifier", "0.9", {"emphysema": 0.12}, labels))
+    [_seg, sr_file] = write_outputs(sources, vol, res, BUNDLE, tmp_path / "c", job_key="k/1", options=OutputOptions(preview=False, kos=False))
     assert_valid([sr_file])
-    assert len(hd.sr.srread(sr_file.path).content.get_image_measurement_groups()) == 2
+    text = dcmread(sr_file.path).to_json()
+    assert "emphysema-classifier" in text and "87433001" in text and "0.12" in text
 
 
 def test_multiframe_source_frames_are_matched_by_position(tmp_path: Path) -> None:
@@ -239,7 +283,7 @@ def test_multiframe_source_frames_are_matched_by_position(tmp_path: Path) -> Non
     px = seg.get_pixels_by_source_frame(
         str(vol.sop_uids[0]), source_frame_numbers=[2, 1], segment_numbers=[1, 2], assert_missing_frames_are_empty=True
     )
-    assert (px[..., 0] == (labels == 1)).all() and (px[..., 1] == (labels == 2)).all()
+    assert (px[..., 1] == (labels == 1)).all() and (px[..., 0] == (labels == 2)).all()  # nodule 1, then the lung
     assert sr_volumes(hd.sr.srread(out[1].path)) == expected_volumes(fabricate(vol, labels))
 
 

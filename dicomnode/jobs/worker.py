@@ -50,7 +50,7 @@ from storage.queue import (
     job_timeline,
     series_files,
 )
-from storage.states import JobState, OutputKind, Stage
+from storage.states import CompletionReason, JobState, OutputKind, Stage
 
 if TYPE_CHECKING:
     from ai.bundle import Bundle
@@ -267,20 +267,22 @@ class JobRunner(BackgroundLoop):
         out_dir = self.cfg.node.outputs_dir / str(job.id)
         o = self.cfg.outputs
         base = OutputOptions(
-            seg=o.seg, sr=o.sr, preview=o.preview, fractional=o.fractional,
+            seg=o.seg, sr=o.sr, preview=o.preview, kos=o.kos, fractional=o.fractional, max_key_images=o.max_key_images,
             seg_series_number=o.seg_series_number, sr_series_number=o.sr_series_number,
-            preview_series_number=o.preview_series_number, series_description_prefix=o.series_description_prefix,
+            preview_series_number=o.preview_series_number, kos_series_number=o.kos_series_number,
+            series_description_prefix=o.series_description_prefix,
         )
+        notes = source_notes(job, len(vol.sop_uids))
         in_order = [paths[uid] for uid in vol.sop_uids]
         key = f"{job.series_uid}/{job.version}"
         records: list[OutputRecord] = []
         all_frames = o.seg and any(d.keep_empty_frames for d in destinations)
 
         def write() -> None:
-            for f in write_outputs(in_order, vol, result, primary, out_dir, job_key=key, options=base):
+            for f in write_outputs(in_order, vol, result, primary, out_dir, job_key=key, options=base, notes=notes):
                 records.append(_record(f, root, ""))
             if all_frames:
-                opts = OutputOptions(**{**vars(base), "sr": False, "preview": False, "keep_empty_frames": True})
+                opts = OutputOptions(**{**vars(base), "sr": False, "preview": False, "kos": False, "keep_empty_frames": True})
                 for f in write_outputs(in_order, vol, result, primary, out_dir / ALL_FRAMES, job_key=key, options=opts):
                     records.append(_record(f, root, ALL_FRAMES))
 
@@ -314,11 +316,25 @@ class JobRunner(BackgroundLoop):
             return model.run(vol.array, vol.spacing, vol.direction)
 
     def _infer(self, primary: Bundle, others: tuple[Bundle, ...], vol: Volume) -> Result:
+        from ai.engine import ClassScores
+
         res = self._run_model(primary, vol)
         for b in others:
-            if b.task == "classification":
-                res.class_probabilities.update(self._run_model(b, vol).class_probabilities)
+            if b.task == "classification":  # reported under its own name, not the segmentation model's
+                probs = self._run_model(b, vol).class_probabilities
+                res.classifications.append(ClassScores(b.name, b.version, probs, b.labels))
         return res
+
+
+def source_notes(job: ClaimedJob, slices: int) -> list[str]:
+    """What the outputs must say about the source series: that it was incomplete, and where (else nothing)."""
+    if job.completion_reason != CompletionReason.INCOMPLETE_TIMEOUT:
+        return []
+    detail = job.completion_detail or "instances were missing"
+    return [
+        f"The source series was incomplete when it was processed ({job.instance_count} instance(s) received, "
+        f"{slices} slice(s) reconstructed; {detail}). Findings near a gap may be missed or cut."
+    ]
 
 
 def _record(f: OutputFile, root: Path, variant: str) -> OutputRecord:

@@ -1,23 +1,22 @@
 """The TID 1500 Measurement Report (Comprehensive 3D SR) of a model's result, through highdicom.
 
-- For each label found: volume (mL), mean and standard deviation of the
-  intensity (HU for CT), in a volumetric ROI group that references its
-  segment in the SEG (without a SEG: a group that references the source
-  images the label lies on).
-- For each lesion (a connected component of a lesion-type label): its volume
-  and maximum 3D diameter, referencing its label's segment (a reference to
-  SEG frames may not name the segment, and viewers link groups to segments
-  by number), or without a SEG the source images it lies on.
-- For each label not found: its volume, 0 mL, so that "nothing found" is
-  said explicitly.
-- For a classifier: each class as a qualitative evaluation (Finding = class)
-  with its probability.
-- The model is the device observer and the algorithm of every group; the
-  intended use ("demonstration; not for diagnosis") is a comment in the
-  report's qualitative evaluations and in the series description.
+In order:
 
-Tracking UIDs are deterministic, and a label's group has the Tracking UID of
-its segment in the SEG.
+- one group per finding ("nodule 1" is the largest), referencing its own
+  segment in the SEG, located (Finding Site with laterality, a 3D point at
+  its centre, long and short axis as 3D lines in their slice, that slice as
+  the source image) and measured by the clinical conventions (see
+  :mod:`dicomnode.outputs.sr_content`);
+- for a lesion label with no finding: "absent", explicitly;
+- one group per organ (volume with the lesions inside it, site and side),
+  and the total of a paired organ;
+- the class probabilities, each under the model that computed them;
+- report-level comments: the intended use, partial coverage, and an
+  incomplete source series (how many instances of how many, and where the gap is).
+
+The model is the device observer.  Tracking UIDs are those of the SEG's
+segments: a finding is followed from the SEG to the SR (and to the key
+images and the Key Object Selection) by its UID.
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import highdicom as hd
 import numpy as np
@@ -33,35 +32,19 @@ from pydicom import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
-from dicomnode.errors import OutputError
-from dicomnode.outputs.seg import (
-    PRIVATE_SCHEME,
-    SourceFrame,
-    label_type,
-    private_scheme_item,
-    tracking_uid,
-)
 from dicomnode.dicom.uids import derived_uid
+from dicomnode.errors import OutputError
+from dicomnode.outputs import sr_content as content
+from dicomnode.outputs.seg import PRIVATE_SCHEME, Segment, SourceFrame, private_scheme_item, tracking_uid
 
 if TYPE_CHECKING:
     from ai.bundle import Bundle, Label
     from ai.engine import Result
-    from ai.measure import Lesion
 
 logger = logging.getLogger(__name__)
 
-MILLILITRE = Code("mL", "UCUM", "milliliter")  # codes.UCUM.Millilitre does not exist
-HOUNSFIELD = Code("[hnsf'U]", "UCUM", "Hounsfield unit")
-MILLIMETRE = codes.UCUM.Millimeter
-NO_UNITS = codes.UCUM.NoUnits
 QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")  # TID 1500 row 12
-PROCEDURES = {  # CID 100
-    "CT": codes.LN.CTUnspecifiedBodyRegion,
-    "MR": codes.LN.MRIUnspecifiedBodyRegion,
-    "PT": codes.LN.PETUnspecifiedBodyRegion,
-    "NM": codes.LN.NMUnspecifiedBodyRegion,
-}
-IMAGING_PROCEDURE = codes.SCT.ImagingProcedure
+PRESENT = hd.sr.CodedConcept.from_code(codes.SCT.Present)
 
 
 @dataclass(frozen=True)
@@ -77,45 +60,19 @@ class SRParams:
     software_version: str
 
 
-@dataclass(frozen=True)
-class _Stats:
-    """What is reported for one label."""
-
-    label: Label
-    volume_ml: float
-    voxels: int
-    mean: float | None
-    std: float | None
-    lesions: Sequence[Lesion]
+def algorithm(bundle: Bundle, *parameters: str) -> hd.sr.AlgorithmIdentification:
+    """A model as the algorithm of a group."""
+    return hd.sr.AlgorithmIdentification(
+        name=bundle.name[:64], version=bundle.version[:64], parameters=[p[:64] for p in parameters] or None
+    )
 
 
-def _algorithm(bundle: Bundle) -> hd.sr.AlgorithmIdentification:
-    return hd.sr.AlgorithmIdentification(name=bundle.name[:64], version=bundle.version[:64])
-
-
-def _coverage(result: Result) -> str:
+def coverage_note(result: Result) -> str:
     """A sentence for the report when the scan does not cover every organ measured (else nothing)."""
     a = result.anatomy
     if a is None or not a.partial:
         return ""
-    return f" Partial coverage: {'; '.join(a.cut_off) or 'an organ reaches the edge of the scan'}; its volume is incomplete."
-
-
-def _class_concept(name: str, labels: Sequence[Label]) -> hd.sr.CodedConcept:
-    match = next((lb for lb in labels if lb.name == name), None)
-    if match is not None and match.snomed_code:
-        return label_type(match)
-    return hd.sr.CodedConcept(name[:16], PRIVATE_SCHEME, name[:64])
-
-
-def _source_images(frames: Sequence[SourceFrame], zs: Sequence[int]) -> list[hd.sr.SourceImageForMeasurementGroup]:
-    out = []
-    for z in zs:
-        frame = frames[z].frame
-        out.append(hd.sr.SourceImageForMeasurementGroup.from_source_image(
-            frames[z].dataset, referenced_frame_numbers=[frame] if frame is not None else None
-        ))
-    return out
+    return f"Partial coverage: {'; '.join(a.cut_off) or 'an organ reaches the edge of the scan'}; its volume is incomplete."
 
 
 def _unique_sources(frames: Sequence[SourceFrame]) -> list[Dataset]:
@@ -139,28 +96,108 @@ def _referenced_segment(seg: Dataset, number: int, frames: Sequence[SourceFrame]
     )
 
 
-def _label_stats(result: Result, bundle: Bundle, labels: np.ndarray, voxel_ml: float) -> list[_Stats]:
-    by_value = {m.value: m for m in result.measurements}
-    out: list[_Stats] = []
+def _track(uid: str, name: str) -> hd.sr.TrackingIdentifier:
+    return hd.sr.TrackingIdentifier(uid=uid, identifier=name[:64])
+
+
+def _lesion_word(bundle: Bundle) -> str:
+    names = [lb.name for lb in bundle.labels if lb.lesion]
+    return " or ".join(names) or "finding"
+
+
+def _groups(
+    labels: np.ndarray | None,
+    geo: content.Geometry,
+    seg: Dataset | None,
+    segments: Sequence[Segment],
+    result: Result,
+    bundle: Bundle,
+    seed: str,
+) -> list[content.Group]:
+    """Findings, absent lesion labels, organs and totals (in that order)."""
+    if labels is None:
+        return []
+    modality = str(geo.frames[0].dataset.get("Modality", ""))
+    unit = content.HOUNSFIELD if modality == "CT" else content.NO_UNITS
+    algo = algorithm(bundle)
+    by_key = {(s.label.value, s.finding.number if s.finding is not None else None): s for s in segments}
+
+    def ref(value: int, number: int | None = None) -> hd.sr.ReferencedSegment | None:
+        s = by_key.get((value, number))
+        return _referenced_segment(seg, s.number, geo.frames) if seg is not None and s is not None else None
+
+    groups: list[content.Group] = []
+    for f in result.findings:
+        track = _track(tracking_uid(seed, f.label.value, f.number), f.name)
+        groups.append(content.finding_group(f, track, ref(f.label.value, f.number), geo, algo, unit))
+    found = {f.label.value for f in result.findings}
+    measured = {m.value: m for m in result.measurements}
+    totals: dict[tuple[str, str], list[tuple[Label, float]]] = {}
     for lb in bundle.labels:
-        m = by_value.get(lb.value)
-        if m is not None:
-            out.append(_Stats(lb, m.volume_ml, m.voxels, m.mean, m.std, m.lesions))
-        else:  # not measured by the engine: at least its volume, from the label map
-            n = int(np.count_nonzero(labels == lb.value))
-            out.append(_Stats(lb, n * voxel_ml, n, None, None, ()))
+        track = _track(tracking_uid(seed, lb.value), lb.name)
+        m = measured.get(lb.value)
+        voxels = m.voxels if m is not None else int(np.count_nonzero(labels == lb.value))
+        if lb.lesion and lb.value in found:
+            continue
+        if voxels == 0:  # said explicitly: the model looked and found none
+            groups.append(content.absent_group(lb, track, algo, lb.name))
+            continue
+        volume = m.volume_ml if m is not None else voxels * float(abs(np.linalg.det(geo.affine[:3, :3]))) / 1000.0
+        zs = [int(z) for z in np.flatnonzero((labels == lb.value).any(axis=(1, 2)))] if ref(lb.value) is None else []
+        groups.append(content.organ_group(
+            lb, volume, m.mean if m else None, m.std if m else None, track, ref(lb.value),
+            [geo.group_image(z) for z in zs], algo, unit,
+        ))
+        if lb.site is not None and lb.laterality is not None:
+            totals.setdefault((lb.site.code, lb.site.scheme), []).append((lb, volume))
+    for parts in totals.values():
+        if len({lb.laterality for lb, _ in parts}) < 2:
+            continue
+        site = parts[0][0].site
+        assert site is not None
+        names = " and ".join(lb.name for lb, _ in parts)
+        track = _track(str(derived_uid("dicomnode-tracking", seed, "total", site.code)), f"{site.meaning.lower()}s, total")
+        groups.append(content.total_group(site, sum(v for _, v in parts), names, track, algo))
+    return groups
+
+
+def _class_groups(result: Result, bundle: Bundle, seed: str) -> list[content.Group]:
+    """Class probabilities, each under the model that computed it."""
+
+    def track(model: str, name: str) -> hd.sr.TrackingIdentifier:
+        return _track(str(derived_uid("dicomnode-tracking", seed, "class", model, name)), f"classification: {name}")
+
+    out: list[content.Group] = []
+    score = bundle.scan_score
+    if score is not None and score.present in result.class_probabilities:
+        lesion = next((lb for lb in bundle.labels if lb.value == score.label), None)
+        finding = content.finding_concept(lesion) if lesion is not None else content.class_concept(score.present, ())
+        algo = algorithm(bundle, f"scan score: calibrated peak {lesion.name if lesion else 'lesion'} probability")
+        out.append(content.probability_group(
+            finding, PRESENT, result.class_probabilities[score.present], track(bundle.name, score.present), algo
+        ))
+    elif result.class_probabilities:  # the bundle is a classifier
+        for name, p in result.class_probabilities.items():
+            concept = content.class_concept(name, bundle.labels)
+            out.append(content.probability_group(concept, PRESENT, p, track(bundle.name, name), algorithm(bundle)))
+    for c in result.classifications:
+        algo = hd.sr.AlgorithmIdentification(name=c.model[:64], version=c.version[:64])
+        for name, p in c.probabilities.items():
+            concept = content.class_concept(name, c.labels)
+            out.append(content.probability_group(concept, PRESENT, p, track(c.model, name), algo))
     return out
 
 
 def build_sr(
     frames: Sequence[SourceFrame],
     labels: np.ndarray | None,
-    voxel_ml: float,
+    geo: content.Geometry,
     seg: Dataset | None,
-    segment_numbers: dict[int, int],
+    segments: Sequence[Segment],
     result: Result,
     bundle: Bundle,
     params: SRParams,
+    notes: Sequence[str] = (),
 ) -> hd.sr.Comprehensive3DSR:
     """Build the measurement report.
 
@@ -170,27 +207,35 @@ def build_sr(
         The source of each volume slice (the evidence).
     labels : numpy.ndarray, optional
         ``[z, y, x]`` label map (None for a classifier).
-    voxel_ml : float
-        Volume of one voxel in mL.
+    geo : Geometry
+        Voxel to patient coordinates, for the locations of the findings.
     seg : Dataset, optional
-        The SEG the measurements reference; without one, groups reference the source images.
-    segment_numbers : dict
-        Label value -> segment number in ``seg``.
+        The SEG the groups reference; without one, groups reference the source images.
+    segments : sequence of Segment
+        The segments of ``seg`` (findings and organs).
     result : Result
-        Measurements and class probabilities.
+        Findings, measurements and class probabilities.
     bundle : Bundle
-        Labels and the model's identity.
+        Labels, codes and the model's identity.
     params : SRParams
         UIDs and numbers.
+    notes : sequence of str
+        Sentences for the report's comment (e.g. an incomplete source series).
 
     Raises
     ------
     OutputError
         There is nothing to report, or highdicom refused the content.
     """
-    modality = str(frames[0].dataset.get("Modality", ""))
-    intensity_unit = HOUNSFIELD if modality == "CT" else NO_UNITS
-    private = False
+    first = frames[0].dataset
+    modality = str(first.get("Modality", ""))
+    try:
+        groups = _groups(labels, geo, seg, segments, result, bundle, params.uid_seed)
+        groups += _class_groups(result, bundle, params.uid_seed)
+    except (ValueError, TypeError, AttributeError, KeyError) as exc:
+        raise OutputError(f"cannot build the measurement report: {exc}") from exc
+    if not groups:
+        raise OutputError(f"the model {bundle.name} produced nothing to report (no labels and no class scores)")
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
@@ -200,82 +245,21 @@ def build_sr(
             model_name=f"{bundle.name} {bundle.version}"[:64],
         ),
     )
-    groups: list[
-        hd.sr.MeasurementsAndQualitativeEvaluations | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
-    ] = []
-    for st in _label_stats(result, bundle, labels, voxel_ml) if labels is not None else []:
-        assert labels is not None
-        lb = st.label
-        finding = label_type(lb)
-        private |= finding.scheme_designator == PRIVATE_SCHEME
-        common: dict[str, Any] = {"finding_type": finding, "algorithm_id": _algorithm(bundle)}
-        track = hd.sr.TrackingIdentifier(uid=tracking_uid(params.uid_seed, lb.value), identifier=lb.name[:64])
-        sizes = [hd.sr.Measurement(name=codes.SCT.Volume, value=round(st.volume_ml, 4), unit=MILLILITRE)]
-        if st.voxels == 0:  # nothing found: say so (volume 0 mL), referencing no region
-            groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(tracking_identifier=track, measurements=sizes, **common))
-            continue
-        if st.mean is not None:
-            sizes.append(hd.sr.Measurement(name=codes.SCT.Mean, value=round(st.mean, 3), unit=intensity_unit))
-        if st.std is not None:
-            sizes.append(hd.sr.Measurement(name=codes.SCT.StandardDeviation, value=round(st.std, 3), unit=intensity_unit))
-        mask = np.asarray(labels == lb.value)
-        number = segment_numbers.get(lb.value)
-        segment = _referenced_segment(seg, number, frames) if seg is not None and number is not None else None
-        if segment is not None:
-            groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-                tracking_identifier=track, referenced_segment=segment, measurements=sizes, **common,
-            ))
-        else:
-            zs = [int(z) for z in np.flatnonzero(mask.any(axis=(1, 2)))]
-            groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
-                tracking_identifier=track, source_images=_source_images(frames, zs), measurements=sizes, **common
-            ))
-        for les in st.lesions:
-            track = hd.sr.TrackingIdentifier(
-                uid=tracking_uid(params.uid_seed, lb.value, les.index), identifier=f"{lb.name} {les.index}"[:64]
-            )
-            sizes = [
-                hd.sr.Measurement(name=codes.SCT.Volume, value=round(les.volume_ml, 4), unit=MILLILITRE),
-                hd.sr.Measurement(
-                    name=codes.SCT.Diameter, value=round(les.max_diameter_mm, 2), unit=MILLIMETRE, derivation=codes.SCT.Maximum
-                ),
-            ]
-            if segment is not None:
-                groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-                    tracking_identifier=track, referenced_segment=segment, measurements=sizes, **common,
-                ))
-            else:
-                groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
-                    tracking_identifier=track, source_images=_source_images(frames, range(*les.slices)), measurements=sizes,
-                    **common,
-                ))
-    for i, (name, p) in enumerate(result.class_probabilities.items(), start=1):
-        concept = _class_concept(name, bundle.labels)
-        private |= concept.scheme_designator == PRIVATE_SCHEME
-        groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(
-                uid=str(derived_uid("dicomnode-tracking", params.uid_seed, "class", name)), identifier=f"classification: {name}"[:64]
-            ),
-            algorithm_id=_algorithm(bundle),
-            qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=codes.DCM.Finding, value=concept)],
-            measurements=[hd.sr.Measurement(name=codes.DCM.Probability, value=round(float(p), 4), unit=NO_UNITS)],
-        ))
-    if not groups:
-        raise OutputError(f"the model {bundle.name} produced nothing to report (no labels and no class scores)")
+    sentences = [f"AI result of {bundle.name} {bundle.version}. Intended use: {bundle.intended_use}."]
+    if labels is not None and not result.findings and any(lb.lesion for lb in bundle.labels):
+        sentences.append(f"No {_lesion_word(bundle)} found.")
+    elif result.findings:
+        sentences.append(f"{len(result.findings)} finding(s), numbered by volume, largest first.")
+    sentences += [s for s in (coverage_note(result), *notes) if s]
     try:
         report = hd.sr.MeasurementReport(
             observation_context=hd.sr.ObservationContext(observer_device_context=observer),
-            procedure_reported=PROCEDURES.get(modality, IMAGING_PROCEDURE),
+            procedure_reported=content.procedure(first, bundle, modality),
             imaging_measurements=groups,
         )
-        # TID 1500 row 12: report-level qualitative evaluations; the intended use, for whoever reads the report.
+        # TID 1500 row 12: report-level qualitative evaluations; what whoever reads the report must know.
         note = hd.sr.ContainerContentItem(name=QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
-        note.ContentSequence = hd.sr.ContentSequence([
-            hd.sr.TextContentItem(
-                name=codes.DCM.Comment, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
-                value=f"AI result of {bundle.name} {bundle.version}. Intended use: {bundle.intended_use}" + _coverage(result),
-            )
-        ])
+        note.ContentSequence = hd.sr.ContentSequence([content.comment(" ".join(sentences))])
         report[0].ContentSequence.append(note)
         evidence = _unique_sources(frames) + ([seg] if seg is not None else [])
         sr = hd.sr.Comprehensive3DSR(
@@ -293,7 +277,20 @@ def build_sr(
         )
     except (ValueError, TypeError, AttributeError, KeyError) as exc:
         raise OutputError(f"cannot build the measurement report: {exc}") from exc
-    if private:
+    if _uses_private(sr):
         sr.CodingSchemeIdentificationSequence = [private_scheme_item()]
     logger.debug("SR: %d measurement group(s)", len(groups))
     return sr
+
+
+def _uses_private(ds: Dataset) -> bool:
+    """Whether any code in the report is in the private scheme."""
+    stack = [ds]
+    while stack:
+        d = stack.pop()
+        for elem in d:
+            if elem.VR == "SQ":
+                stack.extend(elem.value)
+            elif elem.keyword == "CodingSchemeDesignator" and elem.value == PRIVATE_SCHEME:
+                return True
+    return False

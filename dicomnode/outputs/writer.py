@@ -15,6 +15,7 @@ inputs, names the objects and writes them.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 from collections.abc import Sequence
@@ -35,6 +36,7 @@ from storage.files import durable_write
 if TYPE_CHECKING:
     from ai.bundle import Bundle
     from ai.engine import Result
+    from ai.findings import Finding
     from dicomnode.outputs.seg import SourceFrame
     from dicomnode.volume.reconstruct import Volume
 
@@ -58,11 +60,14 @@ class OutputOptions:
     seg: bool = True
     sr: bool = True
     preview: bool = True
+    kos: bool = True  # Key Object Selection of the key source slices and key images (when there are findings)
+    max_key_images: int = 6
     fractional: bool = False  # FRACTIONAL SEG from the probabilities instead of BINARY
     keep_empty_frames: bool = False  # empty frames are omitted by default
     seg_series_number: int = 9001
     sr_series_number: int = 9002
     preview_series_number: int = 9003
+    kos_series_number: int = 9004
     series_description_prefix: str = "AI"
     manufacturer: str = "dicomnode"
     software_version: str = __version__
@@ -73,7 +78,7 @@ class OutputFile:
     """One written output."""
 
     path: Path
-    kind: str  # seg | sr | preview
+    kind: str  # seg | sr | preview | kos
     sop_class_uid: str
     sop_instance_uid: str
     series_instance_uid: str
@@ -150,6 +155,56 @@ def _save(ds: Dataset, path: Path, kind: str, texts: Sequence[str]) -> OutputFil
     )
 
 
+def _slice_names(frames: Sequence[SourceFrame]) -> list[str]:
+    """How a viewer numbers each slice: its InstanceNumber, or its frame in a multi-frame image."""
+    out = []
+    for z, f in enumerate(frames, start=1):
+        if f.frame is not None:
+            out.append(f"frame {f.frame}")
+        else:
+            n = f.dataset.get("InstanceNumber")
+            out.append(str(n) if n not in (None, "") else f"slice {z}")
+    return out
+
+
+def _key_slice(f: Finding, frames: Sequence[SourceFrame]) -> int:
+    """The slice a finding is shown and measured on."""
+    if f.lesion.axes is not None:
+        return f.lesion.axes.slice_index
+    return min(max(int(round(f.lesion.centroid_voxel[0])), 0), len(frames) - 1)
+
+
+def _key_references(
+    frames: Sequence[SourceFrame], findings: Sequence[Finding], key_images: Sequence[Dataset]
+) -> list[tuple[Dataset, int | None]]:
+    """What the Key Object Selection flags: each finding's source slice (once), then the key images."""
+    seen: set[int] = set()
+    out: list[tuple[Dataset, int | None]] = []
+    for f in findings:
+        z = _key_slice(f, frames)
+        if z not in seen:
+            seen.add(z)
+            out.append((frames[z].dataset, frames[z].frame))
+    return out + [(sc, None) for sc in key_images]
+
+
+def _kos_description(bundle: Bundle, findings: Sequence[Finding], frames: Sequence[SourceFrame], job_key: str) -> str:
+    """The Key Object Description: each finding, where it is, its size, its image and its tracking UID."""
+    from dicomnode.outputs.seg import tracking_uid
+
+    names = _slice_names(frames)
+    parts = []
+    for f in findings:
+        ax = f.lesion.axes
+        size = f"{ax.long_mm:.1f} x {ax.short_mm:.1f} mm, " if ax is not None else ""
+        where = f"{f.where}, " if f.where else ""
+        parts.append(
+            f"{f.name}: {where}{size}{f.lesion.volume_ml:.2f} mL, image {names[_key_slice(f, frames)]} "
+            f"(tracking UID {tracking_uid(job_key, f.label.value, f.number)})"
+        )
+    return f"AI findings of {bundle.name} {bundle.version} ({bundle.intended_use}): " + "; ".join(parts)
+
+
 def write_outputs(
     source_paths: Sequence[Path],
     volume: Volume,
@@ -159,6 +214,7 @@ def write_outputs(
     *,
     job_key: str,
     options: OutputOptions = OutputOptions(),
+    notes: Sequence[str] = (),
 ) -> list[OutputFile]:
     """Write the SEG, SR and key images of one job into ``out_dir``.
 
@@ -175,16 +231,19 @@ def write_outputs(
     bundle : Bundle
         The model: labels, codes, colours, name, version, intended use.
     out_dir : pathlib.Path
-        Where the files go (``seg.dcm``, ``sr.dcm``, ``preview-N.dcm``).
+        Where the files go (``seg.dcm``, ``sr.dcm``, ``preview-N.dcm``, ``kos.dcm``).
     job_key : str
         ``<source series UID>/<job version>``: the root of every output UID.
     options : OutputOptions
         Which outputs, SEG type, empty frames, series numbers and descriptions.
+    notes : sequence of str
+        What the report and the key images must say about the source, e.g.
+        that the series was incomplete when it was processed.
 
     Returns
     -------
     list of OutputFile
-        What was written, SEG first, then SR, then the key images.
+        What was written: SEG, SR, the key images, then the Key Object Selection.
 
     Raises
     ------
@@ -192,12 +251,15 @@ def write_outputs(
         The inputs disagree or an object cannot be built or written; the
         message says which, without patient data.
     """
+    from ai.findings import findings as number_findings
+    from dicomnode.outputs.kos import build_kos
     from dicomnode.outputs.preview import build_key_image, key_images, patient_orientation
     from dicomnode.outputs.report import SRParams, build_sr
-    from dicomnode.outputs.seg import SegParams, build_seg, source_frames
+    from dicomnode.outputs.seg import SegParams, build_seg, plan_segments, source_frames, tracking_uid
+    from dicomnode.outputs.sr_content import Geometry
 
     labels = result.labels
-    if labels is None and not result.class_probabilities:
+    if labels is None and not result.class_probabilities and not result.classifications:
         raise OutputError(f"the model {bundle.name} produced no label map and no class scores")
     if labels is not None and labels.shape != volume.array.shape:
         raise OutputError(f"the label map {labels.shape} does not match the volume {volume.array.shape}")
@@ -206,24 +268,31 @@ def write_outputs(
     frames: list[SourceFrame] = source_frames(sources, volume)
     first = sources[0]
     variant = f"{'fractional' if options.fractional else 'binary'}-{'all' if options.keep_empty_frames else 'sparse'}"
+    if labels is not None and not result.findings:  # a result measured outside the engine: number its lesions here
+        result = dataclasses.replace(result, findings=number_findings(result.measurements, bundle))
 
     def uid(kind: str, what: str, n: int = 0) -> str:
         return str(derived_uid("dicomnode-output", job_key, kind, variant if kind == "seg" else "", what, n))
 
-    prefix = options.series_description_prefix
-    texts = [bundle.name, bundle.version, bundle.intended_use, prefix, *(lb.name for lb in bundle.labels)]
-    voxel_ml = float(np.prod(volume.spacing)) / 1000.0
+    def description(kind: str) -> str:
+        """The series description, with the model's intended use (a PACS user sees it in the study list)."""
+        text = f"{options.series_description_prefix} {bundle.name} {kind} - {bundle.intended_use}"
+        if len(text) > 64:  # keep the warning, the part after the last ';' ("not for diagnosis")
+            text = f"{options.series_description_prefix} {bundle.name} {kind} - {bundle.intended_use.split(';')[-1].strip()}"
+        return text[:64]
+
+    texts = [bundle.name, bundle.version, bundle.intended_use, options.series_description_prefix, *(lb.name for lb in bundle.labels)]
     written: list[OutputFile] = []
     seg_ds: Dataset | None = None
-    numbers: dict[int, int] = {}
+    segments = plan_segments(labels, bundle, result.findings, job_key) if labels is not None else []
     if labels is None:
         logger.info("%s is a classifier: writing its report only", bundle.name)
-    if options.seg and labels is not None:
-        seg_ds, numbers = build_seg(
-            frames, labels, result.probabilities, bundle,
+    if options.seg and segments:
+        seg_ds = build_seg(
+            frames, labels, result.probabilities, bundle, segments,
             SegParams(
                 series_uid=uid("seg", "series"), sop_uid=uid("seg", "instance"), uid_seed=job_key,
-                series_number=options.seg_series_number, series_description=f"{prefix} {bundle.name} SEG",
+                series_number=options.seg_series_number, series_description=description("SEG"),
                 manufacturer=options.manufacturer, software_version=options.software_version,
                 fractional=options.fractional, keep_empty_frames=options.keep_empty_frames,
             ),
@@ -232,30 +301,53 @@ def write_outputs(
         if "BodyPartExamined" in first:
             seg_ds.BodyPartExamined = first.BodyPartExamined
         written.append(_save(seg_ds, out_dir / "seg.dcm", "seg", texts))
+    elif options.seg and labels is not None:
+        logger.info("%s found nothing to segment: no SEG (the report says so)", bundle.name)
+    geo = Geometry(frames, volume.affine, str(first.FrameOfReferenceUID))
     if options.sr:
         sr = build_sr(
-            frames, labels, voxel_ml, seg_ds, numbers, result, bundle,
+            frames, labels, geo, seg_ds, segments, result, bundle,
             SRParams(
                 series_uid=uid("sr", "series"), sop_uid=uid("sr", "instance"), uid_seed=job_key,
-                series_number=options.sr_series_number,
-                series_description=f"{prefix} {bundle.name} report - not for diagnosis",
+                series_number=options.sr_series_number, series_description=description("report"),
                 manufacturer=options.manufacturer, software_version=options.software_version,
             ),
+            notes=notes,
         )
         _copy_identity(sr, first, frame_of_reference=False)  # an SR has no Frame of Reference of its own
         written.append(_save(sr, out_dir / "sr.dcm", "sr", texts))
+    key_scs: list[Dataset] = []
     if options.preview and labels is not None:
         series_uid = uid("preview", "series")
         orientation = patient_orientation(volume.direction)
-        for i, img in enumerate(key_images(volume.array, labels, bundle, volume.spacing), start=1):
+        by_number = {f.number: f for f in result.findings}
+        images = key_images(
+            volume.array, labels, bundle, volume.spacing, volume.direction, result.findings,
+            instance_numbers=_slice_names(frames), limit=options.max_key_images, notes=notes,
+        )
+        for i, img in enumerate(images, start=1):
+            f = by_number.get(img.finding) if img.finding is not None else None
             sc = build_key_image(
                 frames[img.slice_index].dataset, img, bundle, series_uid=series_uid, sop_uid=uid("preview", "instance", i),
                 instance_number=i, series_number=options.preview_series_number,
-                series_description=f"{prefix} {bundle.name} key images - not for diagnosis",
+                series_description=description("key images"),
                 manufacturer=options.manufacturer, software_version=options.software_version, orientation=orientation,
+                source=frames[img.slice_index],
+                tracking=(f.name, tracking_uid(job_key, f.label.value, f.number)) if f is not None else None,
             )
             _copy_identity(sc, first, frame_of_reference=False)
             written.append(_save(sc, out_dir / f"preview-{i}.dcm", "preview", texts))
+            key_scs.append(sc)
+    if options.kos and result.findings:
+        kos = build_kos(
+            _key_references(frames, result.findings, key_scs),
+            description=_kos_description(bundle, result.findings, frames, job_key),
+            series_uid=uid("kos", "series"), sop_uid=uid("kos", "instance"), series_number=options.kos_series_number,
+            series_description=description("key objects"), manufacturer=options.manufacturer,
+            software_version=options.software_version,
+        )
+        _copy_identity(kos, first, frame_of_reference=False)
+        written.append(_save(kos, out_dir / "kos.dcm", "kos", texts))
     logger.info(
         "wrote %d output object(s) for %s: %s", len(written), bundle.name, ", ".join(o.kind for o in written) or "none"
     )
