@@ -111,7 +111,7 @@ def axial_axes(
     """
     sy, sx = float(spacing_zyx[1]), float(spacing_zyx[2])
     best: tuple[float, float, int, np.ndarray, np.ndarray] | None = None
-    for z in np.flatnonzero(mask.any(axis=(1, 2))):
+    for z in (int(v) for v in np.flatnonzero(mask.any(axis=(1, 2)))):
         yx = np.argwhere(mask[z])
         long_mm, short_mm, le, se = _slice_axes(yx, sy, sx)
         # The longest long axis; among equal ones (within 1 %), the widest.

@@ -33,7 +33,8 @@ def wait_for(predicate: Callable[[], T], timeout: float = 15.0, interval: float 
 
 def require_tool(name: str) -> str:
     """Path of an external tool; skip locally if missing, but fail in CI (which must install it)."""
-    path = shutil.which(name) or (f"/usr/sbin/{name}" if os.path.exists(f"/usr/sbin/{name}") else None)
+    venv = os.path.join(os.path.dirname(sys.executable), name)  # console scripts of PyPI tools (dcmqi)
+    path = shutil.which(name) or next((p for p in (venv, f"/usr/sbin/{name}") if os.path.exists(p)), None)
     if path is None:
         if os.environ.get("CI"):
             pytest.fail(f"{name} is not installed; scripts/test.sh should have installed it")

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 from pydicom import Dataset, dcmread
 from pydicom.errors import InvalidDicomError
 
@@ -287,7 +286,7 @@ def write_outputs(
     segments = plan_segments(labels, bundle, result.findings, job_key) if labels is not None else []
     if labels is None:
         logger.info("%s is a classifier: writing its report only", bundle.name)
-    if options.seg and segments:
+    if options.seg and segments and labels is not None:
         seg_ds = build_seg(
             frames, labels, result.probabilities, bundle, segments,
             SegParams(
