@@ -32,6 +32,9 @@ def test_infer_writes_labels_measurements_and_overlay(phantom: Path, tmp_path: P
     for name in ("right lung", "left lung"):
         lung = next(m for m in summary["measurements"] if m["name"] == name)
         assert lung["volume_ml"] > 500 and lung["mean"] < -700
+    for n, f in enumerate(summary["findings"], start=1):  # numbered by volume, located, measured
+        assert f["number"] == n and f["side"] in ("right", "left") and f["long_axis_mm"] >= f["short_axis_mm"] > 0
+        assert f["name"] in r.stdout
     labels = nib.load(out / "labels.nii.gz")
     truth = nib.load(phantom / "phantom_0031_labels.nii.gz")
     assert labels.shape == truth.shape

@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ai.engine import Engine
+from ai.findings import Finding
 from dicomnode.errors import DicomNodeError
 from dicomnode.jobs.models import find_bundle
 from dicomnode.outputs.preview import overlay_png
@@ -44,6 +45,19 @@ def load_input(path: Path) -> Volume:
     return reconstruct(path)
 
 
+def _finding_json(f: Finding) -> dict[str, Any]:
+    """One finding as ``measurements.json`` lists it (slice numbers are 1-based, in volume order)."""
+    les, ax = f.lesion, f.lesion.axes
+    return {
+        "number": f.number, "name": f.name, "label": f.label.name, "organ": f.where or None,
+        "side": f.side.value if f.side is not None else None, "volume_ml": round(les.volume_ml, 4),
+        "volume_method": les.method, "long_axis_mm": round(ax.long_mm, 1) if ax else None,
+        "short_axis_mm": round(ax.short_mm, 1) if ax else None, "mean_diameter_mm": round(ax.mean_mm, 1) if ax else None,
+        "axis_slice": ax.slice_index + 1 if ax else None, "centroid_voxel_zyx": [round(c, 2) for c in les.centroid_voxel],
+        "mean": les.mean, "std": les.std, "possibly_truncated_at": [e.value for e in les.edges],
+    }
+
+
 def infer(
     input_path: Path, out_dir: Path, model: str | None = None, device: str = "auto",
     progress: Callable[[int, int], None] | None = None,
@@ -62,7 +76,10 @@ def infer(
         "input": str(input_path),
         "device": res.device,
         "timings_s": res.timings,
-        "measurements": [asdict(m) for m in res.measurements],
+        "measurements": [
+            {k: v for k, v in asdict(replace(m, lesions=[])).items() if k != "lesions"} for m in res.measurements
+        ],
+        "findings": [_finding_json(f) for f in res.findings],
     }
     (out_dir / "measurements.json").write_text(json.dumps(summary, indent=2))
     overlay_png(vol.array, res.labels, bundle, vol.spacing, out_dir / "overlay.png")

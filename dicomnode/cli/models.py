@@ -92,8 +92,11 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
         summary = infer(Path(args.input), Path(args.out), args.model, args.device, progress)
     for m in summary["measurements"]:
-        extra = f", {len(m['lesions'])} lesion(s)" if m["lesions"] else ""
-        print(f"{m['name']}: {m['volume_ml']:.1f} mL{extra}")
+        print(f"{m['name']}: {m['volume_ml']:.1f} mL")
+    for f in summary["findings"]:
+        where = f" ({f['organ']})" if f["organ"] else ""
+        axes = f", {f['long_axis_mm']} x {f['short_axis_mm']} mm on slice {f['axis_slice']}" if f["long_axis_mm"] else ""
+        print(f"{f['name']}{where}: {f['volume_ml']:.2f} mL{axes}")
     print(f"wrote labels.nii.gz, measurements.json and overlay.png to {args.out}")
     return EXIT_OK
 

@@ -36,7 +36,7 @@ MILLILITRE = Code("mL", "UCUM", "milliliter")  # codes.UCUM.Millilitre does not 
 HOUNSFIELD = Code("[hnsf'U]", "UCUM", "Hounsfield unit")
 MILLIMETRE = codes.UCUM.Millimeter
 NO_UNITS = codes.UCUM.NoUnits
-RIGHT_AND_LEFT = codes.SCT.RightAndLeft
+RIGHT_AND_LEFT = Code("51440002", "SCT", "Right and left")  # CID 244; pydicom says "(qualifier value)"
 STANDARD_SCHEMES = frozenset({"SCT", "DCM", "LN", "UCUM", "RADLEX", "NCIt", "UMLS", "FMA"})
 PROCEDURES = {  # CID 100, by modality
     "CT": codes.LN.CTUnspecifiedBodyRegion,
