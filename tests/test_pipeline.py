@@ -23,6 +23,7 @@ from tests.helpers import NodeProcess, require_tool, storescu, wait_for, write_c
 from tests.peers import Orthanc, StoreSCP
 
 SEG, SR, SC = "1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.7"
+KOS = "1.2.840.10008.5.1.4.1.1.88.59"
 IDENTITY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyID",
             "AccessionNumber", "ReferringPhysicianName")
 WORKER = "[worker]\nenabled = true\ndevice = \"cpu\"\n[delivery]\nbackoff_seconds = 0.5\npoll_seconds = 0.1\n"
@@ -75,13 +76,22 @@ def test_phantom_ct_comes_back_as_seg_sr_and_preview_at_storescp_and_orthanc(tmp
             assert dice(mask > 0, ph.labels == value) > 0.9, name
         sr = hd.sr.srread(out[SR])
         groups = sr.content.get_volumetric_roi_measurement_groups()  # a TID 1500 report
-        assert {str(g.finding_type.meaning) for g in groups} >= {"Right lung", "Left lung", "Nodule"}
+        assert {str(g.finding_type.meaning) for g in groups} >= {"Right lung", "Left lung"}
+        nodules = sr.content.get_image_measurement_groups(finding_type=hd.sr.CodedConcept("786838002", "SCT", "Pulmonary nodule"))
+        nodules += [g for g in groups if str(g.finding_type.value) == "786838002"]
+        assert nodules  # each finding, or an explicit "absent"
         # Orthanc's study now holds the three new series beside the CT.
         study = orthanc.get("/studies")
         assert len(study) == 1
-        wait_for(lambda: len(orthanc.get(f"/studies/{study[0]}/series")) == 4, 30, what="Orthanc to hold 4 series")
+        # With findings, a Key Object Selection flags their slices (a series of its own).
+        findings = [g for g in groups if re.fullmatch(r"nodule \d+", str(g.tracking_identifier))]
+        if findings:
+            wait_for(lambda: KOS in {str(dcmread(f, stop_before_pixels=True).SOPClassUID) for f in pacs.files()}, 60,
+                     what="the KOS at storescp")
+        modalities = sorted(["CT", "OT", "SEG", "SR"] + (["KO"] if findings else []))
+        wait_for(lambda: len(orthanc.get(f"/studies/{study[0]}/series")) == len(modalities), 30, what="Orthanc to hold the series")
         series = orthanc.get(f"/studies/{study[0]}/series")
-        assert sorted(s["MainDicomTags"].get("Modality") for s in series) == ["CT", "OT", "SEG", "SR"]
+        assert sorted(s["MainDicomTags"].get("Modality") for s in series) == modalities
         assert orthanc.get(f"/studies/{study[0]}")["MainDicomTags"]["StudyInstanceUID"] == source.StudyInstanceUID
         # The job and its deliveries, as an administrator sees them.
         jobs = subprocess.run([sys.executable, "-m", "dicomnode", "jobs", "1", "--config", str(cfg)], capture_output=True, text=True)

@@ -136,7 +136,7 @@ def test_sides_numbers_and_codes_follow_the_patient(tmp_path: Path, position: st
 
 
 def test_numbers_do_not_change_with_slice_thickness_or_order(tmp_path: Path) -> None:
-    """The same patient at 1.25 and 2.5 mm, and feet-first (slices stored the other way): the same numbers."""
+    """The same patient at 1.25 and 2.5 mm, and stored feet-first or prone: the same numbers."""
     thin_src, thin, ph_thin = case(tmp_path, CASES["FFS"], 1.25)
     thick_src, thick, ph_thick = case(tmp_path, CASES["FFS"], 2.5)
 
@@ -151,15 +151,22 @@ def test_numbers_do_not_change_with_slice_thickness_or_order(tmp_path: Path) -> 
     assert a.keys() == b.keys() and len(a) >= 2
     for n in a:
         assert np.linalg.norm(np.subtract(a[n], b[n])) < 3.0, f"nodule {n} is another nodule in the thick recon"
-    # The same volume with its slices reversed (what a viewer of the other stacking sees): same numbers.
-    flipped = Volume(thick.array[::-1].copy(), thick.spacing, tuple((thick.affine @ [0, 0, thick.array.shape[0] - 1, 1])[:3]),
-                     thick.direction * np.array([1, 1, -1]), list(reversed(thick.sop_uids)))
-    labels = truth_on(thick, ph_thick)[::-1]
-    m = measure(labels, flipped.spacing, {lb.value: lb.name for lb in SHIPPED.labels}, image=flipped.array,
-                lesion_values=[NODULE], contains=SHIPPED.contains)
-    c = {f.number: tuple((flipped.affine @ [f.lesion.centroid_voxel[2], f.lesion.centroid_voxel[1], f.lesion.centroid_voxel[0], 1])[:3])
-         for f in findings(m, SHIPPED)}
-    assert c.keys() == b.keys() and all(np.linalg.norm(np.subtract(b[n], c[n])) < 0.01 for n in b)
+    # The same patient stored the other way round: slices reversed (feet-first) and rows and columns
+    # reversed (prone: the image turned by 180 degrees). The numbers follow the patient, not the storage.
+    for flip in ((0,), (1, 2), (0, 1, 2)):
+        array, labels = thick.array, truth_on(thick, ph_thick)
+        corner = [0, 0, 0]
+        for axis in flip:
+            array, labels = np.flip(array, axis), np.flip(labels, axis)
+            corner[2 - axis] = thick.array.shape[axis] - 1  # (x, y, z) index of the new first voxel
+        signs = np.ones(3)
+        signs[[2 - a for a in flip]] = -1
+        moved = Volume(np.ascontiguousarray(array), thick.spacing, tuple((thick.affine @ [*corner, 1])[:3]),
+                       thick.direction * signs, list(thick.sop_uids))
+        m = measure(np.ascontiguousarray(labels), moved.spacing, {lb.value: lb.name for lb in SHIPPED.labels},
+                    image=moved.array, lesion_values=[NODULE], contains=SHIPPED.contains)
+        c = {f.number: tuple((moved.affine @ [*f.lesion.centroid_voxel[::-1], 1])[:3]) for f in findings(m, SHIPPED)}
+        assert c.keys() == b.keys() and all(np.linalg.norm(np.subtract(b[n], c[n])) < 0.01 for n in b), flip
 
 
 def test_no_finding_is_said_and_an_edge_finding_is_flagged(tmp_path: Path) -> None:
@@ -225,3 +232,19 @@ def test_the_outputs_page_is_generated_from_a_real_run(tmp_path: Path) -> None:
         assert part in text
     for picture in re.findall(r"\]\((images/[^)]+\.png)\)", text):
         assert (tmp_path / picture).stat().st_size > 1000
+
+
+def test_a_series_completed_incomplete_is_said_in_the_outputs() -> None:
+    """The worker's note for a series that completed on the incomplete timeout (after refused or aborted instances)."""
+    from dicomnode.jobs.worker import source_notes
+    from storage.queue import ClaimedJob
+    from storage.series import SeriesFacts
+    from storage.states import CompletionReason
+
+    facts = SeriesFacts("CT", "CHEST", None, None, "SCANNER")
+    job = ClaimedJob(1, 1, 1, 1, "1.2", "1.3", facts, False, CompletionReason.INCOMPLETE_TIMEOUT.value,
+                     "missing slice(s): a gap of 2 slices between slice 40 and 43; 118 of 120 announced instances received", 118)
+    [note] = source_notes(job, 118)
+    assert "incomplete" in note and "118 instance(s) received" in note and "between slice 40 and 43" in note
+    complete = ClaimedJob(1, 1, 1, 1, "1.2", "1.3", facts, False, CompletionReason.ASSOCIATION_RELEASED.value, None, 120)
+    assert source_notes(complete, 120) == []
