@@ -17,11 +17,11 @@ from ai.coding import Laterality
 from ai.findings import Finding, findings
 from ai.measure import Edge, measure
 from dicomnode.errors import OutputError
+from dicomnode.outputs.key_image import build_key_image
 from dicomnode.outputs.kos import build_kos
 from dicomnode.outputs.preview import (
     EdgeLetters,
     KeyImage,
-    build_key_image,
     edge_letters,
     key_images,
     patient_orientation,

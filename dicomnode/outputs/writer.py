@@ -252,7 +252,8 @@ def write_outputs(
     """
     from ai.findings import findings as number_findings
     from dicomnode.outputs.kos import build_kos
-    from dicomnode.outputs.preview import build_key_image, key_images, patient_orientation
+    from dicomnode.outputs.key_image import build_key_image
+    from dicomnode.outputs.preview import key_images, patient_orientation
     from dicomnode.outputs.report import SRParams, build_sr
     from dicomnode.outputs.seg import SegParams, build_seg, plan_segments, source_frames, tracking_uid
     from dicomnode.outputs.sr_content import Geometry
