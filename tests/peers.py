@@ -55,6 +55,23 @@ class StoreSCP:
     def files(self) -> list[Path]:
         return sorted(p for p in self.folder.iterdir() if p.is_file())
 
+    def by_sop_class(self) -> dict[str, Path]:
+        """SOP class -> a file received (a file storescp is still writing is not counted yet)."""
+        from pydicom import dcmread
+        from pydicom.errors import InvalidDicomError
+
+        out: dict[str, Path] = {}
+        for p in self.files():
+            try:
+                out[str(dcmread(p, stop_before_pixels=True).SOPClassUID)] = p
+            except (InvalidDicomError, EOFError, OSError, AttributeError, ValueError):
+                continue
+        return out
+
+    def sop_classes(self) -> set[str]:
+        """The SOP classes received so far (see :meth:`by_sop_class`)."""
+        return set(self.by_sop_class())
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()

@@ -55,9 +55,9 @@ def test_phantom_ct_comes_back_as_seg_sr_and_preview_at_storescp_and_orthanc(tmp
         r = storescu(node.port, files)
         assert r.returncode == 0, r.stderr
         # complete_on_release: the association carried the whole series.
-        wait_for(lambda: {dcmread(f, stop_before_pixels=True).SOPClassUID for f in pacs.files()} >= {SEG, SR, SC}, 180,
+        wait_for(lambda: pacs.sop_classes() >= {SEG, SR, SC}, 180,
                  what="SEG, SR and SC at storescp")
-        out = {str(dcmread(f, stop_before_pixels=True).SOPClassUID): f for f in pacs.files()}
+        out = pacs.by_sop_class()
         source = dcmread(files[0], stop_before_pixels=True)
         for f in out.values():
             ds = dcmread(f, stop_before_pixels=True)
@@ -86,7 +86,7 @@ def test_phantom_ct_comes_back_as_seg_sr_and_preview_at_storescp_and_orthanc(tmp
         # With findings, a Key Object Selection flags their slices (a series of its own).
         findings = [g for g in groups if re.fullmatch(r"nodule \d+", str(g.tracking_identifier))]
         if findings:
-            wait_for(lambda: KOS in {str(dcmread(f, stop_before_pixels=True).SOPClassUID) for f in pacs.files()}, 60,
+            wait_for(lambda: KOS in pacs.sop_classes(), 60,
                      what="the KOS at storescp")
         modalities = sorted(["CT", "OT", "SEG", "SR"] + (["KO"] if findings else []))
         wait_for(lambda: len(orthanc.get(f"/studies/{study[0]}/series")) == len(modalities), 30, what="Orthanc to hold the series")
