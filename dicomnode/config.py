@@ -61,6 +61,7 @@ class NodeConfig:
     network_timeout: float = 60.0
     tls: TLSConfig | None = None
     audit_log: str = "audit.log"  # JSON lines under storage_dir (or an absolute path); "" turns it off
+    non_image_objects: str = "drop"  # dose SRs, dose screens, KOS, PR, PDF, SEG: "drop" or "store" (under other/)
 
     @property
     def incoming_dir(self) -> Path:
@@ -76,6 +77,11 @@ class NodeConfig:
     def audit_path(self) -> Path | None:
         """The audit log file, or ``None`` when it is off."""
         return self.storage_dir / self.audit_log if self.audit_log else None
+
+    @property
+    def other_dir(self) -> Path:
+        """Where non-image objects go when they are kept: ``<storage_dir>/other/<study>/<series>/<sop>.dcm``."""
+        return self.storage_dir / "other"
 
     @property
     def outputs_dir(self) -> Path:
@@ -319,6 +325,7 @@ def _parse_node(data: Mapping[str, Any]) -> NodeConfig:
         network_timeout=_num("node.network_timeout", data.get("network_timeout", d.network_timeout), 1),
         tls=_parse_tls(data.get("tls")),
         audit_log=str(data.get("audit_log", d.audit_log)),
+        non_image_objects=_choice("drop", "store")("node.non_image_objects", data.get("non_image_objects", d.non_image_objects)),
     )
 
 

@@ -49,6 +49,8 @@ class Node:
             cfg.node.incoming_dir,
             min_free_bytes=cfg.node.min_free_mb * 1_000_000,
             on_stored=self.monitor.instance_stored,
+            non_image=cfg.node.non_image_objects,
+            other_dir=cfg.node.other_dir,
         )
         self.metrics = Metrics(self.engine)
         self.sender = Sender(self.engine, cfg, self.metrics)

@@ -242,9 +242,9 @@ def test_unsupported_sop_class_is_refused_at_negotiation(node_factory: Callable[
     from pydicom.data import get_testdata_file
 
     node = node_factory()
-    sr = Path(get_testdata_file("test-SR.dcm"))  # type: ignore[arg-type]
+    plan = Path(get_testdata_file("rtplan.dcm"))  # type: ignore[arg-type]  # neither an image nor what comes with one
     with pytest.raises(NetworkError, match="none of the offered SOP classes"):
-        send(node, [sr])
+        send(node, [plan])
 
 
 def test_no_patient_data_in_info_logs(

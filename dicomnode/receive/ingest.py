@@ -7,7 +7,9 @@ final name *and* its row is committed.
 
 from __future__ import annotations
 
+import io
 import logging
+import re
 import struct
 import zlib
 from collections.abc import Callable
@@ -22,7 +24,9 @@ from dicomnode.errors import IngestError
 from dicomnode.dicom.uids import IMPLEMENTATION_CLASS_UID, pad_uid
 from dicomnode.dicom.header import InstanceHeader, parse_header
 from dicomnode.net.handlers import StoreResult
+from dicomnode.dicom.sopclasses import is_non_image
 from dicomnode.dicom.status import (
+    ERROR_CANNOT_UNDERSTAND,
     PROCESSING_FAILURE,
     REFUSED_OUT_OF_RESOURCES,
     SUCCESS,
@@ -90,9 +94,13 @@ class Ingestor:
         *,
         min_free_bytes: int = 0,
         on_stored: Callable[[int, bool], None] | None = None,
+        non_image: str = "drop",
+        other_dir: Path | None = None,
     ) -> None:
         self.engine = engine
         self.incoming_dir = incoming_dir
+        self.non_image = non_image  # "drop" or "store" (in other_dir)
+        self.other_dir = other_dir or incoming_dir.parent / "other"
         self.min_free_bytes = min_free_bytes
         self.on_stored = on_stored
         self._low_disk_logged = False
@@ -156,6 +164,8 @@ class Ingestor:
         affected_sop_class: str | None,
         affected_sop_instance: str | None,
     ) -> StoreResult:
+        if is_non_image(affected_sop_class):
+            return self._non_image(data, ts, str(affected_sop_class), affected_sop_instance, calling_ae)
         self._check_space()
         header, _ = parse_header(
             data, ts, affected_sop_class=affected_sop_class, affected_sop_instance=affected_sop_instance
@@ -185,6 +195,29 @@ class Ingestor:
         if self.on_stored is not None and result.outcome is not RecordOutcome.DUPLICATE:
             self.on_stored(result.series_id, bool(header.expected_count or header.temporal_positions))
         return StoreResult(SUCCESS, result.outcome is RecordOutcome.DUPLICATE, result.series_id, header.sop_uid)
+
+    def _non_image(
+        self, data: bytes, ts: UID, sop_class: str, sop_uid: str | None, calling_ae: str | None
+    ) -> StoreResult:
+        """A dose report, dose screen, KOS, PR, PDF or SEG: success, then kept in ``other_dir`` or dropped.
+
+        It never becomes a series to complete, a job or a failure: a PACS
+        auto-route sends these with every study and must not see errors.
+        """
+        name = _sop_class_name(sop_class)
+        if self.non_image == "drop":
+            logger.debug("dropped a non-image object (%s)", name)
+            return StoreResult(SUCCESS, sop_uid=sop_uid)
+        self._check_space()
+        uids = _uids_of(data, ts, sop_class, sop_uid or "", calling_ae)
+        if uids is None:
+            raise IngestError(f"the {name} object cannot be parsed (no study, series or instance UID)", ERROR_CANNOT_UNDERSTAND)
+        study, series, sop = uids
+        path = self.other_dir / study / series / f"{sop}.dcm"
+        meta = file_meta_bytes(sop_class, sop, ts, calling_ae)
+        durable_write(path, (PREAMBLE, meta, data))
+        logger.debug("stored a non-image object (%s)", name)
+        return StoreResult(SUCCESS, sop_uid=sop)
 
     def is_committed(self, tmp: Path, target: Path) -> bool:
         """Whether the database holds exactly the content of ``tmp`` for ``target`` (crash recovery)."""
@@ -222,6 +255,30 @@ class Ingestor:
             assoc_uid=assoc_uid,
             calling_ae=calling_ae,
         )
+
+
+def _sop_class_name(uid: str) -> str:
+    from pydicom.uid import UID as _Uid
+
+    name = _Uid(uid).name
+    return name if name and name != uid else "non-image"
+
+
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+def _uids_of(data: bytes, ts: UID, sop_class: str, sop_uid: str, calling_ae: str | None) -> tuple[str, str, str] | None:
+    """Study, series and SOP instance UID of an encoded dataset (None when absent or not UIDs: they name files)."""
+    from pydicom import dcmread
+    from pydicom.errors import InvalidDicomError
+
+    raw = PREAMBLE + file_meta_bytes(sop_class, sop_uid or "1.2.3", ts, calling_ae) + data
+    try:
+        ds = dcmread(io.BytesIO(raw), specific_tags=["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"])
+        found = (str(ds.get("StudyInstanceUID", "")), str(ds.get("SeriesInstanceUID", "")), str(ds.get("SOPInstanceUID", "")))
+    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OSError):
+        return None
+    return found if all(_UID.match(u) and len(u) <= 64 for u in found) else None
 
 
 __all__ = ["Ingestor", "file_meta_bytes"]
