@@ -4,7 +4,8 @@ The one place these are decided: :class:`Router` gives the job's priority
 when the series completes (in the transaction that queues the job) and the
 worker's :class:`Plan` when the job runs, both from the same first matching
 rule.  Rules come from ``[[rules]]`` in the configuration and are tried in
-order; the first that matches wins.  A rule matches on Modality, BodyPartExamined,
+order; the first that matches wins.  A rule matches on Modality, the body region
+(BodyPartExamined through the vocabulary of :mod:`dicomnode.bodypart`, then the descriptions),
 a SeriesDescription regular expression, the SOP class and the calling AE
 title (an empty list matches anything).  A series that matches no rule is
 ignored, or its instances are forwarded unchanged, as ``[routing]`` says.
@@ -20,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
+from dicomnode.bodypart import BodyRegions, body_regions, covers
 from dicomnode.errors import ConfigError
 from storage.series import SeriesFacts
 
@@ -75,7 +77,7 @@ class Rule:
         def one_of(allowed: tuple[str, ...], value: str | None) -> bool:
             return not allowed or (value or "").strip().upper() in {a.upper() for a in allowed}
 
-        if not (one_of(self.modality, s.modality) and one_of(self.body_part, s.body_part)):
+        if not (one_of(self.modality, s.modality) and covers(self.body_part, regions(s))):
             return False
         if not (one_of(self.sop_class, s.sop_class_uid) and one_of(self.calling_ae, s.calling_ae)):
             return False
@@ -154,24 +156,31 @@ class Router:
             models = tuple(load(m) for m in rule.models)
             action = PlanAction.RUN if models else PlanAction.FORWARD
             return Plan(action, _segmentation_first(models), self._names(rule.destinations), f"rule {rule.name}")
-        modality, body = (facts.modality or "").upper(), (facts.body_part or "").upper()
+        modality, body = (facts.modality or "").upper(), regions(facts)
         found = tuple(
             m for m in candidates()
-            if (not m.modalities or modality in {x.upper() for x in m.modalities})
-            and (not m.body_parts or body in {x.upper() for x in m.body_parts})
+            if (not m.modalities or modality in {x.upper() for x in m.modalities}) and covers(m.body_parts, body)
         )
         if not any(m.task == "segmentation" for m in found):
             return Plan(PlanAction.IGNORE, (), (), f"no model applies to {describe(facts)}")
-        return Plan(PlanAction.RUN, _segmentation_first(found), self.destinations, "model filters")
+        why = "model filters; body part " + body.describe()
+        if not body.known:
+            why += ": the model's anatomy gate decides from the image"
+        return Plan(PlanAction.RUN, _segmentation_first(found), self.destinations, why)
 
 
 def _segmentation_first(models: tuple[M, ...]) -> tuple[M, ...]:
     return tuple(sorted(models, key=lambda m: m.task != "segmentation"))
 
 
+def regions(facts: SeriesFacts) -> BodyRegions:
+    """The body regions of a series: BodyPartExamined through the vocabulary, then its descriptions."""
+    return body_regions(facts.body_part, facts.series_description, facts.study_description, facts.protocol_name)
+
+
 def describe(facts: SeriesFacts) -> str:
     """How a log line or a job's reason names a series (no patient data)."""
-    return f"modality {facts.modality or '?'} / body part {facts.body_part or '(none)'}"
+    return f"modality {facts.modality or '?'} / body part {facts.body_part or '(none)'}, read as {regions(facts).describe()}"
 
 
 def _strings(key: str, v: Any) -> tuple[str, ...]:

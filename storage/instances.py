@@ -47,6 +47,12 @@ class InstanceRecord:
     orientation: tuple[float, ...] | None = None
     expected_count: int | None = None
     temporal_positions: int | None = None
+    study_description: str | None = None
+    protocol_name: str | None = None
+    image_type: str | None = None
+    slice_thickness: float | None = None
+    kernel: str | None = None
+    frame_of_reference_uid: str | None = None
     received_at: datetime = field(default_factory=utcnow)
 
 
@@ -152,6 +158,12 @@ def record_instance(engine: Engine, rec: InstanceRecord) -> RecordResult:
                     sop_class_uid=rec.sop_class_uid,
                     body_part=rec.body_part,
                     series_description=rec.series_description,
+                    study_description=rec.study_description,
+                    protocol_name=rec.protocol_name,
+                    image_type=rec.image_type,
+                    slice_thickness=rec.slice_thickness,
+                    kernel=rec.kernel,
+                    frame_of_reference_uid=rec.frame_of_reference_uid,
                     series_number=rec.series_number,
                     calling_ae=rec.calling_ae,
                     state=SeriesState.RECEIVING,

@@ -52,6 +52,13 @@ class Series(Base):
     sop_class_uid: Mapped[str | None] = mapped_column(String(64))
     body_part: Mapped[str | None] = mapped_column(String(64))
     series_description: Mapped[str | None] = mapped_column(String(64))
+    # From the first instance: what body-part resolution and series selection look at.
+    study_description: Mapped[str | None] = mapped_column(String(64))
+    protocol_name: Mapped[str | None] = mapped_column(String(64))
+    image_type: Mapped[str | None] = mapped_column(String(128))
+    slice_thickness: Mapped[float | None] = mapped_column(Float)
+    kernel: Mapped[str | None] = mapped_column(String(64))
+    frame_of_reference_uid: Mapped[str | None] = mapped_column(String(64))
     series_number: Mapped[int | None] = mapped_column(Integer)
     calling_ae: Mapped[str | None] = mapped_column(String(16))
     state: Mapped[str] = mapped_column(String(16), default=SeriesState.RECEIVING.value, index=True)

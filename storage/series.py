@@ -79,6 +79,11 @@ class SeriesFacts:
     series_description: str | None
     sop_class_uid: str | None
     calling_ae: str | None
+    study_description: str | None = None
+    protocol_name: str | None = None
+    image_type: str | None = None
+    slice_thickness: float | None = None
+    kernel: str | None = None
 
 
 _FACTS = tuple(SeriesFacts.__dataclass_fields__)

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pytest
 from pydicom import dcmread
 
 from ai.phantoms import LEFT_LUNG, RIGHT_LUNG, generate
@@ -168,3 +169,25 @@ def test_a_head_ct_labelled_chest_is_not_applicable(
         assert len(list(node.cfg.node.incoming_dir.rglob("*.dcm"))) == 40
     finally:
         pacs.stop()
+
+
+@pytest.mark.parametrize(("body_part", "description", "state"), [(None, "Recon 2", "not_applicable"), ("", "CT Brain", "ignored")])
+def test_an_unlabelled_series_is_read_from_its_description_or_left_to_the_image(
+    node_factory: Callable[..., Node], tmp_path: Path, body_part: str | None, description: str, state: str
+) -> None:
+    """No body part: a description that names the head skips the chest model (ignored, with the reason); one that
+    names nothing runs it, and its anatomy gate looks at the image (a head: not applicable, nothing sent)."""
+    from dicomnode.testing.synthetic import SeriesSpec, write_series
+    from tests.test_anatomy import head
+
+    hu, _taken, _sinus = head((40, 96, 96), (2.0, 2.0, 4.0))
+    spec = SeriesSpec(slices=40, rows=96, columns=96, pixel_spacing=(2.0, 2.0), slice_spacing=4.0, seed=f"head-{state}",
+                      body_part=body_part, series_description=description, signed=True)
+    files = write_series(spec, tmp_path / "head", volume=np.round(hu).astype(np.int16))
+    node = node_factory(extra_toml=WORKER)
+    assert storescu(node.cfg.node.port, files).returncode == 0
+    [job] = wait_for(lambda: [j for j in jobs_of(node) if j.state == state] or None, 120, what=f"the {state} job")
+    if state == "ignored":
+        assert "read as HEAD (SeriesDescription 'CT Brain')" in (job.error or ""), job.error
+    else:
+        assert "lung" in (job.error or ""), job.error

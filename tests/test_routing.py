@@ -29,7 +29,9 @@ def test_a_rule_matches_on_every_field() -> None:
                 sop_class=("1.2.840.10008.5.1.4.1.1.2",), calling_ae=("SCANNER1",))
     assert rule.matches(CHEST)
     assert not rule.matches(replace(CHEST, modality="MR"))
-    assert not rule.matches(replace(CHEST, body_part=None))
+    assert not rule.matches(replace(CHEST, body_part="HEAD"))
+    assert rule.matches(replace(CHEST, body_part=None))  # the description says Thorax
+    assert rule.matches(replace(CHEST, body_part="thorax")) and rule.matches(replace(CHEST, body_part="CHEST_ABDOMEN_PELVIS"))
     assert not rule.matches(replace(CHEST, series_description="Abdomen"))
     assert not rule.matches(replace(CHEST, calling_ae="OTHER"))
     assert not rule.matches(replace(CHEST, sop_class_uid="1.2.840.10008.5.1.4.1.1.4"))
@@ -74,7 +76,7 @@ def test_the_plan_follows_the_first_matching_rule() -> None:
     plan = runner.plan(job(modality="MR"))
     assert plan.action == "forward" and plan.destinations == ("research",)
     plan = runner.plan(job(modality="US"))
-    assert plan.action == "ignore" and plan.reason == "no routing rule matches modality US / body part CHEST"
+    assert plan.action == "ignore" and plan.reason.startswith("no routing rule matches modality US / body part CHEST, read as CHEST")
     forward = JobRunner(None, replace(cfg, routing=replace(cfg.routing, unmatched="forward")))  # type: ignore[arg-type]
     assert forward.plan(job(modality="US")).action == "forward"
 

@@ -48,6 +48,12 @@ _WANTED: dict[int, str] = {
         ("Modality", "CS"),
         ("BodyPartExamined", "CS"),
         ("SeriesDescription", "LO"),
+        ("StudyDescription", "LO"),
+        ("ProtocolName", "LO"),
+        ("ImageType", "CS"),
+        ("SliceThickness", "DS"),
+        ("ConvolutionKernel", "SH"),
+        ("FrameOfReferenceUID", "UI"),
         ("SeriesNumber", "IS"),
         ("InstanceNumber", "IS"),
         ("AcquisitionNumber", "IS"),
@@ -224,6 +230,13 @@ class InstanceHeader:
     orientation: tuple[float, ...] | None
     expected_count: int | None
     temporal_positions: int | None
+    # What series selection and body-part resolution look at (per series, from its first instance).
+    study_description: str | None = None
+    protocol_name: str | None = None
+    image_type: str | None = None  # the values joined by "\\", e.g. ORIGINAL\\PRIMARY\\AXIAL
+    slice_thickness: float | None = None
+    kernel: str | None = None  # ConvolutionKernel, values joined by "\\"
+    frame_of_reference_uid: str | None = None
 
 
 @functools.lru_cache(maxsize=None)
@@ -321,6 +334,14 @@ class RawValues:
         return s
 
 
+def _optional_uid(v: RawValues, keyword: str) -> str | None:
+    """A UID that may be absent (None then, or when it is not a valid UID: it is only compared)."""
+    try:
+        return v.uid(keyword)
+    except IngestError:
+        return None
+
+
 def parse_header(
     data: bytes,
     transfer_syntax: UID,
@@ -392,6 +413,12 @@ def parse_header(
         orientation=v.floats("ImageOrientationPatient", 6),
         expected_count=expected,
         temporal_positions=v.int("NumberOfTemporalPositions") or None,
+        study_description=v.text("StudyDescription"),
+        protocol_name=v.text("ProtocolName"),
+        image_type="\\".join(v.texts("ImageType"))[:128] or None,
+        slice_thickness=(v.floats("SliceThickness", 1) or (None,))[0],
+        kernel="\\".join(v.texts("ConvolutionKernel"))[:64] or None,
+        frame_of_reference_uid=_optional_uid(v, "FrameOfReferenceUID"),
     )
     return header, structure
 

@@ -35,7 +35,8 @@ class SeriesSpec:
     seed: str = "series-1"
     patient_id: str = "PHANTOM-001"
     patient_name: str = "Phantom^Chest"
-    body_part: str = "CHEST"
+    body_part: str | None = "CHEST"  # None: no BodyPartExamined at all
+    series_description: str | None = None  # default: "Synthetic chest CT <seed>"
     images_in_acquisition: bool = False
     rescale_intercept: float = -1024.0
     rescale_slope: float = 1.0
@@ -118,12 +119,13 @@ def make_slice(spec: SeriesSpec, index: int, stored: np.ndarray | None = None) -
     ds.Modality = "CT"
     ds.Manufacturer = "dicomnode synthetic"
     ds.ReferringPhysicianName = "Referrer^Doctor"
-    ds.SeriesDescription = f"Synthetic chest CT {spec.seed}"[:64]
+    ds.SeriesDescription = (spec.series_description if spec.series_description is not None else f"Synthetic chest CT {spec.seed}")[:64]
     ds.PatientName = spec.patient_name
     ds.PatientID = spec.patient_id
     ds.PatientBirthDate = "19700101"
     ds.PatientSex = "O"
-    ds.BodyPartExamined = spec.body_part
+    if spec.body_part is not None:
+        ds.BodyPartExamined = spec.body_part
     ds.PatientPosition = spec.patient_position
     ds.SliceThickness = spec.slice_spacing
     ds.KVP = 120
