@@ -236,13 +236,35 @@ def test_gantry_tilt_is_refused(tmp_path: Path) -> None:
         reconstruct(tmp_path / "d")
 
 
-def test_zero_filled_slice_from_a_codec_is_an_error(tmp_path: Path) -> None:
-    files = _series(tmp_path)
-    ds = dcmread(files[6])
+def _blank(path: Path, compress: bool = False) -> None:
+    """Make one slice uniform (all 0), optionally RLE-compressing it as a codec would have delivered it."""
+    from pydicom.uid import RLELossless
+
+    ds = dcmread(path)
     ds.PixelData = bytes(len(ds.PixelData))
-    ds.save_as(files[6])
-    with pytest.raises(VolumeError, match=r"1 slice\(s\) decoded to a constant image.*instance 7"):
+    if compress:
+        ds.compress(RLELossless)
+    ds.save_as(path)
+
+
+def test_a_compressed_slice_that_decodes_blank_among_good_ones_is_an_error(tmp_path: Path) -> None:
+    files = _series(tmp_path)
+    _blank(files[6], compress=True)
+    with pytest.raises(VolumeError, match=r"instance 7 .*is compressed and decoded to a constant image.*decoder is broken"):
         reconstruct(tmp_path / "d")
+
+
+def test_uniform_slices_are_accepted_where_no_codec_was_involved(tmp_path: Path) -> None:
+    """Masked MPR or atlas ends, air above a head: uniform slices are data, not a broken codec."""
+    files = _series(tmp_path)
+    for f in (files[0], files[1], files[6], files[9]):  # uncompressed: never blamed, wherever they are
+        _blank(f)
+    vol = reconstruct(tmp_path / "d")
+    assert vol.array.shape[0] == 10 and (vol.array[0] == vol.array[0].flat[0]).all()
+    # A compressed run of uniform slices at the end (a masked end) is no decoder failure either.
+    _blank(files[8], compress=True)
+    _blank(files[9], compress=True)
+    assert reconstruct(tmp_path / "d").array.shape[0] == 10
 
 
 def test_convert_command_writes_nifti(tmp_path: Path) -> None:

@@ -188,8 +188,8 @@ def decode_stack(slices: Sequence[SliceInfo], workers: int = 0) -> np.ndarray:
     Raises
     ------
     VolumeError
-        A slice cannot be decoded, or decodes to a constant image while the
-        others do not (a codec that zero-fills is caught here, not in a model).
+        A slice cannot be decoded, or a compressed slice decodes to a constant
+        image while the slices on each side do not (see :func:`_check_constant_slices`).
     """
     global _SHARED
     shape = (len(slices), slices[0].rows, slices[0].columns)
@@ -212,16 +212,29 @@ def decode_stack(slices: Sequence[SliceInfo], workers: int = 0) -> np.ndarray:
     else:
         out = np.empty(shape, dtype=dtype)
         stats = _write_slices(out, items)
-    constant = {k: lo for k, lo, hi in stats if lo == hi}
-    if constant and len(constant) < len(slices):
-        k = min(constant)
-        raise VolumeError(
-            f"{len(constant)} slice(s) decoded to a constant image while the others did not, e.g. "
-            f"{slices[k].label} (all {constant[k]:g}): the pixel data or its codec is broken"
-        )
-    if constant:
-        raise VolumeError("every slice decoded to a constant image: the pixel data or its codec is broken")
+    _check_constant_slices(slices, {k: lo for k, lo, hi in stats if lo == hi})
     return out
+
+
+def _check_constant_slices(slices: Sequence[SliceInfo], constant: dict[int, float]) -> None:
+    """Refuse a volume only where a decoder could have failed.
+
+    A decoder that fails silently zero-fills one slice among good ones: a
+    compressed slice that decodes to a constant image while the slices on
+    each side do not.  Uniform slices are otherwise normal: the masked ends
+    of an MPR or atlas, runs of air above a head, a blank series.  An
+    uncompressed slice was never decoded by a codec, so it is never blamed.
+    """
+    n = len(slices)
+    for k in sorted(constant):
+        if slices[k].pixel_offset is not None:  # uncompressed: the bytes are the image
+            continue
+        sides = [j for j in (k - 1, k + 1) if 0 <= j < n]
+        if sides and all(j not in constant for j in sides):
+            raise VolumeError(
+                f"{slices[k].label} is compressed and decoded to a constant image (all {constant[k]:g}) while the "
+                "slices on each side did not: its pixel data or the decoder is broken"
+            )
 
 
 def _resample_uniform(array: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, float]:
