@@ -129,6 +129,7 @@ class OutputsConfig:
     sr_series_number: int = 9002
     preview_series_number: int = 9003
     kos_series_number: int = 9004
+    number_by_source: bool = True  # each source series gets its own block: base + 10 x its SeriesNumber
     series_description_prefix: str = "AI"
 
 
@@ -390,7 +391,7 @@ def _parse_outputs(data: Any) -> OutputsConfig:
         "seg": _bool, "sr": _bool, "preview": _bool, "kos": _bool, "fractional": _bool,
         "max_key_images": partial(_int, lo=1, hi=100),
         "seg_series_number": number, "sr_series_number": number, "preview_series_number": number,
-        "kos_series_number": number,
+        "kos_series_number": number, "number_by_source": _bool,
         "series_description_prefix": _str,
     })
 

@@ -113,7 +113,8 @@ def test_seg_sr_and_key_images_are_valid_and_read_back(case: tuple[list[Path], V
 
     seg = hd.seg.segread(out[0].path)
     assert seg.FrameOfReferenceUID == src.FrameOfReferenceUID and seg.SegmentationType == "BINARY"
-    assert (seg.SeriesNumber, seg.SeriesDescription) == (9001, "AI chest-ct-lungs-nodules SEG - demonstration; not for diagnosis")
+    # One block of series numbers per source series (source series 2: 9021...), its number in the description too.
+    assert (seg.SeriesNumber, seg.SeriesDescription) == (9021, "AI chest-ct-lungs-nodules SEG of series 2 - not for diagnosis")
     # One segment per finding, numbered by size (the r=4 sphere is nodule 1), then the organ.
     assert {s.SegmentNumber: s.SegmentLabel for s in seg.SegmentSequence} == {1: "nodule 1", 2: "nodule 2", 3: "lung"}
     assert [s.TrackingID for s in seg.SegmentSequence] == ["nodule 1", "nodule 2", "lung"]
@@ -162,7 +163,7 @@ def test_seg_sr_and_key_images_are_valid_and_read_back(case: tuple[list[Path], V
         sc = dcmread(o.path)
         assert sc.PhotometricInterpretation == "RGB" and sc.pixel_array.shape == (512, 512, 3)
         assert sc.BurnedInAnnotation == "YES" and BUNDLE.intended_use in sc.ImageComments
-        assert list(sc.PatientOrientation) == ["L", "P"] and sc.SeriesNumber == 9003
+        assert list(sc.PatientOrientation) == ["L", "P"] and sc.SeriesNumber == 9023
 
 
 def test_uids_are_deterministic_per_job(case: tuple[list[Path], Volume], tmp_path: Path) -> None:
@@ -367,3 +368,16 @@ def test_a_single_segment_seg_is_referenced_by_the_report(case: tuple[list[Path]
     [lung] = groups
     assert lung.referenced_segment is not None
     assert str(lung.referenced_segment.referenced_sop_instance_uid) == str(seg.SOPInstanceUID)
+
+
+def test_outputs_of_two_recons_are_told_apart(case: tuple[list[Path], Volume], tmp_path: Path) -> None:
+    """Series numbers and descriptions name the source series, so a PACS list shows which result is whose."""
+    sources, vol = case
+    res = result_for(vol)
+    out = write_outputs(sources, vol, res, BUNDLE, tmp_path / "a", job_key="k/1", options=OutputOptions(preview=False, kos=False))
+    seg, sr = (dcmread(o.path, stop_before_pixels=True) for o in out)
+    assert (seg.SeriesNumber, sr.SeriesNumber) == (9021, 9022)
+    assert "of series 2" in seg.SeriesDescription and "not for diagnosis" in sr.SeriesDescription and len(sr.SeriesDescription) <= 64
+    fixed = write_outputs(sources, vol, res, BUNDLE, tmp_path / "b", job_key="k/1",
+                          options=OutputOptions(preview=False, kos=False, number_by_source=False))
+    assert dcmread(fixed[0].path, stop_before_pixels=True).SeriesNumber == 9001

@@ -19,7 +19,7 @@ from sqlalchemy import text
 
 from ai.phantoms import generate
 from dicomnode.testing.synthetic import write_phantom
-from storage.database import open_engine
+from storage.database import migrate, open_engine
 from storage.listings import list_jobs
 from tests.helpers import NodeProcess, storescu, wait_for, write_config
 from tests.peers import StoreSCP
@@ -91,24 +91,28 @@ def test_two_worker_processes_share_a_postgresql_queue(
     receiver = write_config(tmp_path, series="quiet_seconds = 1")  # its worker is off
     sqlite = f'database_url = "sqlite:///{tmp_path / "storage" / "dicomnode.db"}"'
     receiver.write_text(receiver.read_text().replace(sqlite, f'database_url = "{postgres_url}"'))
-    node = NodeProcess(receiver, tmp_path / "node.log").start()
-    files = [f for i in range(20) for f in make_series(f"scale{i}", slices=2)]
-    try:
-        assert storescu(node.port, files).returncode == 0
-        wait_for(lambda: len(list_jobs(engine, limit=100)) == 20, 60, what="20 queued jobs")
-    finally:
-        node.stop()
     worker_cfg = tmp_path / "workers.toml"
     worker_cfg.write_text(
         receiver.read_text().replace("[worker]\nenabled = false", "[worker]\nenabled = true\npoll_seconds = 0.05")
         + "[delivery]\npoll_seconds = 0.1\n" + destination(pacs.port) + FORWARD
     )
+    # Both workers poll before the first job exists: on a loaded machine one of them could otherwise start
+    # seconds later and find the queue drained.  The schema is made first, not by three processes at once.
+    migrate(engine)
+    logs = [tmp_path / f"worker{i}.log" for i in range(2)]
     workers = [
-        subprocess.Popen([sys.executable, "-m", "dicomnode", "worker", "--config", str(worker_cfg)],
-                         stderr=open(tmp_path / f"worker{i}.log", "wb"))
-        for i in range(2)
+        subprocess.Popen([sys.executable, "-m", "dicomnode", "worker", "--config", str(worker_cfg)], stderr=open(log, "wb"))
+        for log in logs
     ]
     try:
+        wait_for(lambda: all("polling the queue" in log.read_text(errors="replace") for log in logs), 120, what="both workers up")
+        node = NodeProcess(receiver, tmp_path / "node.log").start()
+        files = [f for i in range(20) for f in make_series(f"scale{i}", slices=2)]
+        try:
+            assert storescu(node.port, files).returncode == 0
+            wait_for(lambda: len(list_jobs(engine, limit=100)) == 20, 60, what="20 jobs")
+        finally:
+            node.stop()
         wait_for(lambda: {j.state for j in list_jobs(engine, limit=100)} == {"done"}, 120, what="20 jobs done")
         jobs = list_jobs(engine, limit=100)
         assert len(jobs) == 20 and all(j.attempts == 1 for j in jobs)  # none ran twice

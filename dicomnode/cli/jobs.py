@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import argparse
 import json
 import signal
@@ -14,6 +16,8 @@ from dicomnode.cli.common import EXIT_FAILED, EXIT_OK, _config, configure_loggin
 from storage.states import JobState
 
 JOB_STATES = list(JobState)
+
+logger = logging.getLogger(__name__)
 
 
 def _engine(args: argparse.Namespace) -> Any:
@@ -111,6 +115,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         r.start()
     if not args.no_deliver:
         sender.start()
+    logger.info("worker %s: %d runner(s) polling the queue%s", worker_name(""), len(runners), "" if args.no_deliver else ", delivering")
     while not done.wait(1.0):
         pass
     for r in runners:

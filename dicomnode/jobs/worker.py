@@ -270,6 +270,7 @@ class JobRunner(BackgroundLoop):
             seg=o.seg, sr=o.sr, preview=o.preview, kos=o.kos, fractional=o.fractional, max_key_images=o.max_key_images,
             seg_series_number=o.seg_series_number, sr_series_number=o.sr_series_number,
             preview_series_number=o.preview_series_number, kos_series_number=o.kos_series_number,
+            number_by_source=o.number_by_source,
             series_description_prefix=o.series_description_prefix,
         )
         notes = source_notes(job, len(vol.sop_uids))

@@ -67,6 +67,7 @@ class OutputOptions:
     sr_series_number: int = 9002
     preview_series_number: int = 9003
     kos_series_number: int = 9004
+    number_by_source: bool = True  # series number = base + 10 x the source's SeriesNumber (one block per source series)
     series_description_prefix: str = "AI"
     manufacturer: str = "dicomnode"
     software_version: str = __version__
@@ -152,6 +153,13 @@ def _save(ds: Dataset, path: Path, kind: str, texts: Sequence[str]) -> OutputFil
     return OutputFile(
         path, kind, str(ds.SOPClassUID), str(ds.SOPInstanceUID), str(ds.SeriesInstanceUID), str(ds.file_meta.TransferSyntaxUID)
     )
+
+
+def _int_or_none(value: object) -> int | None:
+    try:
+        return int(str(value)) if value not in (None, "") else None
+    except ValueError:
+        return None
 
 
 def _slice_names(frames: Sequence[SourceFrame]) -> list[str]:
@@ -274,12 +282,30 @@ def write_outputs(
     def uid(kind: str, what: str, n: int = 0) -> str:
         return str(derived_uid("dicomnode-output", job_key, kind, variant if kind == "seg" else "", what, n))
 
+    source_number = _int_or_none(first.get("SeriesNumber"))
+    source_text = str(first.get("SeriesDescription", "") or "").strip()
+
+    def number(base: int) -> int:
+        """Per source series: the base plus ten times its number (source 3: SEG 9031, SR 9032...)."""
+        return base + 10 * source_number if options.number_by_source and source_number is not None else base
+
     def description(kind: str) -> str:
-        """The series description, with the model's intended use (a PACS user sees it in the study list)."""
-        text = f"{options.series_description_prefix} {bundle.name} {kind} - {bundle.intended_use}"
-        if len(text) > 64:  # keep the warning, the part after the last ';' ("not for diagnosis")
-            text = f"{options.series_description_prefix} {bundle.name} {kind} - {bundle.intended_use.split(';')[-1].strip()}"
-        return text[:64]
+        """The series description: which source series, which model, and its intended use (a PACS list shows it)."""
+        warning = bundle.intended_use.split(";")[-1].strip() or bundle.intended_use
+        p, name = options.series_description_prefix, bundle.name
+        long_src = f" of series {source_number}" if source_number is not None else ""
+        short_src = f" of {source_number}" if source_number is not None else ""
+        candidates = [
+            f"{p} {name} {kind}{long_src} {source_text} - {bundle.intended_use}",
+            f"{p} {name} {kind}{long_src} {source_text} - {warning}",
+            f"{p} {name} {kind}{long_src} - {warning}",
+            f"{p} {name} {kind}{short_src} - {warning}",
+            f"{p} {kind}{long_src} - {warning}",
+        ]
+        for text in (" ".join(c.split()) for c in candidates):
+            if len(text) <= 64:
+                return text
+        return " ".join(candidates[-1].split())[:64]
 
     texts = [bundle.name, bundle.version, bundle.intended_use, options.series_description_prefix, *(lb.name for lb in bundle.labels)]
     written: list[OutputFile] = []
@@ -292,7 +318,7 @@ def write_outputs(
             frames, labels, result.probabilities, bundle, segments,
             SegParams(
                 series_uid=uid("seg", "series"), sop_uid=uid("seg", "instance"), uid_seed=job_key,
-                series_number=options.seg_series_number, series_description=description("SEG"),
+                series_number=number(options.seg_series_number), series_description=description("SEG"),
                 manufacturer=options.manufacturer, software_version=options.software_version,
                 fractional=options.fractional, keep_empty_frames=options.keep_empty_frames,
             ),
@@ -309,7 +335,7 @@ def write_outputs(
             frames, labels, geo, seg_ds, segments, result, bundle,
             SRParams(
                 series_uid=uid("sr", "series"), sop_uid=uid("sr", "instance"), uid_seed=job_key,
-                series_number=options.sr_series_number, series_description=description("report"),
+                series_number=number(options.sr_series_number), series_description=description("report"),
                 manufacturer=options.manufacturer, software_version=options.software_version,
             ),
             notes=notes,
@@ -329,7 +355,7 @@ def write_outputs(
             f = by_number.get(img.finding) if img.finding is not None else None
             sc = build_key_image(
                 frames[img.slice_index].dataset, img, bundle, series_uid=series_uid, sop_uid=uid("preview", "instance", i),
-                instance_number=i, series_number=options.preview_series_number,
+                instance_number=i, series_number=number(options.preview_series_number),
                 series_description=description("key images"),
                 manufacturer=options.manufacturer, software_version=options.software_version, orientation=orientation,
                 source=frames[img.slice_index],
@@ -342,7 +368,7 @@ def write_outputs(
         kos = build_kos(
             _key_references(frames, result.findings, key_scs),
             description=_kos_description(bundle, result.findings, frames, job_key),
-            series_uid=uid("kos", "series"), sop_uid=uid("kos", "instance"), series_number=options.kos_series_number,
+            series_uid=uid("kos", "series"), sop_uid=uid("kos", "instance"), series_number=number(options.kos_series_number),
             series_description=description("key objects"), manufacturer=options.manufacturer,
             software_version=options.software_version,
         )
