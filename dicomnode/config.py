@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 from dicomnode.errors import ConfigError
 from dicomnode.routing import Rule, RoutingConfig, parse_routing, parse_rules
+from dicomnode.selection import SelectionConfig, parse_selection
 
 ENV_PREFIX = "DICOMNODE_"
 _ENV_SECTIONS = ("node", "series", "worker", "outputs", "delivery", "web", "retention")
@@ -190,6 +191,7 @@ class Config:
     destinations: tuple[Destination, ...] = ()
     rules: tuple[Rule, ...] = ()
     routing: RoutingConfig = field(default_factory=RoutingConfig)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
     log_level: str = "INFO"
     log_format: str = "text"  # text | json (one object per line, for log collectors)
     source: Path | None = None
@@ -472,7 +474,7 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> Config:
     ConfigError
         A value is invalid; the message names its key.
     """
-    _check_keys("config", data, {*_ENV_SECTIONS, "destinations", "rules", "routing", "log_level", "log_format"})
+    _check_keys("config", data, {*_ENV_SECTIONS, "destinations", "rules", "routing", "selection", "log_level", "log_format"})
     level = str(data.get("log_level", "INFO")).upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"log_level: must be DEBUG, INFO, WARNING or ERROR, got {level!r}")
@@ -494,6 +496,7 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> Config:
         destinations=destinations,
         rules=parse_rules(data.get("rules", []), names),
         routing=parse_routing(data.get("routing", {}), names),
+        selection=parse_selection(data.get("selection", {})),
         log_level=level,
         log_format=_choice("text", "json")("log_format", data.get("log_format", "text")),
         source=source,

@@ -59,6 +59,9 @@ class Series(Base):
     slice_thickness: Mapped[float | None] = mapped_column(Float)
     kernel: Mapped[str | None] = mapped_column(String(64))
     frame_of_reference_uid: Mapped[str | None] = mapped_column(String(64))
+    # Series selection within its study: "chosen" or "skipped", and why (shown by `dicomnode jobs`).
+    selection: Mapped[str | None] = mapped_column(String(16))
+    selection_reason: Mapped[str | None] = mapped_column(Text)
     series_number: Mapped[int | None] = mapped_column(Integer)
     calling_ae: Mapped[str | None] = mapped_column(String(16))
     state: Mapped[str] = mapped_column(String(16), default=SeriesState.RECEIVING.value, index=True)
@@ -136,6 +139,7 @@ class Job(Base):
     heartbeat_at: Mapped[datetime | None]
     timings: Mapped[dict[str, float] | None] = mapped_column(JSON)
     stage: Mapped[str | None] = mapped_column(String(16))  # the stage running, or the last one reached
+    not_before: Mapped[datetime | None]  # a queued job waits for its study until then
     model: Mapped[str | None] = mapped_column(String(128))  # bundle name and version
     output_dir: Mapped[str | None] = mapped_column(Text)
 

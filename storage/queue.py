@@ -83,7 +83,7 @@ def claim_job(engine: Engine, worker: str, lease_seconds: float, *, max_attempts
     now = utcnow()
     expired = now - timedelta(seconds=lease_seconds)
     claimable = or_(
-        _jobs.c.state == JobState.QUEUED,
+        and_(_jobs.c.state == JobState.QUEUED, or_(_jobs.c.not_before.is_(None), _jobs.c.not_before <= now)),
         and_(_jobs.c.state == JobState.RUNNING, _jobs.c.heartbeat_at < expired),
     )
     while True:
@@ -115,6 +115,7 @@ def claim_job(engine: Engine, worker: str, lease_seconds: float, *, max_attempts
                     attempts=_jobs.c.attempts + 1,
                     stage=Stage.CLAIMED,
                     error=None,
+                    not_before=None,
                 )
             )
             s = conn.execute(
@@ -247,6 +248,21 @@ def requeue_job(engine: Engine, job_id: int) -> bool:
             update(_jobs)
             .where(_jobs.c.id == job_id, _jobs.c.state != JobState.RUNNING)
             .values(state=JobState.QUEUED, attempts=0, error=None, worker=None, stage=None, finished_at=None)
+        ).rowcount
+    return n == 1
+
+
+def defer_job(engine: Engine, job_id: int, worker: str, seconds: float, why: str) -> bool:
+    """Put a claimed job back in the queue until ``seconds`` from now (its study is still arriving).
+
+    The claim does not count as an attempt.  ``False``: the job is no longer ours.
+    """
+    with write_transaction(engine) as conn:
+        n = conn.execute(
+            update(_jobs).where(_owned(job_id, worker)).values(
+                state=JobState.QUEUED, worker=None, heartbeat_at=None, attempts=_jobs.c.attempts - 1,
+                not_before=utcnow() + timedelta(seconds=seconds), stage=Stage.WAITING, error=why,
+            )
         ).rowcount
     return n == 1
 

@@ -62,6 +62,7 @@ class Stage(enum.StrEnum):
     COMPLETE = "complete"  # last instance to the job
     QUEUE = "queue"  # job to a worker
     CLAIMED = "claimed"
+    WAITING = "waiting"  # the job waits for the rest of its study
     RECONSTRUCT = "reconstruct"
     INFER = "infer"
     WRITE = "write"

@@ -43,6 +43,7 @@ from storage.queue import (
     DeliveryTarget,
     OutputRecord,
     claim_job,
+    defer_job,
     end_job,
     finish_job,
     heartbeat,
@@ -50,6 +51,7 @@ from storage.queue import (
     job_timeline,
     series_files,
 )
+from storage.models import utcnow
 from storage.states import CompletionReason, JobState, OutputKind, Stage
 
 if TYPE_CHECKING:
@@ -206,6 +208,9 @@ class JobRunner(BackgroundLoop):
                 self._fail_bad_series(job, paths, f"the series cannot be reconstructed: {exc}", timings)
             except LeaseLost:
                 logger.warning("job %d: lease lost to another worker; abandoning this run", job.id)
+            except _Deferred as why:
+                logger.debug("job %d waits for its study: %s", job.id, why)
+                return
             except Exception as exc:  # a bug or a broken model: fail readably, keep the files
                 stage = hb.current or "start"
                 logger.exception("job %d failed in stage %s", job.id, stage)
@@ -216,6 +221,31 @@ class JobRunner(BackgroundLoop):
         if self.metrics is not None:
             self.metrics.jobs_finished.labels(state[0] if state else "?", stages.model or "-").inc()
             self.metrics.observe_stages(timings, stages.model, job.facts.calling_ae)
+
+    def _selected(self, job: ClaimedJob, stages: _Stages) -> bool:
+        """Wait for the study, then whether this series is the one its acquisition is processed from.
+
+        Raises :class:`_Deferred` when the study is still arriving; ends the
+        job ``ignored`` with the reason when another series is chosen.
+        """
+        from dicomnode.selection import choose, study_wait
+        from storage.study import record_selection, study_associations, study_series
+
+        study = study_series(self.engine, job.study_uid)
+        me = next((s for s in study if s.id == job.series_id), None)
+        if me is None:
+            return True
+        cfg = self.cfg.selection
+        wait, why = study_wait(me, study, utcnow(), cfg, len(study_associations(self.engine, job.study_uid)))
+        if wait > 0:
+            defer_job(self.engine, job.id, self.name, min(wait, cfg.study_quiet_seconds or wait), f"waiting for the study: {why}")
+            raise _Deferred(why)
+        choice = choose(me, study, cfg)
+        record_selection(self.engine, me.id, "chosen" if choice.chosen else "skipped", choice.reason)
+        if not choice.chosen:
+            logger.info("job %d skipped: %s", job.id, choice.reason)
+            end_job(self.engine, job.id, self.name, JobState.IGNORED, f"not selected: {choice.reason}", stages.timings)
+        return choice.chosen
 
     def _fail_bad_series(self, job: ClaimedJob, paths: dict[str, Path], reason: str, timings: dict[str, float]) -> None:
         node = self.cfg.node
@@ -240,6 +270,8 @@ class JobRunner(BackgroundLoop):
             return
         if not paths:
             raise VolumeError("the series has no stored instances")
+        if plan.action == PlanAction.RUN and self.cfg.selection.enabled and not self._selected(job, stages):
+            return
         if plan.action == PlanAction.FORWARD:  # no model: send the instances on, unchanged
             forwarded = [
                 OutputRecord(OutputKind.SOURCE, str(p.relative_to(self.cfg.node.storage_dir)), sop_class, uid, job.series_uid, "")
@@ -325,6 +357,10 @@ class JobRunner(BackgroundLoop):
                 probs = self._run_model(b, vol).class_probabilities
                 res.classifications.append(ClassScores(b.name, b.version, probs, b.labels))
         return res
+
+
+class _Deferred(Exception):
+    """The job went back to the queue to wait for the rest of its study."""
 
 
 def source_notes(job: ClaimedJob, slices: int) -> list[str]:

@@ -1,0 +1,122 @@
+"""A study's series, as series selection sees them, and the record of each choice.
+
+Selection (``dicomnode.selection``) decides which series of a study a model
+runs on; it needs every series of the study at once: its state and timing,
+its headers' facts, its slice count and orientation, and whether a job of it
+was already processed.  The choice ("chosen" or "skipped", and why) is kept
+on the series, for ``dicomnode jobs`` and the status page.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Engine, func, select, update
+
+from storage.database import as_utc, read_transaction, write_transaction
+from storage.models import Instance, Job, Series
+from storage.states import JobState, SeriesState
+
+_series = Series.__table__
+_instances = Instance.__table__
+_jobs = Job.__table__
+PROCESSED = (JobState.DELIVERING, JobState.DONE, JobState.DELIVERY_FAILED)
+
+
+@dataclass(frozen=True)
+class StudySeries:
+    """One series of a study, for selection."""
+
+    id: int
+    series_number: int | None
+    state: str
+    modality: str | None
+    sop_class_uid: str | None
+    series_description: str | None
+    image_type: str | None
+    slice_thickness: float | None
+    kernel: str | None
+    frame_of_reference_uid: str | None
+    instances: int
+    frames: int  # images in all (a multi-frame instance counts its frames)
+    orientation: tuple[float, ...] | None  # ImageOrientationPatient of one instance
+    last_received_at: datetime
+    completion_reason: str | None
+    processed: bool  # a job of it produced results already
+    selection: str | None
+
+    def name(self) -> str:
+        """``series 3 (1.0 mm, B70f)``: how a reason names it (no patient data)."""
+        bits = [f"{self.slice_thickness:g} mm" if self.slice_thickness else "", self.kernel or ""]
+        detail = ", ".join(b for b in bits if b)
+        return f"series {self.series_number if self.series_number is not None else '?'}" + (f" ({detail})" if detail else "")
+
+
+def study_series(engine: Engine, study_uid: str) -> list[StudySeries]:
+    """Every series of a study, oldest first."""
+    with read_transaction(engine) as conn:
+        rows = conn.execute(select(_series).where(_series.c.study_uid == study_uid).order_by(_series.c.id)).all()
+        ids = [r.id for r in rows]
+        counts: dict[int, tuple[int, int]] = {}
+        orient: dict[int, object] = {}
+        if ids:
+            for r in conn.execute(
+                select(
+                    _instances.c.series_id, func.count().label("n"), func.sum(_instances.c.number_of_frames).label("frames"),
+                    func.min(_instances.c.id).label("first"),
+                ).where(_instances.c.series_id.in_(ids)).group_by(_instances.c.series_id)
+            ):
+                counts[r.series_id] = (int(r.n), int(r.frames or 0))
+                orient[r.first] = r.series_id
+            firsts = list(orient)
+            orient = {
+                r.series_id: r.orientation
+                for r in conn.execute(select(_instances.c.series_id, _instances.c.orientation).where(_instances.c.id.in_(firsts)))
+            }
+        done = {
+            r.series_id
+            for r in conn.execute(select(_jobs.c.series_id).where(_jobs.c.series_id.in_(ids), _jobs.c.state.in_(PROCESSED)))
+        } if ids else set()
+    out = []
+    for r in rows:
+        n, frames = counts.get(r.id, (0, 0))
+        out.append(StudySeries(
+            r.id, r.series_number, r.state, r.modality, r.sop_class_uid, r.series_description, r.image_type,
+            r.slice_thickness, r.kernel, r.frame_of_reference_uid, n, frames, _orientation(orient.get(r.id)),
+            as_utc(r.last_received_at), r.completion_reason, r.id in done, r.selection,
+        ))
+    return out
+
+
+def _orientation(value: object) -> tuple[float, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)):
+        return tuple(float(v) for v in value)
+    try:
+        return tuple(float(v) for v in str(value).replace("\\", ",").strip("[]() ").split(",") if v.strip())
+    except ValueError:
+        return None
+
+
+def study_associations(engine: Engine, study_uid: str) -> set[str]:
+    """The associations that carried the study's instances."""
+    with read_transaction(engine) as conn:
+        rows = conn.execute(
+            select(_instances.c.assoc_uid).distinct()
+            .join(_series, _series.c.id == _instances.c.series_id)
+            .where(_series.c.study_uid == study_uid)
+        ).all()
+    return {r.assoc_uid for r in rows}
+
+
+def record_selection(engine: Engine, series_id: int, selection: str, reason: str) -> None:
+    """Keep why a series was chosen or skipped."""
+    with write_transaction(engine) as conn:
+        conn.execute(update(_series).where(_series.c.id == series_id).values(selection=selection, selection_reason=reason))
+
+
+def is_receiving(s: StudySeries) -> bool:
+    """Whether instances of the series are still arriving."""
+    return s.state == SeriesState.RECEIVING
