@@ -39,7 +39,7 @@ STATE_COLOURS: dict[str, str] = {
 _CSS = """
 body{font:14px system-ui,sans-serif;margin:1.5em;color:#222}h1{font-size:1.4em}h2{font-size:1.1em;margin-top:1.6em}
 table{border-collapse:collapse;width:100%}th,td{padding:4px 8px;border-bottom:1px solid #ddd;text-align:left;vertical-align:top}
-th{background:#f4f4f4}.state{color:#fff;border-radius:3px;padding:1px 6px;font-size:12px}.err{color:#b00}
+th{background:#f4f4f4}.state{color:#fff;border-radius:3px;padding:1px 6px;font-size:12px}.err{color:#b00}.sel{color:#555;font-size:12px}
 img.preview{height:96px;border:1px solid #ccc}small{color:#666}
 """
 
@@ -157,7 +157,9 @@ def _page(engine: Engine, cfg: Config, jobs: list[JobRow], port: int) -> str:
             f"{j.instance_count} images, {html.escape(j.completion_reason)}</small></td><td>{_state(j.state)}"
             f'{"<br><small>" + html.escape(j.stage) + "</small>" if j.stage and j.state == JobState.RUNNING else ""}</td>'
             f"<td>{html.escape(j.model or '')}<br><small>{stages}</small>"
-            f'{"<br><span class=err>" + html.escape(j.error) + "</span>" if j.error else ""}</td><td>{sent}</td><td>{img}</td>'
+            f'{"<br><span class=err>" + html.escape(j.error) + "</span>" if j.error else ""}'
+            f'{"<br><span class=sel>" + html.escape(j.selection_reason) + "</span>" if j.selection == "chosen" and j.selection_reason else ""}'
+            f'</td><td>{sent}</td><td>{img}</td>'
             f"<td><small>{j.created_at:%Y-%m-%d %H:%M:%S}</small></td></tr>"
         )
     series = "".join(

@@ -45,6 +45,8 @@ class JobRow(Row):
     model: str | None = None
     worker: str | None = None
     timings: dict[str, float] | None = None
+    selection: str | None = None  # "chosen" or "skipped" within its study
+    selection_reason: str | None = None
 
 
 def list_jobs(engine: Engine, *, state: str | None = None, limit: int = 50, job_id: int | None = None) -> list[JobRow]:
@@ -69,6 +71,8 @@ def list_jobs(engine: Engine, *, state: str | None = None, limit: int = 50, job_
             _jobs.c.model,
             _jobs.c.worker,
             _jobs.c.timings,
+            _series.c.selection,
+            _series.c.selection_reason,
         )
         .join(_series, _series.c.id == _jobs.c.series_id)
         .order_by(_jobs.c.id.desc())

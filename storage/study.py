@@ -15,12 +15,12 @@ from datetime import datetime
 from sqlalchemy import Engine, func, select, update
 
 from storage.database import as_utc, read_transaction, write_transaction
-from storage.models import Instance, Job, Series
+from storage.models import Instance, Job, Series, table_of
 from storage.states import JobState, SeriesState
 
-_series = Series.__table__
-_instances = Instance.__table__
-_jobs = Job.__table__
+_series = table_of(Series)
+_instances = table_of(Instance)
+_jobs = table_of(Job)
 PROCESSED = (JobState.DELIVERING, JobState.DONE, JobState.DELIVERY_FAILED)
 
 

@@ -54,6 +54,8 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         )
         if args.job:
             print(f"  model: {j.model or '-'}; worker: {j.worker or '-'}; attempts: {j.attempts}; stage: {j.stage or '-'}")
+            if j.selection:
+                print(f"  series {j.selection}: {j.selection_reason or '-'}")
             for k, v in (j.timings or {}).items():
                 print(f"  {k:<22} {v:8.2f} s")
             for d in deliveries.get(j.id, []):
