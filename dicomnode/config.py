@@ -99,6 +99,7 @@ class SeriesConfig:
     complete_on_release: bool = True
     gap_factor: float = 1.5
     check_interval_seconds: float = 0.5
+    process_incomplete: bool = False  # run models on a series that completed with instances missing
 
 
 @dataclass(frozen=True)
@@ -353,6 +354,7 @@ def _parse_series(data: Mapping[str, Any]) -> SeriesConfig:
         check_interval_seconds=_num(
             "series.check_interval_seconds", data.get("check_interval_seconds", d.check_interval_seconds), 0.05, 60
         ),
+        process_incomplete=_bool("series.process_incomplete", data.get("process_incomplete", d.process_incomplete)),
     )
 
 

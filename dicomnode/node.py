@@ -64,6 +64,7 @@ class Node:
         ]
         self.scp = StorageSCP(
             cfg.node, self.ingestor, on_released=self.monitor.association_released, on_commitment=self.sender.on_event_report,
+            on_aborted=self.monitor.association_aborted,
             metrics=self.metrics,
         )
         self.retention = Retention(self.engine, cfg) if cfg.retention.enabled else None

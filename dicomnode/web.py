@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 STATE_COLOURS: dict[str, str] = {
     JobState.QUEUED: "#888", JobState.RUNNING: "#1f77b4", JobState.DELIVERING: "#9467bd", JobState.DONE: "#2ca02c",
-    JobState.FAILED: "#d62728", JobState.DELIVERY_FAILED: "#d62728", JobState.IGNORED: "#aaa", JobState.NOT_APPLICABLE: "#aaa",
+    JobState.FAILED: "#d62728", JobState.DELIVERY_FAILED: "#d62728", JobState.IGNORED: "#aaa", JobState.NOT_APPLICABLE: "#aaa", JobState.INCOMPLETE: "#ff7f0e",
     DeliveryState.PENDING: "#888", DeliveryState.AWAITING_COMMITMENT: "#9467bd",
 }
 _CSS = """

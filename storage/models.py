@@ -62,6 +62,8 @@ class Series(Base):
     # Series selection within its study: "chosen" or "skipped", and why (shown by `dicomnode jobs`).
     selection: Mapped[str | None] = mapped_column(String(16))
     selection_reason: Mapped[str | None] = mapped_column(Text)
+    # Why instances may be missing though none is known to be (a refused instance, an aborted association).
+    incomplete_evidence: Mapped[str | None] = mapped_column(Text)
     series_number: Mapped[int | None] = mapped_column(Integer)
     calling_ae: Mapped[str | None] = mapped_column(String(16))
     state: Mapped[str] = mapped_column(String(16), default=SeriesState.RECEIVING.value, index=True)

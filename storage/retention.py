@@ -26,7 +26,7 @@ from storage.states import JobState, OutputKind, SeriesState
 logger = logging.getLogger(__name__)
 
 _series, _jobs, _instances, _outputs = table_of(Series), table_of(Job), table_of(Instance), table_of(Output)
-_SETTLED = (JobState.DONE, JobState.IGNORED, JobState.NOT_APPLICABLE)
+_SETTLED = (JobState.DONE, JobState.IGNORED, JobState.NOT_APPLICABLE, JobState.INCOMPLETE)
 
 
 @dataclass(frozen=True)

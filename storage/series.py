@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -27,6 +27,7 @@ class OpenSeries:
     temporal_positions: int | None
     last_received_at: datetime
     version: int
+    incomplete_evidence: str | None = None  # a refused instance or an aborted association
 
 
 def open_series(engine: Engine) -> list[OpenSeries]:
@@ -40,12 +41,27 @@ def open_series(engine: Engine) -> list[OpenSeries]:
                 _series.c.temporal_positions,
                 _series.c.last_received_at,
                 _series.c.version,
+                _series.c.incomplete_evidence,
             ).where(_series.c.state == SeriesState.RECEIVING)
         ).all()
     return [
-        OpenSeries(r.id, r.instance_count, r.expected_count, r.temporal_positions, as_utc(r.last_received_at), r.version)
+        OpenSeries(
+            r.id, r.instance_count, r.expected_count, r.temporal_positions, as_utc(r.last_received_at), r.version,
+            r.incomplete_evidence,
+        )
         for r in rows
     ]
+
+
+def note_incomplete(engine: Engine, *, series_uid: str | None = None, series_ids: Sequence[int] = (), evidence: str | None) -> int:
+    """Record (or, with ``evidence=None``, clear) why a receiving series may be missing instances.
+
+    Returns how many series rows changed (0 when the series is not known yet).
+    """
+    cond = _series.c.series_uid == series_uid if series_uid is not None else _series.c.id.in_(list(series_ids))
+    with write_transaction(engine) as conn:
+        return int(conn.execute(update(_series).where(cond, _series.c.state == SeriesState.RECEIVING)
+                                .values(incomplete_evidence=evidence)).rowcount)
 
 
 @dataclass(frozen=True)
@@ -171,6 +187,7 @@ def complete_series(
                 completed_at=now,
                 completion_reason=reason,
                 completion_detail=detail,
+                incomplete_evidence=None,  # it is in the detail now; a re-opened series starts afresh
             )
         ).rowcount
         if updated != 1:

@@ -25,7 +25,9 @@ class JobState(enum.StrEnum):
     queued → running → delivering → done | delivery_failed, or running →
     failed (the series could not be processed) | ignored (no model applies) |
     not_applicable (a model ran, but the anatomy it needs is not in the images:
-    nothing is sent and nothing is quarantined).
+    nothing is sent and nothing is quarantined) | incomplete (the series completed
+    with instances missing and ``series.process_incomplete`` is off: nothing is
+    run or sent, the files stay, and the rest of the series re-opens it).
     """
 
     QUEUED = "queued"
@@ -33,6 +35,7 @@ class JobState(enum.StrEnum):
     DELIVERING = "delivering"  # outputs written; deliveries pending
     DONE = "done"
     FAILED = "failed"
+    INCOMPLETE = "incomplete"  # not processed: instances are missing (the job's error says which)
     DELIVERY_FAILED = "delivery_failed"  # a destination refused or stayed unreachable after the last attempt
     IGNORED = "ignored"
     NOT_APPLICABLE = "not_applicable"

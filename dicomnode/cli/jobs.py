@@ -77,7 +77,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
     if current == JobState.RUNNING:
         print(f"retry: job {args.job} is running; wait for it to finish")
         return EXIT_FAILED
-    if args.rerun or current in (JobState.FAILED, JobState.IGNORED, JobState.NOT_APPLICABLE, JobState.QUEUED):
+    if args.rerun or current in (JobState.FAILED, JobState.IGNORED, JobState.NOT_APPLICABLE, JobState.INCOMPLETE, JobState.QUEUED):
         requeue_job(engine, args.job)
         print(f"job {args.job} queued again; a running node will process it and deliver the results")
         return EXIT_OK

@@ -270,6 +270,17 @@ class JobRunner(BackgroundLoop):
             return
         if not paths:
             raise VolumeError("the series has no stored instances")
+        incomplete = job.completion_reason == CompletionReason.INCOMPLETE_TIMEOUT
+        if plan.action == PlanAction.RUN and incomplete and not self.cfg.series.process_incomplete:
+            # Results from part of a series would be wrong (a missed nodule, a cut lung) and a re-send would add
+            # a second result series: wait for the rest instead; its arrival re-opens the series.
+            why = (
+                f"not processed: the series is incomplete ({job.completion_detail or 'instances are missing'}); "
+                "send the missing instances (the series completes again and is processed) or set series.process_incomplete = true"
+            )
+            logger.warning("job %d not processed: its series is incomplete", job.id)
+            end_job(self.engine, job.id, self.name, JobState.INCOMPLETE, why, stages.timings)
+            return
         if plan.action == PlanAction.RUN and self.cfg.selection.enabled and not self._selected(job, stages):
             return
         if plan.action == PlanAction.FORWARD:  # no model: send the instances on, unchanged

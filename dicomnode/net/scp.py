@@ -78,8 +78,11 @@ class StorageSCP:
     handler : StoreHandler
         Where received datasets go (the node's ingestor).
     on_released : callable, optional
-        Called with ``(assoc_uid, {series_id: instances carried})`` when an
-        association that stored instances is released normally (not aborted).
+        Called with ``(assoc_uid, {series_id: instances carried}, instances refused)``
+        when an association that stored instances is released normally.
+    on_aborted : callable, optional
+        Called with ``(assoc_uid, {series_id: instances carried})`` when such
+        an association is aborted (its series may be missing instances).
     on_commitment : callable, optional
         Called with ``(event_type, dataset)`` for a Storage Commitment
         N-EVENT-REPORT that a PACS sends on a new association; returns
@@ -89,12 +92,14 @@ class StorageSCP:
     """
 
     def __init__(
-        self, cfg: NodeConfig, handler: StoreHandler, on_released: Any = None, on_commitment: Any = None, metrics: Metrics | None = None
+        self, cfg: NodeConfig, handler: StoreHandler, on_released: Any = None, on_commitment: Any = None, metrics: Metrics | None = None,
+        on_aborted: Any = None,
     ) -> None:
         self.cfg = cfg
         self.metrics = metrics
         self.handler = handler
         self.on_released = on_released
+        self.on_aborted = on_aborted
         self.on_commitment = on_commitment
         # Stats live on the Association object itself (attribute _STATS): keying a
         # dict by id() broke when a closed association's id was reused by a new one.
@@ -253,13 +258,15 @@ class StorageSCP:
             return
         self._summary(stats, "released")
         if stats.carried and self.on_released is not None:
-            self.on_released(stats.uid, {sid: len(sops) for sid, sops in stats.carried.items()})
+            self.on_released(stats.uid, {sid: len(sops) for sid, sops in stats.carried.items()}, stats.failed)
 
     def _on_aborted(self, event: evt.Event) -> None:
         with self._lock:
             stats = event.assoc.__dict__.pop(_STATS, None)
         if stats is not None:
             self._summary(stats, "aborted")
+            if stats.carried and self.on_aborted is not None:
+                self.on_aborted(stats.uid, {sid: len(sops) for sid, sops in stats.carried.items()})
 
     def _on_closed(self, event: evt.Event) -> None:
         # The TCP close can be seen before the reactor thread reports the release

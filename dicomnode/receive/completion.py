@@ -40,7 +40,15 @@ from dicomnode.background import BackgroundLoop
 from dicomnode.config import SeriesConfig
 from dicomnode.dicom.geometry import DEFAULT_GAP_FACTOR, find_gaps, stack_distances
 from storage.errors import StorageError
-from storage.series import InstanceGeometry, OpenSeries, SeriesFacts, complete_series, open_series, series_geometry
+from storage.series import (
+    InstanceGeometry,
+    OpenSeries,
+    SeriesFacts,
+    complete_series,
+    note_incomplete,
+    open_series,
+    series_geometry,
+)
 from storage.states import CompletionReason
 
 logger = logging.getLogger(__name__)
@@ -110,6 +118,8 @@ def judge(
             expected = max(expected or 0, len(positions) * series.temporal_positions)
     if expected is not None and count < expected:
         missing.append(f"{count} of {expected} announced instances received")
+    if series.incomplete_evidence:  # e.g. an instance refused (disk full), an association aborted
+        missing.append(series.incomplete_evidence)
     missing_text = "; ".join(missing) or None
     idle = (now - series.last_received_at).total_seconds()
 
@@ -181,12 +191,38 @@ class CompletionMonitor(BackgroundLoop):
             self._hints.put(("stored", series_id, None))
             self.wake()
 
-    def association_released(self, assoc_uid: str, carried: dict[int, int]) -> None:
+    def association_aborted(self, assoc_uid: str, carried: dict[int, int]) -> None:
+        """The association ``assoc_uid`` was aborted: the series it carried may be missing instances.
+
+        Each of them waits for ``incomplete_timeout_seconds`` (or for a later
+        association that carries it and is released normally).
+        """
+        n = sum(carried.values())
+        try:
+            note_incomplete(
+                self.engine, series_ids=list(carried),
+                evidence=f"the association that carried {n} instance(s) of it was aborted",
+            )
+        except StorageError as exc:
+            logger.error("cannot record an aborted association: %s", exc)
+        for series_id in carried:
+            self._hints.put(("touched", series_id, None))
+        self.wake()
+
+    def association_released(self, assoc_uid: str, carried: dict[int, int], refused: int = 0) -> None:
         """Hint: the association ``assoc_uid`` was released normally.
 
         ``carried`` maps each series id to the number of distinct instances
-        of it that the association stored or re-sent.
+        of it that the association stored or re-sent.  With nothing
+        ``refused``, it also clears the evidence of missing instances that an
+        earlier aborted association or refusal left on those series (the
+        sender sent them again).
         """
+        if not refused:
+            try:
+                note_incomplete(self.engine, series_ids=list(carried), evidence=None)
+            except StorageError as exc:
+                logger.error("cannot clear the incomplete evidence of released series: %s", exc)
         for series_id, n in carried.items():
             self._hints.put(("released", series_id, (assoc_uid, n)))
         self.wake()

@@ -34,6 +34,7 @@ from dicomnode.dicom.status import (
 from storage.errors import DatabaseError, DiskFullError, StorageError
 from storage.files import durable_write, free_bytes, fsync_dir
 from storage.instances import InstanceRecord, RecordOutcome, find_instance, record_instance
+from storage.series import note_incomplete
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +101,7 @@ class Ingestor:
         self.engine = engine
         self.incoming_dir = incoming_dir
         self.non_image = non_image  # "drop" or "store" (in other_dir)
+        self._refused: dict[str, str] = {}  # series UID -> why, for refusals before the series had a row
         self.other_dir = other_dir or incoming_dir.parent / "other"
         self.min_free_bytes = min_free_bytes
         self.on_stored = on_stored
@@ -166,10 +168,28 @@ class Ingestor:
     ) -> StoreResult:
         if is_non_image(affected_sop_class):
             return self._non_image(data, ts, str(affected_sop_class), affected_sop_instance, calling_ae)
-        self._check_space()
         header, _ = parse_header(
             data, ts, affected_sop_class=affected_sop_class, affected_sop_instance=affected_sop_instance
         )
+        try:
+            return self._write_and_record(data, ts, header, assoc_uid, calling_ae)
+        except (IngestError, StorageError) as exc:  # the series now lacks an instance the sender meant it to have
+            self._note_refused(header.series_uid, str(exc) or type(exc).__name__)
+            raise
+
+    def _note_refused(self, series_uid: str, why: str) -> None:
+        """Evidence that the series misses an instance: it then waits for the rest (or the incomplete timeout)."""
+        evidence = f"an instance was refused ({why})"
+        try:
+            if note_incomplete(self.engine, series_uid=series_uid, evidence=evidence) == 0:
+                self._refused[series_uid] = evidence  # the series has no row yet: noted once it has
+        except StorageError:
+            self._refused[series_uid] = evidence
+
+    def _write_and_record(
+        self, data: bytes, ts: UID, header: InstanceHeader, assoc_uid: str, calling_ae: str | None
+    ) -> StoreResult:
+        self._check_space()
         crc = zlib.crc32(data)
         meta = file_meta_bytes(header.sop_class_uid, header.sop_uid, ts, calling_ae)
         size = len(PREAMBLE) + len(meta) + len(data)
@@ -192,6 +212,9 @@ class Ingestor:
                     raise StorageError(f"cannot sync directory of {path.name}: {exc.strerror}") from exc
         if result.reopened:
             logger.warning("series %d re-opened by an instance that arrived after completion", result.series_id)
+        pending = self._refused.pop(header.series_uid, None)
+        if pending is not None:
+            note_incomplete(self.engine, series_ids=[result.series_id], evidence=pending)
         if self.on_stored is not None and result.outcome is not RecordOutcome.DUPLICATE:
             self.on_stored(result.series_id, bool(header.expected_count or header.temporal_positions))
         return StoreResult(SUCCESS, result.outcome is RecordOutcome.DUPLICATE, result.series_id, header.sop_uid)
