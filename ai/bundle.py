@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,6 +91,7 @@ class Bundle:
     anatomy: AnatomySpec | None = None  # the plausibility gate; None: no gate
     scan_score: ScanScore | None = None  # class probabilities derived from the lesions; None: none
     procedure: Concept | None = None  # the imaging procedure its reports are about (e.g. LN 24627-2 CT Chest)
+    preferred_kernels: tuple[str, ...] = ()  # selection.kernels: reconstruction kernels it reads best (regular expressions)
 
     @property
     def out_channels(self) -> int:
@@ -203,12 +205,29 @@ def _problems_in(m: dict[str, Any], path: Path) -> list[str]:
     listed = labels if isinstance(labels, list) else []
     lesion_labels = [lb.get("value") for lb in listed if isinstance(lb, dict) and lb.get("lesion")]
     problems += coding.problems("procedure", m.get("procedure"))
+    problems += _kernel_problems(m.get("selection"))
     return problems + _problems_in_anatomy_keys(m) + scan_score.problems(m, lesion_labels)
 
 
 _SHAPE_KEYS = {"max_elongation": 1.0, "max_length_mm": 0.0, "min_fill": 0.0, "vessel_radius_mm": 0.0}  # key -> exclusive lower bound
 _VOLUME_KEYS = ("method", "shell_mm", "tail_mm", "core", "min_contrast")
 _ANATOMY_KEYS = ("labels", "paired", "volume_ml", "min_extent_mm", "min_fill", "partial_min_ml")
+
+
+def _kernel_problems(sel: Any) -> list[str]:
+    """``selection.kernels`` must be a list of regular expressions."""
+    if sel is None:
+        return []
+    kernels = sel.get("kernels", []) if isinstance(sel, dict) else None
+    if not isinstance(kernels, list) or not all(isinstance(k, str) for k in kernels):
+        return [f"selection.kernels must be a list of regular expressions, not {kernels!r}"]
+    out = []
+    for k in kernels:
+        try:
+            re.compile(k)
+        except re.error as exc:
+            out.append(f"selection.kernels: {k!r} is not a valid regular expression ({exc})")
+    return out
 
 
 def _is_number(v: object) -> bool:
@@ -454,6 +473,7 @@ def load_bundle(path: Path) -> Bundle:
         anatomy=_anatomy(m.get("anatomy")),
         scan_score=scan_score.from_manifest(m),
         procedure=coding.concept(m.get("procedure")),
+        preferred_kernels=tuple((m.get("selection") or {}).get("kernels", ())),
     )
 
 

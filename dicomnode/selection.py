@@ -13,7 +13,9 @@ one volumetric series:
   allowed), nor fewer than ``min_slices`` images;
 - axial rather than coronal or sagittal reformats of the same acquisition;
 - slices within ``thickness_mm`` first, a preferred reconstruction kernel
-  (e.g. a lung kernel) next, then the thinnest, then the most images.
+  next (the model's ``selection.kernels``, e.g. lung kernels for nodules,
+  unless ``[selection] kernels`` is set), then the thinnest, then the most
+  images.
 
 A series that arrives after its acquisition was processed runs only if it
 is better by these rules (a new, versioned run for that series alone).
@@ -53,6 +55,7 @@ class SelectionConfig:
     prefer_axial: bool = True
     thickness_mm: tuple[float, float] = (0.5, 3.0)  # preferred slice thickness
     kernels: tuple[str, ...] = LUNG_KERNELS  # preferred kernels (regular expressions); empty: no preference
+    kernels_configured: bool = False  # set in [selection]: it wins over a model's own selection.kernels
 
 
 @dataclass(frozen=True)
@@ -178,7 +181,7 @@ def parse_selection(data: Mapping[str, Any] | Any) -> SelectionConfig:
     if not isinstance(data, Mapping):
         raise ConfigError(f"selection: must be a table, got {data!r}")
     d = SelectionConfig()
-    unknown = sorted(set(data) - set(SelectionConfig.__dataclass_fields__))
+    unknown = sorted(set(data) - (set(SelectionConfig.__dataclass_fields__) - {"kernels_configured"}))
     if unknown:
         raise ConfigError(f"selection.{unknown[0]}: unknown key (allowed: {', '.join(SelectionConfig.__dataclass_fields__)})")
 
@@ -210,5 +213,5 @@ def parse_selection(data: Mapping[str, Any] | Any) -> SelectionConfig:
         enabled=flag("enabled"), study_quiet_seconds=number("study_quiet_seconds", 0.0),
         complete_on_release=flag("complete_on_release"), min_slices=int(number("min_slices", 1)),
         allow_localizer=flag("allow_localizer"), allow_derived=flag("allow_derived"), prefer_axial=flag("prefer_axial"),
-        thickness_mm=(float(thickness[0]), float(thickness[1])), kernels=tuple(kernels),
+        thickness_mm=(float(thickness[0]), float(thickness[1])), kernels=tuple(kernels), kernels_configured="kernels" in data,
     )

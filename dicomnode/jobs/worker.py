@@ -17,6 +17,7 @@ pay for it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
@@ -222,7 +223,7 @@ class JobRunner(BackgroundLoop):
             self.metrics.jobs_finished.labels(state[0] if state else "?", stages.model or "-").inc()
             self.metrics.observe_stages(timings, stages.model, job.facts.calling_ae)
 
-    def _selected(self, job: ClaimedJob, stages: _Stages) -> bool:
+    def _selected(self, job: ClaimedJob, stages: _Stages, model: Bundle) -> bool:
         """Wait for the study, then whether this series is the one its acquisition is processed from.
 
         Raises :class:`_Deferred` when the study is still arriving; ends the
@@ -236,6 +237,8 @@ class JobRunner(BackgroundLoop):
         if me is None:
             return True
         cfg = self.cfg.selection
+        if model.preferred_kernels and not cfg.kernels_configured:  # the model's own preference, unless configured
+            cfg = dataclasses.replace(cfg, kernels=model.preferred_kernels)
         wait, why = study_wait(me, study, utcnow(), cfg, len(study_associations(self.engine, job.study_uid)))
         if wait > 0:
             defer_job(self.engine, job.id, self.name, min(wait, cfg.study_quiet_seconds or wait), f"waiting for the study: {why}")
@@ -281,7 +284,7 @@ class JobRunner(BackgroundLoop):
             logger.warning("job %d not processed: its series is incomplete", job.id)
             end_job(self.engine, job.id, self.name, JobState.INCOMPLETE, why, stages.timings)
             return
-        if plan.action == PlanAction.RUN and self.cfg.selection.enabled and not self._selected(job, stages):
+        if plan.action == PlanAction.RUN and self.cfg.selection.enabled and not self._selected(job, stages, plan.models[0]):
             return
         if plan.action == PlanAction.FORWARD:  # no model: send the instances on, unchanged
             forwarded = [
