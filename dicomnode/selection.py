@@ -7,7 +7,8 @@ nodule count) and clutters the PACS.  So a job first waits for its study
 (:func:`study_wait`): no series of it still arriving, and either quiet for
 ``selection.study_quiet_seconds`` or sent whole on one association that was
 released.  Then :func:`choose` keeps, per acquisition (Frame of Reference),
-one volumetric series:
+one volumetric series (an acquisition: the same Frame of Reference and
+AcquisitionNumber):
 
 - never a localizer, nor DERIVED/SECONDARY images, MIPs or MPRs (unless
   allowed), nor fewer than ``min_slices`` images;
@@ -128,6 +129,18 @@ def _why(best: StudySeries, cfg: SelectionConfig, others: int) -> str:
     return f"{alone}: {', '.join(bits)}"
 
 
+def same_acquisition(a: StudySeries, b: StudySeries) -> bool:
+    """Whether two series are reconstructions of one acquisition.
+
+    Same modality and Frame of Reference, and the same AcquisitionNumber where
+    both have one (the arterial and venous phases of one examination share a
+    Frame of Reference but not an acquisition).
+    """
+    if a.modality != b.modality or a.frame_of_reference_uid is None or a.frame_of_reference_uid != b.frame_of_reference_uid:
+        return False
+    return a.acquisition_number is None or b.acquisition_number is None or a.acquisition_number == b.acquisition_number
+
+
 def choose(me: StudySeries, study: Sequence[StudySeries], cfg: SelectionConfig) -> Choice:
     """Whether ``me`` is the series its acquisition should be processed from."""
     excluded = exclusion(me, cfg)
@@ -135,8 +148,7 @@ def choose(me: StudySeries, study: Sequence[StudySeries], cfg: SelectionConfig) 
         return Choice(False, excluded)
     same = [
         s for s in study
-        if s.id != me.id and s.modality == me.modality and s.frame_of_reference_uid == me.frame_of_reference_uid
-        and me.frame_of_reference_uid is not None and not is_receiving(s) and exclusion(s, cfg) is None
+        if s.id != me.id and same_acquisition(s, me) and not is_receiving(s) and exclusion(s, cfg) is None
     ]
     best = min([me, *same], key=lambda s: _rank(s, cfg))
     if best.id != me.id:

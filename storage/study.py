@@ -45,6 +45,7 @@ class StudySeries:
     completion_reason: str | None
     processed: bool  # a job of it produced results already
     selection: str | None
+    acquisition_number: int | None = None  # of its first instance: recons of one acquisition share it
 
     def name(self) -> str:
         """``series 3 (1.0 mm, B70f)``: how a reason names it (no patient data)."""
@@ -60,6 +61,7 @@ def study_series(engine: Engine, study_uid: str) -> list[StudySeries]:
         ids = [r.id for r in rows]
         counts: dict[int, tuple[int, int]] = {}
         orient: dict[int, object] = {}
+        acquisitions: dict[int, int | None] = {}
         if ids:
             for r in conn.execute(
                 select(
@@ -70,10 +72,13 @@ def study_series(engine: Engine, study_uid: str) -> list[StudySeries]:
                 counts[r.series_id] = (int(r.n), int(r.frames or 0))
                 orient[r.first] = r.series_id
             firsts = list(orient)
-            orient = {
-                r.series_id: r.orientation
-                for r in conn.execute(select(_instances.c.series_id, _instances.c.orientation).where(_instances.c.id.in_(firsts)))
-            }
+            orient = {}
+            for r in conn.execute(
+                select(_instances.c.series_id, _instances.c.orientation, _instances.c.acquisition_number)
+                .where(_instances.c.id.in_(firsts))
+            ):
+                orient[r.series_id] = r.orientation
+                acquisitions[r.series_id] = r.acquisition_number
         done = {
             r.series_id
             for r in conn.execute(select(_jobs.c.series_id).where(_jobs.c.series_id.in_(ids), _jobs.c.state.in_(PROCESSED)))
@@ -84,7 +89,7 @@ def study_series(engine: Engine, study_uid: str) -> list[StudySeries]:
         out.append(StudySeries(
             r.id, r.series_number, r.state, r.modality, r.sop_class_uid, r.series_description, r.image_type,
             r.slice_thickness, r.kernel, r.frame_of_reference_uid, n, frames, _orientation(orient.get(r.id)),
-            as_utc(r.last_received_at), r.completion_reason, r.id in done, r.selection,
+            as_utc(r.last_received_at), r.completion_reason, r.id in done, r.selection, acquisitions.get(r.id),
         ))
     return out
 

@@ -50,6 +50,11 @@ def test_another_acquisition_is_processed_too_and_thickness_range_first() -> Non
     assert "the only volumetric series of its acquisition" in choose(study[2], study, CFG).reason
 
 
+def test_two_phases_in_one_frame_of_reference_are_two_acquisitions() -> None:
+    study = [series(1, 1.0, acquisition_number=2), series(2, 5.0, "B31f", acquisition_number=2), series(3, 1.0, acquisition_number=3)]
+    assert chosen(study) == [1, 3]  # arterial and venous: one result each, from their thin recons
+
+
 def test_too_few_images_and_a_better_series_that_comes_late() -> None:
     assert not choose(series(1, frames=12), [series(1, frames=12)], CFG).chosen
     thick_done = series(1, 5.0, "B31f", processed=True)
