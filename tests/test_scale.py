@@ -88,14 +88,14 @@ def test_two_worker_processes_share_a_postgresql_queue(
     with engine.begin() as conn:
         conn.execute(text("DROP SCHEMA public CASCADE"))
         conn.execute(text("CREATE SCHEMA public"))
-    receiver = write_config(tmp_path, series="quiet_seconds = 1")  # its worker is off
+    # Every host has the same configuration (destinations and rules); the receiver runs no jobs, but its
+    # sender delivers too: a host that did not know the destination would fail the deliveries it claims.
+    receiver = write_config(tmp_path, series="quiet_seconds = 1", extra="[worker]\nenabled = false\n[delivery]\npoll_seconds = 0.1\n"
+                            + destination(pacs.port) + FORWARD)
     sqlite = f'database_url = "sqlite:///{tmp_path / "storage" / "dicomnode.db"}"'
     receiver.write_text(receiver.read_text().replace(sqlite, f'database_url = "{postgres_url}"'))
     worker_cfg = tmp_path / "workers.toml"
-    worker_cfg.write_text(
-        receiver.read_text().replace("[worker]\nenabled = false", "[worker]\nenabled = true\npoll_seconds = 0.05")
-        + "[delivery]\npoll_seconds = 0.1\n" + destination(pacs.port) + FORWARD
-    )
+    worker_cfg.write_text(receiver.read_text().replace("[worker]\nenabled = false", "[worker]\nenabled = true\npoll_seconds = 0.05"))
     # Both workers poll before the first job exists: on a loaded machine one of them could otherwise start
     # seconds later and find the queue drained.  The schema is made first, not by three processes at once.
     migrate(engine)
@@ -106,14 +106,16 @@ def test_two_worker_processes_share_a_postgresql_queue(
     ]
     try:
         wait_for(lambda: all("polling the queue" in log.read_text(errors="replace") for log in logs), 120, what="both workers up")
+        # The receiver stays up to the end: stopped mid-delivery, a delivery it had claimed would wait for its
+        # lease to expire before another host sends it (late, not lost; not what this test is about).
         node = NodeProcess(receiver, tmp_path / "node.log").start()
         files = [f for i in range(20) for f in make_series(f"scale{i}", slices=2)]
         try:
             assert storescu(node.port, files).returncode == 0
             wait_for(lambda: len(list_jobs(engine, limit=100)) == 20, 60, what="20 jobs")
+            wait_for(lambda: {j.state for j in list_jobs(engine, limit=100)} == {"done"}, 120, what="20 jobs done")
         finally:
             node.stop()
-        wait_for(lambda: {j.state for j in list_jobs(engine, limit=100)} == {"done"}, 120, what="20 jobs done")
         jobs = list_jobs(engine, limit=100)
         assert len(jobs) == 20 and all(j.attempts == 1 for j in jobs)  # none ran twice
         assert len({j.worker for j in jobs}) == 2  # both hosts took work
