@@ -59,6 +59,12 @@ class Finding:
                 return Concept(self.organ.snomed_code, self.organ.snomed_meaning or self.organ.name)
         return self.label.site
 
+    def key_slice(self, nz: int) -> int:
+        """The slice it is shown and measured on: its long axis's, else its centre's (within ``nz`` slices)."""
+        les = self.lesion
+        z = les.axes.slice_index if les.axes is not None else round(float(les.centroid_voxel[0]))
+        return min(max(z, 0), nz - 1)
+
     @property
     def where(self) -> str:
         """Where it is, in words: ``"right lung"``, or ``""`` when unknown."""

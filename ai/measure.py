@@ -318,15 +318,15 @@ def measure(
                 claimed[c.box] |= dilate_box(c.comp, tail if method == "probability" else shell)
             scale = (voxels / count) ** (1 / 3)  # the component's shape at the measured volume
             diameter = max_diameter_mm(c.comp, spacing_zyx) * scale
-            zs = np.flatnonzero(c.comp.any(axis=(1, 2)))
-            slices = (c.box[0].start + int(zs[0]), c.box[0].start + int(zs[-1]) + 1)
+            extent = _extent(c)
+            slices = (extent[0][0], extent[0][1] + 1)
             offset = tuple(b.start for b in c.box)
             vals = image[c.box][c.comp].astype(np.float64) if image is not None else None
             found.append(Lesion(
                 k + 1, voxels * voxel_ml, diameter, centroids[k], slices, count * voxel_ml, method, in_organ,
                 axes=axial_axes(c.comp, spacing_zyx, offset, scale),
                 mean=float(vals.mean()) if vals is not None else None, std=float(vals.std()) if vals is not None else None,
-                edges=_edges(c, labels.shape), box=c.box, mask=c.comp,
+                edges=_edges(extent, labels.shape), box=c.box, mask=c.comp,
             ))
         ranked = sorted(found, key=lambda les: (-round(les.volume_ml, 6), les.centroid_voxel))
         lesions[value] = [replace(les, index=i) for i, les in enumerate(ranked, start=1)]
@@ -345,16 +345,24 @@ def measure(
     return out
 
 
-def _edges(c: _Component, shape: Sequence[int]) -> tuple[Edge, ...]:
-    """The sides of the volume that component ``c`` touches."""
-    lo = [b.start + int(np.flatnonzero(c.comp.any(axis=tuple(a for a in range(3) if a != i)))[0]) for i, b in enumerate(c.box)]
-    hi = [b.start + int(np.flatnonzero(c.comp.any(axis=tuple(a for a in range(3) if a != i)))[-1]) for i, b in enumerate(c.box)]
+def _extent(c: _Component) -> list[tuple[int, int]]:
+    """Per axis (z, y, x), the first and last index of component ``c`` in the volume."""
+    out = []
+    for i, b in enumerate(c.box):
+        hit = np.flatnonzero(c.comp.any(axis=tuple(a for a in range(3) if a != i)))
+        out.append((b.start + int(hit[0]), b.start + int(hit[-1])))
+    return out
+
+
+def _edges(extent: Sequence[tuple[int, int]], shape: Sequence[int]) -> tuple[Edge, ...]:
+    """The sides of the volume that a component spanning ``extent`` touches."""
+    (z0, z1), (y0, y1), (x0, x1) = extent
     out: list[Edge] = []
-    if lo[0] == 0:
+    if z0 == 0:
         out.append(Edge.FIRST_SLICE)
-    if hi[0] == shape[0] - 1:
+    if z1 == shape[0] - 1:
         out.append(Edge.LAST_SLICE)
-    if lo[1] == 0 or lo[2] == 0 or hi[1] == shape[1] - 1 or hi[2] == shape[2] - 1:
+    if y0 == 0 or x0 == 0 or y1 == shape[1] - 1 or x1 == shape[2] - 1:
         out.append(Edge.FIELD_OF_VIEW)
     return tuple(out)
 

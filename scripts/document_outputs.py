@@ -14,6 +14,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import logging
 import shutil
 import subprocess
 import sys
@@ -21,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+logger = logging.getLogger("document_outputs")
 sys.path.insert(0, str(ROOT))
 
 
@@ -56,9 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     from dicomnode.testing.synthetic import write_phantom
     from dicomnode.volume.reconstruct import reconstruct
 
+    logging.basicConfig(format="document_outputs: %(message)s")
     dsrdump = shutil.which("dsrdump")
     if dsrdump is None:
-        print("document_outputs: dsrdump (dcmtk) is not installed", file=sys.stderr)
+        logger.error("dsrdump (dcmtk) is not installed")
         return 2
     images = args.images or args.doc.parent / "images"
     images.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, and_, select, update
 
 from storage.database import as_utc, insert, read_transaction, write_transaction
 from storage.models import Instance, Job, Series, table_of, utcnow
@@ -59,6 +59,8 @@ def note_incomplete(engine: Engine, *, series_uid: str | None = None, series_ids
     Returns how many series rows changed (0 when the series is not known yet).
     """
     cond = _series.c.series_uid == series_uid if series_uid is not None else _series.c.id.in_(list(series_ids))
+    if evidence is None:  # clearing: only the rows that have some (a clean release is the common case)
+        cond = and_(cond, _series.c.incomplete_evidence.is_not(None))
     with write_transaction(engine) as conn:
         return int(conn.execute(update(_series).where(cond, _series.c.state == SeriesState.RECEIVING)
                                 .values(incomplete_evidence=evidence)).rowcount)

@@ -95,14 +95,8 @@ def study_series(engine: Engine, study_uid: str) -> list[StudySeries]:
 
 
 def _orientation(value: object) -> tuple[float, ...] | None:
-    if value is None:
-        return None
-    if isinstance(value, (list, tuple)):
-        return tuple(float(v) for v in value)
-    try:
-        return tuple(float(v) for v in str(value).replace("\\", ",").strip("[]() ").split(",") if v.strip())
-    except ValueError:
-        return None
+    """The JSON column's list as a tuple."""
+    return tuple(float(v) for v in value) if isinstance(value, (list, tuple)) else None
 
 
 def study_associations(engine: Engine, study_uid: str) -> set[str]:

@@ -241,7 +241,7 @@ class JobRunner(BackgroundLoop):
             cfg = dataclasses.replace(cfg, kernels=model.preferred_kernels)
         wait, why = study_wait(me, study, utcnow(), cfg, len(study_associations(self.engine, job.study_uid)))
         if wait > 0:
-            defer_job(self.engine, job.id, self.name, min(wait, cfg.study_quiet_seconds or wait), f"waiting for the study: {why}")
+            defer_job(self.engine, job.id, self.name, wait, f"waiting for the study: {why}")
             raise _Deferred(why)
         choice = choose(me, study, cfg)
         record_selection(self.engine, me.id, "chosen" if choice.chosen else "skipped", choice.reason)

@@ -304,11 +304,6 @@ def caption_of(f: Finding, slice_name: str) -> str:
     return " · ".join(parts)
 
 
-def _finding_slice(f: Finding, nz: int) -> int:
-    z = f.lesion.axes.slice_index if f.lesion.axes is not None else round(float(f.lesion.centroid_voxel[0]))
-    return min(max(z, 0), nz - 1)
-
-
 def _overview_slice(labels: np.ndarray, bundle: Bundle) -> int:
     """The slice with the largest area of the labels that are not lesions (the middle one when there is none)."""
     organs = [lb.value for lb in bundle.labels if not lb.lesion]
@@ -371,7 +366,7 @@ def key_images(
     out: list[KeyImage] = []
     try:
         for f in list(findings)[: max(limit, 0)]:
-            z = _finding_slice(f, nz)
+            z = f.key_slice(nz)
             axes = f.lesion.axes
             on_slice = axes is not None and axes.slice_index == z
             focus = _Focus(

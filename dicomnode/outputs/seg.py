@@ -170,11 +170,13 @@ class Segment:
             return self.finding.site, self.finding.side
         return self.label.site, self.label.laterality
 
-    def mask(self, labels: np.ndarray) -> np.ndarray:
-        """Its voxels in the label map."""
-        if self.finding is not None:
-            return self.finding.lesion.voxels_in(labels.shape)
-        return np.asarray(labels == self.label.value)
+    def paint(self, out: np.ndarray, labels: np.ndarray) -> None:
+        """Write its segment number into ``out`` at its voxels (a finding only within its own box)."""
+        les = self.finding.lesion if self.finding is not None else None
+        if les is not None and les.box is not None and les.mask is not None:
+            out[les.box][les.mask] = self.number
+        elif les is None:
+            out[labels == self.label.value] = self.number
 
 
 def plan_segments(labels: np.ndarray, bundle: Bundle, findings: Sequence[Finding], seed: str) -> list[Segment]:
@@ -195,7 +197,7 @@ def plan_segments(labels: np.ndarray, bundle: Bundle, findings: Sequence[Finding
     return out
 
 
-def anatomic_region(site: Concept | None, side: Laterality | None) -> list[hd.sr.CodedConcept] | None:
+def anatomic_region(site: Concept | None) -> list[hd.sr.CodedConcept] | None:
     """The AnatomicRegionSequence of a segment (None when the site is unknown); the side goes in its modifier."""
     if site is None:
         return None
@@ -263,7 +265,7 @@ def build_seg(
             algorithm_identification=algorithm(bundle),
             tracking_uid=seg.tracking_uid,
             tracking_id=seg.name[:64],
-            anatomic_regions=anatomic_region(site, side),
+            anatomic_regions=anatomic_region(site),
             display_color=hd.color.CIELabColor.from_rgb(*seg.label.color),
         )
         if side is not None and "AnatomicRegionSequence" in desc:
@@ -284,7 +286,7 @@ def build_seg(
     else:  # segments do not overlap: a label map of segment numbers (one array, not one per segment)
         pixels = np.zeros(labels.shape, dtype=np.uint8 if len(segments) < 256 else np.uint16)
         for seg in segments:
-            pixels[seg.mask(labels)] = seg.number
+            seg.paint(pixels, labels)
     geometry: dict[str, Any] = {}  # keyword arguments of hd.seg.Segmentation
     if frames[0].frame is not None:  # a multi-frame source: place each slice on its frame, highdicom references it
         geometry["plane_positions"] = [hd.PlanePositionSequence(hd.CoordinateSystemNames.PATIENT, f.position) for f in frames]

@@ -174,13 +174,6 @@ def _slice_names(frames: Sequence[SourceFrame]) -> list[str]:
     return out
 
 
-def _key_slice(f: Finding, frames: Sequence[SourceFrame]) -> int:
-    """The slice a finding is shown and measured on."""
-    if f.lesion.axes is not None:
-        return f.lesion.axes.slice_index
-    return min(max(int(round(f.lesion.centroid_voxel[0])), 0), len(frames) - 1)
-
-
 def _key_references(
     frames: Sequence[SourceFrame], findings: Sequence[Finding], key_images: Sequence[Dataset]
 ) -> list[tuple[Dataset, int | None]]:
@@ -188,7 +181,7 @@ def _key_references(
     seen: set[int] = set()
     out: list[tuple[Dataset, int | None]] = []
     for f in findings:
-        z = _key_slice(f, frames)
+        z = f.key_slice(len(frames))
         if z not in seen:
             seen.add(z)
             out.append((frames[z].dataset, frames[z].frame))
@@ -206,7 +199,7 @@ def _kos_description(bundle: Bundle, findings: Sequence[Finding], frames: Sequen
         size = f"{ax.long_mm:.1f} x {ax.short_mm:.1f} mm, " if ax is not None else ""
         where = f"{f.where}, " if f.where else ""
         parts.append(
-            f"{f.name}: {where}{size}{f.lesion.volume_ml:.2f} mL, image {names[_key_slice(f, frames)]} "
+            f"{f.name}: {where}{size}{f.lesion.volume_ml:.2f} mL, image {names[f.key_slice(len(frames))]} "
             f"(tracking UID {tracking_uid(job_key, f.label.value, f.number)})"
         )
     return f"AI findings of {bundle.name} {bundle.version} ({bundle.intended_use}): " + "; ".join(parts)

@@ -172,7 +172,8 @@ class CompletionMonitor(BackgroundLoop):
         self.engine = engine
         self.cfg = cfg
         self.priority = priority
-        self._hints: queue.SimpleQueue[tuple[str, int, tuple[str, int] | None]] = queue.SimpleQueue()
+        # (kind, series id, payload): "released" carries (association UID, instances), "evidence" a text or None.
+        self._hints: queue.SimpleQueue[tuple[str, int, tuple[str, int] | str | None]] = queue.SimpleQueue()
         self._next_scan = 0.0
         self._waiting_logged: dict[int, str] = {}
         # Silence while the node was down is not evidence that a series is
@@ -197,16 +198,9 @@ class CompletionMonitor(BackgroundLoop):
         Each of them waits for ``incomplete_timeout_seconds`` (or for a later
         association that carries it and is released normally).
         """
-        n = sum(carried.values())
-        try:
-            note_incomplete(
-                self.engine, series_ids=list(carried),
-                evidence=f"the association that carried {n} instance(s) of it was aborted",
-            )
-        except StorageError as exc:
-            logger.error("cannot record an aborted association: %s", exc)
+        evidence = f"the association that carried {sum(carried.values())} instance(s) of it was aborted"
         for series_id in carried:
-            self._hints.put(("touched", series_id, None))
+            self._hints.put(("evidence", series_id, evidence))
         self.wake()
 
     def association_released(self, assoc_uid: str, carried: dict[int, int], refused: int = 0) -> None:
@@ -218,12 +212,9 @@ class CompletionMonitor(BackgroundLoop):
         earlier aborted association or refusal left on those series (the
         sender sent them again).
         """
-        if not refused:
-            try:
-                note_incomplete(self.engine, series_ids=list(carried), evidence=None)
-            except StorageError as exc:
-                logger.error("cannot clear the incomplete evidence of released series: %s", exc)
         for series_id, n in carried.items():
+            if not refused:
+                self._hints.put(("evidence", series_id, None))
             self._hints.put(("released", series_id, (assoc_uid, n)))
         self.wake()
 
@@ -237,17 +228,24 @@ class CompletionMonitor(BackgroundLoop):
         """Judge the series hinted at since the last step, and every open series once per interval."""
         released: dict[int, tuple[str, int]] = {}
         touched: set[int] = set()
+        evidence: dict[int, str | None] = {}
         while True:
             try:
                 kind, series_id, payload = self._hints.get_nowait()
             except queue.Empty:
                 break
-            if kind == "released" and payload is not None:
+            if kind == "released" and isinstance(payload, tuple):
                 released[series_id] = payload
+            elif kind == "evidence" and not isinstance(payload, tuple):
+                evidence[series_id] = payload  # the latest hint wins: an abort, then a clean re-send, clears it
+                touched.add(series_id)
             else:
                 touched.add(series_id)
         scan = time.monotonic() >= self._next_scan
         try:
+            # Recorded here, in the monitor's thread, before judging: the listener's threads never wait for it.
+            for text in set(evidence.values()):
+                note_incomplete(self.engine, series_ids=[k for k, v in evidence.items() if v == text], evidence=text)
             self.check(released=released, touched=touched, full_scan=scan)
         except StorageError as exc:
             logger.error("series completion check failed, will retry: %s", exc)
