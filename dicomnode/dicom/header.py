@@ -21,7 +21,7 @@ from pydicom.tag import Tag
 from pydicom.uid import DeflatedExplicitVRLittleEndian, UID
 
 from dicomnode.errors import IngestError
-from dicomnode.dicom.status import ERROR_CANNOT_UNDERSTAND, ERROR_DATASET_DOES_NOT_MATCH_SOP_CLASS
+from dicomnode.dicom.status import ERROR_CANNOT_UNDERSTAND, ERROR_DATASET_DOES_NOT_MATCH_SOP_CLASS, REFUSED_OUT_OF_RESOURCES
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +30,9 @@ _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN
 _ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _PIXEL_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}  # Pixel, Float Pixel, Double Float Pixel Data
 # Path-safe UID: real UIDs are digits and dots; some devices add letters.
-_UID_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]{0,63}$")
+_UID_RE = re.compile(r"[0-9A-Za-z][0-9A-Za-z._-]{0,63}")  # used with fullmatch: "$" would accept a trailing newline
+MAX_DEPTH = 64  # nested sequences of undefined length; real data rarely passes 10
+_CHUNK = 1 << 20
 
 
 # The attributes read from each instance, with their VRs (needed for implicit
@@ -87,8 +89,9 @@ class Structure:
 
 
 class _Walker:
-    def __init__(self, buf: bytes, implicit: bool, little: bool) -> None:
+    def __init__(self, buf: bytes | memoryview, implicit: bool, little: bool) -> None:
         self.buf = buf
+        self.depth = 0
         self.implicit = implicit
         e = "<" if little else ">"
         self.tag_len = struct.Struct(e + "HHL")  # group, element, 32-bit length
@@ -122,7 +125,11 @@ class _Walker:
             if tag != _ITEM:
                 raise _Truncated(f"expected an item tag at byte {pos}, found ({tag >> 16:04X},{tag & 0xFFFF:04X})")
             if length == UNDEFINED:
+                self.depth += 1
+                if self.depth > MAX_DEPTH:
+                    raise _Truncated(f"sequences nested deeper than {MAX_DEPTH} levels")
                 pos = self.walk(value, implicit, until_item_end=True)
+                self.depth -= 1
             else:
                 pos = value + length
                 if pos > len(self.buf):
@@ -160,7 +167,7 @@ class _Walker:
             start = pos
             tag, vr, length, value = self.header(pos, self.implicit)
             if tag in wanted and length != UNDEFINED:
-                values[tag] = self.buf[value : value + length]
+                values[tag] = bytes(self.buf[value : value + length])  # a copy: the buffer is only lent
             if tag in _PIXEL_TAGS and pixel_offset is None:
                 pixel_offset, pixel_len = start, (None if length == UNDEFINED else length)
                 if stop_at_pixels:
@@ -169,16 +176,38 @@ class _Walker:
         return Structure(pixel_offset, pixel_len, values)
 
 
-def inflate(data: bytes) -> bytes:
-    """Decompress a Deflated Explicit VR Little Endian dataset (raw deflate, RFC 1951)."""
+def inflate(data: bytes | memoryview, limit: int | None = None) -> bytes:
+    """Decompress a Deflated Explicit VR Little Endian dataset (raw deflate, RFC 1951).
+
+    Stops as soon as the output passes ``limit`` bytes (a deflate bomb
+    inflates 1 MB into 1 GB): the dataset is then refused with 0xA700.
+    """
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    out = bytearray()
     try:
-        return zlib.decompress(data, -zlib.MAX_WBITS)
+        pending: bytes | memoryview = data
+        while pending:
+            room = _CHUNK if limit is None else min(_CHUNK, limit + 1 - len(out))
+            out += inflater.decompress(pending, room)
+            pending = inflater.unconsumed_tail
+            if limit is not None and len(out) > limit:
+                raise IngestError(
+                    f"deflated dataset inflates to more than the node's limit of {limit >> 20} MB (node.max_instance_mb)",
+                    REFUSED_OUT_OF_RESOURCES,
+                )
+        out += inflater.flush()
     except zlib.error as exc:
         raise IngestError(f"deflated dataset does not decompress: {exc}", ERROR_CANNOT_UNDERSTAND) from exc
+    if limit is not None and len(out) > limit:
+        raise IngestError(
+            f"deflated dataset inflates to more than the node's limit of {limit >> 20} MB (node.max_instance_mb)",
+            REFUSED_OUT_OF_RESOURCES,
+        )
+    return bytes(out)
 
 
 def check_structure(
-    data: bytes, transfer_syntax: UID, wanted: Mapping[int, str] | None = None, *, stop_at_pixels: bool = False
+    data: bytes | memoryview, transfer_syntax: UID, wanted: Mapping[int, str] | None = None, *, stop_at_pixels: bool = False
 ) -> Structure:
     """Walk every element of ``data``; refuse truncated or garbled datasets.
 
@@ -207,6 +236,8 @@ def check_structure(
         raise IngestError(f"dataset is truncated or corrupt: {exc}", ERROR_CANNOT_UNDERSTAND) from None
     except struct.error as exc:
         raise IngestError(f"dataset is truncated or corrupt: {exc}", ERROR_CANNOT_UNDERSTAND) from exc
+    except RecursionError:  # a Python stack too small for MAX_DEPTH: refuse the data, not the association
+        raise IngestError("dataset nests sequences too deeply", ERROR_CANNOT_UNDERSTAND) from None
 
 
 @dataclass(frozen=True)
@@ -329,7 +360,7 @@ class RawValues:
         s = self._text(_tag(keyword), "ascii")
         if not s:
             raise IngestError(f"{keyword} is missing", ERROR_CANNOT_UNDERSTAND)
-        if not _UID_RE.match(s):
+        if not _UID_RE.fullmatch(s):
             raise IngestError(f"{keyword} is not a valid UID", ERROR_CANNOT_UNDERSTAND)
         return s
 
@@ -343,11 +374,12 @@ def _optional_uid(v: RawValues, keyword: str) -> str | None:
 
 
 def parse_header(
-    data: bytes,
+    data: bytes | memoryview,
     transfer_syntax: UID,
     *,
     affected_sop_class: str | None = None,
     affected_sop_instance: str | None = None,
+    max_inflated: int | None = None,
 ) -> tuple[InstanceHeader, Structure]:
     """Validate ``data`` (an encoded dataset as received) and read its header.
 
@@ -359,14 +391,17 @@ def parse_header(
         The presentation context's transfer syntax.
     affected_sop_class, affected_sop_instance : str, optional
         From the C-STORE request; must match the dataset.
+    max_inflated : int, optional
+        The most bytes a deflated dataset may inflate to.
 
     Raises
     ------
     IngestError
         0xC210 when the data cannot be understood, 0xA900 when it does not
-        match the SOP class of the request.
+        match the SOP class of the request or is an image without pixel
+        data, 0xA700 when a deflated dataset inflates beyond ``max_inflated``.
     """
-    plain = inflate(data) if transfer_syntax == DeflatedExplicitVRLittleEndian else data
+    plain = inflate(data, max_inflated) if transfer_syntax == DeflatedExplicitVRLittleEndian else data
     structure = check_structure(plain, transfer_syntax)
     try:
         v = RawValues(structure.values, transfer_syntax.is_little_endian)
@@ -383,6 +418,11 @@ def parse_header(
     if affected_sop_instance and sop_uid != affected_sop_instance.strip():
         raise IngestError("SOPInstanceUID in the dataset differs from the request's", ERROR_CANNOT_UNDERSTAND)
 
+    if structure.pixel_offset is None and is_image_storage(sop_class):
+        raise IngestError(
+            f"{UID(sop_class).name or 'an image storage SOP class'} instance has no Pixel Data",
+            ERROR_DATASET_DOES_NOT_MATCH_SOP_CLASS,
+        )
     frames = v.int("NumberOfFrames") or 1
     if structure.pixel_value_length is not None:
         _check_native_length(v, structure.pixel_value_length, frames)
@@ -421,6 +461,11 @@ def parse_header(
         frame_of_reference_uid=_optional_uid(v, "FrameOfReferenceUID"),
     )
     return header, structure
+
+
+def is_image_storage(sop_class: str) -> bool:
+    """Whether ``sop_class`` is an image storage SOP class (its instances must carry Pixel Data)."""
+    return "Image Storage" in UID(sop_class).name
 
 
 def _check_native_length(v: RawValues, actual: int, frames: int) -> None:

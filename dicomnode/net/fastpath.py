@@ -10,7 +10,8 @@ library's classes, so other pynetdicom users in the process are unaffected):
   the queue instead, so a complete request is served at once;
 * its DUL thread sleeps 1 ms whenever the socket is idle: we poll faster;
 * it reads PDUs 4 KiB per ``recv()`` into a growing ``bytearray``, and
-  encodes every C-STORE response with pydicom: we read into one buffer and
+  encodes every C-STORE response with pydicom: we read with
+  :func:`dicomnode.net.guard.bounded_recv` (few large reads, bounded) and
   hand-encode the (fixed-shape) response when it has no ErrorComment or
   OffendingElement.  Those responses bypass ``EVT_DIMSE_SENT`` (and so
   pynetdicom's debug log of sent DIMSE messages).
@@ -33,6 +34,7 @@ the fast path.
 from __future__ import annotations
 
 import inspect
+import io
 import logging
 import queue
 import socket
@@ -48,6 +50,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import P_DATA
 
 from dicomnode.dicom.uids import pad_uid
+from dicomnode.net.guard import bounded_recv
 
 logger = logging.getLogger(__name__)
 
@@ -65,19 +68,9 @@ _C_STORE_RSP_ATTRS = (
 )
 
 
-def _recv_exact(self: Any, nr_bytes: int) -> bytearray:
-    """``AssociationSocket.recv``: read ``nr_bytes`` into one buffer."""
-    buf = bytearray(nr_bytes)
-    got = 0
-    with memoryview(buf) as view:  # released before a resize: a live view forbids it
-        while got < nr_bytes:
-            n = self.socket.recv_into(view[got:], nr_bytes - got)
-            if not n:  # connection closed
-                break
-            got += n
-    if got < nr_bytes:  # return what we have, as pynetdicom does
-        del buf[got:]
-    return buf
+# The socket read is :func:`dicomnode.net.guard.bounded_recv`: one buffer per PDU
+# (fast), grown only as bytes arrive and bounded by the negotiated maximum (safe).
+_recv_exact = bounded_recv
 
 
 def _get_msg_waiting(self: Any, block: bool = False) -> Any:
@@ -190,6 +183,7 @@ def check_internals() -> list[str]:
     try:
         from pynetdicom import AE
         from pynetdicom.dimse import DIMSEServiceProvider
+        from pynetdicom.dimse_messages import DIMSEMessage
         from pynetdicom.dul import DULServiceProvider
         from pynetdicom.transport import AssociationSocket
     except ImportError as exc:
@@ -208,6 +202,12 @@ def check_internals() -> list[str]:
         need(_takes(DIMSEServiceProvider.get_msg, "self", "block", block=False),
              "DIMSEServiceProvider.get_msg(block=False) changed signature")
         need(_uses(Association, "_run_reactor", "get_msg"), "Association._run_reactor no longer polls DIMSEServiceProvider.get_msg()")
+        # The guard's patches (dicomnode.net.guard): DIMSE reassembly and its buffers.
+        need(_takes(DIMSEServiceProvider.receive_primitive, "self", "primitive"),
+             "DIMSEServiceProvider.receive_primitive(primitive) changed signature")
+        need(_uses(DIMSEMessage, "decode_msg", "data_set") and _uses(DIMSEMessage, "decode_msg", "encoded_command_set"),
+             "DIMSEMessage.decode_msg no longer fills data_set and encoded_command_set")
+        need(isinstance(DIMSEMessage().data_set, io.BytesIO), "DIMSEMessage.data_set is not a BytesIO")
         need(_takes(DIMSEServiceProvider.send_msg, "self", "primitive", "context_id"),
              "DIMSEServiceProvider.send_msg(primitive, context_id) changed signature")
         for name in ("dimse_timeout", "maximum_pdu_size", "dul"):

@@ -28,7 +28,7 @@ class StoreHandler(Protocol):
 
     def store(
         self,
-        data: bytes,
+        data: bytes | memoryview,
         transfer_syntax: str,
         *,
         assoc_uid: str,
@@ -36,5 +36,5 @@ class StoreHandler(Protocol):
         affected_sop_class: str | None = None,
         affected_sop_instance: str | None = None,
     ) -> StoreResult:
-        """Store ``data`` (the dataset exactly as received) and return the status to answer with."""
+        """Store ``data`` (the dataset exactly as received; valid only during the call) and return the status to answer with."""
         ...

@@ -1,0 +1,108 @@
+"""TLS for the listener: handshakes off the accept thread, and certificate subjects mapped to AE titles.
+
+pynetdicom wraps each accepted socket in its single accept thread, so one
+peer that opens a TCP connection and never starts the handshake blocks every
+other TLS peer.  :class:`Handshakes` runs the handshake in the connection's
+own thread, within a deadline, and counts those in progress per address (the
+listener's per-host cap includes them).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+import threading
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+# Short names of the subject attributes, as in RFC 4514 (CN=...,O=...).
+_SHORT = {
+    "commonName": "CN", "organizationName": "O", "organizationalUnitName": "OU", "countryName": "C",
+    "localityName": "L", "stateOrProvinceName": "ST", "emailAddress": "emailAddress", "domainComponent": "DC",
+}
+
+
+class Handshakes:
+    """TLS handshakes in progress, per client address."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_host: Counter[str] = Counter()
+
+    def count(self, host: str) -> int:
+        """Handshakes ``host`` has in progress."""
+        with self._lock:
+            return self._by_host[host]
+
+    def handshake(self, raw: socket.socket, host: str, context: ssl.SSLContext, seconds: float) -> ssl.SSLSocket | None:
+        """Wrap ``raw`` and complete the server handshake within ``seconds``; ``None`` (connection closed) on failure."""
+        with self._lock:
+            self._by_host[host] += 1
+        try:
+            raw.settimeout(seconds)
+            tls = context.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
+            tls.do_handshake()
+            tls.settimeout(None)  # the connection's guard sets its own deadlines
+            return tls
+        except (TimeoutError, socket.timeout):
+            logger.warning("TLS connection from %s closed: no handshake within %.0f s", host, seconds)
+        except (ssl.SSLError, OSError) as exc:
+            logger.warning("TLS handshake with %s failed: %s", host, getattr(exc, "reason", None) or exc)
+        finally:
+            with self._lock:
+                self._by_host[host] -= 1
+                if self._by_host[host] <= 0:
+                    del self._by_host[host]
+        try:
+            raw.close()
+        except OSError:
+            pass
+        return None
+
+
+def subject_of(sock: Any) -> str | None:
+    """The client certificate's subject as ``CN=...,O=...`` (``None`` without a verified certificate)."""
+    if not isinstance(sock, ssl.SSLSocket):
+        return None
+    try:
+        cert = sock.getpeercert()
+    except (ValueError, OSError):
+        return None
+    if not cert:
+        return None
+    parts = []
+    for rdn in cert.get("subject", ()):
+        for name, value in rdn:
+            parts.append(f"{_SHORT.get(name, name)}={value}")
+    return ",".join(parts) or None
+
+
+def _pairs(subject: str) -> set[tuple[str, str]]:
+    out = set()
+    for part in subject.split(","):
+        name, _, value = part.partition("=")
+        out.add((name.strip().upper() if name.strip() != "emailAddress" else "emailAddress", value.strip()))
+    return out
+
+
+def subject_allows(allowed: Mapping[str, tuple[str, ...]], subject: str | None, calling_ae: str) -> bool:
+    """Whether a certificate with ``subject`` may call as ``calling_ae``.
+
+    Each key of ``allowed`` is a set of ``attribute=value`` pairs; it matches a
+    subject that has all of them (``CN=ct1.example.org`` matches
+    ``CN=ct1.example.org,O=Hospital``).  The AE titles of every matching key
+    are allowed.  An empty mapping allows everything.
+    """
+    if not allowed:
+        return True
+    if subject is None:
+        return False
+    have = _pairs(subject)
+    return any(_pairs(key) <= have and calling_ae in aes for key, aes in allowed.items())
+
+
+__all__ = ["Handshakes", "subject_allows", "subject_of"]
