@@ -22,6 +22,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from storage.errors import DatabaseError
+from storage.permissions import make_private_file, tighten
 
 logger = logging.getLogger(__name__)
 
@@ -56,10 +57,11 @@ def open_engine(url: str, *, sqlite_synchronous: str = "FULL", echo: bool = Fals
         parsed = make_url(url)
     except Exception as exc:  # sqlalchemy raises ArgumentError with a terse message
         raise DatabaseError(f"invalid database URL {url!r}: {exc}") from exc
-    kwargs: dict[str, Any] = {"echo": echo, "future": True}
+    # hide_parameters: an error or a log line shows the SQL, never the values bound to it (UIDs, paths).
+    kwargs: dict[str, Any] = {"echo": echo, "future": True, "hide_parameters": True}
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            _private_sqlite_file(Path(parsed.database))
         kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
     else:
         kwargs["pool_pre_ping"] = True
@@ -70,6 +72,33 @@ def open_engine(url: str, *, sqlite_synchronous: str = "FULL", echo: bool = Fals
     if engine.dialect.name == "sqlite":
         _tune_sqlite(engine, sync)
     return engine
+
+
+def _private_sqlite_file(path: Path) -> None:
+    """Create the database file 0600 before SQLite does (SQLite would create it 0644 less the umask).
+
+    SQLite creates the ``-wal`` and ``-shm`` files with the database file's
+    mode, so they follow; ones left by an older version are tightened too.
+    """
+    try:
+        make_private_file(path)
+        for suffix in ("-wal", "-shm", "-journal"):
+            tighten(path.with_name(path.name + suffix))
+    except OSError as exc:
+        raise DatabaseError(f"cannot create the database file {path}: {exc.strerror or exc}") from exc
+
+
+def describe(exc: BaseException) -> str:
+    """What went wrong in a database call, without its statement or the values bound to it.
+
+    The driver's own message is kept to its first line: PostgreSQL adds a
+    ``DETAIL`` line that quotes the conflicting row (``Key (sop_uid)=(...)``).
+    """
+    orig = getattr(exc, "orig", None) or exc
+    diag = getattr(orig, "diag", None)
+    text = getattr(diag, "message_primary", None) or str(orig)
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return f"{type(orig).__name__}: {first}" if first else type(orig).__name__
 
 
 def _tune_sqlite(engine: Engine, synchronous: str) -> None:
@@ -109,7 +138,7 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
             with conn.begin():
                 yield conn
     except SQLAlchemyError as exc:
-        raise DatabaseError(f"database write failed: {exc.__class__.__name__}: {exc.orig if hasattr(exc, 'orig') else exc}") from exc
+        raise DatabaseError(f"database write failed: {describe(exc)}") from exc
 
 
 @contextmanager
@@ -120,7 +149,7 @@ def read_transaction(engine: Engine) -> Iterator[Connection]:
             with conn.begin():
                 yield conn
     except SQLAlchemyError as exc:
-        raise DatabaseError(f"database read failed: {exc}") from exc
+        raise DatabaseError(f"database read failed: {describe(exc)}") from exc
 
 
 def insert(engine_or_conn: Engine | Connection, table: Table) -> Any:
@@ -153,7 +182,7 @@ def migrate(engine: Engine, revision: str = "head") -> None:
         command.upgrade(alembic_config(engine), revision)
     except Exception as exc:
         url = engine.url.render_as_string(hide_password=True)
-        raise DatabaseError(f"cannot migrate database {url}: {exc}") from exc
+        raise DatabaseError(f"cannot migrate database {url}: {describe(exc)}") from exc
 
 
 def as_utc(value: datetime) -> datetime:

@@ -1,7 +1,8 @@
-"""Jobs and series for people: the ``jobs`` command, the status page and its JSON API (no patient data)."""
+"""Jobs and series for people: the ``jobs`` command, the status page and its JSON API (no patient data, no UIDs)."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -15,12 +16,24 @@ _series = table_of(Series)
 _jobs = table_of(Job)
 
 
+# Fields a listing never shows, whatever a row gains later: DICOM UIDs (identifiers), stored
+# paths (named after the UIDs) and patient attributes.  Rows are named by internal ids.
+_PRIVATE_FIELD = re.compile(r"(^|_)(uids?|paths?)(_|$)|(^|_)(patient|accession|birth)", re.IGNORECASE)
+
+
+def is_private_field(name: str) -> bool:
+    """Whether a listing field would show an identifier (``sop_uid``, ``path``, ``patient_id``...)."""
+    return bool(_PRIVATE_FIELD.search(name))
+
+
 class Row:
-    """A listing row that turns itself into JSON-ready values (datetimes as ISO 8601)."""
+    """A listing row that turns itself into JSON-ready values (datetimes as ISO 8601), without identifiers."""
 
     def as_json(self) -> dict[str, Any]:
-        """The row's fields, with datetimes as ISO 8601 strings."""
-        return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in vars(self).items()}
+        """The row's fields, with datetimes as ISO 8601 strings; UIDs, paths and patient attributes are left out."""
+        return {
+            k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in vars(self).items() if not is_private_field(k)
+        }
 
 
 @dataclass(frozen=True)

@@ -134,7 +134,8 @@ def test_real_files_through_both_readers(tmp_path: Path) -> None:
         geometry.append(InstanceGeometry(header.position, header.orientation, header.temporal_position, header.acquisition_number, 1, "a"))
     lines = gap_lines(geometry)
     assert len(lines) == 1 and "gap of 5.00 mm" in lines[0]
-    with pytest.raises(VolumeError, match=r"missing slice\(s\): a gap of 5\.00 mm between instance 7 .* and instance 9 "):
+    with pytest.raises(VolumeError, match=r"missing slice\(s\): a gap of 5\.00 mm between instance 7 of 13 \(InstanceNumber 7\) at .* "
+                       r"and instance 8 of 13 \(InstanceNumber 9\) at "):
         reconstruct(paths)
 
 

@@ -27,7 +27,7 @@ STAGES: dict[str, set[str]] = {
     "cli": {"dicom", "net", "receive", "volume", "outputs", "jobs", "testing", "web", "node", "ai"},
 }
 # Top-level modules every stage may use; they import only each other (and storage).
-FOUNDATION = {"errors", "config", "routing", "bodypart", "selection", "metrics", "audit", "background", "__init__"}
+FOUNDATION = {"errors", "config", "routing", "bodypart", "selection", "metrics", "audit", "redaction", "background", "__init__"}
 TOP_LEVEL_STAGES = {"web", "node"}
 
 

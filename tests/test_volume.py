@@ -193,7 +193,7 @@ def test_duplicate_positions_name_the_instances(tmp_path: Path) -> None:
     ds = dcmread(files[3])
     ds.ImagePositionPatient = dcmread(files[2]).ImagePositionPatient
     ds.save_as(files[3])
-    with pytest.raises(VolumeError, match=r"duplicate slice positions: instance 3 \(IM0003.dcm\) and instance 4 \(IM0004.dcm\)"):
+    with pytest.raises(VolumeError, match=r"duplicate slice positions: instance 3 of 10 \(InstanceNumber 3\) and instance 4 of 10 \(InstanceNumber 4\)"):
         reconstruct(tmp_path / "d")
 
 

@@ -96,7 +96,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from storage.database import migrate, open_engine
 
     cfg = _config(args)
-    configure_logging(args.log_level or cfg.log_level, cfg.log_format, cfg.node.audit_path)
+    configure_logging(args.log_level or cfg.log_level, cfg.log_format, cfg.node.audit_path, cfg.node.storage_dir)
     engine = open_engine(cfg.node.database_url, sqlite_synchronous=cfg.node.sqlite_synchronous)
     migrate(engine)
     sender = Sender(engine, cfg)

@@ -38,7 +38,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from dataclasses import replace
 
         cfg = replace(cfg, node=replace(cfg.node, port=args.port))
-    configure_logging(args.log_level or cfg.log_level, cfg.log_format, cfg.node.audit_path)
+    configure_logging(args.log_level or cfg.log_level, cfg.log_format, cfg.node.audit_path, cfg.node.storage_dir)
     logger.info("dicomnode %s starting (config: %s)", __version__, cfg.source or "embedded defaults")
     Node(cfg).serve_forever(ready_file=args.ready_file)
     return EXIT_OK

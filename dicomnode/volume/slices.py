@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import logging
 import struct
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pydicom import dcmread
@@ -22,6 +22,7 @@ from pydicom.uid import UID
 
 from dicomnode.errors import IngestError, VolumeError
 from dicomnode.dicom.header import RawValues, check_structure
+from dicomnode.redaction import describe_exception
 
 logger = logging.getLogger(__name__)
 
@@ -86,19 +87,33 @@ class SliceInfo:
     # Native single-frame pixel data: where it is in the file (else None: decode with pydicom).
     pixel_offset: int | None
     little_endian: bool = True
+    index: int = 0  # 1-based position of the file among the series' files (0: unknown)
+    count: int = 0  # how many files the series has
 
     @property
     def label(self) -> str:
-        """How to name this image in a message (instance number and file, no patient data)."""
-        num = f"instance {self.instance_number}" if self.instance_number is not None else "an instance"
-        frame = f" frame {self.frame + 1}" if self.frame is not None else ""
-        return f"{num}{frame} ({self.path.name})"
+        """How a message names this image: by position, e.g. ``instance 12 of 300 (InstanceNumber 12)``.
+
+        Never by file name, which is the SOP Instance UID for a stored instance.
+        """
+        where = instance_label(self.index, self.count)
+        number = f"InstanceNumber {self.instance_number}" if self.instance_number is not None else ""
+        frame = f"frame {self.frame + 1}" if self.frame is not None else ""
+        detail = ", ".join(x for x in (number, frame) if x)
+        return f"{where} ({detail})" if detail else where
 
 
-def _meta(raw: bytes, path: Path) -> tuple[UID, int]:
-    """Transfer syntax and dataset offset of a Part 10 file."""
+def instance_label(index: int, count: int) -> str:
+    """``instance 12 of 300``: how messages name a file of a series (``an instance`` when its place is unknown)."""
+    if index <= 0:
+        return "an instance"
+    return f"instance {index} of {count}" if count > 0 else f"instance {index}"
+
+
+def _meta(raw: bytes, where: str) -> tuple[UID, int]:
+    """Transfer syntax and dataset offset of a Part 10 file (``where``: how messages name it)."""
     if len(raw) < 132 or raw[128:132] != b"DICM":
-        raise VolumeError(f"{path.name} is not a DICOM Part 10 file")
+        raise VolumeError(f"{where} is not a DICOM Part 10 file")
     pos, ts = 132, None
     while pos + 8 <= len(raw):
         group, elem, vr = struct.unpack_from("<HH2s", raw, pos)
@@ -114,7 +129,7 @@ def _meta(raw: bytes, path: Path) -> tuple[UID, int]:
             ts = raw[value : value + length].decode("ascii").strip(" \x00")
         pos = value + length
     if ts is None:
-        raise VolumeError(f"{path.name} has no TransferSyntaxUID in its file meta")
+        raise VolumeError(f"{where} has no TransferSyntaxUID in its file meta")
     return UID(ts), pos
 
 
@@ -142,7 +157,7 @@ def _read_single(path: Path, head: bytes, ts: UID, offset: int) -> SliceInfo | N
     return SliceInfo(
         path=path,
         frame=None,
-        sop_uid=v.text("SOPInstanceUID") or path.name,
+        sop_uid=v.text("SOPInstanceUID") or path.stem,
         instance_number=v.int("InstanceNumber"),
         position=pos,
         orientation=ori,
@@ -229,37 +244,48 @@ def _read_multiframe(path: Path, ds: Dataset) -> list[SliceInfo]:
     return infos
 
 
-def read_slices(path: Path) -> list[SliceInfo]:
+def read_slices(path: Path, index: int = 0, count: int = 0) -> list[SliceInfo]:
     """The images in one DICOM file (one, or one per frame).
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        The file.
+    index, count : int
+        Its 1-based place among the series' ``count`` files: how messages name it.
 
     Raises
     ------
     VolumeError
         The file is not DICOM or has no pixel data.
     """
-    with open(path, "rb") as f:
-        head = f.read(HEAD_BYTES)
-    ts, offset = _meta(head, path)
+    where = instance_label(index, count)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(HEAD_BYTES)
+    except OSError as exc:
+        raise VolumeError(f"{where} cannot be read: {exc.strerror or type(exc).__name__}") from exc
+    ts, offset = _meta(head, where)
     info = _read_single(path, head, ts, offset)
     if info is not None:
-        return [info]
+        return [replace(info, index=index, count=count)]
     try:
         ds = dcmread(path, stop_before_pixels=True)
     except Exception as exc:
-        raise VolumeError(f"{path.name} cannot be read: {exc}") from exc
+        raise VolumeError(f"{where} cannot be read: {describe_exception(exc)}") from exc
     if "Rows" not in ds:
-        raise VolumeError(f"{path.name} has no image (no Rows)")
+        raise VolumeError(f"{where} has no image (no Rows)")
     if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-        return _read_multiframe(path, ds)
-    return _read_multiframe(path, ds)[:1] if "PerFrameFunctionalGroupsSequence" in ds else [
-        _single_from_dataset(path, ds)
-    ]
+        infos = _read_multiframe(path, ds)
+    elif "PerFrameFunctionalGroupsSequence" in ds:
+        infos = _read_multiframe(path, ds)[:1]
+    else:
+        infos = [_single_from_dataset(path, ds)]
+    return [replace(i, index=index, count=count) for i in infos]
 
 
 def _single_from_dataset(path: Path, ds: Dataset) -> SliceInfo:
     info = _read_multiframe(path, ds)[0]
-    from dataclasses import replace
-
     return replace(
         info,
         frame=None,
@@ -269,13 +295,14 @@ def _single_from_dataset(path: Path, ds: Dataset) -> SliceInfo:
     )
 
 
-def scan(paths: Iterable[Path]) -> Iterator[SliceInfo]:
-    """Every image of every file in ``paths``; files that are not DICOM images are skipped with a log line."""
-    for p in paths:
+def scan(paths: Sequence[Path]) -> Iterator[SliceInfo]:
+    """Every image of every file in ``paths``, named by position; files that are not DICOM images are skipped with a log line."""
+    for i, p in enumerate(paths, start=1):
         try:
-            yield from read_slices(p)
+            yield from read_slices(p, i, len(paths))
         except VolumeError as exc:
             logger.warning("skipping %s", exc)
+            logger.debug("skipped file: %s", p)
 
 
 def series_files(directory: Path) -> list[Path]:
