@@ -16,6 +16,7 @@ import ssl
 import threading
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,10 +32,14 @@ from dicomnode.audit import audit
 from dicomnode.config import NodeConfig, TLSConfig
 from dicomnode.errors import NetworkError
 from dicomnode.net.fastpath import accelerate
-from dicomnode.net.handlers import StoreHandler
+from dicomnode.net.guard import PeerLimits, guard_association, guard_socket, oversize
+from dicomnode.net.tls import handshake, subject_allows, subject_of
+from dicomnode.net.handlers import StoreHandler, StoreResult
 from dicomnode.metrics import Metrics
 from dicomnode.dicom.sopclasses import storage_contexts
-from dicomnode.dicom.status import NO_SUCH_SOP_INSTANCE, PROCESSING_FAILURE, STORAGE_COMMITMENT_PUSH, SUCCESS, describe, is_success
+from dicomnode.dicom.status import (
+    NO_SUCH_SOP_INSTANCE, PROCESSING_FAILURE, REFUSED_OUT_OF_RESOURCES, STORAGE_COMMITMENT_PUSH, SUCCESS, describe, is_success,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -84,9 +89,9 @@ class StorageSCP:
         Called with ``(assoc_uid, {series_id: instances carried})`` when such
         an association is aborted (its series may be missing instances).
     on_commitment : callable, optional
-        Called with ``(event_type, dataset)`` for a Storage Commitment
-        N-EVENT-REPORT that a PACS sends on a new association; returns
-        whether it matched a delivery.  Without it, such reports are refused.
+        Called with ``(event_type, dataset, calling_ae=..., address=...)`` for a
+        Storage Commitment N-EVENT-REPORT that a PACS sends on a new association;
+        returns the status to answer.  Without it, such reports are refused.
     metrics : Metrics, optional
         Counts stored and refused instances per calling AE.
     """
@@ -105,6 +110,12 @@ class StorageSCP:
         # dict by id() broke when a closed association's id was reused by a new one.
         self._lock = threading.Lock()
         self._networks = [ipaddress.ip_network(h, strict=False) for h in cfg.allowed_hosts]
+        self.limits = PeerLimits(
+            max_pdu=cfg.max_pdu_size, pdu_seconds=cfg.pdu_seconds, max_instance=cfg.max_instance_mb << 20,
+            on_violation=self._count_violation,
+        )
+        self.ssl_context = make_ssl_context(cfg.tls) if cfg.tls else None
+        self._pending: Counter[str] = Counter()  # accepted connections whose association thread is not running yet
         self.server: ThreadedAssociationServer | None = None
         self.ae = self._build_ae()
 
@@ -145,19 +156,21 @@ class StorageSCP:
             (evt.EVT_REJECTED, self._on_rejected),
             (evt.EVT_RELEASED, self._on_released),
             (evt.EVT_ABORTED, self._on_aborted),
+            (evt.EVT_CONN_OPEN, self._on_opened),
             (evt.EVT_CONN_CLOSE, self._on_closed),
         ]
-        ssl_ctx = make_ssl_context(self.cfg.tls) if self.cfg.tls else None
+        ssl_ctx = self.ssl_context
         try:
-            server = self.ae.start_server(
-                (self.cfg.host, self.cfg.port), block=False, evt_handlers=handlers, ssl_context=ssl_ctx
-            )
+            # No ssl_context for pynetdicom: it would do every TLS handshake in its one
+            # accept thread, where a single idle connection blocks all others.
+            server = self.ae.start_server((self.cfg.host, self.cfg.port), block=False, evt_handlers=handlers)
         except OSError as exc:
             raise NetworkError(
                 f"cannot listen on {self.cfg.host}:{self.cfg.port}: {exc.strerror or exc}"
             ) from exc
         assert isinstance(server, ThreadedAssociationServer)
         server.verify_request = self._verify_request  # type: ignore[method-assign]  # socketserver's documented hook
+        server.finish_request = self._finish_request  # type: ignore[method-assign]  # runs in the connection's thread
         self.server = server
         port = int(server.server_address[1])
         logger.info(
@@ -169,6 +182,11 @@ class StorageSCP:
             self.cfg.max_associations,
             self.cfg.max_pdu_size,
         )
+        if _is_wildcard(self.cfg.host) and not self._networks and not self.cfg.allowed_calling_aes:
+            logger.warning(
+                "the listener accepts any host and any calling AE title on %s: set node.allowed_hosts "
+                "and/or node.allowed_calling_aes (or bind node.host to an internal interface)", self.cfg.host,
+            )
         return port
 
     @property
@@ -186,8 +204,35 @@ class StorageSCP:
         self.ae.shutdown()
 
     # -- connection and association events ---------------------------------
+    def _count_violation(self, kind: str) -> None:
+        if self.metrics is not None:
+            self.metrics.peer_violations.labels(kind).inc()
+
+    def _connections_from(self, host: str) -> int:
+        """Associations (any state) and TLS handshakes that ``host`` holds now."""
+        server = self.server
+        held = 0
+        if server is not None:
+            for assoc in server.active_associations:
+                try:
+                    if assoc.requestor.address == host:
+                        held += 1
+                except AttributeError:
+                    continue
+        return held + self._pending[host]
+
     def _verify_request(self, request: Any, client_address: Any) -> bool:
         host = client_address[0] if isinstance(client_address, tuple) else str(client_address)
+        with self._lock:
+            held = self._connections_from(host)
+            if held < self.cfg.max_connections_per_host:
+                self._pending[host] += 1  # until finish_request has started its association thread
+        if held >= self.cfg.max_connections_per_host:
+            logger.warning(
+                "connection from %s refused: it already holds %d connection(s) (node.max_connections_per_host)", host, held
+            )
+            self._count_violation("too_many_connections")
+            return False
         if self._networks:
             try:
                 addr = ipaddress.ip_address(host)
@@ -204,8 +249,58 @@ class StorageSCP:
             pass
         return True
 
+    def _finish_request(self, request: Any, client_address: Any) -> None:
+        """socketserver's ``finish_request``, in the connection's own thread: TLS handshake (bounded), then pynetdicom.
+
+        The connection counts as pending for its address until its
+        association thread runs (and is counted as an active association).
+        """
+        host = client_address[0] if isinstance(client_address, tuple) else str(client_address)
+        try:
+            if self.ssl_context is not None and self.cfg.tls is not None:
+                tls = handshake(request, host, self.ssl_context, self.cfg.tls.handshake_seconds)
+                if tls is None:
+                    self._count_violation("tls_handshake")
+                    return
+                request = tls
+            server = self.server
+            if server is None:  # stopped meanwhile
+                request.close()
+                return
+            server.RequestHandlerClass(request, client_address, server)
+        finally:
+            with self._lock:
+                self._pending[host] -= 1
+                if self._pending[host] <= 0:
+                    del self._pending[host]
+
+    def _on_opened(self, event: evt.Event) -> None:
+        # Before the association request is read: from now on every read is bounded.
+        if not guard_socket(event.assoc, self.limits):
+            logger.warning("cannot bound reads on a connection from %s: it runs with pynetdicom's own reads", event.address[0])
+
+    def _tls_subject_refused(self, assoc: Association, calling_ae: str) -> bool:
+        """Whether the client certificate may not call as ``calling_ae`` (``node.tls.allowed_subjects``)."""
+        tls = self.cfg.tls
+        if tls is None or not tls.allowed_subjects:
+            return False
+        subject = subject_of(getattr(assoc.dul.socket, "socket", None))
+        if subject_allows(tls.allowed_subjects, subject, calling_ae):
+            return False
+        logger.warning(
+            "association from %s@%s aborted: its certificate (%s) may not call as %s (node.tls.allowed_subjects)",
+            calling_ae, assoc.requestor.address, subject or "no subject", calling_ae,
+        )
+        audit("association", how="refused", calling_ae=calling_ae, peer=str(assoc.requestor.address),
+              reason="certificate subject not allowed for this calling AE", subject=subject)
+        return True
+
     def _on_accepted(self, event: evt.Event) -> None:
         assoc = event.assoc
+        guard_association(assoc, self.limits)
+        if self._tls_subject_refused(assoc, assoc.requestor.ae_title.strip()):
+            assoc.abort()
+            return
         accelerate(assoc)  # see dicomnode.net.fastpath: about 1.5x faster receive of 512x512 slices
         stats = AssociationStats(
             uid=str(uuid.uuid4()),
@@ -281,12 +376,15 @@ class StorageSCP:
     def _on_event_report(self, event: evt.Event) -> tuple[int, Dataset | None]:
         if self.on_commitment is None:
             return NO_SUCH_SOP_INSTANCE, None
+        rq = event.assoc.requestor  # the reporter: the hook accepts reports only from the destination
         try:
-            matched = self.on_commitment(int(event.event_type or 0), event.event_information)
+            status = self.on_commitment(
+                int(event.event_type or 0), event.event_information, calling_ae=rq.ae_title.strip(), address=str(rq.address)
+            )
         except Exception:  # never crash the association: answer with a failure status
             logger.exception("cannot process a Storage Commitment report")
             return PROCESSING_FAILURE, None
-        return (SUCCESS if matched else NO_SUCH_SOP_INSTANCE), None
+        return int(status), None
 
     def _on_store(self, event: evt.Event) -> int | Dataset:
         stats = self._stats(event.assoc)
@@ -294,15 +392,25 @@ class StorageSCP:
             request = event.request
             if not isinstance(request, C_STORE) or request.DataSet is None:
                 return PROCESSING_FAILURE
-            data = request.DataSet.getvalue()  # the dataset exactly as received
-            result = self.handler.store(
-                data,
-                event.context.transfer_syntax,
-                assoc_uid=stats.uid,
-                calling_ae=stats.calling_ae,
-                affected_sop_class=request.AffectedSOPClassUID,
-                affected_sop_instance=request.AffectedSOPInstanceUID,
-            )
+            too_big = oversize(request.DataSet)
+            if too_big is not None:
+                self._count_violation("instance_too_large")
+                result = StoreResult(
+                    REFUSED_OUT_OF_RESOURCES,
+                    reason=f"instance of {too_big.received / 2**20:.0f} MB exceeds the node's limit of "
+                    f"{too_big.limit >> 20} MB (node.max_instance_mb)",
+                )
+            else:
+                # The dataset exactly as received, without a copy: one instance is held once.
+                with request.DataSet.getbuffer() as data:
+                    result = self.handler.store(
+                        data,
+                        event.context.transfer_syntax,
+                        assoc_uid=stats.uid,
+                        calling_ae=stats.calling_ae,
+                        affected_sop_class=request.AffectedSOPClassUID,
+                        affected_sop_instance=request.AffectedSOPInstanceUID,
+                    )
         except Exception:  # never let an exception reach pynetdicom
             logger.exception("C-STORE handler failed")
             return PROCESSING_FAILURE
@@ -314,11 +422,11 @@ class StorageSCP:
             if result.series_id is not None and result.sop_uid is not None:
                 stats.carried.setdefault(result.series_id, set()).add(result.sop_uid)
             if self.metrics is not None:
-                self.metrics.instances.labels(stats.calling_ae).inc()
+                self.metrics.instances.labels(self.metrics.ae(stats.calling_ae)).inc()
             return result.status
         stats.failed += 1
         if self.metrics is not None:
-            self.metrics.refused.labels(stats.calling_ae).inc()
+            self.metrics.refused.labels(self.metrics.ae(stats.calling_ae)).inc()
         logger.warning(
             "C-STORE from %s refused with %s: %s", stats.calling_ae, describe(result.status), result.reason
         )
@@ -326,3 +434,7 @@ class StorageSCP:
         rsp.Status = result.status
         rsp.ErrorComment = (result.reason or describe(result.status))[:64]
         return rsp
+
+
+def _is_wildcard(host: str) -> bool:
+    return host in ("", "0.0.0.0", "::", "[::]")

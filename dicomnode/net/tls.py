@@ -3,8 +3,7 @@
 pynetdicom wraps each accepted socket in its single accept thread, so one
 peer that opens a TCP connection and never starts the handshake blocks every
 other TLS peer.  :class:`Handshakes` runs the handshake in the connection's
-own thread, within a deadline, and counts those in progress per address (the
-listener's per-host cap includes them).
+own thread (the listener calls :func:`handshake` there), within a deadline.
 """
 
 from __future__ import annotations
@@ -12,8 +11,6 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
-import threading
-from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,42 +23,22 @@ _SHORT = {
 }
 
 
-class Handshakes:
-    """TLS handshakes in progress, per client address."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._by_host: Counter[str] = Counter()
-
-    def count(self, host: str) -> int:
-        """Handshakes ``host`` has in progress."""
-        with self._lock:
-            return self._by_host[host]
-
-    def handshake(self, raw: socket.socket, host: str, context: ssl.SSLContext, seconds: float) -> ssl.SSLSocket | None:
-        """Wrap ``raw`` and complete the server handshake within ``seconds``; ``None`` (connection closed) on failure."""
-        with self._lock:
-            self._by_host[host] += 1
-        try:
-            raw.settimeout(seconds)
-            tls = context.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
-            tls.do_handshake()
-            tls.settimeout(None)  # the connection's guard sets its own deadlines
-            return tls
-        except (TimeoutError, socket.timeout):
-            logger.warning("TLS connection from %s closed: no handshake within %.0f s", host, seconds)
-        except (ssl.SSLError, OSError) as exc:
-            logger.warning("TLS handshake with %s failed: %s", host, getattr(exc, "reason", None) or exc)
-        finally:
-            with self._lock:
-                self._by_host[host] -= 1
-                if self._by_host[host] <= 0:
-                    del self._by_host[host]
-        try:
-            raw.close()
-        except OSError:
-            pass
-        return None
+def handshake(raw: socket.socket, host: str, context: ssl.SSLContext, seconds: float) -> ssl.SSLSocket | None:
+    """Wrap ``raw`` and complete the server handshake within ``seconds``; ``None`` (connection closed) on failure."""
+    try:
+        raw.settimeout(seconds)
+        tls = context.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
+        tls.do_handshake()
+        return tls
+    except (TimeoutError, socket.timeout):
+        logger.warning("TLS connection from %s closed: no handshake within %.0f s", host, seconds)
+    except (ssl.SSLError, OSError) as exc:
+        logger.warning("TLS handshake with %s failed: %s", host, getattr(exc, "reason", None) or exc)
+    try:
+        raw.close()
+    except OSError:
+        pass
+    return None
 
 
 def subject_of(sock: Any) -> str | None:
@@ -105,4 +82,4 @@ def subject_allows(allowed: Mapping[str, tuple[str, ...]], subject: str | None, 
     return any(_pairs(key) <= have and calling_ae in aes for key, aes in allowed.items())
 
 
-__all__ = ["Handshakes", "subject_allows", "subject_of"]
+__all__ = ["handshake", "subject_allows", "subject_of"]
