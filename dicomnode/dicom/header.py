@@ -79,6 +79,10 @@ class _Truncated(Exception):
     pass
 
 
+class _TooDeep(Exception):
+    pass
+
+
 @dataclass(frozen=True)
 class Structure:
     """Where the pixel data element starts and what it declares."""
@@ -127,7 +131,7 @@ class _Walker:
             if length == UNDEFINED:
                 self.depth += 1
                 if self.depth > MAX_DEPTH:
-                    raise _Truncated(f"sequences nested deeper than {MAX_DEPTH} levels")
+                    raise _TooDeep(f"sequences nested deeper than {MAX_DEPTH} levels")
                 pos = self.walk(value, implicit, until_item_end=True)
                 self.depth -= 1
             else:
@@ -236,6 +240,8 @@ def check_structure(
         raise IngestError(f"dataset is truncated or corrupt: {exc}", ERROR_CANNOT_UNDERSTAND) from None
     except struct.error as exc:
         raise IngestError(f"dataset is truncated or corrupt: {exc}", ERROR_CANNOT_UNDERSTAND) from exc
+    except _TooDeep as exc:
+        raise IngestError(str(exc), ERROR_CANNOT_UNDERSTAND) from None
     except RecursionError:  # a Python stack too small for MAX_DEPTH: refuse the data, not the association
         raise IngestError("dataset nests sequences too deeply", ERROR_CANNOT_UNDERSTAND) from None
 
