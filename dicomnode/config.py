@@ -41,6 +41,9 @@ class TLSConfig:
     key_file: Path
     ca_file: Path | None = None
     require_client_cert: bool = False
+    # Certificate subject (e.g. "CN=ct1.example.org") -> calling AE titles it may use; empty: any.
+    allowed_subjects: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    handshake_seconds: float = 10.0  # a TLS handshake must finish within this (it runs off the accept thread)
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,9 @@ class NodeConfig:
     require_called_ae: bool = True
     network_timeout: float = 60.0
     tls: TLSConfig | None = None
+    max_connections_per_host: int = 8  # connections (and associations) one address may hold at once
+    pdu_seconds: float = 30.0  # once a PDU's first byte arrives, the rest must follow within this
+    max_instance_mb: int = 1024  # one C-STORE dataset; larger ones are refused (0xA700) without being held
     audit_log: str = "audit.log"  # JSON lines under storage_dir (or an absolute path); "" turns it off
     non_image_objects: str = "drop"  # dose SRs, dose screens, KOS, PR, PDF, SEG: "drop" or "store" (under other/)
 
@@ -155,15 +161,80 @@ class RetentionConfig:
     keep_days: float = 30.0  # purge delivered series received longer ago than this
     min_free_percent: float = 10.0  # below this much free disk, purge the oldest delivered series first
     interval_seconds: float = 600.0
+    quarantine_days: float = 90.0  # held quarantine entries older than this are purged (their files deleted)
+
+
+@dataclass(frozen=True)
+class WebTLSConfig:
+    """``[web.tls]``: serve the web face over HTTPS."""
+
+    cert_file: Path
+    key_file: Path
 
 
 @dataclass(frozen=True)
 class WebConfig:
-    """The ``[web]`` section: status page, JSON API, /metrics and /healthz."""
+    """The ``[web]`` section: status page, JSON API, /metrics and /healthz, and who may see them."""
 
     enabled: bool = True
-    host: str = "127.0.0.1"  # keep it on an internal interface: job details are shown without login
+    host: str = "127.0.0.1"  # keep it on an internal interface
     port: int = 8080  # 0: let the OS choose
+    users_file: str = "web-users.json"  # under node.storage_dir (or an absolute path), mode 0600
+    trusted_hosts: tuple[str, ...] = ()  # Host headers served; empty: localhost, 127.0.0.1, ::1 and web.host
+    trusted_proxies: tuple[str, ...] = ()  # addresses of an authenticating reverse proxy
+    trusted_proxy_header: str = ""  # e.g. "X-Remote-User", believed only from trusted_proxies
+    plain_http_login_from: tuple[str, ...] = ()  # networks that may send passwords without TLS, besides loopback
+    api_docs: bool = False  # /api/docs and /api/openapi.json, to logged-in users
+    session_idle_minutes: float = 30.0
+    session_max_hours: float = 12.0
+    login_max_failures: int = 5  # per client address within login_window_seconds; then 429
+    login_window_seconds: float = 300.0
+    tls: WebTLSConfig | None = None
+
+    def __post_init__(self) -> None:
+        if self.trusted_proxy_header and not self.trusted_proxies:
+            raise ConfigError("web.trusted_proxies: required when web.trusted_proxy_header is set (who may send it)")
+
+    @property
+    def host_names(self) -> tuple[str, ...]:
+        """The Host header names served: ``trusted_hosts``, or loopback and ``host`` when it is not a wildcard."""
+        if self.trusted_hosts:
+            return self.trusted_hosts
+        return ("localhost", "127.0.0.1", "::1") + (() if self.host in ("0.0.0.0", "::", "127.0.0.1") else (self.host.lower(),))
+
+
+_HOST_NAME_RE = re.compile(r"(\*\.)?[a-z0-9]([a-z0-9-]{0,62})(\.[a-z0-9][a-z0-9-]{0,62})*")
+
+
+def _host_names(key: str, v: Any) -> tuple[str, ...]:
+    names = tuple(h.lower().rstrip(".") for h in _str_list(key, v))
+    for h in names:
+        try:
+            ipaddress.ip_address(h)
+        except ValueError:
+            if not _HOST_NAME_RE.fullmatch(h):
+                raise ConfigError(f"{key}: {h!r} is not a host name or IP address (a leading '*.' matches subdomains)") from None
+    return names
+
+
+def _header_name(key: str, v: Any) -> str:
+    if v != "" and (not isinstance(v, str) or not re.fullmatch(r"[A-Za-z0-9-]{1,64}", v) or v.lower() in ("authorization", "cookie", "host")):
+        raise ConfigError(f"{key}: must be an HTTP header name such as X-Remote-User (or \"\" for none), got {v!r}")
+    return str(v)
+
+
+def _web_tls(key: str, v: Any) -> WebTLSConfig | None:
+    if v is None:
+        return None
+    _check_keys(key, _table(key, v), {"cert_file", "key_file"})
+    paths = []
+    for k in ("cert_file", "key_file"):
+        if k not in v:
+            raise ConfigError(f"{key}.{k}: required when [{key}] is present")
+        if not Path(_str(f"{key}.{k}", v[k])).is_file():
+            raise ConfigError(f"{key}.{k}: file {v[k]} does not exist")
+        paths.append(Path(v[k]))
+    return WebTLSConfig(*paths)
 
 
 @dataclass(frozen=True)
@@ -176,6 +247,11 @@ class Destination:
     port: int
     storage_commitment: bool = False  # done only once the peer confirms (N-ACTION / N-EVENT-REPORT)
     keep_empty_frames: bool = False  # SEG with every frame, for viewers that misplace sparse SEGs
+    tls: bool = False  # DICOM over TLS 1.2+, the peer's certificate and host name verified
+    tls_ca_file: Path | None = None  # CAs trusted for the peer's certificate (default: the system's)
+    tls_cert_file: Path | None = None  # our client certificate and key, for peers that require mutual TLS
+    tls_key_file: Path | None = None
+    tls_server_name: str | None = None  # the name the peer's certificate must carry (default: host)
 
 
 @dataclass(frozen=True)
@@ -196,6 +272,14 @@ class Config:
     log_level: str = "INFO"
     log_format: str = "text"  # text | json (one object per line, for log collectors)
     source: Path | None = None
+
+    def known_ae_titles(self) -> frozenset[str]:
+        """Every AE title the configuration names: allowed callers, destinations, rules and TLS subjects."""
+        titles = set(self.node.allowed_calling_aes) | {d.ae_title for d in self.destinations}
+        titles |= {ae for r in self.rules for ae in r.calling_ae}
+        if self.node.tls is not None:
+            titles |= {ae for aes in self.node.tls.allowed_subjects.values() for ae in aes}
+        return frozenset(a.strip() for a in titles)
 
     def destination(self, name: str) -> Destination:
         """The destination called ``name``.
@@ -282,7 +366,7 @@ def _parse_tls(data: Any) -> TLSConfig | None:
     if data is None:
         return None
     data = _table("node.tls", data)
-    _check_keys("node.tls", data, {"cert_file", "key_file", "ca_file", "require_client_cert"})
+    _check_keys("node.tls", data, {"cert_file", "key_file", "ca_file", "require_client_cert", "allowed_subjects", "handshake_seconds"})
     for k in ("cert_file", "key_file"):
         if k not in data:
             raise ConfigError(f"node.tls.{k}: required when [node.tls] is present")
@@ -293,12 +377,30 @@ def _parse_tls(data: Any) -> TLSConfig | None:
             if not p.is_file():
                 raise ConfigError(f"node.tls.{k}: file {p} does not exist")
             paths[k] = p
+    if data.get("require_client_cert") and "ca_file" not in paths:
+        raise ConfigError("node.tls.ca_file: required when require_client_cert is true; without it every public CA would be trusted")
+    if data.get("allowed_subjects") and not data.get("require_client_cert"):
+        raise ConfigError("node.tls.allowed_subjects: needs require_client_cert = true (subjects come from client certificates)")
     return TLSConfig(
         cert_file=paths["cert_file"],
         key_file=paths["key_file"],
         ca_file=paths.get("ca_file"),
         require_client_cert=_bool("node.tls.require_client_cert", data.get("require_client_cert", False)),
+        allowed_subjects=_subjects(data.get("allowed_subjects", {})),
+        handshake_seconds=_num("node.tls.handshake_seconds", data.get("handshake_seconds", 10.0), 0.5, 300),
     )
+
+
+def _subjects(data: Any) -> dict[str, tuple[str, ...]]:
+    """``[node.tls.allowed_subjects]``: "CN=...,O=..." = ["AE1", "AE2"]."""
+    table = _table("node.tls.allowed_subjects", data)
+    out: dict[str, tuple[str, ...]] = {}
+    for subject, aes in table.items():
+        key = f"node.tls.allowed_subjects.{subject!r}"
+        if not all("=" in part for part in str(subject).split(",")):
+            raise ConfigError(f"{key}: a subject is attribute=value pairs separated by commas, e.g. \"CN=ct1.example.org\"")
+        out[str(subject)] = tuple(_ae(key, a) for a in _str_list(key, aes))
+    return out
 
 
 def _parse_node(data: Mapping[str, Any]) -> NodeConfig:
@@ -318,7 +420,7 @@ def _parse_node(data: Mapping[str, Any]) -> NodeConfig:
         database_url=url,
         sqlite_synchronous=sync,
         max_associations=_int("node.max_associations", data.get("max_associations", d.max_associations), 1, 1000),
-        max_pdu_size=_int("node.max_pdu_size", data.get("max_pdu_size", d.max_pdu_size), 0, 2**32 - 1),
+        max_pdu_size=_int("node.max_pdu_size", data.get("max_pdu_size", d.max_pdu_size), 4096, 64 * 2**20),
         min_free_mb=_int("node.min_free_mb", data.get("min_free_mb", d.min_free_mb), 0, 2**40),
         allowed_calling_aes=tuple(
             _ae("node.allowed_calling_aes", a)
@@ -328,6 +430,11 @@ def _parse_node(data: Mapping[str, Any]) -> NodeConfig:
         require_called_ae=_bool("node.require_called_ae", data.get("require_called_ae", d.require_called_ae)),
         network_timeout=_num("node.network_timeout", data.get("network_timeout", d.network_timeout), 1),
         tls=_parse_tls(data.get("tls")),
+        max_connections_per_host=_int(
+            "node.max_connections_per_host", data.get("max_connections_per_host", d.max_connections_per_host), 1, 1000
+        ),
+        pdu_seconds=_num("node.pdu_seconds", data.get("pdu_seconds", d.pdu_seconds), 1, 3600),
+        max_instance_mb=_int("node.max_instance_mb", data.get("max_instance_mb", d.max_instance_mb), 1, 64 * 1024),
         audit_log=str(data.get("audit_log", d.audit_log)),
         non_image_objects=_choice("drop", "store")("node.non_image_objects", data.get("non_image_objects", d.non_image_objects)),
     )
@@ -418,10 +525,20 @@ def _parse_destinations(data: Any) -> tuple[Destination, ...]:
     for i, item in enumerate(data):
         key = f"destinations[{i}]"
         item = _table(key, item)
-        _check_keys(key, item, {"name", "ae_title", "host", "port", "storage_commitment", "keep_empty_frames"})
+        tls_keys = ("tls_ca_file", "tls_cert_file", "tls_key_file", "tls_server_name")
+        _check_keys(key, item, {"name", "ae_title", "host", "port", "storage_commitment", "keep_empty_frames", "tls", *tls_keys})
         for k in ("name", "ae_title", "host", "port"):
             if k not in item:
                 raise ConfigError(f"{key}.{k}: required")
+        tls = _bool(f"{key}.tls", item.get("tls", False))
+        for k in (k for k in tls_keys if k in item):
+            if not tls:
+                raise ConfigError(f"{key}.{k}: set, but {key}.tls is not true")
+            if not _str(f"{key}.{k}", item[k]) or (k != "tls_server_name" and not Path(item[k]).is_file()):
+                raise ConfigError(f"{key}.{k}: " + ("must not be empty" if not item[k] else f"file {item[k]} does not exist"))
+        if ("tls_cert_file" in item) != ("tls_key_file" in item):
+            which = "tls_key_file" if "tls_cert_file" in item else "tls_cert_file"
+            raise ConfigError(f"{key}.{which}: required with the other; mutual TLS needs both tls_cert_file and tls_key_file")
         dest = Destination(
             name=_str(f"{key}.name", item["name"]),
             ae_title=_ae(f"{key}.ae_title", item["ae_title"]),
@@ -429,6 +546,11 @@ def _parse_destinations(data: Any) -> tuple[Destination, ...]:
             port=_int(f"{key}.port", item["port"], 1, 65535),
             storage_commitment=_bool(f"{key}.storage_commitment", item.get("storage_commitment", False)),
             keep_empty_frames=_bool(f"{key}.keep_empty_frames", item.get("keep_empty_frames", False)),
+            tls=tls,
+            tls_ca_file=Path(item["tls_ca_file"]) if "tls_ca_file" in item else None,
+            tls_cert_file=Path(item["tls_cert_file"]) if "tls_cert_file" in item else None,
+            tls_key_file=Path(item["tls_key_file"]) if "tls_key_file" in item else None,
+            tls_server_name=item.get("tls_server_name"),
         )
         if any(d.name == dest.name for d in out):
             raise ConfigError(f"{key}.name: duplicate destination name {dest.name!r}")
@@ -489,11 +611,15 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> Config:
         outputs=_parse_outputs(data.get("outputs", {})),
         delivery=_parse_delivery(data.get("delivery", {})),
         web=_parse_section("web", WebConfig, data.get("web", {}), {
-            "enabled": _bool, "host": _str, "port": partial(_int, lo=0, hi=65535),
+            "enabled": _bool, "host": _str, "port": partial(_int, lo=0, hi=65535), "users_file": _str,
+            "trusted_hosts": _host_names, "trusted_proxies": _hosts, "trusted_proxy_header": _header_name,
+            "plain_http_login_from": _hosts, "api_docs": _bool, "session_idle_minutes": partial(_num, lo=1.0, hi=1440.0),
+            "session_max_hours": partial(_num, lo=0.1, hi=720.0), "login_max_failures": partial(_int, lo=1, hi=1000),
+            "login_window_seconds": partial(_num, lo=1.0, hi=86400.0), "tls": _web_tls,
         }),
         retention=_parse_section("retention", RetentionConfig, data.get("retention", {}), {
             "enabled": _bool, "keep_days": partial(_num, lo=0.0), "min_free_percent": partial(_num, lo=0.0, hi=99.0),
-            "interval_seconds": partial(_num, lo=1.0),
+            "interval_seconds": partial(_num, lo=1.0), "quarantine_days": partial(_num, lo=1.0),
         }),
         destinations=destinations,
         rules=parse_rules(data.get("rules", []), names),

@@ -9,7 +9,7 @@ other worker hosts share the database.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -74,9 +74,14 @@ class Metrics:
     ----------
     engine : sqlalchemy.Engine, optional
         When given, job and delivery counts come from this database at scrape time.
+    known_aes : iterable of str, optional
+        The AE titles the configuration names.  Calling AE labels take only
+        these values (any other as ``other``): a peer chooses its AE title,
+        and must not be able to create time series at will.
     """
 
-    def __init__(self, engine: Engine | None = None) -> None:
+    def __init__(self, engine: Engine | None = None, known_aes: Iterable[str] = ()) -> None:
+        self.known_aes = frozenset(a.strip() for a in known_aes)
         self.registry = CollectorRegistry()
         self.instances = Counter(
             "dicomnode_instances_received", "Instances stored and acknowledged", ["calling_ae"], registry=self.registry
@@ -92,6 +97,14 @@ class Metrics:
             buckets=BUCKETS,
             registry=self.registry,
         )
+        self.peer_violations = Counter(
+            "dicomnode_peer_violations", "Connections cut for breaking a bound (pdu_too_long, stalled, command_too_long, "
+            "tls_handshake, too_many_connections, instance_too_large)", ["kind"], registry=self.registry,
+        )
+        self.uid_conflicts = Counter(
+            "dicomnode_uid_conflicts", "Instances refused because a SOP or Series Instance UID is stored for another "
+            "patient or study (kind: sop, series)", ["kind"], registry=self.registry,
+        )
         self.jobs_finished = Counter(
             "dicomnode_jobs_finished", "Jobs that reached an end state in this process", ["state", "model"], registry=self.registry
         )
@@ -102,11 +115,22 @@ class Metrics:
         if engine is not None:
             self.registry.register(_DatabaseCollector(engine))
 
+    def ae(self, calling_ae: str | None) -> str:
+        """The label for a calling AE title: itself when configured, else ``other`` (``-`` when unknown)."""
+        if not calling_ae:
+            return "-"
+        title = calling_ae.strip()
+        return title if title in self.known_aes else "other"
+
     def observe_stages(self, timings: dict[str, float], model: str | None, calling_ae: str | None) -> None:
         """Record the stage timings of one job."""
         for stage in TIMED_STAGES:
             if stage in timings:
-                self.stage_seconds.labels(stage, model or "-", calling_ae or "-").observe(timings[stage])
+                self.stage_seconds.labels(stage, model or "-", self.ae(calling_ae)).observe(timings[stage])
+
+    def refused_total(self) -> int:
+        """Instances refused since this process started, over every calling AE (for ``/healthz``)."""
+        return int(sum(s.value for m in self.refused.collect() for s in m.samples if s.name.endswith("_total")))
 
     def exposition(self) -> bytes:
         """The text format Prometheus scrapes."""

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from dicomnode.receive.completion import CompletionMonitor
 from dicomnode.config import Config
 from dicomnode.jobs.delivery import Sender
-from dicomnode.errors import NetworkError
+from dicomnode.errors import DicomNodeError, NetworkError
 from dicomnode.jobs.gpu import GPUAdmission
 from dicomnode.receive.ingest import Ingestor
 from dicomnode.metrics import Metrics
@@ -23,7 +23,8 @@ from dicomnode.routing import Router
 from dicomnode.net.scp import StorageSCP
 from dicomnode.jobs.worker import JobRunner, worker_name
 from storage.database import migrate, open_engine
-from storage.files import ensure_dir, recover_temp_files
+from storage.files import ensure_dir
+from storage.quarantine import adopt_unrecorded
 
 if TYPE_CHECKING:
     from dicomnode.web import WebServer
@@ -43,16 +44,18 @@ class Node:
         self.cfg = cfg
         self.engine = open_engine(cfg.node.database_url, sqlite_synchronous=cfg.node.sqlite_synchronous)
         router = Router(cfg.rules, cfg.routing, [d.name for d in cfg.destinations])
+        self.metrics = Metrics(self.engine, known_aes=cfg.known_ae_titles())
         self.monitor = CompletionMonitor(self.engine, cfg.series, priority=router.priority)
         self.ingestor = Ingestor(
             self.engine,
             cfg.node.incoming_dir,
             min_free_bytes=cfg.node.min_free_mb * 1_000_000,
+            max_instance_bytes=cfg.node.max_instance_mb << 20,
             on_stored=self.monitor.instance_stored,
             non_image=cfg.node.non_image_objects,
             other_dir=cfg.node.other_dir,
+            metrics=self.metrics,
         )
-        self.metrics = Metrics(self.engine)
         self.sender = Sender(self.engine, cfg, self.metrics)
         gpu = GPUAdmission(cfg.worker.gpu_concurrency, cfg.worker.gpu_memory_mb)
         self.runners = [
@@ -82,7 +85,9 @@ class Node:
         """
         ensure_dir(self.cfg.node.incoming_dir)
         migrate(self.engine)
-        restored, removed = recover_temp_files(self.cfg.node.incoming_dir, self.ingestor.is_committed)
+        restored, removed = self.ingestor.recover()
+        if adopted := adopt_unrecorded(self.engine, self.cfg.node.quarantine_dir):
+            logger.warning("quarantine: %d series quarantined by an earlier version now have an entry each", adopted)
         if restored or removed:
             logger.warning(
                 "after an earlier crash: %d committed file(s) restored, %d partial file(s) removed (never acknowledged)",
@@ -94,14 +99,17 @@ class Node:
         if self.cfg.web.enabled:
             from dicomnode.web import WebServer, create_app
 
-            app = create_app(self.engine, self.cfg, self.metrics, is_listening=lambda: self.scp.server is not None, dicom_port=port)
             try:
-                self.web = WebServer(app, self.cfg.web.host, self.cfg.web.port)
+                app = create_app(self.engine, self.cfg, self.metrics, is_listening=lambda: self.scp.server is not None, dicom_port=port)
+                self.web = WebServer(app, self.cfg.web.host, self.cfg.web.port, tls=self.cfg.web.tls)
             except OSError as exc:
                 self.scp.stop()
                 raise NetworkError(f"web: cannot listen on {self.cfg.web.host}:{self.cfg.web.port}: {exc.strerror or exc}") from exc
+            except DicomNodeError:  # an unreadable users file, a certificate that does not load
+                self.scp.stop()
+                raise
             self.web_port = self.web.start()
-            logger.info("status page on http://%s:%d/", self.cfg.web.host, self.web_port)
+            logger.info("status page on %s://%s:%d/", self.web.scheme, self.cfg.web.host, self.web_port)
         for runner in self.runners:
             runner.start()
         self.sender.start()

@@ -10,6 +10,8 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
+import secrets
 import shutil
 import uuid
 from collections.abc import Callable, Iterable
@@ -20,6 +22,24 @@ from storage.errors import DiskFullError, StorageError
 logger = logging.getLogger(__name__)
 
 TEMP_PREFIX = ".tmp-"
+# The tag follows a hyphen, which no UID contains: "<sop>.dcm" (before unique names) never parses as one.
+_UNIQUE = re.compile(r"(?P<stem>.+)-(?P<tag>[0-9a-f]{8})(?P<suffix>\.[A-Za-z0-9]+)")
+
+
+def unique_name(stem: str, suffix: str = ".dcm") -> str:
+    """``<stem>-<8 random hex digits><suffix>``: a file name never used before.
+
+    Every write of a received instance gets a fresh name, so that no writer
+    ever replaces a file that a committed row (or a purge in progress) names:
+    a new copy is committed first, and only then is the old one removed.
+    """
+    return f"{stem}-{secrets.token_hex(4)}{suffix}"
+
+
+def unique_stem(name: str) -> str | None:
+    """The stem a :func:`unique_name` was made from, or ``None`` for any other name."""
+    m = _UNIQUE.fullmatch(name)
+    return m.group("stem") if m else None
 
 
 def fsync_dir(path: Path) -> None:
@@ -48,7 +68,7 @@ def ensure_dir(path: Path) -> None:
         p = p.parent
     for d in reversed(missing):
         try:
-            d.mkdir()
+            d.mkdir(0o750)  # storage folders: owner and group only, whatever the umask
         except FileExistsError:
             continue
         except OSError as exc:
@@ -59,8 +79,17 @@ def ensure_dir(path: Path) -> None:
 
 def _translate(exc: OSError, path: Path) -> StorageError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return DiskFullError(f"disk full while writing {path}")
-    return StorageError(f"cannot write {path}: {exc.strerror or exc}")
+        return DiskFullError("disk full while writing a file")
+    # Not the path: instance files are named by UIDs, and this message reaches logs and job errors.
+    return StorageError(f"cannot write a file in the {_area(path)} folder: {exc.strerror or exc}")
+
+
+def _area(path: Path) -> str:
+    """The top folder a path is in (incoming, quarantine, outputs...), never a name made of UIDs."""
+    for part in reversed(path.parts):
+        if part in ("incoming", "quarantine", "outputs", "other"):
+            return part
+    return "storage"
 
 
 def durable_write(path: Path, chunks: Iterable[bytes | memoryview], *, sync_dir: bool = True) -> int:
@@ -139,7 +168,9 @@ def temp_target(tmp: Path) -> Path | None:
     return tmp.parent / name[len(TEMP_PREFIX) + 33 :]
 
 
-def recover_temp_files(root: Path, is_committed: Callable[[Path, Path], bool]) -> tuple[int, int]:
+def recover_temp_files(
+    root: Path, is_committed: Callable[[Path, Path], bool], on_restored: Callable[[Path], None] | None = None
+) -> tuple[int, int]:
     """Finish or discard the temporary files a crash left under ``root``.
 
     A writer that fsyncs the directory in parallel with its database commit can
@@ -147,6 +178,15 @@ def recover_temp_files(root: Path, is_committed: Callable[[Path, Path], bool]) -
     fsynced temporary file is then put in place, if ``is_committed(tmp, target)``
     confirms that the database holds exactly this content.  Every other
     temporary file was never acknowledged and is removed.
+
+    Parameters
+    ----------
+    root : pathlib.Path
+        Tree to search for temporary files.
+    is_committed : callable
+        ``(tmp, target) -> bool``: the database names ``target`` with exactly this content.
+    on_restored : callable, optional
+        Called with each restored target (the receiver removes the copy it replaced).
 
     Returns
     -------
@@ -163,27 +203,29 @@ def recover_temp_files(root: Path, is_committed: Callable[[Path, Path], bool]) -
                 os.replace(tmp, target)
                 fsync_dir(target.parent)
                 restored += 1
-                logger.warning("restored %s from its temporary file after a crash", target.name)
+                if on_restored is not None:
+                    on_restored(target)
                 continue
             tmp.unlink()
             removed += 1
-        except OSError as exc:
-            logger.warning("could not recover temporary file %s: %s", tmp, exc.strerror)
+        except OSError as exc:  # no file name: it holds UIDs
+            logger.warning("could not recover a temporary file after a crash: %s", exc.strerror or exc)
     return restored, removed
 
 
-def quarantine(paths: Iterable[Path], root: Path, quarantine_dir: Path) -> list[Path]:
-    """Move files out of the live tree into ``quarantine_dir``, keeping their layout.
+def move_tree(paths: Iterable[Path], root: Path, dest_dir: Path) -> list[Path]:
+    """Move files from under ``root`` to ``dest_dir``, keeping their layout relative to ``root``.
 
-    Files are never deleted: a bad series stays available for inspection.
+    A file already present at the destination is never replaced
+    (:class:`StorageError`); the new entries are fsynced in both directories.
 
     Parameters
     ----------
     paths : iterable of pathlib.Path
         Files under ``root``.
     root : pathlib.Path
-        The live storage root.
-    quarantine_dir : pathlib.Path
+        Where the files are.
+    dest_dir : pathlib.Path
         Destination root.
 
     Returns
@@ -192,13 +234,32 @@ def quarantine(paths: Iterable[Path], root: Path, quarantine_dir: Path) -> list[
         The new locations.
     """
     moved: list[Path] = []
-    for src in paths:
-        rel = src.relative_to(root)
-        dst = quarantine_dir / rel
-        ensure_dir(dst.parent)
-        try:
-            os.replace(src, dst)
-        except OSError as exc:
-            raise _translate(exc, dst) from exc
-        moved.append(dst)
+    touched: set[Path] = set()
+    try:
+        for src in paths:
+            dst = dest_dir / src.relative_to(root)
+            ensure_dir(dst.parent)
+            if dst.exists():
+                raise StorageError("cannot move a file: one exists already at the destination (never overwritten)")
+            try:
+                os.rename(src, dst)
+            except OSError as exc:
+                raise _translate(exc, dst) from exc
+            moved.append(dst)
+            touched.update((src.parent, dst.parent))
+    finally:
+        for d in touched:  # the renames become durable
+            try:
+                fsync_dir(d)
+            except OSError as exc:
+                logger.warning("cannot sync a directory after moving files: %s", exc.strerror)
     return moved
+
+
+def quarantine(paths: Iterable[Path], root: Path, quarantine_dir: Path) -> list[Path]:
+    """Move files out of the live tree into ``quarantine_dir`` (see :func:`move_tree`).
+
+    :mod:`storage.quarantine` gives each quarantine its own, new folder and
+    records it in the database.
+    """
+    return move_tree(paths, root, quarantine_dir)

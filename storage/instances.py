@@ -2,6 +2,12 @@
 
 These use SQLAlchemy Core statements rather than the ORM, prebuilt once per
 dialect: about four statements and one commit per instance.
+
+Patients are never mixed: a Series Instance UID already stored for another
+study or patient, or a SOP Instance UID already stored in another study or
+patient's series, is refused (:class:`UidConflictError`) inside the same
+transaction, before anything changes.  A SOP instance that moves to another
+series of the same patient and study replaces the earlier copy.
 """
 
 from __future__ import annotations
@@ -9,10 +15,12 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import NamedTuple
 
 from sqlalchemy import Engine, Integer, bindparam, case, func, select, update
 
 from storage.database import insert, read_transaction, write_transaction
+from storage.errors import StorageError
 from storage.models import Instance, Series, table_of, utcnow
 from storage.states import SeriesState
 
@@ -64,6 +72,45 @@ class RecordOutcome(enum.StrEnum):
     REPLACED = "replaced"  # the same SOP instance UID with different bytes: the new copy wins
 
 
+class ConflictKind(enum.StrEnum):
+    """Which UID collided with another patient's or study's data."""
+
+    SOP = "sop"  # the SOP Instance UID is stored in a series of another study or patient
+    SERIES = "series"  # the Series Instance UID is stored for another study or patient
+
+
+class UidConflictError(StorageError):
+    """An instance's UID is already stored for another patient or study: refused, nothing changed.
+
+    The message names no UID and no patient attribute (it reaches logs).
+
+    Attributes
+    ----------
+    kind : ConflictKind
+        The colliding UID.
+    series_id : int
+        The node's number of the series that already holds the UID.
+    """
+
+    def __init__(self, kind: ConflictKind, series_id: int) -> None:
+        what = "SOP Instance UID" if kind is ConflictKind.SOP else "Series Instance UID"
+        super().__init__(f"{what} already stored in series {series_id} of another patient or study")
+        self.kind, self.series_id = kind, series_id
+
+
+class NotADuplicate(StorageError):
+    """The stored copy changed since the caller looked: it must write the instance after all."""
+
+
+class KnownInstance(NamedTuple):
+    """What :func:`find_instance` tells about a stored SOP instance."""
+
+    series_id: int
+    size: int
+    crc32: int
+    path: str
+
+
 @dataclass(frozen=True)
 class RecordResult:
     """Outcome of :func:`record_instance`."""
@@ -71,6 +118,15 @@ class RecordResult:
     outcome: RecordOutcome
     series_id: int
     reopened: bool  # the series had been completed and now receives again
+    path: str = ""  # the file the row names after the commit
+    # The file the row named before (a replaced instance's previous copy): the caller removes it
+    # once its new file is durable; ``None`` when nothing is to be removed.
+    old_path: str | None = None
+
+
+def _other_owner(study_uid: str, patient_id: str | None, rec: InstanceRecord) -> bool:
+    """Stored data of another study or patient than ``rec`` (a missing PatientID counts as a different one)."""
+    return study_uid != rec.study_uid or (patient_id or "").strip() != (rec.patient_id or "").strip()
 
 
 class _Statements:
@@ -79,14 +135,21 @@ class _Statements:
     def __init__(self, engine: Engine) -> None:
         ins = insert(engine, _series)
         self.insert_series = ins.on_conflict_do_nothing(index_elements=["series_uid"])
-        self.select_series = select(_series.c.id, _series.c.state).where(_series.c.series_uid == bindparam("uid"))
+        self.select_series = select(_series.c.id, _series.c.state, _series.c.study_uid, _series.c.patient_id).where(
+            _series.c.series_uid == bindparam("uid")
+        )
         # RETURNING tells whether the row was inserted on every driver
         # (psycopg reports no rowcount for INSERT .. ON CONFLICT DO NOTHING).
         self.insert_instance = (
             insert(engine, _instances).on_conflict_do_nothing(index_elements=["sop_uid"]).returning(_instances.c.id)
         )
-        self.select_instance = select(_instances.c.series_id, _instances.c.size, _instances.c.crc32).where(
+        self.select_instance = select(_instances.c.series_id, _instances.c.size, _instances.c.crc32, _instances.c.path).where(
             _instances.c.sop_uid == bindparam("uid")
+        )
+        self.select_owner = (
+            select(_instances.c.series_id, _instances.c.size, _instances.c.crc32, _instances.c.path, _series.c.study_uid, _series.c.patient_id)
+            .join(_series, _series.c.id == _instances.c.series_id)
+            .where(_instances.c.sop_uid == bindparam("uid"))
         )
         self.count_duplicate = (
             update(_instances)
@@ -124,22 +187,52 @@ def _statements(engine: Engine) -> _Statements:
     return st
 
 
-def find_instance(engine: Engine, sop_uid: str) -> tuple[int, int, int] | None:
-    """``(series_id, size, crc32)`` of a stored SOP instance, or ``None``."""
+def find_instance(engine: Engine, sop_uid: str) -> KnownInstance | None:
+    """Series, size, CRC and file of a stored SOP instance, or ``None``."""
     with read_transaction(engine) as conn:
         row = conn.execute(_statements(engine).select_instance, {"uid": sop_uid}).one_or_none()
-    return None if row is None else (row.series_id, row.size, row.crc32)
+    return None if row is None else KnownInstance(row.series_id, row.size, row.crc32, row.path)
 
 
-def record_instance(engine: Engine, rec: InstanceRecord) -> RecordResult:
+def repoint_instance(engine: Engine, sop_uid: str, old_path: str, new_path: str) -> bool:
+    """Make the row of ``sop_uid`` name ``new_path`` instead of ``old_path`` (a same-content copy whose file was gone).
+
+    ``False`` when the row no longer names ``old_path`` (it changed or was purged meanwhile).
+    """
+    with write_transaction(engine) as conn:
+        n = conn.execute(
+            update(_instances).where(_instances.c.sop_uid == sop_uid, _instances.c.path == old_path).values(path=new_path)
+        ).rowcount
+    return n == 1
+
+
+def record_instance(engine: Engine, rec: InstanceRecord, *, written: bool = True) -> RecordResult:
     """Record ``rec`` idempotently, in one committed transaction.
 
     A new SOP instance increments the series' count.  A byte-identical re-send
     changes nothing but a duplicate counter.  An instance that arrives for a
-    completed series re-opens it, so that a new job version follows.
+    completed series re-opens it, so that a new job version follows.  A
+    changed re-send points the row at ``rec.path`` and returns the file it
+    named before in :attr:`RecordResult.old_path`, for the caller to remove
+    after the commit (never before: until then the old copy is the stored one).
+
+    Parameters
+    ----------
+    engine : sqlalchemy.Engine
+        The database.
+    rec : InstanceRecord
+        The instance; ``rec.path`` is a file name never used before, unless ``written`` is false.
+    written : bool
+        ``False``: the caller wrote nothing and expects a byte-identical copy
+        stored at ``rec.path``; anything else raises :class:`NotADuplicate`
+        (nothing changed).
 
     Raises
     ------
+    UidConflictError
+        The series or SOP instance UID is stored for another study or patient; nothing changed.
+    NotADuplicate
+        ``written`` is false and the stored copy is not (or no longer) this one.
     storage.errors.DatabaseError
         The write failed; nothing was committed.
     """
@@ -177,7 +270,9 @@ def record_instance(engine: Engine, rec: InstanceRecord) -> RecordResult:
                 ),
             )
             row = conn.execute(st.select_series, {"uid": rec.series_uid}).one()
-        series_id, state = row
+        series_id, state = row.id, row.state
+        if _other_owner(row.study_uid, row.patient_id, rec):  # (also when another writer inserted it just now)
+            raise UidConflictError(ConflictKind.SERIES, series_id)
         values = dict(
             series_id=series_id,
             sop_uid=rec.sop_uid,
@@ -200,18 +295,28 @@ def record_instance(engine: Engine, rec: InstanceRecord) -> RecordResult:
             duplicates=0,
         )
         added = 1
-        if conn.execute(st.insert_instance, values).first() is not None:
+        old_path: str | None = None
+        if not written:  # a re-send the caller believes stored already: only ever a duplicate (no INSERT)
+            old = conn.execute(st.select_owner, {"uid": rec.sop_uid}).one_or_none()
+            if old is None or (old.series_id, old.size, old.crc32, old.path) != (series_id, rec.size, rec.crc32, rec.path):
+                raise NotADuplicate("the stored copy changed meanwhile")
+            conn.execute(st.count_duplicate, {"uid": rec.sop_uid})
+            return RecordResult(RecordOutcome.DUPLICATE, series_id, reopened=False, path=old.path)
+        if conn.execute(st.insert_instance, values).first() is not None:  # new: no further round trip
             outcome = RecordOutcome.NEW
         else:
-            old_series, old_size, old_crc = conn.execute(st.select_instance, {"uid": rec.sop_uid}).one()
-            if old_series == series_id and old_size == rec.size and old_crc == rec.crc32:
+            old = conn.execute(st.select_owner, {"uid": rec.sop_uid}).one()
+            if old.series_id != series_id and _other_owner(old.study_uid, old.patient_id, rec):
+                raise UidConflictError(ConflictKind.SOP, old.series_id)
+            if old.series_id == series_id and old.size == rec.size and old.crc32 == rec.crc32:
                 conn.execute(st.count_duplicate, {"uid": rec.sop_uid})
-                return RecordResult(RecordOutcome.DUPLICATE, series_id, reopened=False)
+                return RecordResult(RecordOutcome.DUPLICATE, series_id, reopened=False, path=old.path)
             outcome = RecordOutcome.REPLACED
+            old_path = old.path if old.path != rec.path else None
             values.pop("duplicates")
             conn.execute(update(_instances).where(_instances.c.sop_uid == rec.sop_uid).values(**values))
-            if old_series != series_id:  # the UID moved to another series: fix both counts
-                conn.execute(st.decrement_series, {"sid": old_series})
+            if old.series_id != series_id:  # the UID moved to another series of the same patient and study
+                conn.execute(st.decrement_series, {"sid": old.series_id})
             else:
                 added = 0
         conn.execute(
@@ -224,4 +329,4 @@ def record_instance(engine: Engine, rec: InstanceRecord) -> RecordResult:
                 "temporal": rec.temporal_positions,
             },
         )
-    return RecordResult(outcome, series_id, reopened=state == SeriesState.COMPLETE)
+    return RecordResult(outcome, series_id, reopened=state == SeriesState.COMPLETE, path=rec.path, old_path=old_path)

@@ -1,4 +1,4 @@
-"""Database schema: series, instances, jobs and deliveries (SQLAlchemy 2.0 typed models).
+"""Database schema: series, instances, jobs, deliveries and the quarantine (SQLAlchemy 2.0 typed models).
 
 The schema itself is created and upgraded by the Alembic migrations in
 ``storage/migrations``; these classes must stay in step with them (a test
@@ -191,6 +191,30 @@ class Delivery(Base):
     finished_at: Mapped[datetime | None]
 
     job: Mapped[Job] = relationship(back_populates="deliveries")
+
+
+class Quarantine(Base):
+    """One quarantine: the files of a series a job could not process, moved to a folder of their own.
+
+    ``state`` is a :class:`storage.quarantine.QuarantineState`: ``held`` (the
+    files are in ``folder``), ``released`` (put back in the live tree and the
+    series queued again), ``superseded`` (a later job of the series succeeded;
+    the files are gone from the quarantine) or ``purged`` (deleted by hand or
+    by ``retention.quarantine_days``).  The row stays as the record.
+    """
+
+    __tablename__ = "quarantine"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    series_id: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"))
+    reason: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    file_count: Mapped[int] = mapped_column(Integer, default=0)
+    bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    folder: Mapped[str] = mapped_column(Text)  # relative to the storage folder, e.g. "quarantine/12-3fa9c2d1"
+    ended_at: Mapped[datetime | None]  # when it stopped being held
 
 
 def table_of(model: type[Base]) -> Table:

@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 
 from dicomnode.net.scu import iter_dicom_files, parse_peer, send_files
 from storage.database import open_engine
+from storage.files import unique_stem
 from storage.models import Instance, Job, Series
 from tests.helpers import NodeProcess, wait_for, write_config
 
@@ -54,11 +55,12 @@ def test_kill9_mid_series_then_restart(tmp_path: Path, make_series: Callable[...
         engine = open_engine(f"sqlite:///{tmp_path / 'storage' / 'dicomnode.db'}")
         incoming = tmp_path / "storage" / "incoming"
         with engine.connect() as conn:
-            stored = set(conn.execute(select(Instance.sop_uid)).scalars())
+            stored = {sop: path for sop, path in conn.execute(select(Instance.sop_uid, Instance.path))}
         for f in acked:
             ds = dcmread(f, stop_before_pixels=True)
             assert ds.SOPInstanceUID in stored, "an acknowledged instance is missing from the database"
-            out = incoming / ds.StudyInstanceUID / ds.SeriesInstanceUID / f"{ds.SOPInstanceUID}.dcm"
+            out = incoming / stored[ds.SOPInstanceUID]  # the file its row names
+            assert out.parent.relative_to(incoming).parts == (ds.StudyInstanceUID, ds.SeriesInstanceUID)
             assert out.read_bytes()[-1000:] == f.read_bytes()[-1000:], "an acknowledged file is missing or partial"
         assert not list(incoming.rglob(".tmp-*")), "partial files must be cleaned up at restart"
 
@@ -110,6 +112,17 @@ def test_restart_restores_committed_files_and_removes_partial_ones(tmp_path: Pat
     stored[1].unlink()
     wrong = stored[1].parent / f".tmp-{uuid.uuid4().hex}-{stored[1].name}"
     wrong.write_bytes(original)
+    # 4. a replacement committed, its rename lost, and the copy it replaced not yet removed
+    sop2 = unique_stem(stored[2].name)
+    assert sop2 is not None
+    third = stored[2].read_bytes()
+    replaced = stored[2].with_name(f"{sop2}-0badc0de.dcm")
+    replaced.write_bytes(b"the previous copy")
+    lost2 = stored[2].parent / f".tmp-{uuid.uuid4().hex}-{stored[2].name}"
+    stored[2].rename(lost2)
+    # 5. complete bytes of a committed SOP, but under a name its row does not name: never acknowledged
+    other_name = stored[2].parent / f".tmp-{uuid.uuid4().hex}-{sop2}-12345678.dcm"
+    other_name.write_bytes(third)
 
     node = Node(cfg)
     node.start()
@@ -117,5 +130,8 @@ def test_restart_restores_committed_files_and_removes_partial_ones(tmp_path: Pat
         assert stored[0].read_bytes() == original
         assert not lost.exists() and not partial.exists() and not wrong.exists()
         assert not stored[1].exists()  # not restored from the wrong bytes; the sender will re-send it
+        assert stored[2].read_bytes() == third and not lost2.exists()
+        assert not replaced.exists(), "the copy a committed replacement superseded is removed at restart"
+        assert not other_name.exists() and not (stored[2].parent / f"{sop2}-12345678.dcm").exists()
     finally:
         node.stop()

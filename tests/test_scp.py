@@ -30,8 +30,12 @@ def dataset_bytes(path: Path) -> bytes:
 
 
 def stored_path(node: Node, src: Path) -> Path:
+    """The file the instance's row names (every write has a new name), or a path that does not exist."""
+    from storage.instances import find_instance
+
     ds = dcmread(src, stop_before_pixels=True)
-    return node.cfg.node.incoming_dir / ds.StudyInstanceUID / ds.SeriesInstanceUID / f"{ds.SOPInstanceUID}.dcm"
+    known = find_instance(node.engine, ds.SOPInstanceUID)
+    return node.cfg.node.incoming_dir / (known.path if known else f"{ds.StudyInstanceUID}/not-stored")
 
 
 def send(node: Node, files: list[Path], calling_ae: str = "TESTSCU"):  # type: ignore[no-untyped-def]

@@ -16,6 +16,8 @@ from dicomnode import __version__
 from dicomnode.cli.common import EXIT_FAILED, EXIT_OK, _config, configure_logging
 from dicomnode.cli.jobs import add_job_commands
 from dicomnode.cli.models import add_model_commands
+from dicomnode.cli.quarantine import add_quarantine_commands
+from dicomnode.cli.users import add_user_commands
 from dicomnode.config import Destination
 from dicomnode.errors import ConfigError, DicomNodeError
 from ai.errors import AIError
@@ -180,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_send)
 
     add_job_commands(sub, common)
+    add_quarantine_commands(sub, common)
+    add_user_commands(sub, common)
 
     p = sub.add_parser(
         "convert",

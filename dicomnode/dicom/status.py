@@ -13,6 +13,14 @@ ERROR_CANNOT_UNDERSTAND = 0xC210
 PROCESSING_FAILURE = 0x0110
 SOP_CLASS_NOT_SUPPORTED = 0x0122
 NO_SUCH_SOP_INSTANCE = 0x0112  # e.g. a Storage Commitment report for an unknown transaction
+# A UID already stored for another patient or study (refused, never merged); 0xCxxx: "cannot understand"
+ERROR_UID_CONFLICT = 0xC230
+
+# Further N-EVENT-REPORT failures (PS3.7 C.4, 10.1.1.1.8): how a Storage Commitment report is refused
+NO_SUCH_EVENT_TYPE = 0x0113  # an event type other than 1 (all committed) or 2 (some failed)
+INVALID_ARGUMENT_VALUE = 0x0115  # the report does not list exactly the objects sent, or contradicts its event type
+CLASS_INSTANCE_CONFLICT = 0x0119  # an instance reported with another SOP class than the one sent
+NOT_AUTHORIZED = 0x0124  # the reporter is not the destination the objects were sent to
 
 # Storage Commitment Push Model (PS3.4 J)
 STORAGE_COMMITMENT_PUSH = "1.2.840.10008.1.20.1"
@@ -38,6 +46,11 @@ _NAMES = {
     PROCESSING_FAILURE: "Failure: processing failure",
     SOP_CLASS_NOT_SUPPORTED: "Failure: SOP class not supported",
     NO_SUCH_SOP_INSTANCE: "Failure: no such SOP instance",
+    ERROR_UID_CONFLICT: "Error: UID already stored for another patient or study",
+    NO_SUCH_EVENT_TYPE: "Failure: no such event type",
+    INVALID_ARGUMENT_VALUE: "Failure: invalid argument value",
+    CLASS_INSTANCE_CONFLICT: "Failure: class-instance conflict",
+    NOT_AUTHORIZED: "Refused: not authorized",
 }
 
 

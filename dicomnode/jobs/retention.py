@@ -1,7 +1,7 @@
-"""The retention thread: purge delivered series by age, and by free-space watermark.
+"""The retention thread: purge delivered series by age, and by free-space watermark; purge old quarantine entries.
 
-The rules of what may be purged live in :mod:`storage.retention`; this
-module decides when.
+The rules of what may be purged live in :mod:`storage.retention` and
+:mod:`storage.quarantine`; this module decides when.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from dicomnode.background import BackgroundLoop
 from dicomnode.config import Config
 from storage.errors import StorageError
 from storage.models import utcnow
+from storage.quarantine import QuarantineEntry, purge_older_than
 from storage.retention import Purged, purge_series, purgeable
 
 logger = logging.getLogger(__name__)
@@ -58,9 +59,22 @@ class Retention(BackgroundLoop):
         node = self.cfg.node
         return purge_series(self.engine, series_id, node.incoming_dir, node.storage_dir)
 
+    def purge_quarantine(self) -> list[QuarantineEntry]:
+        """Purge the quarantine entries held longer than ``retention.quarantine_days`` (their files are deleted)."""
+        cutoff = utcnow() - timedelta(days=self.cfg.retention.quarantine_days)
+        purged = purge_older_than(self.engine, cutoff, self.cfg.node.quarantine_dir)
+        if purged:
+            logger.info(
+                "retention: purged %d quarantine entr%s held longer than %g days (%d files, %.1f MB)", len(purged),
+                "y" if len(purged) == 1 else "ies", self.cfg.retention.quarantine_days, sum(e.file_count for e in purged),
+                sum(e.bytes for e in purged) / 1e6,
+            )
+        return purged
+
     def run_once(self) -> list[Purged]:
-        """Purge by age, then by watermark; returns what was purged."""
+        """Purge the quarantine by age, then series by age, then by watermark; returns the series purged."""
         r = self.cfg.retention
+        self.purge_quarantine()
         done: list[Purged] = []
         for sid in purgeable(self.engine, older_than=utcnow() - timedelta(days=r.keep_days), limit=1000):
             if (p := self._purge(sid)) is not None:

@@ -8,7 +8,7 @@ recorded on the job.
 
 A series that cannot become a volume (missing or duplicate slices, mixed
 orientations, unreadable files) fails with the reason in words and its
-files are moved to the quarantine, never deleted.  A series no model
+files are moved to a quarantine entry of their own (:mod:`storage.quarantine`).  A series no model
 applies to is marked ``ignored``.  Models stay loaded between jobs.
 
 torch is imported only when the first job runs, so the receiver does not
@@ -36,9 +36,10 @@ from dicomnode.errors import DicomNodeError, VolumeError
 from dicomnode.jobs.gpu import GPUAdmission
 from dicomnode.jobs.models import ModelRegistry
 from dicomnode.metrics import Metrics
+from dicomnode.redaction import describe_exception
 from dicomnode.routing import Plan, PlanAction, Router
 from storage.errors import StorageError
-from storage.files import quarantine
+from storage.quarantine import locate_files, quarantine_files, supersede
 from storage.queue import (
     ClaimedJob,
     DeliveryTarget,
@@ -190,11 +191,9 @@ class JobRunner(BackgroundLoop):
     def _source_paths(self, job: ClaimedJob) -> dict[str, tuple[Path, str]]:
         """SOP instance UID -> (file, SOP class); a file may be in the quarantine after an earlier failure."""
         node = self.cfg.node
-        out: dict[str, tuple[Path, str]] = {}
-        for sop_uid, rel, sop_class in series_files(self.engine, job.series_id):
-            p = node.incoming_dir / rel
-            out[sop_uid] = (p if p.exists() or not (node.quarantine_dir / rel).exists() else node.quarantine_dir / rel, sop_class)
-        return out
+        files = series_files(self.engine, job.series_id)
+        where = locate_files(self.engine, job.series_id, [rel for _, rel, _ in files], node.incoming_dir, node.quarantine_dir)
+        return {sop_uid: (where[rel], sop_class) for sop_uid, rel, sop_class in files}
 
     def process(self, job: ClaimedJob) -> None:
         """Run one claimed job to its end state."""
@@ -215,7 +214,9 @@ class JobRunner(BackgroundLoop):
             except Exception as exc:  # a bug or a broken model: fail readably, keep the files
                 stage = hb.current or "start"
                 logger.exception("job %d failed in stage %s", job.id, stage)
-                end_job(self.engine, job.id, self.name, JobState.FAILED, f"internal error in stage {stage}: {exc}", timings)
+                # The exception's text may come from a library and quote a UID or a file path: one masked line.
+                error = f"internal error in stage {stage}: {describe_exception(exc, [self.cfg.node.storage_dir])}"
+                end_job(self.engine, job.id, self.name, JobState.FAILED, error, timings)
         state = job_state(self.engine, job.id)
         audit("job", job=job.id, series=job.series_id, version=job.version, calling_ae=job.facts.calling_ae, worker=self.name,
               state=state[0] if state else None, model=stages.model, reason=state[1] if state else None)
@@ -253,9 +254,13 @@ class JobRunner(BackgroundLoop):
     def _fail_bad_series(self, job: ClaimedJob, paths: dict[str, Path], reason: str, timings: dict[str, float]) -> None:
         node = self.cfg.node
         live = [p for p in paths.values() if p.exists() and node.incoming_dir in p.parents]
-        try:
-            moved = quarantine(live, node.incoming_dir, node.quarantine_dir)
-            reason += f" ({len(moved)} file(s) moved to the quarantine)"
+        try:  # each failure in an entry of its own (files already held stay in their entry)
+            if live:
+                entry = quarantine_files(
+                    self.engine, live, series_id=job.series_id, job_id=job.id, reason=reason,
+                    incoming_dir=node.incoming_dir, quarantine_dir=node.quarantine_dir,
+                )
+                reason += f" ({entry.file_count} file(s) moved to the quarantine, entry {entry.id})"
         except StorageError as exc:
             reason += f" (quarantine failed: {exc})"
         logger.warning("job %d failed: %s", job.id, reason)
@@ -348,6 +353,11 @@ class JobRunner(BackgroundLoop):
             self.engine, job.id, self.name, timings=stages.timings, model=model, output_dir=out_dir, outputs=records, targets=targets,
         ):
             raise LeaseLost(f"job {job.id}")
+        try:  # the series is good now: earlier quarantines of it are superseded
+            node = self.cfg.node
+            supersede(self.engine, job.series_id, job.version, node.incoming_dir, node.quarantine_dir)
+        except StorageError as exc:  # they stay held, for a person or retention
+            logger.warning("job %d: earlier quarantine entries of series %d stay held: %s", job.id, job.series_id, exc)
         logger.info(
             "job %d done: %d output(s) for %d destination(s); %s", job.id, len(records), len(targets),
             ", ".join(f"{k} {v:.2f} s" for k, v in stages.timings.items() if not k.startswith("model_")) or "forwarded",
