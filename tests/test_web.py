@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,19 +18,20 @@ from pydicom.uid import (
 from dicomnode.node import Node
 from storage.outbox import list_deliveries
 from storage.queue import DeliveryTarget, OutputRecord, claim_job, finish_job
+from tests.browser import Browser
 from tests.conftest import wait_for_jobs
-from tests.helpers import require_tool, storescu, wait_for
+from tests.helpers import storescu, wait_for
 from tests.peers import free_port
+from tests.webclient import Client, admin_password
 
 WEB = "enabled = true\nport = 0"
 
 
 def get(node: Node, path: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{node.web_port}{path}", timeout=10) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
+    """GET as the first administrator, with HTTP Basic (as a script or Prometheus would)."""
+    assert node.web_port is not None
+    r = Client(node.web_port).get(path, auth=("admin", admin_password(node)))
+    return r.status, r.body
 
 
 def fake_preview(path: Path) -> Dataset:
@@ -56,14 +55,17 @@ def fake_preview(path: Path) -> Dataset:
 
 def test_status_api_metrics_and_health(node_factory: Callable[..., Node], make_series: Callable[..., list[Path]]) -> None:
     node = node_factory(web_toml=WEB)
-    assert get(node, "/healthz") == (200, json.dumps({"status": "ok", "listener": True, "database": True}, separators=(",", ":")).encode())
+    health = Client(node.web_port or 0).get("/healthz")  # open, without a login
+    assert health.status == 200 and health.json()["status"] == "ok", health.text
+    assert health.json()["listener"] is True and health.json()["database"] is True
     files = make_series("web", slices=3)
     assert storescu(node.cfg.node.port, files).returncode == 0
     [job] = wait_for_jobs(node, 1)
     status, body = get(node, "/metrics")
     text = body.decode()
     assert status == 200
-    assert re.search(r'^dicomnode_instances_received_total\{calling_ae="STORESCU"\} 3\.0$', text, re.M), text
+    # STORESCU is in no allow-list, destination or rule, so it is counted as "other" (peers cannot mint labels).
+    assert re.search(r'^dicomnode_instances_received_total\{calling_ae="other"\} 3\.0$', text, re.M), text
     assert re.search(r'^dicomnode_jobs\{state="queued"\} 1\.0$', text, re.M)
     assert re.search(r"^dicomnode_queue_depth 1\.0$", text, re.M)
     assert "dicomnode_stage_seconds" in text
@@ -83,7 +85,6 @@ def test_status_api_metrics_and_health(node_factory: Callable[..., Node], make_s
 def test_the_page_shows_a_finished_job_with_its_preview_in_chromium(
     node_factory: Callable[..., Node], make_series: Callable[..., list[Path]], tmp_path: Path
 ) -> None:
-    chromium = require_tool("chromium")
     down = free_port()  # a PACS that is down: the delivery stays pending, retried in a minute
     node = node_factory(web_toml=WEB, extra_toml=(
         "[worker]\nenabled = false\n[delivery]\nbackoff_seconds = 60\n"
@@ -103,16 +104,17 @@ def test_the_page_shows_a_finished_job_with_its_preview_in_chromium(
     wait_for(lambda: any(d.last_error for d in list_deliveries(node.engine, job.id)), 20, what="the first delivery attempt")
     status, png = get(node, f"/jobs/{job.id}/preview.png")
     assert status == 200 and png.startswith(b"\x89PNG")
-    url = f"http://127.0.0.1:{node.web_port}/"
     shot = tmp_path / "status.png"  # kept by pytest under its basetemp for people to look at
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,900", "--virtual-time-budget=5000"]
-    dom = subprocess.run([chromium, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120)
-    assert dom.returncode == 0, dom.stderr[-2000:]
-    row = re.search(rf'<tr id="job-{job.id}">.*?</tr>', dom.stdout, re.S)
-    assert row is not None, dom.stdout[:2000]
-    assert "delivering" in row.group(0) and "chest 0.1" in row.group(0) and "infer 2.5s" in row.group(0)
-    assert f"DICOM port {node.cfg.node.port}" in dom.stdout
-    assert "Delivery log" in dom.stdout and "cannot connect to PACS@127.0.0.1" in dom.stdout
-    assert 'data-loaded="1"' in row.group(0)  # the browser loaded the preview image
-    r = subprocess.run([chromium, *flags, f"--screenshot={shot}", url], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0 and shot.stat().st_size > 10_000, r.stderr[-2000:]
+    with Browser(tmp_path / "chromium") as browser:
+        browser.goto(f"http://127.0.0.1:{node.web_port}/")  # redirected to the login form
+        assert browser.evaluate("location.pathname") == "/login"
+        browser.submit_form('form[action="/login"]', {"username": "admin", "password": admin_password(node)})
+        assert browser.evaluate("location.pathname") == "/"
+        dom = browser.dom()
+        row = re.search(rf'<tr id="job-{job.id}">.*?</tr>', dom, re.S)
+        assert row is not None, dom[:2000]
+        assert "delivering" in row.group(0) and "chest 0.1" in row.group(0) and "infer 2.5s" in row.group(0)
+        assert f"DICOM port {node.cfg.node.port}" in dom
+        assert "Delivery log" in dom and "cannot connect to PACS@127.0.0.1" in dom
+        wait_for(lambda: browser.images_loaded(f"#job-{job.id} img.preview"), 30, what="the preview image in the browser")
+        assert browser.screenshot(shot).stat().st_size > 10_000

@@ -1,56 +1,49 @@
-"""The node's web face: a status page, a JSON API, Prometheus ``/metrics`` and ``/healthz``.
+"""The node's web face: a status page, a JSON API, Prometheus ``/metrics`` and ``/healthz``, behind a login.
 
 The page lists recent jobs (state, stage timings, failure reasons, where the
 results went and the preview image) and recent series, and refreshes
 itself.  It shows no patient names or IDs: series are described by
-modality, body part, description and the sending AE.  Serve it on an
-internal interface only (``[web] host``).
+modality, body part, description and the sending AE.  Everything but
+``/healthz`` and the login form needs a user (:mod:`dicomnode.web.guard`);
+retrying a job needs the admin role.
 """
 
 from __future__ import annotations
 
-import html
+import base64
+import hashlib
 import io
 import logging
-import socket
-import threading
+import re
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import FastAPI, HTTPException
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from pydicom.uid import UID
 from sqlalchemy import Engine, text
 
 from dicomnode import __version__
+from dicomnode.audit import audit
 from dicomnode.config import Config
 from dicomnode.metrics import CONTENT_TYPE, Metrics
+from dicomnode.web.auth import Authenticator, Principal
+from dicomnode.web.guard import Guard, peer_of
+from dicomnode.web.login import add_login_routes
+from dicomnode.web.page import PAGE_CSP, message_page, preview_path, status_page
+from dicomnode.web.users import ADMIN_PASSWORD_FILE, UserStore, ensure_first_admin
 from storage.errors import StorageError
-from storage.outbox import list_deliveries, outputs_for
-from storage.listings import JobRow, list_jobs, list_series
-from storage.states import FINISHED_JOB_STATES, DeliveryState, JobState, OutputKind
+from storage.files import free_bytes
+from storage.listings import list_jobs, list_series
+from storage.outbox import list_deliveries, outputs_for, reset_deliveries
+from storage.queue import job_state, requeue_job
+from storage.states import JobState
 
 logger = logging.getLogger(__name__)
 
-STATE_COLOURS: dict[str, str] = {
-    JobState.QUEUED: "#888", JobState.RUNNING: "#1f77b4", JobState.DELIVERING: "#9467bd", JobState.DONE: "#2ca02c",
-    JobState.FAILED: "#d62728", JobState.DELIVERY_FAILED: "#d62728", JobState.IGNORED: "#aaa", JobState.NOT_APPLICABLE: "#aaa", JobState.INCOMPLETE: "#ff7f0e",
-    DeliveryState.PENDING: "#888", DeliveryState.AWAITING_COMMITMENT: "#9467bd",
-}
-_CSS = """
-body{font:14px system-ui,sans-serif;margin:1.5em;color:#222}h1{font-size:1.4em}h2{font-size:1.1em;margin-top:1.6em}
-table{border-collapse:collapse;width:100%}th,td{padding:4px 8px;border-bottom:1px solid #ddd;text-align:left;vertical-align:top}
-th{background:#f4f4f4}.state{color:#fff;border-radius:3px;padding:1px 6px;font-size:12px}.err{color:#b00}.sel{color:#555;font-size:12px}
-img.preview{height:96px;border:1px solid #ccc}small{color:#666}
-"""
-
-
-def _state(s: str) -> str:
-    return f'<span class="state" style="background:{STATE_COLOURS.get(s, "#555")}">{html.escape(s)}</span>'
-
-
-def _preview_path(engine: Engine, cfg: Config, job_id: int) -> Any:
-    previews = [o for o in outputs_for(engine, job_id) if o.kind == OutputKind.PREVIEW]
-    return cfg.node.storage_dir / previews[0].path if previews else None
+REQUEUE_STATES = frozenset({JobState.FAILED, JobState.IGNORED, JobState.NOT_APPLICABLE, JobState.INCOMPLETE, JobState.QUEUED})
+Limit = Query(50, ge=1, le=1000)
 
 
 def preview_png(path: Any) -> bytes:
@@ -67,34 +60,84 @@ def preview_png(path: Any) -> bytes:
     return buf.getvalue()
 
 
+def retry_job(engine: Engine, job_id: int, rerun: bool) -> tuple[int, str]:
+    """What ``dicomnode retry`` does: ``(HTTP status, what happened)``.
+
+    A failed, ignored or incomplete job (or any with ``rerun``) is queued again;
+    one whose results were made has its deliveries sent again (same UIDs).
+    """
+    state = job_state(engine, job_id)
+    if state is None:
+        return 404, f"there is no job {job_id}"
+    if state[0] == JobState.RUNNING:
+        return 409, f"job {job_id} is running; wait for it to finish"
+    if rerun or state[0] in REQUEUE_STATES:
+        if not requeue_job(engine, job_id):
+            return 409, f"job {job_id} started running meanwhile; wait for it to finish"
+        return 200, f"job {job_id} queued again"
+    n = reset_deliveries(engine, job_id)
+    if not n:
+        return 409, f"job {job_id} has no deliveries (no destinations were configured when it ran); retry with rerun=true"
+    return 200, f"job {job_id}: {n} deliver{'y' if n == 1 else 'ies'} will be sent again"
+
+
+def health(engine: Engine, cfg: Config, metrics: Metrics, is_listening: Callable[[], bool]) -> tuple[int, dict[str, Any]]:
+    """``/healthz``: listener, database, the disk watermark and refusals, nothing about patients or jobs."""
+    checks = {"listener": is_listening()}
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        checks["database"] = True
+    except Exception:  # any database failure makes the node unhealthy
+        checks["database"] = False
+    free_mb = free_bytes(cfg.node.storage_dir) // 1_000_000
+    refusing = cfg.node.min_free_mb > 0 and free_mb < cfg.node.min_free_mb  # the ingest's own rule, in MB
+    body: dict[str, Any] = {
+        "status": "ok", **checks,
+        "disk": {"free_mb": free_mb, "min_free_mb": cfg.node.min_free_mb, "refusing": refusing},
+        "refused_since_start": metrics.refused_total(),
+    }
+    if not all(checks.values()):
+        body["status"] = "unhealthy"
+        body["reason"] = " and ".join(f"the {k} is down" for k, ok in checks.items() if not ok)
+    elif refusing:
+        body["status"] = "refusing"
+        body["reason"] = (f"instances are refused: {free_mb} MB free on the storage disk, below node.min_free_mb "
+                          f"({cfg.node.min_free_mb} MB)")
+    return (200 if body["status"] == "ok" else 503), body
+
+
+def _who(request: Request) -> Principal:
+    who: Principal = request.state.principal  # set by the guard for every route that is not public
+    return who
+
+
 def create_app(
     engine: Engine, cfg: Config, metrics: Metrics, is_listening: Callable[[], bool] = lambda: True, dicom_port: int | None = None
-) -> FastAPI:
-    """The FastAPI application of one node (``dicom_port``: the listener's actual port, shown on the page)."""
-    app = FastAPI(title="dicomnode", version=__version__, docs_url="/api/docs", redoc_url=None)
+) -> Guard:
+    """The web face of one node, behind its :class:`~dicomnode.web.guard.Guard` (``dicom_port``: shown on the page).
 
-    def jobs(limit: int = 50, state: str | None = None) -> list[JobRow]:
-        return list_jobs(engine, state=state, limit=limit)
+    Creates the user ``admin`` on first start (see :func:`~dicomnode.web.users.ensure_first_admin`).
+    """
+    store = UserStore(cfg.node.storage_dir / cfg.web.users_file)
+    ensure_first_admin(store, cfg.node.storage_dir / ADMIN_PASSWORD_FILE)
+    docs = cfg.web.api_docs
+    app = FastAPI(title="dicomnode", version=__version__, docs_url=None, redoc_url=None, openapi_url="/api/openapi.json" if docs else None)
+    guard = Guard(app, Authenticator(cfg.web, store), cfg.web)
+    add_login_routes(app, guard, cfg.node.ae_title)
 
     @app.get("/healthz")
     def healthz() -> JSONResponse:
-        checks = {"listener": is_listening()}
-        try:
-            with engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
-            checks["database"] = True
-        except Exception:  # any database failure makes the node unhealthy
-            checks["database"] = False
-        ok = all(checks.values())
-        return JSONResponse({"status": "ok" if ok else "unhealthy", **checks}, status_code=200 if ok else 503)
+        status, body = health(engine, cfg, metrics, is_listening)
+        return JSONResponse(body, status_code=status)
 
     @app.get("/metrics")
     def prometheus() -> Response:
         return Response(metrics.exposition(), media_type=CONTENT_TYPE)
 
     @app.get("/api/jobs")
-    def api_jobs(limit: int = 50, state: str | None = None) -> list[dict[str, Any]]:
-        return [j.as_json() for j in jobs(limit, state)]
+    def api_jobs(limit: int = Limit, state: str | None = None) -> list[dict[str, Any]]:
+        return [j.as_json() for j in list_jobs(engine, state=state, limit=limit)]
 
     @app.get("/api/jobs/{job_id}")
     def api_job(job_id: int) -> dict[str, Any]:
@@ -103,114 +146,72 @@ def create_app(
             raise HTTPException(404, f"no job {job_id}")
         return {
             **found[0].as_json(),
-            "outputs": [vars(o) for o in outputs_for(engine, job_id)],
+            # What was made, not its UIDs or paths (identifiers): kind, variant and SOP class name.
+            "outputs": [
+                {"kind": str(o.kind), "variant": o.variant, "sop_class": UID(o.sop_class_uid).name} for o in outputs_for(engine, job_id)
+            ],
             "deliveries": [d.as_json() for d in list_deliveries(engine, job_id)],
         }
 
+    @app.post("/api/jobs/{job_id}/retry")
+    def api_retry(job_id: int, request: Request, rerun: bool = False) -> Response:
+        who = _who(request)
+        form = request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded")  # the page's button
+        if not who.is_admin:
+            audit("web_action", user=who.name, peer=peer_of(request.scope), action="retry", job=job_id, outcome="forbidden")
+            raise HTTPException(403, "retrying a job needs the admin role")
+        status, what = retry_job(engine, job_id, rerun)
+        audit("web_action", user=who.name, peer=peer_of(request.scope), action="retry", job=job_id, rerun=rerun,
+              outcome="ok" if status == 200 else "refused")
+        if form:
+            if status == 200:
+                return RedirectResponse(f"/#job-{job_id}", status_code=303)
+            return _html(message_page("Retry refused", what), status)
+        if status != 200:
+            raise HTTPException(status, what)
+        return JSONResponse({"job": job_id, "result": what})
+
     @app.get("/api/series")
-    def api_series(limit: int = 50) -> list[dict[str, Any]]:
+    def api_series(limit: int = Limit) -> list[dict[str, Any]]:
         return [s.as_json() for s in list_series(engine, limit)]
 
     @app.get("/api/deliveries")
-    def api_deliveries(limit: int = 100) -> list[dict[str, Any]]:
+    def api_deliveries(limit: int = Query(100, ge=1, le=1000)) -> list[dict[str, Any]]:
         return [d.as_json() for d in list_deliveries(engine, limit=limit)]
 
     @app.get("/jobs/{job_id}/preview.png")
     def job_preview(job_id: int) -> Response:
-        path = _preview_path(engine, cfg, job_id)
+        path = preview_path(engine, cfg, job_id)
         if path is None or not path.is_file():
             raise HTTPException(404, f"job {job_id} has no preview image")
         return Response(preview_png(path), media_type="image/png")
 
     @app.get("/", response_class=HTMLResponse)
-    def index() -> str:
+    def index(request: Request) -> HTMLResponse:
         try:
-            return _page(engine, cfg, jobs(50), dicom_port or cfg.node.port)
+            page = status_page(engine, cfg, list_jobs(engine, limit=50), dicom_port or cfg.node.port, _who(request))
         except StorageError as exc:
-            return f"<h1>dicomnode</h1><p class=err>database unavailable: {html.escape(str(exc))}</p>"
+            return _html(message_page("dicomnode: database unavailable", str(exc)), 503)
+        return _html(page)
 
-    return app
+    if docs:
+        @app.get("/api/docs", include_in_schema=False)
+        def api_docs() -> HTMLResponse:
+            page = get_swagger_ui_html(openapi_url="/api/openapi.json", title="dicomnode API")
+            inline = re.findall(rb"<script>(.*?)</script>", bytes(page.body), re.S)
+            hashes = " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(s).digest()).decode()}'" for s in inline)
+            # Swagger UI: its script and style from its CDN, its one inline script by hash, and inline styles.
+            page.headers["content-security-policy"] = (
+                f"default-src 'none'; script-src https://cdn.jsdelivr.net {hashes}; style-src https://cdn.jsdelivr.net 'unsafe-inline'; "
+                "img-src 'self' data: https://fastapi.tiangolo.com; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
+                "form-action 'none'"
+            )
+            return page
 
-
-def _page(engine: Engine, cfg: Config, jobs: list[JobRow], port: int) -> str:
-    deliveries: dict[int, list[Any]] = {}
-    recent = list_deliveries(engine, limit=400)
-    for d in recent:
-        deliveries.setdefault(d.job_id, []).append(d)
-    rows = []
-    for j in jobs:
-        t = j.timings or {}
-        stages = " ".join(f"{k} {v:.1f}s" for k, v in t.items() if not k.startswith("model_"))
-        sent = "<br>".join(
-            f"{html.escape(d.destination)}: {_state(d.state)} <small>{d.attempts} attempt(s)</small>"
-            + (f'<br><small class="err">{html.escape(d.last_error)}</small>' if d.last_error else "")
-            for d in deliveries.get(j.id, [])
-        )
-        preview = _preview_path(engine, cfg, j.id) if j.state in FINISHED_JOB_STATES else None
-        img = (
-            f'<a href="/jobs/{j.id}/preview.png"><img class="preview" alt="preview of job {j.id}" '
-            f'src="/jobs/{j.id}/preview.png" onload="this.dataset.loaded=1"></a>' if preview is not None else ""
-        )
-        what = " / ".join(html.escape(x) for x in (j.modality or "?", j.series_description or "") if x)
-        rows.append(
-            f'<tr id="job-{j.id}"><td>{j.id}</td><td>{what}<br><small>from {html.escape(j.calling_ae or "?")}, '
-            f"{j.instance_count} images, {html.escape(j.completion_reason)}</small></td><td>{_state(j.state)}"
-            f'{"<br><small>" + html.escape(j.stage) + "</small>" if j.stage and j.state == JobState.RUNNING else ""}</td>'
-            f"<td>{html.escape(j.model or '')}<br><small>{stages}</small>"
-            f'{"<br><span class=err>" + html.escape(j.error) + "</span>" if j.error else ""}'
-            f'{"<br><span class=sel>" + html.escape(j.selection_reason) + "</span>" if j.selection == "chosen" and j.selection_reason else ""}'
-            f'</td><td>{sent}</td><td>{img}</td>'
-            f"<td><small>{j.created_at:%Y-%m-%d %H:%M:%S}</small></td></tr>"
-        )
-    series = "".join(
-        f"<tr><td>{s.id}</td><td>{html.escape(s.modality or '?')} {html.escape(s.body_part or '')} "
-        f"{html.escape(s.series_description or '')}</td><td>{html.escape(s.calling_ae or '?')}</td><td>{html.escape(s.state)}</td>"
-        f"<td>{s.instance_count}</td><td><small>{s.last_received_at:%Y-%m-%d %H:%M:%S}</small></td></tr>"
-        for s in list_series(engine, 20)
-    )
-    log = "".join(
-        f"<tr><td>{d.job_id}</td><td>{html.escape(d.destination)}</td><td>{_state(d.state)}</td><td>{d.attempts}</td>"
-        f"<td>{d.sent_count}</td><td><small>{_when(d.finished_at or d.next_attempt_at)}</small></td>"
-        f'<td class="err">{html.escape(d.last_error or "")}</td></tr>'
-        for d in recent[:30]
-    )
-    return f"""<!doctype html><html><head><meta charset="utf-8"><meta http-equiv="refresh" content="10">
-<title>dicomnode {html.escape(cfg.node.ae_title)}</title><style>{_CSS}</style></head><body>
-<h1>dicomnode {html.escape(cfg.node.ae_title)} <small>{__version__}, DICOM port {port}</small></h1>
-<p><a href="/api/jobs">JSON</a> · <a href="/metrics">metrics</a> · <a href="/healthz">health</a> · <a href="/api/docs">API</a></p>
-<h2>Jobs</h2><table><tr><th>Job</th><th>Series</th><th>State</th><th>Model and timings</th><th>Deliveries</th><th>Preview</th><th>Created (UTC)</th></tr>
-{"".join(rows) or '<tr><td colspan=7>no jobs yet</td></tr>'}</table>
-<h2>Delivery log</h2><table><tr><th>Job</th><th>Destination</th><th>State</th><th>Attempts</th><th>Objects sent</th><th>Done / next try (UTC)</th><th>Last error</th></tr>
-{log or '<tr><td colspan=7>nothing sent yet</td></tr>'}</table>
-<h2>Series received</h2><table><tr><th>#</th><th>Series</th><th>From</th><th>State</th><th>Images</th><th>Last image (UTC)</th></tr>
-{series or '<tr><td colspan=6>none yet</td></tr>'}</table></body></html>"""
+    return guard
 
 
-def _when(t: Any) -> str:
-    return f"{t:%Y-%m-%d %H:%M:%S}" if t is not None else ""
-
-
-class WebServer:
-    """Uvicorn in a background thread, on a socket bound up front (so port 0 works)."""
-
-    def __init__(self, app: FastAPI, host: str, port: int) -> None:
-        import uvicorn
-
-        self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((host, port))
-        self.sock.listen(128)  # connections wait in the backlog until uvicorn's loop runs
-        self.port = int(self.sock.getsockname()[1])
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
-        self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, name="dicomnode-web", daemon=True)
-
-    def start(self) -> int:
-        """Serve; returns the bound port."""
-        self._thread.start()
-        return self.port
-
-    def stop(self) -> None:
-        """Stop serving."""
-        self.server.should_exit = True
-        self._thread.join(10)
-        self.sock.close()
+def _html(page: str, status: int = 200) -> HTMLResponse:
+    response = HTMLResponse(page, status_code=status)
+    response.headers["content-security-policy"] = PAGE_CSP
+    return response
