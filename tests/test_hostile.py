@@ -203,6 +203,15 @@ def test_slowloris_is_capped_per_address_and_reaped(node: NodeProcess, baseline:
     after_attack(node, baseline)
 
 
+def test_a_burst_of_junk_connections_frees_its_slots(node: NodeProcess, baseline: float) -> None:
+    """40 addresses each send a junk PDU and hang up: their association slots are freed at once, not after 30 s."""
+    for i in range(40):
+        with socket.create_connection(("127.0.0.1", node.port), timeout=5, source_address=(f"127.0.1.{i + 1}", 0)) as s:
+            s.sendall(struct.pack(">BBL", 0x01, 0, 4) + b"\xff" * 4 + struct.pack(">BBL", 0x09, 0, 0))
+    assert wait_for(lambda: echo(node.port, timeout=3), 8, interval=0.2, what="C-ECHO after the burst")
+    after_attack(node, baseline)
+
+
 def test_half_sent_pdu_is_reaped(node: NodeProcess, baseline: float) -> None:
     """A modality that loses power mid-PDU does not hold its slot until a restart."""
     with attacker_socket(node.port) as s:

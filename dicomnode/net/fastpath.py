@@ -202,7 +202,10 @@ def check_internals() -> list[str]:
         need(_takes(DIMSEServiceProvider.get_msg, "self", "block", block=False),
              "DIMSEServiceProvider.get_msg(block=False) changed signature")
         need(_uses(Association, "_run_reactor", "get_msg"), "Association._run_reactor no longer polls DIMSEServiceProvider.get_msg()")
-        # The guard's patches (dicomnode.net.guard): DIMSE reassembly and its buffers.
+        # The guard's patches (dicomnode.net.guard): DIMSE reassembly and its buffers, the acceptor's wait.
+        need(_takes(DULServiceProvider.receive_pdu, "self", "wait", "timeout", wait=False, timeout=None),
+             "DULServiceProvider.receive_pdu(wait=False, timeout=None) changed signature")
+        need(_uses(DULServiceProvider, "receive_pdu", "to_user_queue"), "DULServiceProvider.receive_pdu no longer reads to_user_queue")
         need(_takes(DIMSEServiceProvider.receive_primitive, "self", "primitive"),
              "DIMSEServiceProvider.receive_primitive(primitive) changed signature")
         need(_uses(DIMSEMessage, "decode_msg", "data_set") and _uses(DIMSEMessage, "decode_msg", "encoded_command_set"),

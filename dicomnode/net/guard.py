@@ -215,6 +215,39 @@ def _original_receive() -> Callable[[Any, Any], None]:
 _ORIGINAL_RECEIVE = _original_receive()
 
 
+def receive_pdu_while_connected(self: Any, wait: bool = False, timeout: float | None = None) -> Any:
+    """``DULServiceProvider.receive_pdu`` that stops waiting once the DUL has stopped.
+
+    pynetdicom's acceptor waits ``acse_timeout`` (30 s) for the association
+    request even when the peer has already gone (a connection that sends
+    junk and closes): each such connection held an association slot for
+    30 s, and a burst of them locked every peer out.
+    """
+    if not wait:
+        return _ORIGINAL_RECEIVE_PDU(self, False, None)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        step = _WAKE_SECONDS if deadline is None else min(_WAKE_SECONDS, deadline - time.monotonic())
+        if step <= 0:
+            return None
+        primitive = _ORIGINAL_RECEIVE_PDU(self, True, step)
+        if primitive is not None:
+            return primitive
+        if self.ident is not None and not self.is_alive() and self.to_user_queue.empty():  # the DUL is gone: nothing will come
+            return None
+
+
+def _original_receive_pdu() -> Callable[..., Any]:
+    from pynetdicom.dul import DULServiceProvider
+
+    func: Callable[..., Any] = DULServiceProvider.receive_pdu
+    return func
+
+
+_ORIGINAL_RECEIVE_PDU = _original_receive_pdu()
+_WAKE_SECONDS = 0.2
+
+
 def guard_socket(assoc: Association, limits: PeerLimits) -> bool:
     """Bound reads on a new connection's socket (before its association request is read).
 
@@ -238,6 +271,7 @@ def guard_socket(assoc: Association, limits: PeerLimits) -> bool:
         return False
     setattr(sock, _LIMITS, limits)
     setattr(sock, "recv", types.MethodType(bounded_recv, sock))
+    setattr(assoc.dul, "receive_pdu", types.MethodType(receive_pdu_while_connected, assoc.dul))
     return True
 
 
