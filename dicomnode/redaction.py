@@ -37,17 +37,24 @@ _UID = re.compile(
     r"(?!\d)"
 )
 
+# A path below a folder: up to the next blank or quote, not counting the punctuation that ends a sentence.
+_BELOW = r"/[^\s'\"]*[^\s'\":,;.)\]]"
+
 
 def redact(text: str, paths: Iterable[Path | str] = ()) -> str:
-    """``text`` with UIDs replaced by ``<uid>`` and anything under ``paths`` by ``<path>``.
+    """``text`` with UIDs replaced by ``<uid>`` and the data paths under ``paths`` by ``<path>``.
 
     Parameters
     ----------
     text : str
         A message, an exception's text or a formatted traceback.
     paths : iterable of path
-        Folders whose files are named after identifiers (the storage folder):
-        a path under one of them is replaced whole, up to the next blank or quote.
+        Folders whose data files are named after identifiers (the storage
+        folder, whose ``incoming/<study>/<series>/<sop>.dcm``, quarantine and
+        outputs are).  A path inside a subfolder of one of them is replaced
+        whole, up to the next blank or quote; the folder itself and the files
+        directly in it (the database, the audit log, the first web password)
+        stay readable, an administrator needs to find them.
 
     Returns
     -------
@@ -57,10 +64,11 @@ def redact(text: str, paths: Iterable[Path | str] = ()) -> str:
         root = str(folder).rstrip("/")
         if not root:
             continue
-        if root.startswith("/"):  # the folder itself, or anything below it
-            pattern = re.escape(root) + r"(?:/[^\s'\"]*|(?![\w-])(?!\.\w))"
-        else:  # a relative folder ("storage") is masked only as the start of a path below it
-            pattern = r"(?<![\w/.-])" + re.escape(root) + r"/[^\s'\"]*"
+        below = rf"/[^\s'\"/]+{_BELOW}"  # into a subfolder: incoming/..., quarantine/..., outputs/...
+        if root.startswith("/"):
+            pattern = re.escape(root) + below
+        else:  # a relative folder ("storage") only where a path starts
+            pattern = r"(?<![\w/.-])" + re.escape(root) + below
         text = re.sub(pattern, PATH_MASK, text)
     return _UID.sub(UID_MASK, text)
 

@@ -48,6 +48,7 @@ from storage.database import as_utc, read_transaction, write_transaction
 from storage.errors import StorageError
 from storage.files import TEMP_PREFIX, move_tree
 from storage.models import Instance, Job, Output, Quarantine, Series, table_of, utcnow
+from storage.permissions import make_private_dir
 from storage.states import JobState, OutputKind, SeriesState
 
 logger = logging.getLogger(__name__)
@@ -140,7 +141,7 @@ def quarantine_files(
     dest = quarantine_dir.parent / folder
     moved: list[Path] = []
     try:
-        dest.mkdir(parents=True)
+        make_private_dir(dest)  # 0750 with its parents, whatever the umask
         moved = move_tree(sizes, incoming_dir, dest)
     except OSError as exc:
         raise StorageError(f"cannot create quarantine folder {entry_id}: {exc.strerror}") from exc
