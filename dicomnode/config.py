@@ -534,8 +534,8 @@ def _parse_destinations(data: Any) -> tuple[Destination, ...]:
         for k in (k for k in tls_keys if k in item):
             if not tls:
                 raise ConfigError(f"{key}.{k}: set, but {key}.tls is not true")
-            if not _str(f"{key}.{k}", item[k]) or (k != "tls_server_name" and not Path(item[k]).is_file()):
-                raise ConfigError(f"{key}.{k}: " + ("must not be empty" if not item[k] else f"file {item[k]} does not exist"))
+            if not Path(_str(f"{key}.{k}", item[k])).is_file() and k != "tls_server_name":
+                raise ConfigError(f"{key}.{k}: file {item[k]} does not exist")
         if ("tls_cert_file" in item) != ("tls_key_file" in item):
             which = "tls_key_file" if "tls_cert_file" in item else "tls_cert_file"
             raise ConfigError(f"{key}.{which}: required with the other; mutual TLS needs both tls_cert_file and tls_key_file")

@@ -43,6 +43,7 @@ class DueDelivery:
     storage_commitment: bool
     commitment_uid: str | None
     created_at: datetime | None = None  # when the job finished and queued it
+    last_error: str | None = None  # awaiting a report: why the last report for this attempt was refused
 
 
 def claim_due(engine: Engine, lease_seconds: float, limit: int = 8) -> list[DueDelivery]:
@@ -71,7 +72,7 @@ def claim_due(engine: Engine, lease_seconds: float, limit: int = 8) -> list[DueD
                 DueDelivery(
                     id=r.id, job_id=r.job_id, destination=r.destination, variant=r.variant, state=r.state,
                     attempts=r.attempts + 1 if resend else r.attempts, storage_commitment=r.storage_commitment,
-                    commitment_uid=r.commitment_uid, created_at=as_utc(r.created_at),
+                    commitment_uid=r.commitment_uid, created_at=as_utc(r.created_at), last_error=r.last_error,
                 )
             )
     return out
@@ -114,15 +115,18 @@ def record_sent(engine: Engine, delivery_id: int, sent: int, *, commitment_uid: 
     """Everything was stored by the peer; done, or awaiting its Storage Commitment report."""
     now = utcnow()
     with write_transaction(engine) as conn:
-        values: dict[str, object] = {"sent_count": sent, "last_error": None, "updated_at": now}
-        where = [_deliveries.c.id == delivery_id]
-        if commitment_uid is not None:
-            values |= {"state": DeliveryState.AWAITING_COMMITMENT, "next_attempt_at": commitment_deadline}
-            # Unless the report already came (on another association) while we were sending.
-            where += [_deliveries.c.commitment_uid == commitment_uid, _deliveries.c.state == DeliveryState.PENDING]
+        if commitment_uid is None:
+            conn.execute(update(_deliveries).where(_deliveries.c.id == delivery_id).values(
+                sent_count=sent, last_error=None, updated_at=now, state=DeliveryState.DONE, finished_at=now, next_attempt_at=None,
+            ))
         else:
-            values |= {"state": DeliveryState.DONE, "finished_at": now, "next_attempt_at": None}
-        conn.execute(update(_deliveries).where(*where).values(**values))
+            this_attempt = [_deliveries.c.id == delivery_id, _deliveries.c.commitment_uid == commitment_uid]
+            conn.execute(update(_deliveries).where(*this_attempt).values(sent_count=sent, updated_at=now))
+            # Unless a report already settled it (on this association or another) while we were sending.
+            conn.execute(
+                update(_deliveries).where(*this_attempt, _deliveries.c.state == DeliveryState.PENDING)
+                .values(state=DeliveryState.AWAITING_COMMITMENT, next_attempt_at=commitment_deadline)
+            )
         _settle_job(conn, _job_of(conn, delivery_id))
 
 
@@ -140,9 +144,24 @@ def record_failure(engine: Engine, delivery_id: int, error: str, retry_at: datet
 
 
 def begin_commitment(engine: Engine, delivery_id: int, transaction_uid: str) -> None:
-    """Note the transaction UID before the request goes out, so that an early report finds its delivery."""
+    """Note this attempt's transaction UID before the request goes out, so that an early report finds its delivery.
+
+    The UID of an earlier attempt is forgotten: a report on it is no longer accepted.
+    """
     with write_transaction(engine) as conn:
-        conn.execute(update(_deliveries).where(_deliveries.c.id == delivery_id).values(commitment_uid=transaction_uid))
+        conn.execute(
+            update(_deliveries).where(_deliveries.c.id == delivery_id).values(commitment_uid=transaction_uid, last_error=None)
+        )
+
+
+def note_refused_report(engine: Engine, delivery_id: int, transaction_uid: str, why: str) -> None:
+    """Keep why a report on the current attempt was refused (shown if no acceptable report comes); the state stays."""
+    with write_transaction(engine) as conn:
+        conn.execute(
+            update(_deliveries)
+            .where(_deliveries.c.id == delivery_id, _deliveries.c.commitment_uid == transaction_uid, _deliveries.c.state.in_(_OPEN))
+            .values(last_error=why[:1000])
+        )
 
 
 def awaiting_commitment(engine: Engine, transaction_uid: str) -> DueDelivery | None:
@@ -156,6 +175,7 @@ def awaiting_commitment(engine: Engine, transaction_uid: str) -> DueDelivery | N
     return DueDelivery(
         id=r.id, job_id=r.job_id, destination=r.destination, variant=r.variant, state=r.state, attempts=r.attempts,
         storage_commitment=r.storage_commitment, commitment_uid=r.commitment_uid, created_at=as_utc(r.created_at),
+        last_error=r.last_error,
     )
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import socket
+import ssl
 import subprocess
 import threading
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -118,70 +121,126 @@ class Orthanc:
             self.proc.wait(20)
 
 
+def send_commitment_report(
+    node: tuple[str, int, str], report: Dataset, event_type: int, *, calling_ae: str,
+    bind_address: str | None = None, ssl_context: ssl.SSLContext | None = None,
+) -> int | None:
+    """Send a Storage Commitment N-EVENT-REPORT to ``node`` ((host, port, AE)) on a new association.
+
+    Any calling AE title, from any local address (``bind_address``, e.g.
+    127.0.0.2): a genuine PACS, or one that forges reports.  Returns the
+    status the node answered, or ``None`` when there was no association or answer.
+    """
+    host, port, ae = node
+    requester = AE(ae_title=calling_ae)
+    requester.add_requested_context(STORAGE_COMMITMENT_PUSH)
+    requester.acse_timeout = requester.dimse_timeout = requester.network_timeout = 10
+    role = build_role(STORAGE_COMMITMENT_PUSH, scp_role=True)
+    assoc = requester.associate(
+        host, port, ae_title=ae, ext_neg=[role], bind_address=(bind_address, 0) if bind_address else None,
+        tls_args=(ssl_context, host) if ssl_context else None,
+    )
+    if not assoc.is_established:
+        return None
+    try:
+        status, _ = assoc.send_n_event_report(report, event_type, STORAGE_COMMITMENT_PUSH, STORAGE_COMMITMENT_INSTANCE)
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return int(status.Status) if status and "Status" in status else None
+
+
+def commitment_report(
+    request: Dataset, *, committed: list[Dataset] | None = None, failed: list[Dataset] | None = None,
+) -> Dataset:
+    """A report on ``request`` (an N-ACTION's information): its transaction UID and the given lists.
+
+    Without lists, every object of the request is committed.
+    """
+    report = Dataset()
+    report.TransactionUID = request.TransactionUID
+    report.ReferencedSOPSequence = [copy.deepcopy(i) for i in request.ReferencedSOPSequence] if committed is None else committed
+    if failed:
+        report.FailedSOPSequence = failed
+    return report
+
+
 class CommitmentPACS:
     """A pynetdicom PACS that stores C-STOREs in memory and answers Storage Commitment.
 
     ``report`` says how it answers an N-ACTION: on the same association
     (``"same"``), on a new association to ``reply_to`` (``"new"``), or never.
+    ``tamper`` may rewrite the report (and its event type) before it goes out;
+    ``answers`` collects the node's statuses to the reports it sent.  Every
+    N-ACTION request is kept in ``requests``.  With ``ssl_context`` it serves
+    DICOM over TLS only.  With ``store_status`` it refuses every C-STORE with that status.
     """
 
-    def __init__(self, report: str = "same", ae: str = "CPACS", fail: set[str] | None = None) -> None:
-        self.report, self.ae_title, self.fail = report, ae, fail or set()
+    def __init__(
+        self, report: str = "same", ae: str = "CPACS", fail: set[str] | None = None,
+        tamper: Callable[[Dataset, int], tuple[Dataset, int]] | None = None, ssl_context: ssl.SSLContext | None = None,
+        store_status: int = SUCCESS,
+    ) -> None:
+        self.report, self.ae_title, self.fail, self.tamper = report, ae, fail or set(), tamper
+        self.store_status = store_status
         self.stored: dict[str, Dataset] = {}
+        self.requests: list[Dataset] = []
+        self.answers: list[int | None] = []
         self.reply_to: tuple[str, int, str] | None = None  # (host, port, AE) of the node
-        self.actions = 0
         ae_ = AE(ae_title=ae)
         ae_.supported_contexts = storage_contexts()
         ae_.add_supported_context(Verification)
         ae_.add_supported_context(STORAGE_COMMITMENT_PUSH)
         self._ae = ae_
         self.server = ae_.start_server(
-            ("127.0.0.1", 0), block=False,
+            ("127.0.0.1", 0), block=False, ssl_context=ssl_context,
             evt_handlers=[(evt.EVT_C_STORE, self._on_store), (evt.EVT_N_ACTION, self._on_action)],
         )
         self.port = int(self.server.server_address[1])
 
-    def _on_store(self, event: Any) -> int:
+    @property
+    def actions(self) -> int:
+        """How many Storage Commitment requests it received."""
+        return len(self.requests)
+
+    def _on_store(self, event: Any) -> int | Dataset:
+        if self.store_status != SUCCESS:
+            rsp = Dataset()
+            rsp.Status, rsp.ErrorComment = self.store_status, "disk full"
+            return rsp
         ds = event.dataset
         ds.file_meta = event.file_meta
         self.stored[str(ds.SOPInstanceUID)] = ds
         return SUCCESS
 
     def _on_action(self, event: Any) -> tuple[int, Dataset | None]:
-        self.actions += 1
         req = event.action_information
-        report = Dataset()
-        report.TransactionUID = req.TransactionUID
+        self.requests.append(copy.deepcopy(req))
         ok, failed = [], []
         for item in req.ReferencedSOPSequence:
             uid = str(item.ReferencedSOPInstanceUID)
             (failed if uid in self.fail or uid not in self.stored else ok).append(item)
-        report.ReferencedSOPSequence = ok
-        if failed:
-            for item in failed:
-                item.FailureReason = 0x0110
-            report.FailedSOPSequence = failed
+        for item in failed:
+            item.FailureReason = 0x0110
+        report = commitment_report(req, committed=ok, failed=failed)
         event_type = 2 if failed else 1
+        if self.tamper is not None:
+            report, event_type = self.tamper(report, event_type)
         if self.report == "same":
             assoc = event.assoc
-            threading.Thread(
-                target=lambda: assoc.send_n_event_report(report, event_type, STORAGE_COMMITMENT_PUSH, STORAGE_COMMITMENT_INSTANCE),
-                daemon=True,
-            ).start()
+
+            def same() -> None:
+                status, _ = assoc.send_n_event_report(report, event_type, STORAGE_COMMITMENT_PUSH, STORAGE_COMMITMENT_INSTANCE)
+                self.answers.append(int(status.Status) if status and "Status" in status else None)
+
+            threading.Thread(target=same, daemon=True).start()
         elif self.report == "new":
             threading.Thread(target=self._report_later, args=(report, event_type), daemon=True).start()
         return SUCCESS, None
 
     def _report_later(self, report: Dataset, event_type: int) -> None:
         assert self.reply_to is not None
-        host, port, ae = self.reply_to
-        requester = AE(ae_title=self.ae_title)
-        requester.add_requested_context(STORAGE_COMMITMENT_PUSH)
-        role = build_role(STORAGE_COMMITMENT_PUSH, scp_role=True)
-        assoc = requester.associate(host, port, ae_title=ae, ext_neg=[role])
-        if assoc.is_established:
-            assoc.send_n_event_report(report, event_type, STORAGE_COMMITMENT_PUSH, STORAGE_COMMITMENT_INSTANCE)
-            assoc.release()
+        self.answers.append(send_commitment_report(self.reply_to, report, event_type, calling_ae=self.ae_title))
 
     def stop(self) -> None:
         self.server.shutdown()

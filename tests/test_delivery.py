@@ -11,10 +11,11 @@ import pytest
 from sqlalchemy import Engine
 
 from dicomnode.config import Config, DeliveryConfig, Destination, NodeConfig
+from dicomnode.dicom.status import REFUSED_OUT_OF_RESOURCES
 from dicomnode.jobs.delivery import Sender, backoff
 from dicomnode.node import Node
 from storage.database import migrate, open_engine
-from storage.outbox import list_deliveries
+from storage.outbox import list_deliveries, outputs_for
 from storage.queue import DeliveryTarget, OutputRecord, claim_job, finish_job, job_state
 from storage.instances import record_instance
 from storage.series import complete_series, open_series
@@ -142,7 +143,8 @@ def test_objects_the_pacs_did_not_commit_are_sent_again(setup: Callable[..., tup
         sender.stop()
         assert pacs.actions == 2
         [d] = list_deliveries(engine, job_id)
-        assert "did not commit 1 object(s)" in (d.last_error or "") or "no Storage Commitment" in (d.last_error or "")
+        assert "did not commit 1 object(s) (e.g. the SEG (object " in (d.last_error or "") or "no Storage Commitment" in (d.last_error or "")
+        assert lost not in (d.last_error or "")
     finally:
         pacs.stop()
 
@@ -181,3 +183,26 @@ def test_storage_commitment_report_on_a_new_association_to_the_node(
         assert pacs.actions == 1 and len(pacs.stored) == 2
     finally:
         pacs.stop()
+
+
+def test_a_refused_object_is_named_by_kind_and_position_not_by_uid_or_file(setup: Callable[..., tuple[Config, Engine, int]]) -> None:
+    pacs = CommitmentPACS(store_status=REFUSED_OUT_OF_RESOURCES)
+    try:
+        cfg, engine, job_id = setup(Destination("cpacs", "CPACS", "127.0.0.1", pacs.port))
+        Sender(engine, cfg).run_once()
+    finally:
+        pacs.stop()
+    [d] = list_deliveries(engine, job_id)
+    assert d.state == "pending" and d.last_error == (
+        f"cpacs (CPACS@127.0.0.1:{pacs.port}) refused the SEG (object 1 of 3): 0xA700 Refused: out of resources: disk full"
+    )
+    assert not any(o.sop_instance_uid in d.last_error for o in outputs_for(engine, job_id))
+
+
+def test_missing_output_files_are_named_by_kind_and_position(setup: Callable[..., tuple[Config, Engine, int]]) -> None:
+    cfg, engine, job_id = setup(Destination("pacs", "PACS", "127.0.0.1", free_port()))
+    second = outputs_for(engine, job_id)[1]
+    (cfg.node.storage_dir / second.path).unlink()
+    Sender(engine, cfg).run_once()
+    [d] = list_deliveries(engine, job_id)
+    assert d.state == "failed" and d.last_error == "output file(s) missing: the SEG (object 2 of 3)"

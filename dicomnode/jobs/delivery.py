@@ -9,7 +9,10 @@ is scheduled again after ``backoff_seconds * 2**(attempt - 1)`` (at most
 The network side is :mod:`dicomnode.net.commitment`.  For destinations with
 ``storage_commitment``, the delivery counts as done only once the peer's
 N-EVENT-REPORT confirms every object; the report is taken on the same
-association, or later on a new one through the node's listener.
+association, or later on a new one through the node's listener.  Each
+attempt has a random transaction UID, and a report is accepted only from the
+destination and only when it lists exactly the objects sent
+(:meth:`Sender.settle_report`); every report is audited.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from datetime import timedelta
+from typing import NoReturn
 
 from pydicom import Dataset
 from sqlalchemy import Engine
@@ -24,24 +28,39 @@ from sqlalchemy import Engine
 from dicomnode.audit import audit
 from dicomnode.background import BackgroundLoop
 from dicomnode.config import Config, DeliveryConfig
-from dicomnode.dicom.uids import derived_uid
+from dicomnode.dicom.status import NO_SUCH_SOP_INSTANCE, NOT_AUTHORIZED, SUCCESS, describe
 from dicomnode.errors import NetworkError
 from dicomnode.metrics import Metrics
-from dicomnode.net.commitment import CommitmentReport, parse_commitment_report, send_outputs
+from dicomnode.net.commitment import (
+    CommitmentRefused,
+    ReportOutcome,
+    SentObject,
+    check_content,
+    check_reporter,
+    new_transaction_uid,
+    parse_report,
+    printable,
+    send_outputs,
+    transaction_uid_of,
+)
 from storage.models import utcnow
 from storage.outbox import (
     DueDelivery,
     awaiting_commitment,
     begin_commitment,
     claim_due,
+    note_refused_report,
     outputs_for,
     record_committed,
     record_failure,
     record_sent,
 )
-from storage.states import AttemptOutcome, DeliveryState, Stage
+from storage.states import AttemptOutcome, DeliveryState, OutputKind, Stage
 
 logger = logging.getLogger(__name__)
+
+_KIND_NAMES = {OutputKind.SEG: "SEG", OutputKind.SR: "SR", OutputKind.PREVIEW: "key image", OutputKind.KOS: "KOS",
+               OutputKind.SOURCE: "source instance"}
 
 
 def backoff(cfg: DeliveryConfig, attempt: int) -> float:
@@ -83,25 +102,84 @@ class Sender(BackgroundLoop):
             self.process(d)
         return len(due)
 
-    def on_event_report(self, event_type: int, ds: Dataset | None) -> bool:
-        """The listener's hook for a Storage Commitment report on a new association."""
-        report = parse_commitment_report(event_type, ds)
-        return report is not None and self.commitment_report(report)
+    def on_event_report(self, event_type: int, ds: Dataset | None, *, calling_ae: str, address: str) -> int:
+        """The listener's hook for a Storage Commitment report on a new association.
 
-    def commitment_report(self, report: CommitmentReport) -> bool:
-        """Settle the delivery that awaits ``report`` (``False``: none does)."""
-        d = awaiting_commitment(self.engine, report.transaction_uid)
-        if d is None:
-            logger.warning("Storage Commitment report for an unknown transaction %s", report.transaction_uid)
-            return False
-        if report.failed:
-            uid, why = next(iter(report.failed.items()))
-            self._fail(d, f"{d.destination} did not commit {len(report.failed)} object(s) (e.g. {uid}: {why})")
-        elif record_committed(self.engine, d.id, report.transaction_uid):
-            logger.info("job %d: %s confirmed storage commitment", d.job_id, d.destination)
+        Returns
+        -------
+        int
+            The status to answer: success when the report settled its delivery,
+            else the reason it was refused (see :meth:`settle_report`).
+        """
+        return self.settle_report(event_type, ds, calling_ae=calling_ae, address=address)
+
+    def settle_report(self, event_type: int, ds: Dataset | None, *, calling_ae: str, address: str, via: str | None = None) -> int:
+        """Check a Storage Commitment report and settle the delivery it names; returns the status to answer.
+
+        The report must name the transaction of a delivery's current attempt,
+        come from that delivery's destination (its AE title and one of its
+        host's addresses; ``via`` names the destination whose own association
+        carried it), and list exactly the objects sent.  A refused report
+        changes nothing: the delivery keeps waiting, and is sent again when
+        ``commitment_timeout_seconds`` pass without an acceptable one.
+        """
+        reporter = f"{printable(calling_ae, 16)}@{printable(address)}"
+        uid = transaction_uid_of(ds)
+        d = awaiting_commitment(self.engine, uid) if uid else None
+        dest = self.destinations.get(d.destination) if d is not None else None
+        try:
+            if d is None:
+                self._unknown_transaction(calling_ae, address)
+            if dest is None:
+                raise CommitmentRefused("its destination is no longer configured", NOT_AUTHORIZED)
+            if via != dest.name:
+                check_reporter(dest, calling_ae, address)
+            failed = check_content(parse_report(event_type, ds), self._sent(d))
+        except CommitmentRefused as exc:
+            job = f"job {d.job_id}" if d is not None else "an unknown transaction"
+            logger.warning("Storage Commitment report for %s refused (%s): %s", job, describe(exc.status), exc)
+            audit("commitment", reporter_ae=printable(calling_ae, 16), reporter_address=printable(address),
+                  destination=d.destination if d else None, job=d.job_id if d else None, outcome=ReportOutcome.REFUSED,
+                  status=f"0x{exc.status:04X}", reason=str(exc))
+            if d is not None:
+                note_refused_report(self.engine, d.id, d.commitment_uid or "", f"{reporter}: {exc}")
+            return exc.status
+        audit("commitment", reporter_ae=dest.ae_title, reporter_address=printable(address), destination=d.destination,
+              job=d.job_id, outcome=ReportOutcome.ACCEPTED, failed=len(failed))
+        if failed:
+            what, why = next(iter(failed.items()))
+            self._fail(d, f"{d.destination} did not commit {len(failed)} object(s) (e.g. {what}: {why})")
+        elif record_committed(self.engine, d.id, d.commitment_uid or ""):
+            logger.info("job %d: %s (%s) confirmed storage commitment", d.job_id, d.destination, reporter)
             audit("delivery", job=d.job_id, destination=d.destination, outcome=AttemptOutcome.COMMITTED)
             self._done(d)
-        return True
+        return SUCCESS
+
+    def _unknown_transaction(self, calling_ae: str, address: str) -> NoReturn:
+        # A reporter that is no destination learns nothing: the same refusal
+        # whether or not the transaction exists.
+        for dest in self.destinations.values():
+            if dest.storage_commitment:
+                try:
+                    check_reporter(dest, calling_ae, address)
+                except CommitmentRefused:
+                    continue
+                raise CommitmentRefused(
+                    "it names no transaction that a delivery awaits (unknown, or of an earlier attempt)", NO_SUCH_SOP_INSTANCE
+                )
+        raise CommitmentRefused(
+            f"sent by {printable(calling_ae, 16)}@{printable(address)}, which is no destination with storage_commitment",
+            NOT_AUTHORIZED,
+        )
+
+    def _sent(self, d: DueDelivery) -> list[SentObject]:
+        """The objects a delivery sends, named by kind and position."""
+        rows = outputs_for(self.engine, d.job_id, d.variant)
+        root = self.cfg.node.storage_dir
+        return [
+            SentObject(root / o.path, o.sop_class_uid, o.sop_instance_uid, f"the {_KIND_NAMES.get(o.kind, o.kind)} (object {i} of {len(rows)})")
+            for i, o in enumerate(rows, 1)
+        ]
 
     def _done(self, d: DueDelivery) -> None:
         if self.metrics is not None and d.created_at is not None:
@@ -127,36 +205,40 @@ class Sender(BackgroundLoop):
             record_failure(self.engine, d.id, f"destination {d.destination!r} is no longer configured", None)
             return
         if d.state == DeliveryState.AWAITING_COMMITMENT:
-            self._fail(d, f"no Storage Commitment report from {dest.name} within {self.cfg.delivery.commitment_timeout_seconds:.0f} s")
+            refused = f" (last refused report: {d.last_error})" if d.last_error else ""
+            self._fail(d, f"no Storage Commitment report from {dest.name} within {self.cfg.delivery.commitment_timeout_seconds:.0f} s{refused}")
             return
-        root = self.cfg.node.storage_dir
-        files = [(root / o.path, o.sop_class_uid) for o in outputs_for(self.engine, d.job_id, d.variant)]
-        missing = [p.name for p, _ in files if not p.is_file()]
-        if missing or not files:
+        objects = self._sent(d)
+        missing = [o.label for o in objects if not o.path.is_file()]
+        if missing or not objects:
             record_failure(self.engine, d.id, f"output file(s) missing: {', '.join(missing) or 'none recorded'}", None)
             return
-        commit_uid = str(derived_uid("commitment", d.id, d.attempts)) if d.storage_commitment else None
+        # Random, so that nobody who has not seen the request can report on it.
+        commit_uid = new_transaction_uid() if d.storage_commitment else None
         if commit_uid is not None:
             begin_commitment(self.engine, d.id, commit_uid)
         t0 = time.perf_counter()
+
+        def same_association(event_type: int, ds: Dataset | None, calling_ae: str, address: str) -> int:
+            return self.settle_report(event_type, ds, calling_ae=calling_ae, address=address, via=dest.name)
+
         try:
             out = send_outputs(
-                files, dest, calling_ae=self.cfg.node.ae_title, timeout=self.cfg.delivery.network_timeout,
-                commitment_uid=commit_uid,
+                objects, dest, calling_ae=self.cfg.node.ae_title, timeout=self.cfg.delivery.network_timeout,
+                commitment_uid=commit_uid, on_report=same_association,
             )
         except (NetworkError, OSError) as exc:
             self._fail(d, str(exc))
             return
         logger.info("job %d: sent %d object(s) to %s in %.2f s", d.job_id, out.sent, dest.name, time.perf_counter() - t0)
         audit("delivery", job=d.job_id, destination=d.destination, ae_title=dest.ae_title, host=dest.host, port=dest.port,
-              attempt=d.attempts, outcome=AttemptOutcome.SENT, objects=out.sent, commitment=commit_uid is not None)
+              attempt=d.attempts, outcome=AttemptOutcome.SENT, objects=out.sent, commitment=commit_uid is not None, tls=dest.tls)
         if self.metrics is not None:
             self.metrics.delivery_attempts.labels(d.destination, AttemptOutcome.SENT).inc()
         if commit_uid is None:
             record_sent(self.engine, d.id, out.sent)
             self._done(d)
             return
+        # Unless a report on this association already settled it, the delivery awaits one until the deadline.
         deadline = utcnow() + timedelta(seconds=self.cfg.delivery.commitment_timeout_seconds)
         record_sent(self.engine, d.id, out.sent, commitment_uid=commit_uid, commitment_deadline=deadline)
-        if out.report is not None:
-            self.commitment_report(out.report)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 import re
 import socket
+import ssl
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
@@ -53,6 +55,118 @@ def set_nodelay(assoc: Association) -> None:
         pass
 
 
+class _ClientContext(ssl.SSLContext):
+    """A client TLS context that keeps the TLS errors of its sockets.
+
+    pynetdicom catches a failed handshake and only logs it; the sender needs
+    the reason to tell the operator (an untrusted certificate, a missing
+    client certificate...).
+    """
+
+    failures: list[ssl.SSLError]
+
+
+class _RecordingSocket(ssl.SSLSocket):
+    def _record(self, exc: ssl.SSLError) -> None:
+        if isinstance(self.context, _ClientContext):
+            self.context.failures.append(exc)
+
+    def connect(self, address: Any) -> None:
+        try:
+            super().connect(address)
+        except ssl.SSLError as exc:
+            self._record(exc)
+            raise
+
+    def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
+        # Under TLS 1.3 a server refuses our (missing) client certificate after
+        # our handshake has finished: the alert arrives with the first read.
+        try:
+            return super().recv(buflen, flags)
+        except ssl.SSLError as exc:
+            self._record(exc)
+            raise
+
+
+def client_tls_context(dest: Destination) -> ssl.SSLContext:
+    """The TLS context for connecting to ``dest``: TLS 1.2 or later, certificate and host name verified.
+
+    The peer's certificate must chain to ``tls_ca_file`` (the system's CAs
+    without it) and name ``tls_server_name`` (default: ``host``); with
+    ``tls_cert_file`` and ``tls_key_file`` the node presents its own
+    certificate (mutual TLS).
+
+    Raises
+    ------
+    NetworkError
+        A certificate, key or CA file cannot be loaded.
+    """
+    ctx = _ClientContext(ssl.PROTOCOL_TLS_CLIENT)  # verify_mode CERT_REQUIRED and check_hostname on
+    ctx.failures = []
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.sslsocket_class = _RecordingSocket
+    try:
+        if dest.tls_ca_file is not None:
+            ctx.load_verify_locations(cafile=dest.tls_ca_file)
+        else:
+            ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
+        if dest.tls_cert_file is not None:
+            ctx.load_cert_chain(dest.tls_cert_file, dest.tls_key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise NetworkError(f"TLS for {dest.name}: cannot load its CA, certificate or key file: {exc}") from exc
+    return ctx
+
+
+_TLS_HINTS = {
+    "TLSV13_ALERT_CERTIFICATE_REQUIRED": "the peer requires a client certificate: set tls_cert_file and tls_key_file",
+    "SSLV3_ALERT_HANDSHAKE_FAILURE": "the peer refused the handshake (no common protocol version or cipher, or a client certificate is required)",
+    "TLSV1_ALERT_UNKNOWN_CA": "the peer does not trust our client certificate's CA",
+    "SSLV3_ALERT_BAD_CERTIFICATE": "the peer does not accept our client certificate",
+    "WRONG_VERSION_NUMBER": "is the peer listening with TLS on this port?",
+    "UNEXPECTED_EOF_WHILE_READING": "the peer closed the connection during the handshake; is it listening with TLS on this port?",
+    "TLSV1_ALERT_PROTOCOL_VERSION": "the peer does not speak TLS 1.2 or later",
+}
+
+
+def tls_failure(ctx: ssl.SSLContext | None, dest: Destination) -> str | None:
+    """Why the TLS connection to ``dest`` failed, in words, if it did."""
+    failures = getattr(ctx, "failures", None)
+    if not failures:
+        return None
+    exc = failures[0]
+    where = f"{dest.ae_title}@{dest.host}:{dest.port}"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        detail = f"certificate verify failed: {str(exc.verify_message).rstrip('.')}"
+        if exc.verify_code in (62, 64):  # X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH
+            hint = f"the certificate does not name {dest.tls_server_name or dest.host}; set tls_server_name to a name it carries"
+        else:
+            hint = "is the peer's certificate signed by " + (str(dest.tls_ca_file) if dest.tls_ca_file else "a CA this system trusts (set tls_ca_file)") + "?"
+    else:
+        reason = str(exc.reason or "")
+        detail = reason.lower().replace("_", " ") if reason else str(exc)
+        hint = _TLS_HINTS.get(reason, "")
+    return f"TLS handshake with {where} failed: {detail}" + (f" ({hint})" if hint else "")
+
+
+def associate(ae: AE, dest: Destination, **kwargs: Any) -> Association:
+    """Open an association to ``dest``, over TLS when it says ``tls = true``.
+
+    Raises
+    ------
+    NetworkError
+        No association, with the reason in words (a TLS failure names its cause).
+    """
+    ctx = client_tls_context(dest) if dest.tls else None
+    tls_args = (ctx, dest.tls_server_name or dest.host) if ctx is not None else None
+    if ae.connection_timeout is None:  # an unanswered TCP or TLS handshake must not block for ever
+        ae.connection_timeout = ae.network_timeout
+    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, tls_args=tls_args, **kwargs)
+    if not assoc.is_established:
+        raise NetworkError(tls_failure(ctx, dest) or why_not_established(assoc, dest))
+    set_nodelay(assoc)
+    return assoc
+
+
 def echo(dest: Destination, calling_ae: str = "DICOMNODE", timeout: float = 10.0) -> float:
     """Send a C-ECHO and return the round-trip time in seconds.
 
@@ -65,9 +179,7 @@ def echo(dest: Destination, calling_ae: str = "DICOMNODE", timeout: float = 10.0
     ae.add_requested_context(Verification)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     t0 = time.perf_counter()
-    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
-    if not assoc.is_established:
-        raise NetworkError(why_not_established(assoc, dest))
+    assoc = associate(ae, dest)
     try:
         status = assoc.send_c_echo()
     finally:
@@ -80,6 +192,7 @@ def echo(dest: Destination, calling_ae: str = "DICOMNODE", timeout: float = 10.0
 
 
 def why_not_established(assoc: Association, dest: Destination) -> str:
+    """Why an association to ``dest`` was not established, in words."""
     where = f"{dest.ae_title}@{dest.host}:{dest.port}"
     ac = getattr(assoc.acceptor, "primitive", None)
     if ac is None and not assoc.is_rejected:
@@ -170,10 +283,7 @@ def send_files(
         ae.maximum_pdu_size = 0
         for sop_class, ts in contexts:
             ae.add_requested_context(sop_class, ts)
-        assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, max_pdu=0)
-        if not assoc.is_established:
-            raise NetworkError(why_not_established(assoc, dest))
-        set_nodelay(assoc)
+        assoc = associate(ae, dest, max_pdu=0)
         try:
             for f in batch:
                 try:
