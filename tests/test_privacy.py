@@ -458,3 +458,19 @@ def test_no_identifier_reaches_logs_pages_api_audit_or_job_errors(tmp_path: Path
         engine.dispose()
         node.stop()
         pacs.stop()
+
+
+def test_the_web_server_logs_through_the_nodes_handlers(tmp_path: Path) -> None:
+    """uvicorn's default logging config adds handlers of its own, which would bypass the masking filter."""
+    from fastapi import FastAPI
+
+    from dicomnode.web.server import WebServer
+
+    server = WebServer(FastAPI(), "127.0.0.1", 0)
+    try:
+        for name in ("uvicorn", "uvicorn.error"):
+            log = logging.getLogger(name)
+            assert not log.handlers and log.propagate, name
+        assert not logging.getLogger("uvicorn.access").handlers  # and no access log at all (access_log=False)
+    finally:
+        server.sock.close()

@@ -51,6 +51,7 @@ class WebServer:
         factory: Callable[..., ssl.SSLContext] | None = (lambda _config, _default: context) if context is not None else None
         self.server = uvicorn.Server(uvicorn.Config(
             app, log_level="warning", access_log=False, lifespan="off",
+            log_config=None,  # no handlers of uvicorn's own: its records reach the node's (format, UID masking)
             proxy_headers=False,  # X-Forwarded-For would let a local process pose as any address; see web.trusted_proxies
             server_header=False, limit_concurrency=MAX_CONCURRENT_CONNECTIONS,
             ssl_context_factory=factory,
