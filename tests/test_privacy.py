@@ -171,8 +171,8 @@ from pathlib import Path
 import pydicom.valuerep
 from dicomnode.cli.common import configure_logging
 from dicomnode.audit import audit
-level, storage, uid, name = sys.argv[1], Path(sys.argv[2]), sys.argv[3], sys.argv[4]
-configure_logging(level, "text", storage / "audit.log", storage)
+level, fmt, storage, uid, name = sys.argv[1], sys.argv[2], Path(sys.argv[3]), sys.argv[4], sys.argv[5]
+configure_logging(level, fmt, storage / "audit.log", storage)
 logging.getLogger("highdicom.seg.sop").info("source image %s", uid)
 logging.getLogger("highdicom.sr").warning("referenced %s", uid)
 logging.getLogger("pydicom").warning("Invalid value for VR PN: %r", name)
@@ -190,10 +190,10 @@ audit("job", job=7, series=3, sop_uid=uid, path="incoming/x", error="refused " +
 """
 
 
-def _run_logging(tmp_path: Path, level: str, uid: str, name: str) -> tuple[str, Path]:
+def _run_logging(tmp_path: Path, level: str, fmt: str, uid: str, name: str) -> tuple[str, Path]:
     storage = tmp_path / f"storage-{level}"
     r = subprocess.run(
-        [sys.executable, "-c", _LOGGING_SCRIPT, level, str(storage), uid, name], capture_output=True, text=True, cwd=ROOT,
+        [sys.executable, "-c", _LOGGING_SCRIPT, level, fmt, str(storage), uid, name], capture_output=True, text=True, cwd=ROOT,
         preexec_fn=lambda: os.umask(0), timeout=120,  # the most permissive umask: modes must not depend on it
     )
     assert r.returncode == 0, r.stderr
@@ -202,8 +202,11 @@ def _run_logging(tmp_path: Path, level: str, uid: str, name: str) -> tuple[str, 
 
 def test_third_party_loggers_are_quiet_and_the_node_masks_its_log_unless_debug(tmp_path: Path) -> None:
     uid, name = "1.2.826.0.1.3680043.10.771.5150", "Quixote^Zebulon"
-    out, storage = _run_logging(tmp_path, "INFO", uid, name)
+    out, storage = _run_logging(tmp_path, "INFO", "json", uid, name)
     assert uid not in out and name not in out and str(storage) not in out, out
+    records = [json.loads(line) for line in out.splitlines()]  # JSON lines, tracebacks included
+    assert [r["message"] for r in records if r["logger"] == "dicomnode.anything"] == ["stored <uid> at <path>", "job 7 failed"]
+    assert "ValueError: bad <uid>" in records[-1]["exception"]
     assert "source image" not in out and "referenced" not in out and "Invalid value" not in out  # highdicom, pydicom
     assert "INSERT INTO" not in out and "GET /api/jobs" not in out  # SQLAlchemy, uvicorn
     assert "stored <uid> at <path>" in out and "debug keeps" not in out
@@ -216,7 +219,7 @@ def test_third_party_loggers_are_quiet_and_the_node_masks_its_log_unless_debug(t
     assert stat.S_IMODE((storage / "audit.log").stat().st_mode) == 0o600
     assert stat.S_IMODE(storage.stat().st_mode) == 0o750
 
-    out, _ = _run_logging(tmp_path, "DEBUG", uid, name)
+    out, _ = _run_logging(tmp_path, "DEBUG", "text", uid, name)
     assert f"debug keeps {uid}" in out  # a developer at the node sees UIDs at DEBUG
     assert "source image <uid>" in out and "Invalid value for VR UI" in out  # libraries speak, INFO and above still masked
     assert f"stored {uid}" not in out
