@@ -173,7 +173,7 @@ class CommitmentPACS:
     ``tamper`` may rewrite the report (and its event type) before it goes out;
     ``answers`` collects the node's statuses to the reports it sent.  Every
     N-ACTION request is kept in ``requests``.  With ``ssl_context`` it serves
-    DICOM over TLS only.  With ``store_status`` it refuses every C-STORE with that status.
+    DICOM over TLS only.  With ``store_status`` it refuses every C-STORE with that status (and a comment naming the instance by UID).
     """
 
     def __init__(
@@ -206,7 +206,7 @@ class CommitmentPACS:
     def _on_store(self, event: Any) -> int | Dataset:
         if self.store_status != SUCCESS:
             rsp = Dataset()
-            rsp.Status, rsp.ErrorComment = self.store_status, "disk full"
+            rsp.Status, rsp.ErrorComment = self.store_status, f"no room for {event.request.AffectedSOPInstanceUID}"[:64]
             return rsp
         ds = event.dataset
         ds.file_meta = event.file_meta

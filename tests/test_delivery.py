@@ -194,7 +194,7 @@ def test_a_refused_object_is_named_by_kind_and_position_not_by_uid_or_file(setup
         pacs.stop()
     [d] = list_deliveries(engine, job_id)
     assert d.state == "pending" and d.last_error == (
-        f"cpacs (CPACS@127.0.0.1:{pacs.port}) refused the SEG (object 1 of 3): 0xA700 Refused: out of resources: disk full"
+        f"cpacs (CPACS@127.0.0.1:{pacs.port}) refused the SEG (object 1 of 3): 0xA700 Refused: out of resources: no room for <uid>"
     )
     assert not any(o.sop_instance_uid in d.last_error for o in outputs_for(engine, job_id))
 

@@ -50,6 +50,7 @@ from dicomnode.dicom.status import (
 )
 from dicomnode.errors import NetworkError
 from dicomnode.net.scu import MAX_CONTEXTS, associate
+from dicomnode.redaction import redact
 
 logger = logging.getLogger(__name__)
 
@@ -336,8 +337,8 @@ def send_outputs(
                 raise NetworkError(f"{where}: no C-STORE response (association lost) after {out.sent} object(s)")
             code = int(status.Status)
             if not is_success(code):
-                comment = status.get("ErrorComment")
-                raise NetworkError(f"{where} refused {obj.label}: {describe(code)}" + (f": {comment}" if comment else ""))
+                comment = status.get("ErrorComment")  # the peer's words may name the object by UID
+                raise NetworkError(f"{where} refused {obj.label}: {describe(code)}" + (f": {redact(str(comment))}" if comment else ""))
             out.sent += 1
         if commitment_uid is not None:
             _request_commitment(assoc, commitment_uid, objects, where)
