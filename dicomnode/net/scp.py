@@ -277,7 +277,8 @@ class StorageSCP:
     def _on_opened(self, event: evt.Event) -> None:
         # Before the association request is read: from now on every read is bounded.
         if not guard_socket(event.assoc, self.limits):
-            logger.warning("cannot bound reads on a connection from %s: it runs with pynetdicom's own reads", event.address[0])
+            logger.warning("cannot bound reads on a connection from %s: it runs with pynetdicom's own reads",
+                           event.assoc.requestor.address)
 
     def _tls_subject_refused(self, assoc: Association, calling_ae: str) -> bool:
         """Whether the client certificate may not call as ``calling_ae`` (``node.tls.allowed_subjects``)."""

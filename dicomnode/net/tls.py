@@ -52,7 +52,8 @@ def subject_of(sock: Any) -> str | None:
     if not cert:
         return None
     parts = []
-    for rdn in cert.get("subject", ()):
+    subject: Any = cert.get("subject", ())
+    for rdn in subject:
         for name, value in rdn:
             parts.append(f"{_SHORT.get(name, name)}={value}")
     return ",".join(parts) or None
