@@ -18,9 +18,10 @@ from datetime import datetime
 from typing import NamedTuple
 
 from sqlalchemy import Engine, Integer, bindparam, case, func, select, update
+from sqlalchemy.exc import SQLAlchemyError
 
-from storage.database import insert, read_transaction, write_transaction
-from storage.errors import StorageError
+from storage.database import insert, write_transaction
+from storage.errors import DatabaseError, StorageError
 from storage.models import Instance, Series, table_of, utcnow
 from storage.states import SeriesState
 
@@ -146,6 +147,11 @@ class _Statements:
         self.select_instance = select(_instances.c.series_id, _instances.c.size, _instances.c.crc32, _instances.c.path).where(
             _instances.c.sop_uid == bindparam("uid")
         )
+        # The receiver's per-instance look-up runs on the DBAPI connection itself: about 10 µs instead of
+        # 150 µs through SQLAlchemy (it precedes every write, new instances included).
+        compiled = self.select_instance.compile(dialect=engine.dialect)
+        self.find_sql = compiled.string
+        self.find_positional = bool(compiled.positiontup)
         self.select_owner = (
             select(_instances.c.series_id, _instances.c.size, _instances.c.crc32, _instances.c.path, _series.c.study_uid, _series.c.patient_id)
             .join(_series, _series.c.id == _instances.c.series_id)
@@ -188,10 +194,29 @@ def _statements(engine: Engine) -> _Statements:
 
 
 def find_instance(engine: Engine, sop_uid: str) -> KnownInstance | None:
-    """Series, size, CRC and file of a stored SOP instance, or ``None``."""
-    with read_transaction(engine) as conn:
-        row = conn.execute(_statements(engine).select_instance, {"uid": sop_uid}).one_or_none()
-    return None if row is None else KnownInstance(row.series_id, row.size, row.crc32, row.path)
+    """Series, size, CRC and file of a stored SOP instance, or ``None``.
+
+    Raises
+    ------
+    storage.errors.DatabaseError
+        The database could not be read.
+    """
+    st = _statements(engine)
+    params: tuple[str] | dict[str, str] = (sop_uid,) if st.find_positional else {"uid": sop_uid}
+    try:
+        raw = engine.raw_connection()
+        try:
+            cur = raw.cursor()
+            try:
+                cur.execute(st.find_sql, params)
+                row = cur.fetchone()
+            finally:
+                cur.close()
+        finally:
+            raw.close()  # back to the pool (which rolls back PostgreSQL's implicit transaction)
+    except (SQLAlchemyError, engine.dialect.loaded_dbapi.Error) as exc:
+        raise DatabaseError(f"database read failed: {exc.__class__.__name__}") from exc
+    return None if row is None else KnownInstance(*row)
 
 
 def repoint_instance(engine: Engine, sop_uid: str, old_path: str, new_path: str) -> bool:
