@@ -19,8 +19,9 @@ from pydicom import dcmread
 from ai.phantoms import LEFT_LUNG, RIGHT_LUNG, generate
 from dicomnode.node import Node
 from dicomnode.testing.synthetic import write_phantom
+from tests.browser import Browser
 from tests.conftest import jobs_of
-from tests.helpers import NodeProcess, require_tool, storescu, wait_for, write_config
+from tests.helpers import NodeProcess, storescu, wait_for, write_config
 from tests.peers import Orthanc, StoreSCP
 
 SEG, SR, SC = "1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.7"
@@ -98,16 +99,16 @@ def test_phantom_ct_comes_back_as_seg_sr_and_preview_at_storescp_and_orthanc(tmp
         jobs = subprocess.run([sys.executable, "-m", "dicomnode", "jobs", "1", "--config", str(cfg)], capture_output=True, text=True)
         assert "done" in jobs.stdout and "storescp:done" in jobs.stdout and "orthanc:done" in jobs.stdout, jobs.stdout
         assert "infer" in jobs.stdout and "reconstruct" in jobs.stdout
-        # The status page, in a real browser: the finished job with its preview image.
-        chromium = require_tool("chromium")
-        url = f"http://127.0.0.1:{node.web_port}/"
-        flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,900", "--virtual-time-budget=5000"]
-        dom = subprocess.run([chromium, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
-        row = re.search(r'<tr id="job-1">.*?</tr>', dom, re.S)
-        assert row is not None and "done" in row.group(0) and 'data-loaded="1"' in row.group(0), dom[:3000]
-        shot = tmp_path / "status-page.png"
-        subprocess.run([chromium, *flags, f"--screenshot={shot}", url], capture_output=True, timeout=120, check=True)
-        assert shot.stat().st_size > 10_000
+        # The status page, in a real browser, after logging in: the finished job with its preview image.
+        with Browser(tmp_path / "chromium") as browser:
+            browser.goto(f"http://127.0.0.1:{node.web_port}/login")
+            password = (tmp_path / "storage" / "web-admin-password").read_text().strip()
+            browser.submit_form('form[action="/login"]', {"username": "admin", "password": password})
+            dom = browser.dom()
+            row = re.search(r'<tr id="job-1">.*?</tr>', dom, re.S)
+            assert row is not None and "done" in row.group(0), dom[:3000]
+            wait_for(lambda: browser.images_loaded("#job-1 img.preview"), 30, what="the preview image in the browser")
+            assert browser.screenshot(tmp_path / "status-page.png").stat().st_size > 10_000
         # dicomnode retry sends the same objects again: the PACS sees the same UIDs, not new ones.
         before = len(pacs.files())
         retry = subprocess.run([sys.executable, "-m", "dicomnode", "retry", "1", "--config", str(cfg)], capture_output=True, text=True)

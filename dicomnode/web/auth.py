@@ -29,6 +29,7 @@ from dicomnode.web.users import Role, User, UserStore
 
 VERIFIED_TTL_SECONDS = 300.0  # how long a verified password is remembered
 VERIFIED_MAX = 256
+CONCURRENT_VERIFICATIONS = 4  # argon2 takes 64 MiB each: a burst of logins must not take gigabytes
 
 
 class Via(StrEnum):
@@ -117,6 +118,7 @@ class Authenticator:
         self._secret = secrets.token_bytes(32)  # per process: CSRF tokens and the verified-password memory
         self._verified: OrderedDict[bytes, tuple[str, float]] = OrderedDict()
         self._lock = threading.Lock()
+        self._verifying = threading.BoundedSemaphore(CONCURRENT_VERIFICATIONS)
         self._proxies = _networks(cfg.trusted_proxies)
         self._plain_ok = _networks(cfg.plain_http_login_from)
 
@@ -142,21 +144,26 @@ class Authenticator:
         Blocks for an argon2 verification unless this password was verified
         recently: call it from a worker thread.
         """
-        wait = self.throttle.retry_after(peer)
-        if wait > 0:
-            audit("web_login", user=name[:64], peer=peer, via=via, outcome="rate-limited")
-            raise LoginRefused(f"too many failed logins from {peer}: try again in {int(wait) + 1} s", 429, wait)
+        if wait := self.throttle.retry_after(peer):
+            raise self._too_many(name, peer, via, wait)
         user = self._remembered(name, password) if via == Via.BASIC else None  # a form login is always checked (and audited)
         if user is None:
-            user = self.store.verify(name, password)
+            if wait := self.throttle.attempt(peer):  # counted as failed until it succeeds: a burst cannot exceed the limit
+                raise self._too_many(name, peer, via, wait)
+            with self._verifying:
+                user = self.store.verify(name, password)
             if user is None:
-                self.throttle.failed(peer)
                 audit("web_login", user=name[:64], peer=peer, via=via, outcome="failed")
                 raise LoginRefused("wrong user name or password", 401)
+            self.throttle.forgive(peer)
             if via == Via.BASIC:
                 self._remember(name, password, user)
             audit("web_login", user=name, peer=peer, via=via, outcome="ok", role=user.role)
         return user
+
+    def _too_many(self, name: str, peer: str, via: Via, wait: float) -> LoginRefused:
+        audit("web_login", user=name[:64], peer=peer, via=via, outcome="rate-limited")
+        return LoginRefused(f"too many failed logins from {peer}: try again in {int(wait) + 1} s", 429, wait)
 
     def _key(self, name: str, password: str) -> bytes:
         return hmac.new(self._secret, f"{name}\0{password}".encode(), hashlib.sha256).digest()
@@ -202,9 +209,8 @@ class Authenticator:
 
     def proxy(self, name: str, peer: str) -> Principal:
         """The principal named by the trusted proxy's header; the user must be in the users file."""
-        wait = self.throttle.retry_after(peer)
-        if wait > 0:
-            raise LoginRefused(f"too many failed logins from {peer}: try again in {int(wait) + 1} s", 429, wait)
+        if wait := self.throttle.retry_after(peer):
+            raise self._too_many(name, peer, Via.PROXY, wait)
         if not self.is_trusted_proxy(peer):
             self.throttle.failed(peer)
             audit("web_login", user=name[:64], peer=peer, via=Via.PROXY, outcome="header-from-untrusted-address")

@@ -114,11 +114,11 @@ class Guard:
 
         try:
             await self._guarded(scope, receive, tracked)
-        except Exception:  # answered here, so that even a 500 carries the security headers
-            logger.exception("web: %s %s failed", scope["method"], scope["path"])
+        except Exception:
             if started:
-                raise
-            await respond(tracked, 500, {"detail": "internal error (see the node's log)"})
+                raise  # the routes' own 500 went out through the wrapper; uvicorn logs the error
+            logger.exception("web: %s %s failed", scope["method"], scope["path"])
+            await respond(tracked, 500, {"detail": "internal error (see the node's log)"})  # with the security headers
 
     async def _guarded(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = Headers(scope=scope)

@@ -121,21 +121,45 @@ class LoginThrottle:
     def retry_after(self, address: str) -> float:
         """Seconds until ``address`` may try again; 0 when it may try now."""
         with self._lock:
-            times = self._failures.get(client_key(address))
-            if times is None or len(times) < self.max_failures:
-                return 0.0
-            wait = self.window_seconds - (self._clock() - times[0])
-            return max(0.0, wait)
+            return self._wait(self._failures.get(client_key(address)))
+
+    def _wait(self, times: deque[float] | None) -> float:
+        if times is None or len(times) < self.max_failures:
+            return 0.0
+        return max(0.0, self.window_seconds - (self._clock() - times[0]))
 
     def failed(self, address: str) -> None:
         """Count a failed login from ``address``."""
         key = client_key(address)
         with self._lock:
-            times = self._failures.pop(key, None) or deque(maxlen=self.max_failures)
-            times.append(self._clock())
-            self._failures[key] = times  # most recently seen last
-            while len(self._failures) > MAX_TRACKED_ADDRESSES:
-                self._failures.popitem(last=False)
+            self._count(key)
+
+    def _count(self, key: str) -> None:
+        times = self._failures.pop(key, None) or deque(maxlen=self.max_failures)
+        times.append(self._clock())
+        self._failures[key] = times  # most recently seen last
+        while len(self._failures) > MAX_TRACKED_ADDRESSES:
+            self._failures.popitem(last=False)
+
+    def attempt(self, address: str) -> float:
+        """Count a password check from ``address`` as failed before it runs; seconds to wait instead (0: go ahead).
+
+        Counting first means that guesses sent all at once cannot exceed the
+        limit while the checks run.  Call :meth:`forgive` when it succeeds.
+        """
+        key = client_key(address)
+        with self._lock:
+            wait = self._wait(self._failures.get(key))
+            if wait == 0:
+                self._count(key)
+            return wait
+
+    def forgive(self, address: str) -> None:
+        """Take back the count of one :meth:`attempt` that turned out to be a right password."""
+        with self._lock:
+            times = self._failures.get(client_key(address))
+            if times:
+                times.pop()
 
     def __len__(self) -> int:
         return len(self._failures)
