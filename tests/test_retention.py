@@ -86,3 +86,27 @@ def test_low_disk_purges_the_oldest_delivered_series_first(engine: Engine, tmp_p
     assert [p.series_id for p in retention.run_once()] == [new]
     with engine.connect() as conn:
         assert conn.execute(select(Series.__table__.c.state).where(Series.__table__.c.id == keep)).scalar_one() == "complete"
+
+
+def test_a_purge_removes_only_the_files_its_rows_named(engine: Engine, tmp_path: Path) -> None:
+    """Claim (rows) and unlink (files) are two steps: an instance re-sent in between keeps its new, uniquely named file."""
+    from dataclasses import replace
+
+    from storage.files import unique_name
+    from storage.instances import find_instance
+    from storage.retention import claim_purge, remove_files
+
+    storage = tmp_path / "storage"
+    sid, files = series_with_job(engine, storage, "race", "done")
+    plan = claim_purge(engine, sid, storage / "incoming", storage)
+    assert plan is not None and set(plan.files) == set(files)
+    resent = replace(rec("race.0", series="1.2.race"), path=f"1.2/1.2.race/{unique_name('race.0')}")
+    new_file = storage / "incoming" / resent.path
+    new_file.write_bytes(b"z" * 100)
+    assert record_instance(engine, resent).outcome == "new"  # the re-send is recorded (and acknowledged)
+    purged = remove_files(plan)
+    assert purged.files == 4 and not any(f.exists() for f in files)
+    known = find_instance(engine, "race.0")
+    assert known is not None and known.path == resent.path and new_file.read_bytes() == b"z" * 100
+    with engine.connect() as conn:
+        assert conn.execute(select(Series.__table__.c.state).where(Series.__table__.c.id == sid)).scalar_one() == "receiving"
