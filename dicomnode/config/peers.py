@@ -1,0 +1,151 @@
+"""TLS and destination settings: the listener's ``[node.tls]``, the web's ``[web.tls]`` and ``[[destinations]]``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dicomnode.config.values import ae as _ae
+from dicomnode.config.values import boolean as _bool
+from dicomnode.config.values import check_keys as _check_keys
+from dicomnode.config.values import integer as _int
+from dicomnode.config.values import number as _num
+from dicomnode.config.values import str_list as _str_list
+from dicomnode.config.values import string as _str
+from dicomnode.config.values import table as _table
+from dicomnode.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    """Optional TLS for the listener."""
+
+    cert_file: Path
+    key_file: Path
+    ca_file: Path | None = None
+    require_client_cert: bool = False
+    # Certificate subject (e.g. "CN=ct1.example.org") -> calling AE titles it may use; empty: any.
+    allowed_subjects: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    handshake_seconds: float = 10.0  # a TLS handshake must finish within this (it runs off the accept thread)
+
+
+@dataclass(frozen=True)
+class WebTLSConfig:
+    """``[web.tls]``: serve the web face over HTTPS."""
+
+    cert_file: Path
+    key_file: Path
+
+
+@dataclass(frozen=True)
+class Destination:
+    """A DICOM peer that results can be sent to."""
+
+    name: str
+    ae_title: str
+    host: str
+    port: int
+    storage_commitment: bool = False  # done only once the peer confirms (N-ACTION / N-EVENT-REPORT)
+    keep_empty_frames: bool = False  # SEG with every frame, for viewers that misplace sparse SEGs
+    tls: bool = False  # DICOM over TLS 1.2+, the peer's certificate and host name verified
+    tls_ca_file: Path | None = None  # CAs trusted for the peer's certificate (default: the system's)
+    tls_cert_file: Path | None = None  # our client certificate and key, for peers that require mutual TLS
+    tls_key_file: Path | None = None
+    tls_server_name: str | None = None  # the name the peer's certificate must carry (default: host)
+
+
+def parse_tls(data: Any) -> TLSConfig | None:
+    if data is None:
+        return None
+    data = _table("node.tls", data)
+    _check_keys("node.tls", data, {"cert_file", "key_file", "ca_file", "require_client_cert", "allowed_subjects", "handshake_seconds"})
+    for k in ("cert_file", "key_file"):
+        if k not in data:
+            raise ConfigError(f"node.tls.{k}: required when [node.tls] is present")
+    paths = {}
+    for k in ("cert_file", "key_file", "ca_file"):
+        if data.get(k) is not None:
+            p = Path(_str(f"node.tls.{k}", data[k]))
+            if not p.is_file():
+                raise ConfigError(f"node.tls.{k}: file {p} does not exist")
+            paths[k] = p
+    if data.get("require_client_cert") and "ca_file" not in paths:
+        raise ConfigError("node.tls.ca_file: required when require_client_cert is true; without it every public CA would be trusted")
+    if data.get("allowed_subjects") and not data.get("require_client_cert"):
+        raise ConfigError("node.tls.allowed_subjects: needs require_client_cert = true (subjects come from client certificates)")
+    return TLSConfig(
+        cert_file=paths["cert_file"],
+        key_file=paths["key_file"],
+        ca_file=paths.get("ca_file"),
+        require_client_cert=_bool("node.tls.require_client_cert", data.get("require_client_cert", False)),
+        allowed_subjects=_subjects(data.get("allowed_subjects", {})),
+        handshake_seconds=_num("node.tls.handshake_seconds", data.get("handshake_seconds", 10.0), 0.5, 300),
+    )
+
+
+def _subjects(data: Any) -> dict[str, tuple[str, ...]]:
+    """``[node.tls.allowed_subjects]``: "CN=...,O=..." = ["AE1", "AE2"]."""
+    table = _table("node.tls.allowed_subjects", data)
+    out: dict[str, tuple[str, ...]] = {}
+    for subject, aes in table.items():
+        key = f"node.tls.allowed_subjects.{subject!r}"
+        if not all("=" in part for part in str(subject).split(",")):
+            raise ConfigError(f"{key}: a subject is attribute=value pairs separated by commas, e.g. \"CN=ct1.example.org\"")
+        out[str(subject)] = tuple(_ae(key, a) for a in _str_list(key, aes))
+    return out
+
+
+def parse_web_tls(key: str, v: Any) -> WebTLSConfig | None:
+    if v is None:
+        return None
+    _check_keys(key, _table(key, v), {"cert_file", "key_file"})
+    paths = []
+    for k in ("cert_file", "key_file"):
+        if k not in v:
+            raise ConfigError(f"{key}.{k}: required when [{key}] is present")
+        if not Path(_str(f"{key}.{k}", v[k])).is_file():
+            raise ConfigError(f"{key}.{k}: file {v[k]} does not exist")
+        paths.append(Path(v[k]))
+    return WebTLSConfig(*paths)
+
+
+def parse_destinations(data: Any) -> tuple[Destination, ...]:
+    if not isinstance(data, list):
+        raise ConfigError(f"destinations: must be an array of tables ([[destinations]]), got {data!r}")
+    out: list[Destination] = []
+    for i, item in enumerate(data):
+        key = f"destinations[{i}]"
+        item = _table(key, item)
+        tls_keys = ("tls_ca_file", "tls_cert_file", "tls_key_file", "tls_server_name")
+        _check_keys(key, item, {"name", "ae_title", "host", "port", "storage_commitment", "keep_empty_frames", "tls", *tls_keys})
+        for k in ("name", "ae_title", "host", "port"):
+            if k not in item:
+                raise ConfigError(f"{key}.{k}: required")
+        tls = _bool(f"{key}.tls", item.get("tls", False))
+        for k in (k for k in tls_keys if k in item):
+            if not tls:
+                raise ConfigError(f"{key}.{k}: set, but {key}.tls is not true")
+            if not Path(_str(f"{key}.{k}", item[k])).is_file() and k != "tls_server_name":
+                raise ConfigError(f"{key}.{k}: file {item[k]} does not exist")
+        if ("tls_cert_file" in item) != ("tls_key_file" in item):
+            which = "tls_key_file" if "tls_cert_file" in item else "tls_cert_file"
+            raise ConfigError(f"{key}.{which}: required with the other; mutual TLS needs both tls_cert_file and tls_key_file")
+        dest = Destination(
+            name=_str(f"{key}.name", item["name"]),
+            ae_title=_ae(f"{key}.ae_title", item["ae_title"]),
+            host=_str(f"{key}.host", item["host"]),
+            port=_int(f"{key}.port", item["port"], 1, 65535),
+            storage_commitment=_bool(f"{key}.storage_commitment", item.get("storage_commitment", False)),
+            keep_empty_frames=_bool(f"{key}.keep_empty_frames", item.get("keep_empty_frames", False)),
+            tls=tls,
+            tls_ca_file=Path(item["tls_ca_file"]) if "tls_ca_file" in item else None,
+            tls_cert_file=Path(item["tls_cert_file"]) if "tls_cert_file" in item else None,
+            tls_key_file=Path(item["tls_key_file"]) if "tls_key_file" in item else None,
+            tls_server_name=item.get("tls_server_name"),
+        )
+        if any(d.name == dest.name for d in out):
+            raise ConfigError(f"{key}.name: duplicate destination name {dest.name!r}")
+        out.append(dest)
+    return tuple(out)
