@@ -78,7 +78,7 @@ class Awaiting:
 def _node(node_factory: Callable[..., Node], pacs: CommitmentPACS) -> Node:
     return node_factory(extra_toml=(
         "[worker]\nenabled = false\n"
-        "[delivery]\nbackoff_seconds = 0.1\npoll_seconds = 0.05\ncommitment_timeout_seconds = 600\n"
+        "[delivery]\nbackoff_seconds = 0.1\npoll_seconds = 0.05\ncommitment_timeout_seconds = 600\nreport_wait_seconds = 0.5\n"
         f'[[destinations]]\nname = "cpacs"\nae_title = "CPACS"\nhost = "127.0.0.1"\nport = {pacs.port}\nstorage_commitment = true\n'
     ))
 

@@ -150,6 +150,7 @@ class DeliveryConfig:
     backoff_seconds: float = 10.0  # first retry delay; doubles each attempt
     backoff_max_seconds: float = 900.0
     commitment_timeout_seconds: float = 300.0  # re-send when no commitment report came by then
+    report_wait_seconds: float = 5.0  # how long to wait for the report on the delivery's own association
     network_timeout: float = 60.0
     poll_seconds: float = 1.0
 
@@ -339,6 +340,7 @@ def _parse_delivery(data: Any) -> DeliveryConfig:
         "backoff_seconds": partial(_num, lo=0.01),
         "backoff_max_seconds": partial(_num, lo=0.01),
         "commitment_timeout_seconds": partial(_num, lo=1),
+        "report_wait_seconds": partial(_num, lo=0, hi=600),
         "network_timeout": partial(_num, lo=1),
         "poll_seconds": partial(_num, lo=0.05, hi=60),
     })

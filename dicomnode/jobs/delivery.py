@@ -225,7 +225,7 @@ class Sender(BackgroundLoop):
         try:
             out = send_outputs(
                 objects, dest, calling_ae=self.cfg.node.ae_title, timeout=self.cfg.delivery.network_timeout,
-                commitment_uid=commit_uid, on_report=same_association,
+                commitment_uid=commit_uid, on_report=same_association, report_wait=self.cfg.delivery.report_wait_seconds,
             )
         except (NetworkError, OSError) as exc:
             self._fail(d, str(exc))
