@@ -64,29 +64,20 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    from storage.outbox import reset_deliveries
-    from storage.queue import job_state, requeue_job
+    from storage.retry import RetryOutcome, retry_job
 
     configure_logging(args.log_level or "WARNING")
-    engine = _engine(args)
-    state = job_state(engine, args.job)
-    if state is None:
-        print(f"retry: there is no job {args.job}")
-        return EXIT_FAILED
-    current, _error = state
-    if current == JobState.RUNNING:
-        print(f"retry: job {args.job} is running; wait for it to finish")
-        return EXIT_FAILED
-    if args.rerun or current in (JobState.FAILED, JobState.IGNORED, JobState.NOT_APPLICABLE, JobState.INCOMPLETE, JobState.QUEUED):
-        requeue_job(engine, args.job)
-        print(f"job {args.job} queued again; a running node will process it and deliver the results")
-        return EXIT_OK
-    n = reset_deliveries(engine, args.job)
-    if not n:
-        print(f"retry: job {args.job} has no deliveries (no destinations were configured when it ran); use --rerun")
-        return EXIT_FAILED
-    print(f"job {args.job}: {n} deliver{'y' if n == 1 else 'ies'} will be sent again by the running node")
-    return EXIT_OK
+    done = retry_job(_engine(args), args.job, args.rerun)
+    message = {
+        RetryOutcome.NO_JOB: f"retry: there is no job {args.job}",
+        RetryOutcome.RUNNING: f"retry: job {args.job} is running; wait for it to finish",
+        RetryOutcome.REQUEUED: f"job {args.job} queued again; a running node will process it and deliver the results",
+        RetryOutcome.RESENT: f"job {args.job}: {done.deliveries} deliver{'y' if done.deliveries == 1 else 'ies'} "
+        "will be sent again by the running node",
+        RetryOutcome.NO_DELIVERIES: f"retry: job {args.job} has no deliveries (no destinations were configured when it ran); use --rerun",
+    }[done.outcome]
+    print(message)
+    return EXIT_OK if done.outcome in (RetryOutcome.REQUEUED, RetryOutcome.RESENT) else EXIT_FAILED
 
 
 def cmd_worker(args: argparse.Namespace) -> int:

@@ -36,13 +36,12 @@ from dicomnode.web.users import ADMIN_PASSWORD_FILE, UserStore, ensure_first_adm
 from storage.errors import StorageError
 from storage.files import free_bytes
 from storage.listings import list_jobs, list_series
-from storage.outbox import list_deliveries, outputs_for, reset_deliveries
-from storage.queue import job_state, requeue_job
-from storage.states import JobState
+from storage.outbox import list_deliveries, outputs_for
+from storage.retry import RetryOutcome
+from storage.retry import retry_job as retry
 
 logger = logging.getLogger(__name__)
 
-REQUEUE_STATES = frozenset({JobState.FAILED, JobState.IGNORED, JobState.NOT_APPLICABLE, JobState.INCOMPLETE, JobState.QUEUED})
 Limit = Query(50, ge=1, le=1000)
 
 
@@ -61,24 +60,15 @@ def preview_png(path: Any) -> bytes:
 
 
 def retry_job(engine: Engine, job_id: int, rerun: bool) -> tuple[int, str]:
-    """What ``dicomnode retry`` does: ``(HTTP status, what happened)``.
-
-    A failed, ignored or incomplete job (or any with ``rerun``) is queued again;
-    one whose results were made has its deliveries sent again (same UIDs).
-    """
-    state = job_state(engine, job_id)
-    if state is None:
-        return 404, f"there is no job {job_id}"
-    if state[0] == JobState.RUNNING:
-        return 409, f"job {job_id} is running; wait for it to finish"
-    if rerun or state[0] in REQUEUE_STATES:
-        if not requeue_job(engine, job_id):
-            return 409, f"job {job_id} started running meanwhile; wait for it to finish"
-        return 200, f"job {job_id} queued again"
-    n = reset_deliveries(engine, job_id)
-    if not n:
-        return 409, f"job {job_id} has no deliveries (no destinations were configured when it ran); retry with rerun=true"
-    return 200, f"job {job_id}: {n} deliver{'y' if n == 1 else 'ies'} will be sent again"
+    """What ``dicomnode retry`` does (:func:`storage.retry.retry_job`): ``(HTTP status, what happened)``."""
+    done = retry(engine, job_id, rerun)
+    return {
+        RetryOutcome.NO_JOB: (404, f"there is no job {job_id}"),
+        RetryOutcome.RUNNING: (409, f"job {job_id} is running; wait for it to finish"),
+        RetryOutcome.REQUEUED: (200, f"job {job_id} queued again"),
+        RetryOutcome.RESENT: (200, f"job {job_id}: {done.deliveries} deliver{'y' if done.deliveries == 1 else 'ies'} will be sent again"),
+        RetryOutcome.NO_DELIVERIES: (409, f"job {job_id} has no deliveries (no destinations were configured when it ran); retry with rerun=true"),
+    }[done.outcome]
 
 
 def health(engine: Engine, cfg: Config, metrics: Metrics, is_listening: Callable[[], bool]) -> tuple[int, dict[str, Any]]:
