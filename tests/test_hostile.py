@@ -5,6 +5,12 @@ C-ECHO, answer with the right status, and stay within its memory bound
 (the child's peak RSS, ``VmHWM``, read from ``/proc``).  The node runs with
 small limits so that the tests are quick: a 2 s PDU deadline, 4 connections
 per address, 16 MB instances, 64 KiB PDUs.
+
+Attacks that need the node's internals to force an interleaving live beside
+their code: the purge racing a re-send and the replacement whose commit
+fails in ``tests/test_integrity.py``, forged commitments against a waiting
+delivery in ``tests/test_commitment_security.py``, and random PDUs in
+``tests/test_fuzz.py``.
 """
 
 from __future__ import annotations
@@ -281,6 +287,46 @@ def test_a_uid_with_a_trailing_newline_is_refused(node: NodeProcess, baseline: f
     status, comment = store_file(node.port, path, ExplicitVRLittleEndian)
     assert status == ERROR_CANNOT_UNDERSTAND
     assert "SOPInstanceUID is not a valid UID" in comment
+    after_attack(node, baseline)
+
+
+def test_forged_storage_commitment_from_another_ae_is_refused(node: NodeProcess, baseline: float) -> None:
+    """An AE named EVIL reports "all committed" for a transaction: 0x0124, nothing settled.
+
+    (The full set, against a node with a Storage Commitment destination and a
+    real delivery waiting, is ``tests/test_commitment_security.py``.)
+    """
+    from pydicom import Dataset
+
+    from dicomnode.dicom.status import NOT_AUTHORIZED
+    from tests.peers import send_commitment_report
+
+    report = Dataset()
+    report.TransactionUID = generate_uid()
+    report.ReferencedSOPSequence = []
+    status = send_commitment_report(("127.0.0.1", node.port, "DICOMNODE"), report, 1, calling_ae="EVIL", bind_address=ATTACKER)
+    assert status == NOT_AUTHORIZED
+    after_attack(node, baseline)
+
+
+def test_a_uid_of_another_patient_is_refused_not_merged(node: NodeProcess, baseline: float, tmp_path: Path) -> None:
+    """The same SOP Instance UID for another patient and study: 0xC230, and the first patient's copy stays."""
+    from dicomnode.dicom.status import ERROR_UID_CONFLICT
+
+    import sqlite3
+
+    sop = generate_uid()
+    body = ct_head(sop, 2, 2) + pixel_header(8) + b"\x00" * 8
+    first = write_part10(tmp_path / "first.dcm", sop, ExplicitVRLittleEndian, [body])
+    assert store_file(node.port, first, ExplicitVRLittleEndian) == (0, "")
+    other = ct_head(sop, 2, 2).replace(b"HOSTILE", b"OTHERPT")  # new Study and Series UIDs too (ct_head makes them)
+    second = write_part10(tmp_path / "second.dcm", sop, ExplicitVRLittleEndian, [other + pixel_header(8) + b"\x01" * 8])
+    status, comment = store_file(node.port, second, ExplicitVRLittleEndian)
+    assert status == ERROR_UID_CONFLICT
+    assert "another patient" in comment
+    with sqlite3.connect(node.config.parent / "storage" / "dicomnode.db") as db:
+        [(crc,)] = db.execute("SELECT crc32 FROM instances WHERE sop_uid = ?", (sop,)).fetchall()
+    assert crc == zlib.crc32(body), "the first patient's copy is the one stored"
     after_attack(node, baseline)
 
 
