@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from storage.errors import DiskFullError, StorageError
+from storage.permissions import PRIVATE_DIR_MODE
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ def ensure_dir(path: Path) -> None:
         p = p.parent
     for d in reversed(missing):
         try:
-            d.mkdir(0o750)  # storage folders: owner and group only, whatever the umask
+            d.mkdir(PRIVATE_DIR_MODE)  # storage folders: owner and group only, whatever the umask
         except FileExistsError:
             continue
         except OSError as exc:

@@ -23,17 +23,10 @@ _TOO_OPEN = 0o027  # group write, and any access for others
 
 
 def make_private_dir(path: Path) -> None:
-    """Create ``path`` and its missing parents with :data:`PRIVATE_DIR_MODE` (existing folders are left alone)."""
-    missing: list[Path] = []
-    p = path
-    while not p.exists():
-        missing.append(p)
-        p = p.parent
-    for d in reversed(missing):
-        try:
-            d.mkdir(PRIVATE_DIR_MODE)
-        except FileExistsError:
-            continue
+    """Create ``path`` and its missing parents with :data:`PRIVATE_DIR_MODE`, durably (existing folders are left alone)."""
+    from storage.files import ensure_dir  # here, not at the top: storage.files imports this module
+
+    ensure_dir(path)
 
 
 def make_private_file(path: Path, mode: int = PRIVATE_FILE_MODE) -> bool:

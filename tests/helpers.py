@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
@@ -143,3 +143,24 @@ def rec(sop: str, series: str = "1.2.3", crc: int = 1, **kw: object) -> Instance
         assoc_uid="assoc-1",
         **kw,  # type: ignore[arg-type]
     )
+
+
+def pynetdicom_echo(
+    port: int, calling: str = "ECHOSCU", *, timeout: float = 5.0, tls_args: tuple[Any, str] | None = None
+) -> bool:
+    """A C-ECHO from pynetdicom to the node on 127.0.0.1 (optionally over TLS): whether it succeeded."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+    ae = AE(ae_title=calling)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", port, ae_title="DICOMNODE", tls_args=tls_args)
+    if not assoc.is_established:
+        return False
+    try:
+        status = assoc.send_c_echo()
+        return bool(status) and "Status" in status and int(status.Status) == 0
+    finally:
+        if assoc.is_established:
+            assoc.release()

@@ -26,6 +26,7 @@ from dicomnode.dicom.header import check_structure, parse_header
 from dicomnode.errors import IngestError
 from dicomnode.node import Node
 from dicomnode.testing.synthetic import SeriesSpec, make_slice
+from tests.helpers import pynetdicom_echo
 
 FUZZ = settings(derandomize=True, database=None, deadline=None, suppress_health_check=list(HealthCheck))
 
@@ -130,16 +131,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Node, bytes
 
 
 def echo(port: int) -> bool:
-    ae = AE(ae_title="ECHOSCU")
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 5
-    ae.add_requested_context(Verification)
-    assoc = ae.associate("127.0.0.1", port, ae_title="DICOMNODE")
-    if not assoc.is_established:
-        return False
-    try:
-        return int(assoc.send_c_echo().Status) == 0
-    finally:
-        assoc.release()
+    return pynetdicom_echo(port)
 
 
 def send_raw(port: int, data: bytes) -> None:

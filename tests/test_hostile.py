@@ -30,7 +30,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from dicomnode.dicom.status import ERROR_CANNOT_UNDERSTAND, ERROR_DATASET_DOES_NOT_MATCH_SOP_CLASS, REFUSED_OUT_OF_RESOURCES
 from dicomnode.net.guard import A_ABORT_INVALID_PDU
 from dicomnode.receive.ingest import PREAMBLE, file_meta_bytes
-from tests.helpers import NodeProcess, wait_for, write_config
+from tests.helpers import NodeProcess, pynetdicom_echo, wait_for, write_config
 
 pytestmark = pytest.mark.slow
 MEMORY_BOUND_MB = 400  # growth of the node's peak RSS over all attacks; a single bomb used to add 2000+
@@ -64,18 +64,8 @@ def baseline(node: NodeProcess) -> float:
     return peak_rss_mb(node)
 
 
-def echo(port: int, ae_title: str = "ECHOSCU", timeout: float = 5.0) -> bool:
-    ae = AE(ae_title=ae_title)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
-    ae.add_requested_context(Verification)
-    assoc = ae.associate("127.0.0.1", port, ae_title="DICOMNODE")
-    if not assoc.is_established:
-        return False
-    try:
-        status = assoc.send_c_echo()
-        return bool(status) and int(status.Status) == 0
-    finally:
-        assoc.release()
+def echo(port: int, timeout: float = 5.0) -> bool:
+    return pynetdicom_echo(port, timeout=timeout)
 
 
 def attacker_socket(port: int) -> socket.socket:

@@ -13,7 +13,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicomnode.node import Node
-from tests.helpers import require_tool, wait_for
+from tests.helpers import pynetdicom_echo, require_tool, wait_for
 
 
 def make_cert(tmp: Path) -> tuple[Path, Path]:
@@ -67,18 +67,7 @@ def tls_echo(port: int, server_cert: Path, calling: str, client: tuple[Path, Pat
     ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(server_cert))
     if client is not None:
         ctx.load_cert_chain(str(client[0]), str(client[1]))
-    ae = AE(ae_title=calling)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
-    ae.add_requested_context(Verification)
-    assoc = ae.associate("127.0.0.1", port, ae_title="DICOMNODE", tls_args=(ctx, "localhost"))
-    if not assoc.is_established:
-        return False
-    try:
-        status = assoc.send_c_echo()
-        return bool(status) and int(status.Status) == 0
-    finally:
-        if assoc.is_established:
-            assoc.release()
+    return pynetdicom_echo(port, calling, timeout=timeout, tls_args=(ctx, "localhost"))
 
 
 def test_an_idle_tcp_connection_does_not_block_tls_peers(node_factory: Callable[..., Node], tmp_path: Path) -> None:
