@@ -164,3 +164,34 @@ def pynetdicom_echo(
     finally:
         if assoc.is_established:
             assoc.release()
+
+
+def store_files(
+    port: int, files: Sequence[Path], syntaxes: Sequence[str] = ("1.2.840.10008.1.2.1",), *,
+    sop_class: str = "1.2.840.10008.5.1.4.1.1.2", calling: str = "TESTSCU", timeout: float = 20.0, as_encoded: bool = False,
+) -> list[tuple[int, str | None]]:
+    """C-STORE Part 10 files to the node on one association; ``(status, ErrorComment)`` of each, as the SCU sees them.
+
+    ``as_encoded`` sends each file's bytes exactly as encoded (pydicom never
+    parses them: for data a parser would refuse or take long over).
+    """
+    from pynetdicom import AE, _config
+
+    ae = AE(ae_title=calling)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    ae.add_requested_context(sop_class, list(syntaxes))
+    assoc = ae.associate("127.0.0.1", port, ae_title="DICOMNODE")
+    assert assoc.is_established
+    chunked = _config.STORE_SEND_CHUNKED_DATASET
+    _config.STORE_SEND_CHUNKED_DATASET = as_encoded
+    out: list[tuple[int, str | None]] = []
+    try:
+        for f in files:
+            rsp = assoc.send_c_store(f)
+            assert rsp and "Status" in rsp, "no C-STORE response"
+            out.append((int(rsp.Status), rsp.get("ErrorComment")))
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = chunked
+        if assoc.is_established:
+            assoc.release()
+    return out

@@ -30,7 +30,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from dicomnode.dicom.status import ERROR_CANNOT_UNDERSTAND, ERROR_DATASET_DOES_NOT_MATCH_SOP_CLASS, REFUSED_OUT_OF_RESOURCES
 from dicomnode.net.guard import A_ABORT_INVALID_PDU
 from dicomnode.receive.ingest import PREAMBLE, file_meta_bytes
-from tests.helpers import NodeProcess, pynetdicom_echo, wait_for, write_config
+from tests.helpers import NodeProcess, pynetdicom_echo, store_files, wait_for, write_config
 
 pytestmark = pytest.mark.slow
 MEMORY_BOUND_MB = 400  # growth of the node's peak RSS over all attacks; a single bomb used to add 2000+
@@ -133,25 +133,10 @@ def write_part10(path: Path, sop_uid: str, ts: str, chunks: Iterator[bytes] | li
     return path
 
 
-def store_file(port: int, path: Path, ts: str, timeout: float = 30) -> tuple[int, str]:
+def store_file(port: int, path: Path, ts: str) -> tuple[int, str]:
     """C-STORE one Part 10 file exactly as it is encoded (pydicom never parses it); the status and ErrorComment."""
-    from pynetdicom import _config
-
-    ae = AE(ae_title="HOSTILE")
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
-    ae.add_requested_context(CTImageStorage, [ts])
-    assoc = ae.associate("127.0.0.1", port, ae_title="DICOMNODE")
-    assert assoc.is_established
-    chunked = _config.STORE_SEND_CHUNKED_DATASET
-    _config.STORE_SEND_CHUNKED_DATASET = True
-    try:
-        status = assoc.send_c_store(path)
-        assert status, "no C-STORE response"
-        return int(status.Status), str(status.get("ErrorComment", ""))
-    finally:
-        _config.STORE_SEND_CHUNKED_DATASET = chunked
-        if assoc.is_established:
-            assoc.release()
+    code, comment = store_files(port, [path], [ts], calling="HOSTILE", timeout=30, as_encoded=True)[0]
+    return code, comment or ""
 
 
 # -- the attacks ----------------------------------------------------------------

@@ -26,8 +26,6 @@ from typing import Any
 import pytest
 from pydicom import dcmread
 from pydicom.uid import generate_uid
-from pynetdicom import AE
-from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 from sqlalchemy import event, select
 from sqlalchemy.exc import OperationalError
 
@@ -40,37 +38,19 @@ from storage.queue import claim_job, end_job
 from storage.retention import claim_purge, remove_files
 from storage.states import JobState
 from tests.conftest import series_of, wait_for_jobs
-from tests.helpers import storescu
+from tests.helpers import store_files, storescu
 
 TRANSFER_SYNTAXES = ["1.2.840.10008.1.2.1"]  # as the synthetic files are: stored bytes compare with sent ones
 
 
 def c_store(node: Node, path: Path) -> tuple[int, str | None]:
     """Send one file over a new association; ``(status, ErrorComment)`` as the SCU sees them."""
-    ae = AE(ae_title="TESTSCU")
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 20
-    ae.add_requested_context(CTImageStorage, TRANSFER_SYNTAXES)
-    assoc = ae.associate("127.0.0.1", node.cfg.node.port, ae_title="DICOMNODE")
-    assert assoc.is_established
-    try:
-        rsp = assoc.send_c_store(path)
-        return int(rsp.Status), rsp.get("ErrorComment")
-    finally:
-        assoc.release()
+    return store_files(node.cfg.node.port, [path], TRANSFER_SYNTAXES)[0]
 
 
 def send_all(node: Node, files: list[Path]) -> None:
     """One association for the whole series (its release completes the series)."""
-    ae = AE(ae_title="TESTSCU")
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 20
-    ae.add_requested_context(CTImageStorage, TRANSFER_SYNTAXES)
-    assoc = ae.associate("127.0.0.1", node.cfg.node.port, ae_title="DICOMNODE")
-    assert assoc.is_established
-    try:
-        for f in files:
-            assert assoc.send_c_store(f).Status == status.SUCCESS
-    finally:
-        assoc.release()
+    assert all(code == status.SUCCESS for code, _ in store_files(node.cfg.node.port, files, TRANSFER_SYNTAXES))
 
 
 def dataset_bytes(path: Path) -> bytes:

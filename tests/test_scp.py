@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 from pynetdicom import AE
-from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicomnode.dicom import status
 from dicomnode.errors import NetworkError
 from dicomnode.node import Node
 from dicomnode.net.scu import iter_dicom_files, parse_peer, send_files
 from tests.conftest import jobs_of, series_of, wait_for_jobs
-from tests.helpers import dcmtk_env, require_tool, storescu, wait_for
+from tests.helpers import dcmtk_env, require_tool, store_files, storescu, wait_for
 
 
 def dataset_bytes(path: Path) -> bytes:
@@ -180,15 +180,7 @@ def test_association_limit(node_factory: Callable[..., Node]) -> None:
 
 def _store_file(node: Node, path: Path) -> tuple[int, str | None]:
     """Send one Part 10 file as it is (pynetdicom streams the bytes after the meta)."""
-    ae = AE(ae_title="TESTSCU")
-    ae.add_requested_context(CTImageStorage, "1.2.840.10008.1.2.1")
-    assoc = ae.associate("127.0.0.1", node.cfg.node.port, ae_title="DICOMNODE")
-    assert assoc.is_established
-    try:
-        rsp = assoc.send_c_store(path)
-        return int(rsp.Status), rsp.get("ErrorComment")
-    finally:
-        assoc.release()
+    return store_files(node.cfg.node.port, [path])[0]
 
 
 def test_truncated_dataset_gets_cannot_understand(
