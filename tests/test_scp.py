@@ -267,3 +267,36 @@ def test_echo_with_dcmtk(node_factory: Callable[..., Node]) -> None:
     node = node_factory()
     r = subprocess.run([exe, "-aec", "DICOMNODE", "127.0.0.1", str(node.cfg.node.port)], capture_output=True, text=True, env=dcmtk_env(), timeout=30)
     assert r.returncode == 0, r.stderr
+
+
+def test_connections_are_counted_from_accept_until_their_association_thread_ends() -> None:
+    """The per-address cap counts a connection exactly once, from accept until its association's thread ends."""
+    import threading
+    from types import SimpleNamespace
+
+    from dicomnode.net.scp import Connections
+
+    class Assoc(threading.Thread):  # what Connections reads of a pynetdicom Association: a thread with a requestor
+        def __init__(self, port: int) -> None:
+            super().__init__()
+            self.requestor = SimpleNamespace(address="10.0.0.1", port=port)
+            self.release = threading.Event()
+
+        def run(self) -> None:
+            self.release.wait(10)
+
+    conns = Connections()
+    assert conns.admit(("10.0.0.1", 1), 2) is None
+    assert conns.admit(("10.0.0.1", 2), 2) is None
+    assert conns.admit(("10.0.0.1", 3), 2) == 2, "a third connection from the address is refused"
+    assert conns.admit(("10.0.0.2", 1), 2) is None, "another address has its own count"
+    conns.settle(("10.0.0.1", 1))  # its TLS handshake failed: it never became an association
+    assert conns.admit(("10.0.0.1", 4), 2) is None
+    a = Assoc(2)
+    conns.opened(a)
+    a.start()
+    conns.settle(("10.0.0.1", 2))  # the handler returned; the association runs on
+    assert conns.admit(("10.0.0.1", 5), 2) == 2
+    a.release.set()
+    a.join()
+    assert conns.admit(("10.0.0.1", 5), 2) is None, "an ended association frees its slot"

@@ -16,7 +16,6 @@ import ssl
 import threading
 import time
 import uuid
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,6 +59,53 @@ class AssociationStats:
     failed: int = 0
     # series id -> SOP instance UIDs this association stored or re-sent
     carried: dict[int, set[str]] = field(default_factory=dict)
+
+
+class Connections:
+    """The connections each address holds, from accept until their association thread ends.
+
+    Counting threads alone missed a connection between accept and the start
+    of its thread (and counted it twice just after); counting events alone
+    would leak a slot whenever pynetdicom skipped one.  Each accepted
+    connection is an entry, bound to its association when it opens and
+    dropped once that association's thread has ended (checked whenever an
+    address is counted), or when it never became an association.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: dict[tuple[str, int], Association | None] = {}
+
+    @staticmethod
+    def _key(address: Any) -> tuple[str, int]:
+        return (str(address[0]), int(address[1])) if isinstance(address, tuple) else (str(address), 0)
+
+    def admit(self, address: Any, limit: int) -> int | None:
+        """Record a new connection; ``None`` when admitted, else how many ``address`` already holds."""
+        key = self._key(address)
+        with self._lock:
+            for k, assoc in list(self._entries.items()):
+                if assoc is not None and assoc.ident is not None and not assoc.is_alive():
+                    del self._entries[k]  # its association thread has ended
+            held = sum(1 for k in self._entries if k[0] == key[0])
+            if held >= limit:
+                return held
+            self._entries[key] = None
+        return None
+
+    def opened(self, assoc: Association) -> None:
+        """Bind a connection to its association (before the association's thread starts)."""
+        key = self._key((assoc.requestor.address, assoc.requestor.port))
+        with self._lock:
+            if key in self._entries:
+                self._entries[key] = assoc
+
+    def settle(self, address: Any) -> None:
+        """After the connection's handler ran: drop it when it never became an association (a failed TLS handshake)."""
+        key = self._key(address)
+        with self._lock:
+            if key in self._entries and self._entries[key] is None:
+                del self._entries[key]
 
 
 def make_ssl_context(tls: TLSConfig) -> ssl.SSLContext:
@@ -115,7 +161,7 @@ class StorageSCP:
             on_violation=self._count_violation,
         )
         self.ssl_context = make_ssl_context(cfg.tls) if cfg.tls else None
-        self._pending: Counter[str] = Counter()  # accepted connections whose association thread is not running yet
+        self.connections = Connections()
         self.server: ThreadedAssociationServer | None = None
         self.ae = self._build_ae()
 
@@ -208,31 +254,8 @@ class StorageSCP:
         if self.metrics is not None:
             self.metrics.peer_violations.labels(kind).inc()
 
-    def _connections_from(self, host: str) -> int:
-        """Associations (any state) and TLS handshakes that ``host`` holds now."""
-        server = self.server
-        held = 0
-        if server is not None:
-            for assoc in server.active_associations:
-                try:
-                    if assoc.requestor.address == host:
-                        held += 1
-                except AttributeError:
-                    continue
-        return held + self._pending[host]
-
     def _verify_request(self, request: Any, client_address: Any) -> bool:
         host = client_address[0] if isinstance(client_address, tuple) else str(client_address)
-        with self._lock:
-            held = self._connections_from(host)
-            if held < self.cfg.max_connections_per_host:
-                self._pending[host] += 1  # until finish_request has started its association thread
-        if held >= self.cfg.max_connections_per_host:
-            logger.warning(
-                "connection from %s refused: it already holds %d connection(s) (node.max_connections_per_host)", host, held
-            )
-            self._count_violation("too_many_connections")
-            return False
         if self._networks:
             try:
                 addr = ipaddress.ip_address(host)
@@ -241,6 +264,13 @@ class StorageSCP:
             if addr is None or not any(addr in net for net in self._networks):
                 logger.warning("connection from %s refused: not in node.allowed_hosts", host)
                 return False
+        held = self.connections.admit(client_address, self.cfg.max_connections_per_host)
+        if held is not None:
+            logger.warning(
+                "connection from %s refused: it already holds %d connection(s) (node.max_connections_per_host)", host, held
+            )
+            self._count_violation("too_many_connections")
+            return False
         try:
             # Our C-STORE responses are small writes; without TCP_NODELAY, Nagle's
             # algorithm and the peer's delayed ACK stall every round trip.
@@ -252,8 +282,8 @@ class StorageSCP:
     def _finish_request(self, request: Any, client_address: Any) -> None:
         """socketserver's ``finish_request``, in the connection's own thread: TLS handshake (bounded), then pynetdicom.
 
-        The connection counts as pending for its address until its
-        association thread runs (and is counted as an active association).
+        The connection counts for its address from accept until its
+        association thread ends (:class:`Connections`).
         """
         host = client_address[0] if isinstance(client_address, tuple) else str(client_address)
         try:
@@ -269,12 +299,10 @@ class StorageSCP:
                 return
             server.RequestHandlerClass(request, client_address, server)
         finally:
-            with self._lock:
-                self._pending[host] -= 1
-                if self._pending[host] <= 0:
-                    del self._pending[host]
+            self.connections.settle(client_address)
 
     def _on_opened(self, event: evt.Event) -> None:
+        self.connections.opened(event.assoc)
         # Before the association request is read: from now on every read is bounded.
         if not guard_socket(event.assoc, self.limits):
             logger.warning("cannot bound reads on a connection from %s: it runs with pynetdicom's own reads",
