@@ -120,6 +120,7 @@ class WorkerConfig:
     poll_seconds: float = 1.0
     max_job_attempts: int = 3  # a job that kills its worker this often fails instead
     models: tuple[str, ...] = ()  # bundle names or folders; empty: every shipped bundle
+    models_dir: str = "models"  # where `dicomnode models import` installs models (under node.storage_dir unless absolute)
     gpu_concurrency: int = 1  # model runs on the GPU at once (per process)
     gpu_memory_mb: int = 0  # their declared memory (bundle inference.gpu_memory_mb) must fit this; 0: no limit
 
@@ -215,6 +216,12 @@ class Config:
     log_level: str = "INFO"
     log_format: str = "text"  # text | json (one object per line, for log collectors)
     source: Path | None = None
+
+    @property
+    def models_dir(self) -> Path:
+        """Where installed models live: ``worker.models_dir``, under ``node.storage_dir`` unless absolute."""
+        d = Path(self.worker.models_dir)
+        return d if d.is_absolute() else self.node.storage_dir / d
 
     def known_ae_titles(self) -> frozenset[str]:
         """Every AE title the configuration names: allowed callers, destinations, rules and TLS subjects."""
@@ -318,6 +325,7 @@ def _parse_worker(data: Any) -> WorkerConfig:
         "poll_seconds": partial(_num, lo=0.05, hi=60),
         "max_job_attempts": partial(_int, lo=1, hi=100),
         "models": _str_list,
+        "models_dir": _str,
         "gpu_concurrency": partial(_int, lo=1, hi=64),
         "gpu_memory_mb": partial(_int, lo=0, hi=10**7),
     })

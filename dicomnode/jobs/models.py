@@ -1,14 +1,23 @@
 """The model registry: where bundles are found by name, and the loaded models a worker keeps between jobs.
 
-A model is named by a folder, or by the name of a bundle shipped under
-``ai/bundles``.  Loading a bundle imports torch, so this module imports
-:mod:`ai.bundle` and :mod:`ai.engine` only when a model is first asked for.
+A model is named by a folder, by the name of a model installed in the node's
+model directory (``dicomnode models import``), or by the name of a bundle
+shipped under ``ai/bundles``.  Loading a bundle imports torch, so this module
+imports :mod:`ai.bundle` and :mod:`ai.engine` only when a model is first
+asked for.
 """
 
 from __future__ import annotations
 
+import enum
+import json
 import logging
+import os
+import re
+import shutil
 import threading
+import uuid
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,27 +41,124 @@ def shipped_names() -> list[str]:
     return sorted(p.name for p in SHIPPED_BUNDLES.iterdir() if (p / "manifest.json").is_file())
 
 
-def bundle_path(name: str | None) -> Path:
-    """The folder of a bundle given by path or by shipped name (default: the chest-CT bundle).
+class ModelFormat(enum.StrEnum):
+    """The layouts a model folder can have."""
+
+    DICOMNODE = "dicomnode"  # manifest.json and weights (ai/bundle.py)
+    MONAI = "monai-bundle"  # configs/metadata.json, configs/inference.json, models/
+    NNUNET = "nnunet-v2"  # dataset.json, plans.json, fold_*/checkpoint_final.pth
+    TOTALSEGMENTATOR = "totalsegmentator"  # Dataset*/<trainer>__<plans>__<config>/ folders of nnU-Net models
+
+    @property
+    def runnable(self) -> bool:
+        """Whether this version of the node can run models of this format."""
+        return self in (ModelFormat.DICOMNODE, ModelFormat.MONAI)
+
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+IMPORT_RECORD = "dicomnode-import.json"  # written beside an installed model: where it came from, when
+
+
+def model_format(path: Path) -> ModelFormat | None:
+    """The layout of a model folder, or ``None`` when it is none that the node knows."""
+    if (path / "manifest.json").is_file():
+        return ModelFormat.DICOMNODE
+    if (path / "configs" / "metadata.json").is_file():
+        return ModelFormat.MONAI
+    if (path / "dataset.json").is_file() and (path / "plans.json").is_file():
+        return ModelFormat.NNUNET
+    if path.is_dir() and any(
+        p.is_dir() and p.name.startswith("Dataset") and any(q.is_dir() and "__" in q.name for q in p.iterdir())
+        for p in path.iterdir()
+    ):
+        return ModelFormat.TOTALSEGMENTATOR
+    return None
+
+
+def installed_names(models_dir: Path | None) -> list[str]:
+    """Names of the models installed in ``models_dir`` (folders of a known format)."""
+    if models_dir is None or not models_dir.is_dir():
+        return []
+    return sorted(p.name for p in models_dir.iterdir() if p.is_dir() and _NAME.fullmatch(p.name) and model_format(p))
+
+
+def bundle_path(name: str | None, models_dir: Path | None = None) -> Path:
+    """The folder of a model given by path, installed name or shipped name (default: the chest-CT bundle).
 
     Raises
     ------
     DicomNodeError
-        No such folder and no such shipped bundle; the message lists the shipped ones.
+        No such folder and no such model; the message lists the installed and shipped ones.
     """
     p = Path(name) if name else SHIPPED_BUNDLES / DEFAULT_MODEL
+    if not p.is_dir() and name and models_dir is not None and _NAME.fullmatch(name):
+        p = models_dir / name
     if not p.is_dir():
         p = SHIPPED_BUNDLES / str(name)
     if not p.is_dir():
-        raise DicomNodeError(f"no model bundle {name!r} (shipped: {', '.join(shipped_names()) or 'none'}; or give a bundle folder)")
+        installed = ", ".join(installed_names(models_dir)) or "none"
+        raise DicomNodeError(
+            f"no model {name!r} (installed: {installed}; shipped: {', '.join(shipped_names()) or 'none'}; or give a model folder)"
+        )
     return p
 
 
-def find_bundle(name: str | None) -> Bundle:
-    """Load and validate a bundle by path or shipped name (see :func:`bundle_path`)."""
+def find_bundle(name: str | None, models_dir: Path | None = None) -> Bundle:
+    """Load and validate a bundle by path, installed name or shipped name (see :func:`bundle_path`)."""
     from ai.bundle import load_bundle
 
-    return load_bundle(bundle_path(name))
+    return load_bundle(bundle_path(name, models_dir))
+
+
+def install_model(source: Path, name: str, models_dir: Path, *, replace: bool = False) -> tuple[Path, ModelFormat]:
+    """Validate the model folder ``source`` and copy it into ``models_dir/name``.
+
+    The copy is made under a temporary name and renamed into place, so a
+    worker never sees half a model; with ``replace``, an installed model of
+    that name is swapped out the same way.
+
+    Raises
+    ------
+    DicomNodeError
+        Not a model folder, a format this version cannot run, a model that
+        does not validate (every problem named), a bad or taken name.
+    """
+    from ai.bundle import BundleError, load_bundle
+
+    if not _NAME.fullmatch(name):
+        raise DicomNodeError(f"model name {name!r}: use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+    if name in shipped_names():
+        raise DicomNodeError(f"model name {name!r} is a shipped bundle's; choose another")
+    if not source.is_dir():
+        raise DicomNodeError(f"{source} is not a folder")
+    fmt = model_format(source)
+    if fmt is None:
+        raise DicomNodeError(
+            f"{source} is not a model folder: it has no manifest.json (dicomnode bundle), configs/metadata.json "
+            "(MONAI bundle), dataset.json with plans.json (nnU-Net v2) or Dataset*/ model folders (TotalSegmentator)"
+        )
+    if not fmt.runnable:
+        raise DicomNodeError(f"{source} is a {fmt.value} model, which this version of the node cannot run yet")
+    try:
+        load_bundle(source)
+    except BundleError as exc:
+        raise DicomNodeError(f"{source} does not validate: {exc}") from exc
+    dest = models_dir / name
+    if dest.exists() and not replace:
+        raise DicomNodeError(f"a model named {name!r} is installed already ({dest}); use --replace to swap it")
+    models_dir.mkdir(parents=True, exist_ok=True)
+    tmp = models_dir / f".import-{uuid.uuid4().hex}"
+    shutil.copytree(source, tmp)
+    record = {"name": name, "format": fmt.value, "source": str(source.resolve()),
+              "imported_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    (tmp / IMPORT_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+    old = models_dir / f".replaced-{uuid.uuid4().hex}"
+    if dest.exists():
+        os.replace(dest, old)
+    os.replace(tmp, dest)
+    shutil.rmtree(old, ignore_errors=True)
+    logger.info("installed model %s (%s) in %s", name, fmt.value, models_dir)
+    return dest, fmt
 
 
 class ModelRegistry:
@@ -64,11 +170,16 @@ class ModelRegistry:
         ``auto``, ``cpu`` or ``cuda``: where models run.
     names : sequence of str
         The models considered when no routing rule names any (default: every shipped bundle).
+    models_dir : pathlib.Path, optional
+        Where ``dicomnode models import`` installs models (looked up by name
+        before the shipped bundles).  Installed models run only when named in
+        ``names`` or by a routing rule.
     """
 
-    def __init__(self, device: str = "auto", names: tuple[str, ...] = ()) -> None:
+    def __init__(self, device: str = "auto", names: tuple[str, ...] = (), models_dir: Path | None = None) -> None:
         self.device = device
         self.names = names
+        self.models_dir = models_dir
         self._bundles: dict[str, Bundle] = {}
         self._engines: dict[str, Engine] = {}
         self._lock = threading.Lock()
@@ -77,7 +188,7 @@ class ModelRegistry:
         """A bundle by name or folder, loaded once."""
         with self._lock:
             if name not in self._bundles:
-                self._bundles[name] = find_bundle(name)
+                self._bundles[name] = find_bundle(name, self.models_dir)
             return self._bundles[name]
 
     def candidates(self) -> list[Bundle]:

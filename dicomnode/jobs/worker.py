@@ -154,7 +154,7 @@ class JobRunner(BackgroundLoop):
         self.cfg = cfg
         self.metrics = metrics
         self.gpu = gpu or GPUAdmission(cfg.worker.gpu_concurrency, cfg.worker.gpu_memory_mb)
-        self.models = models or ModelRegistry(cfg.worker.device, cfg.worker.models)
+        self.models = models or ModelRegistry(cfg.worker.device, cfg.worker.models, models_dir=cfg.models_dir)
         self.router = Router(cfg.rules, cfg.routing, [d.name for d in cfg.destinations])
         self.name = name or worker_name()
         self.on_finished = on_finished
