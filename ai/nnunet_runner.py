@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from ai.errors import AIError
 
@@ -66,6 +65,43 @@ def missing_parts(folder: Path) -> list[str]:
     if not fold_names(folder):
         missing.append(f"fold_*/{CHECKPOINT}")
     return missing
+
+
+def problems(folder: Path) -> list[str]:
+    """Everything that keeps ``folder`` from running as an nnU-Net v2 model, in words (empty when none).
+
+    Checks the files and the JSON without importing nnunetv2 or unpickling a
+    checkpoint, so a model can be validated where nnunetv2 is not installed.
+    """
+    missing = missing_parts(folder)
+    found: list[str] = [f"missing {', '.join(missing)}"] if missing else []
+    docs: dict[str, Any] = {}
+    for name in (DATASET_JSON, PLANS_JSON):
+        if (folder / name).is_file():
+            try:
+                docs[name] = json.loads((folder / name).read_text())
+            except (OSError, ValueError) as exc:
+                found.append(f"{name} is not valid JSON: {exc}")
+    dataset_json, plans = docs.get(DATASET_JSON), docs.get(PLANS_JSON)
+    if isinstance(dataset_json, dict):
+        try:
+            label_names(dataset_json)
+        except NnUNetError as exc:
+            found.append(str(exc))
+        channels: dict[str, Any] = dict(dataset_json.get("channel_names") or dataset_json.get("modality") or {})
+        if len(channels) != 1:
+            found.append(f"the model takes {len(channels)} input channels; the node gives one")
+    elif dataset_json is not None:
+        found.append(f"{DATASET_JSON} is not a JSON object")
+    if isinstance(plans, dict):
+        reader = str(plans.get("image_reader_writer", "SimpleITKIO"))
+        if reader not in _SAME_ORDER_READERS:
+            found.append(f"trained with reader {reader}; supported: {', '.join(_SAME_ORDER_READERS)}")
+        if not plans.get("configurations"):
+            found.append(f"{PLANS_JSON} has no configurations")
+    elif plans is not None:
+        found.append(f"{PLANS_JSON} is not a JSON object")
+    return found
 
 
 def label_names(dataset_json: dict[str, Any]) -> dict[int, str]:
@@ -140,26 +176,17 @@ class NnUNetModel:
     """
 
     def __init__(self, folder: Path, device: str = "cpu", folds: Sequence[str] | None = None) -> None:
-        missing = missing_parts(folder)
-        if missing:
-            raise NnUNetError(f"{folder.name}: not an nnU-Net v2 model folder, missing {', '.join(missing)}")
+        found = problems(folder)
+        if found:
+            raise NnUNetError(f"nnU-Net v2 model folder {folder.name}: {'; '.join(found)}")
+        import torch  # here, so that validating a folder (problems) needs neither torch nor nnunetv2
+
         try:
             from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
         except ImportError as exc:
             raise NnUNetError(f"nnunetv2 is not installed, cannot run {folder.name}: {exc}") from exc
-        try:
-            plans = json.loads((folder / PLANS_JSON).read_text())
-            dataset_json = json.loads((folder / DATASET_JSON).read_text())
-        except (OSError, ValueError) as exc:
-            raise NnUNetError(f"{folder.name}: plans.json or dataset.json cannot be read: {exc}") from exc
-        reader = str(plans.get("image_reader_writer", "SimpleITKIO"))
-        if reader not in _SAME_ORDER_READERS:
-            raise NnUNetError(f"{folder.name}: trained with reader {reader}; only {', '.join(_SAME_ORDER_READERS)}")
-        channels = dataset_json.get("channel_names", dataset_json.get("modality", {}))
-        if len(channels) != 1:
-            raise NnUNetError(f"{folder.name}: the model takes {len(channels)} input channels; the node gives one")
         self.folder = folder
-        self.names = label_names(dataset_json)
+        self.names = label_names(json.loads((folder / DATASET_JSON).read_text()))
         self.folds = list(folds) if folds is not None else fold_names(folder)
         self.device = torch.device(device)
         with _quiet():

@@ -27,6 +27,13 @@ import torch
 
 from ai.nnunet_runner import NnUNetError, NnUNetModel, image_properties, missing_parts
 from dicomnode.cli.infer import load_input
+from dicomnode.errors import DicomNodeError
+from dicomnode.jobs.models import (
+    IMPORT_RECORD,
+    ModelFormat,
+    install_model,
+    model_format,
+)
 from dicomnode.volume.reconstruct import Volume
 
 DATASET = "Dataset999_Tiny"
@@ -244,5 +251,33 @@ def test_ensemble_of_two_folds(model_root: Path, tmp_path: Path) -> None:
         (folder / fold / "checkpoint_final.pth").unlink()
     (folder / "plans.json").unlink()
     assert missing_parts(folder) == ["plans.json", "fold_*/checkpoint_final.pth"]
-    with pytest.raises(NnUNetError, match="missing plans.json, fold_"):
+    with pytest.raises(NnUNetError, match=r"missing plans\.json, fold_\*/checkpoint_final\.pth"):
         NnUNetModel(folder)
+
+
+def test_install_validates_nnunet_folders(model_root: Path, tmp_path: Path) -> None:
+    """``install_model`` installs a complete nnU-Net v2 folder and names what an incomplete one lacks."""
+    src = model_root / "nnUNet_results" / DATASET / TRAINER_FOLDER
+    models_dir = tmp_path / "models"
+    assert model_format(src) is ModelFormat.NNUNET and ModelFormat.NNUNET.runnable
+    dest, fmt = install_model(src, "tiny-nnunet", models_dir)
+    assert fmt is ModelFormat.NNUNET and dest == models_dir / "tiny-nnunet"
+    assert json.loads((dest / IMPORT_RECORD).read_text())["format"] == "nnunet-v2"
+    assert (dest / "fold_0" / "checkpoint_final.pth").is_file()
+    assert NnUNetModel(dest).names == {0: "background", 1: "sphere"}  # the installed copy loads in nnU-Net
+
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT", "1": "PET"}, "labels": {"a": [1, 2]}}))
+    (bare / "plans.json").write_text(json.dumps({"image_reader_writer": "NibabelIOWithReorient"}))
+    (bare / "fold_0").mkdir()  # a fold without its final checkpoint does not count
+    with pytest.raises(DicomNodeError) as info:
+        install_model(bare, "bare", models_dir)
+    said = str(info.value)
+    for part in ("does not validate as an nnU-Net v2 model", "missing fold_*/checkpoint_final.pth",
+                 "region-based", "2 input channels", "reader NibabelIOWithReorient", "plans.json has no configurations"):
+        assert part in said, (part, said)
+    (bare / "plans.json").write_text("{not json")
+    with pytest.raises(DicomNodeError, match="plans.json is not valid JSON"):
+        install_model(bare, "bare", models_dir)
+    assert sorted(p.name for p in models_dir.iterdir()) == ["tiny-nnunet"]

@@ -52,7 +52,7 @@ class ModelFormat(enum.StrEnum):
     @property
     def runnable(self) -> bool:
         """Whether this version of the node can run models of this format."""
-        return self in (ModelFormat.DICOMNODE, ModelFormat.MONAI)
+        return self in (ModelFormat.DICOMNODE, ModelFormat.MONAI, ModelFormat.NNUNET)
 
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -139,10 +139,17 @@ def install_model(source: Path, name: str, models_dir: Path, *, replace: bool = 
         )
     if not fmt.runnable:
         raise DicomNodeError(f"{source} is a {fmt.value} model, which this version of the node cannot run yet")
-    try:
-        load_bundle(source)
-    except BundleError as exc:
-        raise DicomNodeError(f"{source} does not validate: {exc}") from exc
+    if fmt is ModelFormat.NNUNET:
+        from ai.nnunet_runner import problems
+
+        found = problems(source)  # files and JSON only: nnunetv2 need not be installed to import a model
+        if found:
+            raise DicomNodeError(f"{source} does not validate as an nnU-Net v2 model: {'; '.join(found)}")
+    else:
+        try:
+            load_bundle(source)
+        except BundleError as exc:
+            raise DicomNodeError(f"{source} does not validate: {exc}") from exc
     dest = models_dir / name
     if dest.exists() and not replace:
         raise DicomNodeError(f"a model named {name!r} is installed already ({dest}); use --replace to swap it")
