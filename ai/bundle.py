@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 TASKS = ("segmentation", "classification")
 FORMATS = ("torchscript", "state_dict", "onnx")
+MONAI_SOURCE = "monai-bundle"  # manifest "source" of a MONAI Model Zoo bundle (ai.monai_bundle.SOURCE)
 ARCHITECTURES = ("UNet", "SegResNet", "SwinUNETR", "DenseNet121")
 NORMALIZATIONS = ("window", "zscore", "scale", "none")
 
@@ -92,6 +93,7 @@ class Bundle:
     scan_score: ScanScore | None = None  # class probabilities derived from the lesions; None: none
     procedure: Concept | None = None  # the imaging procedure its reports are about (e.g. LN 24627-2 CT Chest)
     preferred_kernels: tuple[str, ...] = ()  # selection.kernels: reconstruction kernels it reads best (regular expressions)
+    source: str = "dicomnode"  # "monai-bundle": a MONAI bundle, run with its own transforms (ai.monai_runner)
 
     @property
     def out_channels(self) -> int:
@@ -107,6 +109,10 @@ class Bundle:
             The weights do not load.
         """
         try:
+            if self.source == MONAI_SOURCE:  # the bundle's own network_def (or model.ts)
+                from ai.monai_runner import load_network, read_parser
+
+                return load_network(read_parser(self.path, device), self.path, device)
             if self.weights_format == "torchscript":
                 module = torch.jit.load(str(self.weights_file), map_location=device).eval()
                 return module
@@ -162,8 +168,9 @@ def _problems_in(m: dict[str, Any], path: Path) -> list[str]:
     if m.get("task") not in TASKS:
         problems.append(f"task must be one of {', '.join(TASKS)}, not {m.get('task')!r}")
     w = m.get("weights", {})
-    if w.get("format") not in FORMATS:
-        problems.append(f"weights.format must be one of {', '.join(FORMATS)}, not {w.get('format')!r}")
+    formats = FORMATS + ("network_def",) if m.get("source") == MONAI_SOURCE else FORMATS
+    if w.get("format") not in formats:
+        problems.append(f"weights.format must be one of {', '.join(formats)}, not {w.get('format')!r}")
     elif not (path / str(w.get("file", ""))).is_file():
         problems.append(f"weights file {w.get('file')!r} does not exist in {path}")
     if w.get("format") == "state_dict" and (w.get("architecture") or {}).get("name") not in ARCHITECTURES:
@@ -474,6 +481,7 @@ def load_bundle(path: Path) -> Bundle:
         scan_score=scan_score.from_manifest(m),
         procedure=coding.concept(m.get("procedure")),
         preferred_kernels=tuple((m.get("selection") or {}).get("kernels", ())),
+        source=str(m.get("source", "dicomnode")),
     )
 
 

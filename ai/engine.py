@@ -17,11 +17,12 @@ import numpy as np
 import torch
 
 from ai.anatomy import AnatomyVerdict, assess
-from ai.bundle import Bundle, Label
+from ai.bundle import MONAI_SOURCE, Bundle, Label
 from ai.errors import AIError
 from ai.findings import Finding, findings
 from ai.inference import WindowConfig, optimize_predictor, select_device, sliding_window
 from ai.measure import LabelMeasurement, measure
+from ai.monai_runner import MonaiRunner
 from ai.postprocess import fill_holes, keep_largest, keep_within, min_voxels, remove_small, to_labels
 from ai.shape import filter_shapes
 from ai.preprocess import prepare, to_roi
@@ -70,6 +71,11 @@ class Engine:
     def __init__(self, bundle: Bundle, device: str = "auto", compile: bool = False) -> None:
         self.bundle = bundle
         self.device = select_device(device)
+        self.monai: MonaiRunner | None = None
+        if bundle.source == MONAI_SOURCE:  # a MONAI bundle runs with its own transforms and inferer
+            self.monai = MonaiRunner(bundle.path, self.device)
+            self.predictor: Callable[[torch.Tensor], torch.Tensor] = self.monai.network
+            return
         predictor = optimize_predictor(bundle.predictor(self.device))
         if compile and self.device.type == "cuda" and isinstance(predictor, torch.nn.Module):
             predictor = torch.compile(predictor)
@@ -143,6 +149,8 @@ class Engine:
         if array.ndim != 3 or min(array.shape) < 1:
             raise AIError(f"expected a 3D volume, got shape {array.shape}")
         res = Result(device=str(self.device))
+        if self.monai is not None:
+            return self._run_monai(self.monai, res, array, spacing_xyz, direction, keep_probabilities)
         t0 = time.perf_counter()
         pp: dict[str, Any] = b.postprocessing
         prepared = prepare(
@@ -186,9 +194,35 @@ class Engine:
         t2 = time.perf_counter()
         source_scores = prepared.invert_scores(scores)
         labels = self.postprocess(source_scores, spacing_xyz)
-        res.labels = labels
         if keep_probabilities:
             res.probabilities = source_scores.astype(np.float32)
+        calibrated = source_scores if pp.get("softmax", True) else None  # raw scores are no probabilities
+        self._measure(res, labels, source_scores, calibrated, array, spacing_xyz, direction)
+        res.timings["postprocess"] = time.perf_counter() - t2
+        return res
+
+    def _run_monai(
+        self, runner: MonaiRunner, res: Result, array: np.ndarray, spacing_xyz: tuple[float, float, float],
+        direction: np.ndarray, keep_probabilities: bool,
+    ) -> Result:
+        """The bundle's own preprocessing, inferer and postprocessing; then our measurements."""
+        t0 = time.perf_counter()
+        out = runner.run(array, spacing_xyz, direction)
+        res.timings["infer"] = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        if keep_probabilities:
+            res.probabilities = out.probabilities
+        self._measure(res, out.labels, out.probabilities, out.probabilities, array, spacing_xyz, direction)
+        res.timings["postprocess"] = time.perf_counter() - t1
+        return res
+
+    def _measure(
+        self, res: Result, labels: np.ndarray, scores: np.ndarray | None, probabilities: np.ndarray | None, array: np.ndarray,
+        spacing_xyz: tuple[float, float, float], direction: np.ndarray,
+    ) -> None:
+        """Measurements, findings, scan score and anatomy gate of a label map on the source grid."""
+        b = self.bundle
+        res.labels = labels
         names = {lb.value: lb.name for lb in b.labels}
         res.measurements = measure(
             labels,
@@ -196,15 +230,13 @@ class Engine:
             names,
             image=array,
             lesion_values=[lb.value for lb in b.labels if lb.lesion],
-            probabilities=source_scores if pp.get("softmax", True) else None,  # raw scores are no probabilities
+            probabilities=probabilities,
             contains=b.contains,
             lesion_volume=dataclasses.replace(b.lesion_volume, thresholds=self._tail_thresholds()),
         )
         res.findings = findings(res.measurements, b)
-        if b.scan_score is not None:
-            res.class_probabilities = b.scan_score.classes(labels, source_scores)
+        if b.scan_score is not None and scores is not None:
+            res.class_probabilities = b.scan_score.classes(labels, scores)
         if b.anatomy is not None:
             volumes = {m.value: m.volume_ml for m in res.measurements}
             res.anatomy = assess(labels, spacing_xyz, direction, b.anatomy, names, volumes)
-        res.timings["postprocess"] = time.perf_counter() - t2
-        return res

@@ -1,4 +1,9 @@
-"""Import a MONAI Model Zoo bundle (``configs/metadata.json``, ``configs/inference.json``, ``models/model.ts``)."""
+"""Import a MONAI Model Zoo bundle (``configs/metadata.json``, ``configs/inference.json``, ``models/model.pt|ts``).
+
+The manifest built here names the bundle, its labels and its weights; the
+bundle itself runs with its own transforms through :mod:`ai.monai_runner`
+(``source == "monai-bundle"``), not through the node's preprocessing.
+"""
 
 from __future__ import annotations
 
@@ -26,12 +31,32 @@ def _find(node: Any, key: str) -> Any:
     return None
 
 
+SOURCE = "monai-bundle"  # the manifest's ``source``: the engine runs it with ai.monai_runner
+
+
+def is_monai_bundle(path: Path) -> bool:
+    """A folder in the MONAI Model Zoo layout (``configs/metadata.json``) without a dicomnode ``manifest.json``."""
+    return (path / "configs" / "metadata.json").is_file() and not (path / "manifest.json").is_file()
+
+
+def _weights(path: Path, inference: dict[str, Any]) -> dict[str, Any]:
+    """``models/model.pt`` loaded into ``network_def`` when both exist, else TorchScript ``models/model.ts``."""
+    if (path / "models" / "model.pt").is_file() and "network_def" in inference:
+        return {"format": "network_def", "file": "models/model.pt"}
+    if (path / "models" / "model.ts").is_file():
+        return {"format": "torchscript", "file": "models/model.ts"}
+    return {"format": "network_def", "file": "models/model.pt"}  # missing: load_bundle says so
+
+
 def manifest_from_monai(path: Path) -> dict[str, Any]:
     """A dicomnode manifest (as a dict) describing a MONAI bundle.
 
     Uses the metadata's name, version, task description and output channel
     definitions, the inference config's ``roi_size``, overlap and ``Spacingd``
-    pixdim, and TorchScript weights from ``models/model.ts``.
+    pixdim (for display and ``models check``'s test window), and the weights
+    (``models/model.pt`` for ``network_def``, else ``models/model.ts``).  The
+    spacing, orientation and normalization here are not used to run it: the
+    bundle's own ``preprocessing`` is.
     """
     try:
         meta = json.loads((path / "configs" / "metadata.json").read_text())
@@ -71,6 +96,6 @@ def manifest_from_monai(path: Path) -> dict[str, Any]:
         },
         "labels": labels,
         "intended_use": meta.get("intended_use") or meta.get("description", ""),
-        "weights": {"format": "torchscript", "file": "models/model.ts"},
-        "source": "monai-bundle",
+        "weights": _weights(path, inference),
+        "source": SOURCE,
     }

@@ -130,6 +130,14 @@ def cmd_models(args: argparse.Namespace) -> int:
             print(f"  label {lb.value}: {lb.name} ({code}), colour {lb.color}{', lesion' if lb.lesion else ''}")
         print(f"  intended use: {b.intended_use or '(not stated)'}")
         return EXIT_OK
+    from ai.monai_bundle import is_monai_bundle
+    from ai.monai_runner import explain
+
+    if is_monai_bundle(Path(args.bundle)):  # build its own transforms, network and inferer; name what fails
+        problems = explain(Path(args.bundle))
+        if problems:
+            print(f"dicomnode models check: {Path(args.bundle).name}: " + "; ".join(problems), file=sys.stderr)
+            return EXIT_FAILED
     try:
         b = check_bundle(Path(args.bundle))
     except BundleError as exc:
