@@ -150,8 +150,7 @@ def meta_tensor(
     affine[:3, 3] = _LPS_TO_RAS @ np.asarray(origin_lps if origin_lps is not None else (0.0, 0.0, 0.0), float)
     data = torch.from_numpy(np.ascontiguousarray(array.transpose(2, 1, 0), dtype=np.float32))[None]
     affine_t = torch.as_tensor(affine, dtype=torch.float64)
-    meta = {
-        "affine": affine_t.clone(),
+    meta = {  # "affine" is given to MetaTensor itself
         "original_affine": affine_t.clone(),
         "spatial_shape": np.asarray(data.shape[1:]),
         "original_channel_dim": "no_channel",

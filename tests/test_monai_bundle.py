@@ -31,7 +31,7 @@ SPACING = (0.8, 0.8, 2.5)
 # LPS-ish: x runs to the patient's left and y to the back, so Orientationd("RAS") must flip both
 AFFINE = np.array([[-0.8, 0.0, 0.0, 20.0], [0.0, -0.8, 0.0, 15.0], [0.0, 0.0, 2.5, -30.0], [0.0, 0.0, 0.0, 1.0]])
 
-PREPROCESSING = [
+PREPROCESSING: list[dict[str, Any]] = [
     {"_target_": "LoadImaged", "keys": "image"},
     {"_target_": "EnsureChannelFirstd", "keys": "image"},
     {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"},
@@ -39,7 +39,7 @@ PREPROCESSING = [
     {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": -1000, "a_max": 500, "b_min": 0.0, "b_max": 1.0, "clip": True},
     {"_target_": "EnsureTyped", "keys": "image"},
 ]
-NETWORK = {
+NETWORK: dict[str, Any] = {
     "_target_": "UNet", "spatial_dims": 3, "in_channels": 1, "out_channels": 3,
     "channels": [8, 16, 32], "strides": [2, 2], "num_res_units": 1, "norm": "batch",
 }
@@ -239,3 +239,22 @@ def test_check_names_what_monai_cannot_build(bundle: Path, tmp_path: Path, capsy
     (broken / "configs" / "inference.json").write_text(json.dumps(inference_config()))
     (broken / "models" / "model.pt").unlink()
     assert explain(broken) == ["neither models/model.pt nor models/model.ts exists"]
+
+
+def test_probabilities_kept_by_the_postprocessing_reach_the_engine(bundle: Path, volume: Path, tmp_path: Path, weights: dict[str, torch.Tensor]) -> None:
+    """A postprocessing without AsDiscreted leaves probabilities on the input grid: their argmax is the label map."""
+    from ai.engine import Engine
+    from dicomnode.cli.infer import load_input
+
+    config = inference_config()
+    post = config["postprocessing"]["transforms"]
+    config["postprocessing"]["transforms"] = [t for t in post if t["_target_"] not in ("AsDiscreted", "SaveImaged")]
+    soft = write_bundle(tmp_path / "soft", weights, config)
+    vol = load_input(volume)
+    res = Engine(load_bundle(soft), device="cpu").run(vol.array, vol.spacing, vol.direction, keep_probabilities=True)
+    assert res.labels is not None and res.probabilities is not None
+    assert res.probabilities.shape == (3, *vol.array.shape)
+    np.testing.assert_allclose(res.probabilities.sum(0), 1.0, atol=1e-4)
+    hard = MonaiRunner(bundle, torch.device("cpu")).run(vol.array, vol.spacing, vol.direction).labels
+    assert float((res.labels == hard).mean()) >= 0.999  # the same Invertd; our argmax instead of AsDiscreted
+    assert {m.name for m in res.measurements} == {"air ball", "bone ball"}
