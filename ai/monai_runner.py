@@ -10,6 +10,7 @@ No DICOM and no files here.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -311,3 +312,23 @@ def _cause(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"
 
+
+
+def describe(path: Path) -> str:
+    """What runs, in words, from ``inference.json`` (nothing is built), for ``models show``."""
+    try:
+        config = json.loads((Path(path) / INFERENCE).read_text())
+    except (OSError, ValueError) as exc:
+        return f"{INFERENCE} cannot be read: {exc}"
+
+    def names(section: str, drop: tuple[str, ...]) -> str:
+        items = _transforms(config.get(section)) or []
+        kept = [_short(t.get("_target_")) for t in items if isinstance(t, dict) and _short(t.get("_target_")) not in drop]
+        return ", ".join(kept) or "none"
+
+    inferer = config.get("inferer")
+    return (
+        f"the bundle's own transforms: preprocessing {names('preprocessing', LOADERS)} (its loader replaced by the "
+        f"in-memory volume); inferer {_short(inferer.get('_target_')) if isinstance(inferer, dict) else inferer}; "
+        f"postprocessing {names('postprocessing', WRITERS)} (writers left out)"
+    )

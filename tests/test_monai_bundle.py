@@ -235,6 +235,9 @@ def test_check_names_what_monai_cannot_build(bundle: Path, tmp_path: Path, capsy
     assert "NoSuchTransformd' cannot be built" in capsys.readouterr().err
     assert main(["models", "check", str(bundle)]) == 0
     assert "Two balls CT segmentation 0.1.0: OK" in capsys.readouterr().out
+    assert main(["models", "show", str(bundle)]) == 0
+    shown = capsys.readouterr().out
+    assert "preprocessing Orientationd, Spacingd, ScaleIntensityRanged, EnsureTyped" in shown and "normalization" not in shown
 
     (broken / "configs" / "inference.json").write_text(json.dumps(inference_config()))
     (broken / "models" / "model.pt").unlink()

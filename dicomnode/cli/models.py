@@ -123,7 +123,12 @@ def cmd_models(args: argparse.Namespace) -> int:
         b = load_bundle(Path(args.bundle))
         print(f"{b.name} {b.version} ({b.task}, {b.weights_format} weights)")
         print(f"  modalities: {', '.join(b.modalities) or 'any'}; body parts: {', '.join(b.body_parts) or 'any'}")
-        print(f"  input: spacing {b.spacing or 'native'} mm, orientation {b.orientation}, normalization {b.normalization}")
+        if b.source == "monai-bundle":  # its own preprocessing runs, not the node's
+            from ai.monai_runner import describe
+
+            print(f"  runs {describe(b.path)}")
+        else:
+            print(f"  input: spacing {b.spacing or 'native'} mm, orientation {b.orientation}, normalization {b.normalization}")
         print(f"  inference: ROI {b.roi_size}, overlap {b.overlap}, batch {b.batch_size}")
         for lb in b.labels:
             code = f"SNOMED CT {lb.snomed_code} {lb.snomed_meaning}" if lb.snomed_code else "no code"
