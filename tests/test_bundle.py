@@ -130,3 +130,49 @@ def test_models_command(bundles: dict[str, Path], tmp_path: Path) -> None:
     (tmp_path / "manifest.json").write_text("{}")
     r = run("check", str(tmp_path))
     assert r.returncode == 1 and "missing 'name'" in r.stderr
+
+
+def test_models_import_installs_validated_models_by_name(bundles: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``dicomnode models import`` validates a model folder and installs it under a name the node then finds."""
+    from dicomnode.cli.main import main
+    from dicomnode.jobs.models import IMPORT_RECORD, find_bundle
+    from tests.helpers import write_config
+
+    cfg = str(write_config(tmp_path))
+    models_dir = tmp_path / "storage" / "models"
+    assert main(["models", "import", str(bundles["state_dict"]), "--name", "tiny", "--config", cfg]) == 0
+    assert "installed tiny (dicomnode)" in capsys.readouterr().out
+    assert (models_dir / "tiny" / "manifest.json").is_file() and (models_dir / "tiny" / IMPORT_RECORD).is_file()
+    assert not [p for p in models_dir.iterdir() if p.name.startswith(".")], "no temporary folder is left behind"
+    assert find_bundle("tiny", models_dir).name == "tiny-state_dict"
+
+    assert main(["models", "list", "--config", cfg]) == 0
+    listed = capsys.readouterr().out
+    assert "tiny" in listed and "installed" in listed and "chest-ct-lungs-nodules" in listed and "shipped" in listed
+    assert main(["models", "show", "tiny", "--config", cfg]) == 0
+    assert "27925004" in capsys.readouterr().out
+
+    # A second import under the same name needs --replace, which swaps the folder whole.
+    assert main(["models", "import", str(bundles["onnx"]), "--name", "tiny", "--config", cfg]) != 0
+    assert "use --replace" in capsys.readouterr().err
+    assert main(["models", "import", str(bundles["onnx"]), "--name", "tiny", "--replace", "--config", cfg]) == 0
+    assert find_bundle("tiny", models_dir).name == "tiny-onnx"
+
+    # What cannot be installed is refused, in words.
+    nnunet = tmp_path / "nnunet"
+    nnunet.mkdir()
+    (nnunet / "dataset.json").write_text("{}")
+    (nnunet / "plans.json").write_text("{}")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "manifest.json").write_text("{}")
+    for source, name, said in (
+        (nnunet, "nn", "does not validate as an nnU-Net v2 model: missing fold_*/checkpoint_final.pth"),
+        (tmp_path / "storage", "x", "is not a model folder"),
+        (broken, "b", "does not validate: bundle b"),
+        (bundles["onnx"], "../escape", "use 1 to 64 letters"),
+        (bundles["onnx"], "chest-ct-lungs-nodules", "is a shipped bundle's"),
+    ):
+        assert main(["models", "import", str(source), "--name", name, "--config", cfg]) != 0
+        assert said in capsys.readouterr().err
+    assert sorted(p.name for p in models_dir.iterdir()) == ["tiny"]

@@ -281,3 +281,24 @@ def test_install_validates_nnunet_folders(model_root: Path, tmp_path: Path) -> N
     with pytest.raises(DicomNodeError, match="plans.json is not valid JSON"):
         install_model(bare, "bare", models_dir)
     assert sorted(p.name for p in models_dir.iterdir()) == ["tiny-nnunet"]
+
+
+def test_models_command_lists_shows_and_checks_an_installed_nnunet_model(
+    model_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``dicomnode models import|list|show|check`` with an nnU-Net v2 folder, by the name it was installed under."""
+    from dicomnode.cli.main import main
+    from tests.helpers import write_config
+
+    cfg = str(write_config(tmp_path))
+    src = model_root / "nnUNet_results" / DATASET / TRAINER_FOLDER
+    assert main(["models", "import", str(src), "--name", "spheres", "--config", cfg]) == 0
+    assert "installed spheres (nnunet-v2)" in capsys.readouterr().out
+    assert main(["models", "list", "--config", cfg]) == 0
+    assert "spheres" in (listed := capsys.readouterr().out) and "nnU-Net v2: fold(s) 0; labels 1=sphere installed" in listed
+    for action in ("show", "check"):
+        assert main(["models", action, "spheres", "--config", cfg]) == 0
+        assert "nnU-Net v2 model, run by nnU-Net's own predictor; fold(s) 0; labels 1=sphere" in capsys.readouterr().out
+    (tmp_path / "storage" / "models" / "spheres" / "fold_0" / "checkpoint_final.pth").unlink()
+    assert main(["models", "check", "spheres", "--config", cfg]) != 0
+    assert "missing fold_*/checkpoint_final.pth" in capsys.readouterr().err

@@ -101,23 +101,65 @@ def cmd_infer(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _models_dir(args: argparse.Namespace) -> Path:
+    from dicomnode.cli.common import _config
+
+    return _config(args).models_dir
+
+
+def _nnunet(d: Path) -> tuple[list[str], str]:
+    """An nnU-Net v2 folder's problems (empty: none) and a one-line summary (folds, labels)."""
+    import json as _json
+
+    from ai.nnunet_runner import fold_names, label_names, problems
+
+    found = problems(d)
+    if found:
+        return found, ""
+    labels = label_names(_json.loads((d / "dataset.json").read_text()))
+    names = ", ".join(f"{v}={n}" for v, n in sorted(labels.items()) if v)
+    return [], f"fold(s) {', '.join(fold_names(d))}; labels {names}"
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from ai.bundle import BundleError, check_bundle, load_bundle
+    from dicomnode.jobs.models import ModelFormat, bundle_path, install_model, model_format
 
     configure_logging(args.log_level or "WARNING")
+    if args.action == "import":
+        dest, fmt = install_model(Path(args.path), args.name, _models_dir(args), replace=args.replace)
+        print(f"installed {args.name} ({fmt.value}) in {dest}; name it in [worker] models or a routing rule to run it")
+        return EXIT_OK
     if args.action == "list":
-        root = Path(args.dir)
+        roots = [Path(args.dir)] if args.dir else [_models_dir(args), SHIPPED_BUNDLES]
         found = 0
-        for d in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
-            try:
-                b = load_bundle(d)
-            except BundleError as exc:
-                print(f"{d.name:<28} BROKEN: {exc}")
-                continue
-            found += 1
-            print(f"{b.name:<28} {b.version:<10} {b.task:<15} {','.join(b.modalities) or '-':<6} {b.weights_format}")
+        for root in roots:
+            for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []:
+                where = "" if args.dir else "shipped" if root == SHIPPED_BUNDLES else "installed"
+                if model_format(d) is ModelFormat.NNUNET:
+                    bad, summary = _nnunet(d)
+                    found += not bad
+                    print(f"{d.name:<40} {'BROKEN: ' + '; '.join(bad) if bad else 'nnU-Net v2: ' + summary} {where}")
+                    continue
+                try:
+                    b = load_bundle(d)
+                except BundleError as exc:
+                    kind = model_format(d)
+                    print(f"{d.name:<40} BROKEN ({kind.value if kind else 'unknown format'}{', ' + where if where else ''}): {exc}")
+                    continue
+                found += 1
+                label = d.name if d.name == b.name else f"{d.name} ({b.name})"
+                print(f"{label:<40} {b.version:<10} {b.task:<15} {','.join(b.modalities) or '-':<6} {b.weights_format:<12} {where}")
         if not found:
-            print(f"no valid bundle under {root}")
+            print(f"no valid model under {', '.join(map(str, roots))}")
+        return EXIT_OK
+    args.bundle = str(bundle_path(args.bundle, _models_dir(args)))
+    if model_format(Path(args.bundle)) is ModelFormat.NNUNET:  # no manifest: nnU-Net's own files say it all
+        bad, summary = _nnunet(Path(args.bundle))
+        if bad:
+            print(f"dicomnode models {args.action}: {Path(args.bundle).name}: " + "; ".join(bad), file=sys.stderr)
+            return EXIT_FAILED
+        print(f"{Path(args.bundle).name}: nnU-Net v2 model, run by nnU-Net's own predictor; {summary}")
         return EXIT_OK
     if args.action == "show":
         b = load_bundle(Path(args.bundle))
@@ -276,16 +318,32 @@ def add_model_commands(sub: Any, common: Callable[..., None]) -> None:
         help="list, show or check model bundles",
         description=(
             "Model bundles are directories with a manifest.json and weights (TorchScript, a state_dict of a "
-            "named MONAI architecture, or ONNX); MONAI Model Zoo bundles load too. 'check' validates a bundle, "
+            "named MONAI architecture, or ONNX); MONAI Model Zoo bundles load too. 'import' installs one in the "
+            "node's model directory; 'list' shows the installed and shipped ones; 'check' validates a model, "
             "loads its weights and runs one window through it, and explains what is wrong if anything is."
         ),
     )
     common(p, config=False)
     msub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    m = msub.add_parser("list", help="the bundles in a directory")
-    m.add_argument("--dir", default=str(SHIPPED_BUNDLES), help="where bundles live (default: the shipped ones)")
-    m = msub.add_parser("show", help="what a bundle is and does")
-    m.add_argument("bundle", help="bundle directory")
-    m = msub.add_parser("check", help="validate a bundle and run one window through it")
-    m.add_argument("bundle", help="bundle directory")
+    m = msub.add_parser(
+        "import", help="install a model folder in the node's model directory",
+        description=(
+            "Validate a model folder (a dicomnode bundle, a MONAI Model Zoo bundle or an nnU-Net v2 trained-model "
+            "folder) and copy it into the node's model directory ([worker] models_dir, under the storage folder) as "
+            "NAME. The copy is renamed into place, so a running worker never sees half a model. An installed model "
+            "runs when [worker] models or a routing rule names it. TotalSegmentator folders are recognised and "
+            "refused with the reason."
+        ),
+    )
+    m.add_argument("path", help="the model folder")
+    m.add_argument("--name", required=True, help="the name to install it under (letters, digits, '.', '_', '-')")
+    m.add_argument("--replace", action="store_true", help="swap out an installed model of that name")
+    m = msub.add_parser("list", help="the installed and shipped models (or the bundles in --dir)")
+    m.add_argument("--dir", help="list the bundles in this directory instead")
+    m = msub.add_parser("show", help="what a model is and does")
+    m.add_argument("bundle", help="an installed or shipped model's name, or a model folder")
+    m = msub.add_parser("check", help="validate a model and run one window through it")
+    m.add_argument("bundle", help="an installed or shipped model's name, or a model folder")
+    for m in msub.choices.values():
+        m.add_argument("--config", "-c", type=Path, help="TOML configuration file: where installed models live ([worker] models_dir)")
     p.set_defaults(func=cmd_models)
