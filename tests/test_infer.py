@@ -48,4 +48,4 @@ def test_infer_writes_labels_measurements_and_overlay(phantom: Path, tmp_path: P
 def test_unknown_model_is_a_clear_error(phantom: Path, tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "dicomnode", "infer", str(phantom / "phantom_0031_dicom"), "--out", str(tmp_path), "--model", "brain-mr"],
                        capture_output=True, text=True)
-    assert r.returncode == 1 and "no model bundle 'brain-mr'" in r.stderr and "chest-ct-lungs-nodules" in r.stderr
+    assert r.returncode == 1 and "no model 'brain-mr'" in r.stderr and "chest-ct-lungs-nodules" in r.stderr
