@@ -21,6 +21,7 @@ from ai.phantoms import generate
 from dicomnode.testing.synthetic import write_phantom
 from storage.database import migrate, open_engine
 from storage.listings import list_jobs
+from storage.outbox import list_deliveries
 from tests.helpers import NodeProcess, storescu, wait_for, write_config
 from tests.peers import StoreSCP
 
@@ -119,7 +120,12 @@ def test_two_worker_processes_share_a_postgresql_queue(
         jobs = list_jobs(engine, limit=100)
         assert len(jobs) == 20 and all(j.attempts == 1 for j in jobs)  # none ran twice
         assert len({j.worker for j in jobs}) == 2  # both hosts took work
-        assert sorted(sop_uids(pacs.files())) == sorted(sop_uids(files))  # none lost, none sent twice
+        received = sop_uids(pacs.files())
+        assert set(received) == set(sop_uids(files))  # none lost
+        # None sent twice by two hosts claiming one delivery.  Delivery is at least once: an attempt whose
+        # response was lost (the PACS stalled under load) is retried, and only such a retry may repeat objects.
+        retried = [d for d in list_deliveries(engine, limit=100) if d.attempts > 1]
+        assert len(received) - len(set(received)) <= sum(d.sent_count for d in retried)
     finally:
         for w in workers:
             w.terminate()
