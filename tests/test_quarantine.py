@@ -30,6 +30,7 @@ from storage.files import unique_name
 from storage.instances import find_instance, record_instance
 from storage.models import Instance, Job, Output, Quarantine, Series, table_of, utcnow
 from storage.quarantine import (
+    QuarantineEntry,
     QuarantineError,
     QuarantineState,
     adopt_unrecorded,
@@ -154,6 +155,18 @@ def held_folders(site: Site) -> list[Path]:
     return [site.cfg.node.storage_dir / e.folder for e in list_entries(site.engine, QuarantineState.HELD)]
 
 
+def quarantined_once(
+    site: Site, make_series: Callable[..., list[Path]], tmp_path: Path
+) -> tuple[list[Path], int, Job, QuarantineEntry]:
+    """A series that cannot be reconstructed, received and completed, its job run (failed): its files, series, job and entry."""
+    v1 = versions(make_series, tmp_path, tilted=True, comment="v1")
+    sid = receive(site, v1)
+    complete(site, sid)
+    job = run_job(site)
+    [entry] = list_entries(site.engine)
+    return v1, sid, job, entry
+
+
 def assert_no_orphans(site: Site) -> None:
     """Every file in the quarantine belongs to a held entry's folder."""
     held = held_folders(site)
@@ -214,11 +227,7 @@ def test_two_failures_keep_two_entries_and_a_later_success_supersedes_them(
 def test_a_retried_job_reads_the_quarantined_files_and_its_success_puts_them_back(
     site: Site, make_series: Callable[..., list[Path]], tmp_path: Path
 ) -> None:
-    v1 = versions(make_series, tmp_path, tilted=True, comment="v1")
-    sid = receive(site, v1)
-    complete(site, sid)
-    job = run_job(site)
-    [entry] = list_entries(site.engine)
+    v1, sid, job, entry = quarantined_once(site, make_series, tmp_path)
     # 'dicomnode retry' after a routing change: the job forwards the series, which it finds in the quarantine.
     assert requeue_job(site.engine, job.id)
     rows = [find_instance(site.engine, dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in v1]
@@ -237,11 +246,7 @@ def test_a_retried_job_reads_the_quarantined_files_and_its_success_puts_them_bac
 def test_release_puts_the_files_back_and_queues_the_job_again(
     site: Site, make_series: Callable[..., list[Path]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    v1 = versions(make_series, tmp_path, tilted=True, comment="v1")
-    sid = receive(site, v1)
-    complete(site, sid)
-    job = run_job(site)
-    [entry] = list_entries(site.engine)
+    v1, sid, job, entry = quarantined_once(site, make_series, tmp_path)
 
     assert main(["quarantine", "release", str(entry.id), "-c", str(site.cfg_path)]) == 0
     out = capsys.readouterr().out
@@ -264,11 +269,7 @@ def test_release_puts_the_files_back_and_queues_the_job_again(
 def test_a_series_purge_leaves_its_quarantine_entries_to_their_own_lifecycle(
     site: Site, make_series: Callable[..., list[Path]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    v1 = versions(make_series, tmp_path, tilted=True, comment="v1")
-    sid = receive(site, v1)
-    complete(site, sid)
-    job = run_job(site)
-    [entry] = list_entries(site.engine)
+    v1, sid, job, entry = quarantined_once(site, make_series, tmp_path)
     # The job is retried and now ignored (a routing change): the series is settled, and retention purges it.
     assert requeue_job(site.engine, job.id) and claim_job(site.engine, "w", 60) is not None
     assert end_job(site.engine, job.id, "w", JobState.IGNORED, "not routed", {})
