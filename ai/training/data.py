@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,11 +61,35 @@ def load_case(image: Path, labels: Path, spacing: tuple[float, float, float]) ->
         ``[z, y, x]`` arrays on the same grid (labels by nearest neighbour).
     """
     hu, lab, sp, direction = read_pair(image, labels)
-    x = prepare(hu, tuple(sp), direction, target_spacing_xyz=spacing, normalization=WINDOW)
-    y = prepare(lab, tuple(sp), direction, target_spacing_xyz=None)
-    size = tuple(x.tensor.shape[1:])
+    return case_arrays(hu, lab, tuple(float(v) for v in sp), direction, spacing)
+
+
+def case_arrays(
+    hu: np.ndarray, labels: np.ndarray, source_spacing: Sequence[float], direction: np.ndarray,
+    spacing: tuple[float, float, float],
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`load_case` on in-memory arrays (a phantom generated in the same process, say).
+
+    Parameters
+    ----------
+    hu, labels : ndarray
+        ``[z, y, x]`` HU and label map on one grid.
+    source_spacing : sequence of float
+        Their spacing ``(x, y, z)`` mm.
+    direction : ndarray
+        3x3 LPS direction cosines (column i: index axis i).
+    spacing : (float, float, float)
+        Target spacing ``(x, y, z)`` mm.
+    """
+    x = prepare(np.asarray(hu, dtype=np.float32), tuple(source_spacing), direction, target_spacing_xyz=spacing, normalization=WINDOW)
+    return x.tensor[0].numpy().astype(np.float16), resize_like(labels, source_spacing, direction, tuple(x.tensor.shape[1:]))
+
+
+def resize_like(mask: np.ndarray, source_spacing: Sequence[float], direction: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
+    """A label map or mask reoriented as :func:`case_arrays` does and resized to ``size`` by nearest neighbour (uint8)."""
+    y = prepare(np.asarray(mask, dtype=np.float32), tuple(source_spacing), direction, target_spacing_xyz=None)
     y_t = torch.nn.functional.interpolate(y.tensor[None], size=size, mode="nearest")[0, 0]
-    return x.tensor[0].numpy().astype(np.float16), y_t.numpy().astype(np.uint8)
+    return y_t.numpy().astype(np.uint8)
 
 
 def hard_negative_path(image: Path) -> Path:
