@@ -180,7 +180,8 @@ def train_variant(args: argparse.Namespace) -> int:
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-5)
     budget = args.minutes * 60.0
-    warmup, probe = 100, 60
+    warmup = args.warmup
+    probe = max(1, min(60, warmup))  # steps before the step rate is measured
     total = [10**9]  # set from the measured step rate after `probe` steps
 
     def lr_at(step: int) -> float:
@@ -271,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--minutes", type=float, default=6.0, help="training time per variant (they run at the same time)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--warmup", type=int, default=100, help="steps of linear learning-rate warm-up")
     p.add_argument("--fg", type=float, default=0.6, help="share of patches centred on a structure (label, then component)")
     p.add_argument("--hard", type=float, default=0.25, help="share of patches centred on a hard negative")
     p.add_argument("--workers", type=int, default=6, help="DataLoader workers per variant")

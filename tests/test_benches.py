@@ -34,6 +34,10 @@ TABLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         (),
         ("| | seconds |", "| MONAI sliding_window_inference |", "| ratio ours / MONAI |"),
     ),
+    "engine_device": (
+        (),
+        ("| device | preprocess s |", "| cpu |", "| cuda"),
+    ),
     "e2e": (
         ("storescu", "storescp"),
         ("| stage | seconds |", "| send (storescu,", "| **last instance acknowledged -> SEG and SR at the PACS** |"),

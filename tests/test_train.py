@@ -162,3 +162,50 @@ def test_hard_negative_patches_and_no_flip() -> None:
     centres = [stream._centre(0, rng) for _ in range(400)]
     on_hard = np.mean([c[0] == 25 and c[1] == 25 for c in centres])
     assert 0.4 < on_hard < 0.6  # r < 0.2: foreground; 0.2 <= r < 0.7: a hard negative; else anywhere
+
+
+def test_in_memory_case_is_the_nifti_case(tmp_path: Path) -> None:
+    """``case_arrays`` on a phantom in memory gives exactly what ``load_case`` gives from its NIfTI files (any position)."""
+    from ai.phantoms import generate
+    from ai.training.data import case_arrays, load_case
+
+    positions = set()
+    for seed in (3, 17):  # head-first prone and feet-first supine
+        ph = generate(seed, matrix=48, slices=20)
+        positions.add(ph.position)
+        ph.write_nifti(tmp_path / f"{seed}_image.nii.gz", tmp_path / f"{seed}_labels.nii.gz")
+        img_f, lab_f = load_case(tmp_path / f"{seed}_image.nii.gz", tmp_path / f"{seed}_labels.nii.gz", (4.0, 4.0, 4.0))
+        img_m, lab_m = case_arrays(ph.hu, ph.labels, ph.spacing, ph.direction, (4.0, 4.0, 4.0))
+        assert img_f.shape == img_m.shape and lab_f.any()
+        np.testing.assert_array_equal(img_f, img_m)
+        np.testing.assert_array_equal(lab_f, lab_m)
+    assert len(positions) == 2
+
+
+def test_gpu_training_script_runs_on_the_cpu(tmp_path: Path) -> None:
+    """scripts/train_default_model.py (the GPU recipe of the default bundle) end to end with tiny numbers.
+
+    Phantoms straight onto the grid, one variant's weights that build_unet loads, the step rate
+    planned, validation Dice in the log.
+    """
+    import torch
+
+    from ai.training.config import TrainConfig
+    from ai.training.tasks.segmentation import build_unet
+
+    out = tmp_path / "out"
+    r = subprocess.run(
+        [sys.executable, "scripts/train_default_model.py", "--out", str(out), "--scratch", str(tmp_path / "cases"),
+         "--seeds", "0:2", "--val-seeds", "6000:6001", "--matrix", "48", "--spacing", "6", "--patch", "16", "16", "16",
+         "--variant", "tiny:4,8,16", "--minutes", "0.02", "--warmup", "5", "--batch", "2", "--workers", "0", "--procs", "2", "--device", "cpu"],
+        capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    log = [json.loads(line) for line in (out / "tiny.jsonl").read_text().splitlines()]
+    assert log[0]["channels"] == [4, 8, 16] and log[0]["cases"] == 2
+    assert any("planned_steps" in e for e in log)
+    done = log[-1]
+    assert done["done"] and done["steps"] >= 6 and set(done["val_dice"]) == {"right lung", "left lung", "nodule"}
+    cfg = TrainConfig(data="", out="", channels=(4, 8, 16), strides=(2, 2))
+    build_unet(cfg).load_state_dict(torch.load(out / "tiny.pt", map_location="cpu", weights_only=True))
+    assert len(json.loads((out / "cases.json").read_text())["cases"]) == 3
