@@ -12,10 +12,12 @@ apex-only scan is a chest, but its lung volumes are not whole lungs).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import cc3d
 import numpy as np
 
 #: Patient direction (LPS axis, sign) -> the side it points to.
@@ -46,6 +48,11 @@ class AnatomySpec:
         first or last slice: an apex-only chest); smaller, it is noise or
         another body part.  An organ cut by the field of view in-plane gets
         no such allowance.
+    min_inside_body : float
+        Least share of each organ's voxels that lie inside the body's outline
+        on their axial slice (see :func:`inside_body`); 0 turns the check off.
+        Lungs lie within the chest wall; the air around a head that a chest
+        model takes for lung lies outside the outline.
     """
 
     labels: tuple[int, ...]
@@ -54,6 +61,7 @@ class AnatomySpec:
     min_extent_mm: float = 0.0
     min_fill: float = 0.15
     partial_min_ml: float = 0.0
+    min_inside_body: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -68,6 +76,7 @@ class Organ:
     centre_lps_mm: tuple[float, float, float]  # centroid relative to the first voxel's centre, LPS
     cut: tuple[str, ...] = ()  # sides where it reaches the edge of the volume: "superior", "left", ...
     cut_by_range: bool = False  # at the first or last slice along the cranio-caudal axis (the scan range)
+    inside_body: float | None = None  # share of its voxels inside the body outline (None: not checked)
 
 
 @dataclass(frozen=True)
@@ -146,6 +155,7 @@ def assess(
     spec: AnatomySpec,
     names: Mapping[int, str],
     volumes_ml: Mapping[int, float] | None = None,
+    inside: Mapping[int, float] | None = None,
 ) -> AnatomyVerdict:
     """Check the organs of ``spec`` in a label map.
 
@@ -165,6 +175,9 @@ def assess(
     volumes_ml : mapping, optional
         Organ volumes as measured (with the lesions they contain); by default
         the label's voxel count.
+    inside : mapping, optional
+        Per organ label, the share of its voxels inside the body outline
+        (:func:`inside_body`); checked against ``spec.min_inside_body``.
 
     Returns
     -------
@@ -174,7 +187,10 @@ def assess(
     """
     spacing_zyx = np.asarray([float(v) for v in spacing_xyz][::-1])
     organs = [
-        _organ(labels, v, names.get(v, str(v)), spacing_zyx, direction, (volumes_ml or {}).get(v))
+        dataclasses.replace(
+            _organ(labels, v, names.get(v, str(v)), spacing_zyx, direction, (volumes_ml or {}).get(v)),
+            inside_body=(inside or {}).get(v),
+        )
         for v in spec.labels
     ]
     problems: list[str] = []
@@ -196,6 +212,11 @@ def assess(
                 f"label '{o.name}' fills {100 * o.fill:.0f}% of its bounding box (expected at least {100 * spec.min_fill:g}%): "
                 "a shell or scattered specks, not an organ"
             )
+        elif o.inside_body is not None and o.inside_body < spec.min_inside_body:
+            problems.append(
+                f"label '{o.name}' lies {100 * (1 - o.inside_body):.0f}% outside the body's outline "
+                f"(expected at most {100 * (1 - spec.min_inside_body):g}%): air around the patient, not an organ"
+            )
         elif not o.cut_by_range and o.extent_mm < spec.min_extent_mm:
             problems.append(f"label '{o.name}' spans {o.extent_mm:.0f} mm cranio-caudally (expected at least {spec.min_extent_mm:g} mm)")
     if spec.paired is not None:
@@ -215,3 +236,59 @@ def assess(
     if partial:
         reason += "; partial coverage: " + "; ".join(cut_off)
     return AnatomyVerdict(not problems, reason, partial, tuple(cut_off), tuple(organs))
+
+
+def inside_body(
+    image: np.ndarray, labels: np.ndarray, values: Sequence[int], direction: np.ndarray, body_above: float,
+    spacing_xyz: Sequence[float], step_mm: float = 2.0,
+) -> dict[int, float]:
+    """Per label, the share of its voxels inside the body's outline on their axial slice.
+
+    The body is ``image > body_above``; its outline on an axial slice is the
+    body with its holes filled (whatever air no path along the slice joins
+    to the slice's border: the lungs, the airways, the bowel).  Air around
+    the patient, or around a head, is outside.  The slices are taken across
+    the array axis most along the patient's S axis (any acquisition plane),
+    and sampled every ``step_mm`` or so in each direction: the share does not
+    need every voxel.
+
+    Parameters
+    ----------
+    image, labels : ndarray ``[z, y, x]``
+        Intensities (e.g. HU) and the label map, on one grid.
+    values : sequence of int
+        The labels to measure.
+    direction : ndarray
+        3x3, column i the LPS direction of index axis i (x, y, z).
+    body_above : float
+        Body threshold in the image's units (e.g. -500 HU).
+    spacing_xyz : sequence of float
+        Voxel spacing, mm.
+    step_mm : float
+        Sampling distance.
+
+    Returns
+    -------
+    dict of int to float
+        For each label present; a label with no voxel is left out.
+    """
+    axis = int(np.argmax([abs(float(direction[2, 2 - a])) for a in range(3)]))  # array axis most along S
+    spacing_zyx = [float(v) for v in spacing_xyz][::-1]
+    steps = tuple(max(1, int(step_mm // s)) for s in spacing_zyx)
+    sl = tuple(slice(None, None, st) for st in steps)
+    body = np.moveaxis(image[sl] > body_above, axis, 0)
+    lab = np.moveaxis(labels[sl], axis, 0)
+    counts = {int(v): [0, 0] for v in values}
+    for k in range(body.shape[0]):
+        present = [v for v in counts if (lab[k] == v).any()]
+        if not present:
+            continue
+        outside = ~body[k]
+        cc = cc3d.connected_components(outside, connectivity=4)
+        border = np.unique(np.concatenate([cc[0], cc[-1], cc[:, 0], cc[:, -1]]))
+        open_air = np.isin(cc, border[border > 0])
+        for v in present:
+            m = lab[k] == v
+            counts[v][0] += int(np.count_nonzero(m & ~open_air))
+            counts[v][1] += int(np.count_nonzero(m))
+    return {v: a / n for v, (a, n) in counts.items() if n}

@@ -218,7 +218,7 @@ def _problems_in(m: dict[str, Any], path: Path) -> list[str]:
 
 _SHAPE_KEYS = {"max_elongation": 1.0, "max_length_mm": 0.0, "min_fill": 0.0, "vessel_radius_mm": 0.0}  # key -> exclusive lower bound
 _VOLUME_KEYS = ("method", "shell_mm", "tail_mm", "core", "min_contrast")
-_ANATOMY_KEYS = ("labels", "paired", "volume_ml", "min_extent_mm", "min_fill", "partial_min_ml")
+_ANATOMY_KEYS = ("labels", "paired", "volume_ml", "min_extent_mm", "min_fill", "partial_min_ml", "min_inside_body")
 
 
 def _kernel_problems(sel: Any) -> list[str]:
@@ -251,7 +251,7 @@ def _label_ref(key: object, known: dict[int, bool]) -> int | None:
 
 
 def _problems_in_anatomy_keys(m: dict[str, Any]) -> list[str]:
-    """Problems of ``postprocessing.within``, ``postprocessing.lesion_shape``, ``min_size_mm3``, ``measurement`` and ``anatomy``."""
+    """Problems of ``postprocessing.within`` (and ``within_fraction``), ``postprocessing.lesion_shape``, ``min_size_mm3``, ``measurement`` and ``anatomy``."""
     problems: list[str] = []
     labels = m.get("labels")
     labels = labels if isinstance(labels, list) else []
@@ -286,6 +286,15 @@ def _problems_in_anatomy_keys(m: dict[str, Any]) -> list[str]:
                 continue
             for parent in parents if isinstance(parents, list) else [parents]:
                 ref(f"postprocessing.within[{child!r}]", parent)
+    fractions = pp.get("within_fraction", {})
+    if not isinstance(fractions, dict):
+        problems.append("postprocessing.within_fraction must map a label of postprocessing.within to a share, e.g. {\"3\": 0.5}")
+    else:
+        for child, share in fractions.items():
+            if not (isinstance(within, dict) and str(child) in {str(k) for k in within}):
+                problems.append(f"postprocessing.within_fraction[{child!r}]: the label has no postprocessing.within entry")
+            if not (_is_number(share) and 0 <= share <= 1):
+                problems.append(f"postprocessing.within_fraction[{child!r}] must be a number from 0 to 1, not {share!r}")
     shapes = pp.get("lesion_shape", {})
     if not isinstance(shapes, dict):
         problems.append("postprocessing.lesion_shape must map lesion labels to rules")
@@ -368,8 +377,9 @@ def _problems_in_anatomy_keys(m: dict[str, Any]) -> list[str]:
     for key in ("min_extent_mm", "partial_min_ml"):
         if key in anat and not (_is_number(anat[key]) and anat[key] >= 0):
             problems.append(f"anatomy.{key} must be a number >= 0, not {anat[key]!r}")
-    if "min_fill" in anat and not (_is_number(anat["min_fill"]) and 0 <= anat["min_fill"] <= 1):
-        problems.append(f"anatomy.min_fill must be a fraction 0-1, not {anat['min_fill']!r}")
+    for key in ("min_fill", "min_inside_body"):
+        if key in anat and not (_is_number(anat[key]) and 0 <= anat[key] <= 1):
+            problems.append(f"anatomy.{key} must be a fraction 0-1, not {anat[key]!r}")
     return problems
 
 
@@ -407,6 +417,7 @@ def _anatomy(anat: dict[str, Any] | None) -> AnatomySpec | None:
         min_extent_mm=float(anat.get("min_extent_mm", 0.0)),
         min_fill=float(anat.get("min_fill", AnatomySpec(labels=()).min_fill)),
         partial_min_ml=float(anat.get("partial_min_ml", float(lo) / 10)),
+        min_inside_body=float(anat.get("min_inside_body", 0.0)),
     )
 
 

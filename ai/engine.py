@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ai.anatomy import AnatomyVerdict, assess
+from ai.anatomy import AnatomyVerdict, assess, inside_body
 from ai.bundle import MONAI_SOURCE, Bundle, Label
 from ai.errors import AIError
 from ai.findings import Finding, findings
@@ -96,7 +96,8 @@ class Engine:
         In order: argmax or thresholds, ``keep_largest``, ``lesion_shape``
         (vessels among the lesion components go to their surroundings),
         ``min_size_mm3`` (a component is kept when its volume reaches the
-        floor), ``fill_holes``, ``within``.  ``label_thresholds`` and
+        floor), ``fill_holes``, ``within`` (with ``within_fraction``, the share of a
+        lesion's border that must be its parents).  ``label_thresholds`` and
         ``detection_thresholds`` override the bundle's (for tuning them).
         """
         pp: dict[str, Any] = self.bundle.postprocessing
@@ -118,8 +119,10 @@ class Engine:
             labels = remove_small(labels, floor, values=[lb.value for lb in self.bundle.labels])
         if pp.get("fill_holes"):
             labels = fill_holes(labels, pp["fill_holes"] if isinstance(pp["fill_holes"], list) else None)
+        fractions = pp.get("within_fraction", {})
         for child, parent in pp.get("within", {}).items():
-            labels = keep_within(labels, int(child), [int(p) for p in parent] if isinstance(parent, list) else int(parent))
+            labels = keep_within(labels, int(child), [int(p) for p in parent] if isinstance(parent, list) else int(parent),
+                                 min_fraction=float(fractions.get(str(child), fractions.get(child, 0.0))))
         return labels
 
     def _tail_thresholds(self) -> dict[int, float]:
@@ -239,4 +242,8 @@ class Engine:
             res.class_probabilities = b.scan_score.classes(labels, scores)
         if b.anatomy is not None:
             volumes = {m.value: m.volume_ml for m in res.measurements}
-            res.anatomy = assess(labels, spacing_xyz, direction, b.anatomy, names, volumes)
+            inside = None
+            body_above = b.postprocessing.get("crop_foreground_above")
+            if b.anatomy.min_inside_body > 0 and body_above is not None:
+                inside = inside_body(array, labels, b.anatomy.labels, direction, float(body_above), spacing_xyz)
+            res.anatomy = assess(labels, spacing_xyz, direction, b.anatomy, names, volumes, inside)

@@ -156,23 +156,58 @@ def fill_holes(labels: np.ndarray, values: Sequence[int] | None = None) -> np.nd
 
 
 def keep_within(
-    labels: np.ndarray, child: int, parent: int | Sequence[int], margin: int = 2, connectivity: Connectivity = 26
+    labels: np.ndarray, child: int, parent: int | Sequence[int], margin: int = 2, connectivity: Connectivity = 26,
+    min_fraction: float = 0.0,
 ) -> np.ndarray:
     """Drop components of ``child`` that do not come within ``margin`` voxels of ``parent`` (or of any of them).
 
     An anatomical prior: a lung nodule lies in (or on the wall of) a lung, so
     a "nodule" on the table or in the body wall is a false positive.  With a
     list of parents (``[1, 2]``: the right and the left lung) a component needs
-    to come near any one of them.  Each component is checked in its own
-    bounding box, so the cost follows the lesions, not the volume.
+    to come near any one of them.  With ``min_fraction`` a component must
+    also be bordered mostly by them: at least that share of the voxels just
+    outside it (its face-connected outer shell) must be parent voxels.  A
+    nodule inside a lung is bordered by lung all round and one on the pleura
+    (juxta-pleural) still mostly so, while a lymph node, a hilar vessel or a
+    piece of mediastinum that the network calls a nodule is bordered mostly
+    by other tissue.  Each component is checked in its own bounding box, so
+    the cost follows the lesions, not the volume.
     """
     parents = [int(parent)] if isinstance(parent, (int, np.integer)) else [int(p) for p in parent]
     out = labels.copy()
     for _, box, comp in components(labels == child, (margin, margin, margin), connectivity):
-        if not (dilate_box(comp, (margin, margin, margin)) & np.isin(labels[box], parents)).any():
+        in_parent = np.isin(labels[box], parents)
+        near = (dilate_box(comp, (margin, margin, margin)) & in_parent).any()
+        if near and min_fraction > 0:
+            near = border_fraction(comp, in_parent) >= min_fraction
+        if not near:
             view = out[box]
             view[comp] = 0
     return out
+
+
+def border_fraction(comp: np.ndarray, inside: np.ndarray) -> float:
+    """The share of the face-connected outer shell of ``comp`` that lies in ``inside`` (both boolean, same box).
+
+    The box must leave at least one voxel of margin around ``comp`` where the
+    volume allows; shell voxels beyond the volume's edge do not count.
+    """
+    grown = comp.copy()
+    for axis in range(3):
+        for step in (1, -1):
+            grown |= np.roll(comp, step, axis=axis) & ~_wrapped(comp.shape, axis, step)
+    shell = grown & ~comp
+    n = int(shell.sum())
+    return float((shell & inside).sum() / n) if n else 1.0
+
+
+def _wrapped(shape: tuple[int, ...], axis: int, step: int) -> np.ndarray:
+    """The slab that ``np.roll`` by ``step`` along ``axis`` fills from the other end (to be ignored)."""
+    m = np.zeros(shape, dtype=bool)
+    idx = [slice(None)] * 3
+    idx[axis] = slice(0, 1) if step > 0 else slice(shape[axis] - 1, shape[axis])
+    m[tuple(idx)] = True
+    return m
 
 
 def components(

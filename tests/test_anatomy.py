@@ -125,6 +125,7 @@ def test_the_shipped_model_is_gated_and_its_lungs_contain_their_nodules() -> Non
     engine = Engine(load_bundle(BUNDLE), device="cpu")
     res = engine.run(head()[0], (1.5, 1.5, 3.0), np.eye(3))
     assert res.anatomy is not None and not res.anatomy.applicable, res.anatomy
+    assert "outside the body's outline" in res.anatomy.reason or "fills" in res.anatomy.reason, res.anatomy.reason
     ph = generate(4251, matrix=128, slice_mm=(2.5, 4.0))  # prone, six nodules of 8-27 mm, never seen in training
     res = engine.run(ph.hu.astype(np.float32), ph.spacing, ph.direction)
     assert res.anatomy is not None and res.anatomy.applicable and not res.anatomy.partial, res.anatomy
@@ -184,6 +185,9 @@ def test_a_three_label_manifest_loads(tmp_path: Path) -> None:
         ({"postprocessing__within": {"3": [1, 9]}}, "postprocessing.within['3']: 9 is not a label of this bundle"),
         ({"postprocessing__within": {"3": []}}, "must be a label or a non-empty list of labels"),
         ({"postprocessing__min_size_mm3": -1}, "postprocessing.min_size_mm3 must be a number >= 0"),
+        ({"postprocessing__within_fraction": {"3": 1.5}}, "postprocessing.within_fraction['3'] must be a number from 0 to 1"),
+        ({"postprocessing__within_fraction": {"2": 0.5}}, "postprocessing.within_fraction['2']: the label has no postprocessing.within entry"),
+        ({"postprocessing__within_fraction": [0.5]}, "postprocessing.within_fraction must map a label"),
         ({"measurement__contains": {"3": [1]}}, "measurement.contains: label 3 is a lesion label"),
         ({"measurement__contains": {"1": [2]}}, "measurement.contains['1']: label 2 is not a lesion label"),
         ({"measurement__lesion_volume": {"method": "magic"}}, "measurement.lesion_volume.method must be one of auto, partial_volume, probability, voxels"),
@@ -194,6 +198,7 @@ def test_a_three_label_manifest_loads(tmp_path: Path) -> None:
         ({"anatomy__paired": [1, 3]}, "anatomy.paired: label 3 is a lesion label"),
         ({"anatomy": {"volume_ml": [1, 2]}}, "anatomy needs the organ labels"),
         ({"anatomy__min_fill": 1.5}, "anatomy.min_fill must be a fraction 0-1"),
+        ({"anatomy__min_inside_body": -0.1}, "anatomy.min_inside_body must be a fraction 0-1"),
         ({"anatomy__side": "left"}, "anatomy: unknown key 'side'"),
     ],
 )
@@ -201,3 +206,29 @@ def test_bad_new_keys_are_refused_in_words(tmp_path: Path, keys: dict[str, Any],
     with pytest.raises(BundleError) as err:
         load_bundle(_three_labels(tmp_path, **keys))
     assert message in str(err.value)
+
+
+def test_organs_outside_the_body_outline_are_not_organs() -> None:
+    """``inside_body``: lungs inside the chest wall count, air around a head does not, in any orientation."""
+    from ai.anatomy import inside_body
+
+    hu, taken, sinus = head()
+    labels = np.where(taken & ~sinus, 1, np.where(sinus, 2, 0)).astype(np.uint8)  # 1: the air shell, 2: the sinus
+    share = inside_body(hu, labels, [1, 2], np.eye(3), -500.0, (1.5, 1.5, 3.0))
+    assert share[1] < 0.05 and share[2] > 0.95, share
+    chest_hu = np.full((40, 64, 64), -1000.0, np.float32)
+    chest_hu[:, 8:56, 8:56] = 40.0  # the body, touching neither edge in-plane
+    chest_hu[:, 16:48, 12:30] = -850.0  # right lung
+    chest_hu[:, 16:48, 34:52] = -850.0  # left lung
+    lab = np.zeros(chest_hu.shape, np.uint8)
+    lab[:, 16:48, 12:30] = 1
+    lab[:, 16:48, 34:52] = 2
+    assert inside_body(chest_hu, lab, [1, 2], np.eye(3), -500.0, (2.0, 2.0, 2.0)) == {1: 1.0, 2: 1.0}
+    # A sagittal acquisition: the slices across S are then along another array axis; the answer is the same.
+    sag_dir = np.array([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])  # x -> P, y -> S, z -> L
+    share = inside_body(np.moveaxis(hu, 0, 1).copy(), np.moveaxis(labels, 0, 1).copy(), [1, 2], sag_dir, -500.0, (1.5, 3.0, 1.5))
+    assert share[1] < 0.05 and share[2] > 0.95, share
+    assert inside_body(chest_hu, lab, [3], np.eye(3), -500.0, (2.0, 2.0, 2.0)) == {}
+    spec = AnatomySpec(labels=(1, 2), volume_ml=(1, 10**6), min_fill=0.0, min_inside_body=0.5)
+    v = assess(labels, (1.5, 1.5, 3.0), np.eye(3), spec, {1: "right lung", 2: "left lung"}, inside={1: 0.02, 2: 0.98})
+    assert not v.applicable and "'right lung' lies 98% outside the body's outline" in v.reason, v.reason

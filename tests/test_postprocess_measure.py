@@ -247,6 +247,31 @@ def test_within_any_of_several_parents() -> None:
     assert not (keep_within(labels, 3, [2], margin=1)[8:10, 8:10, 12:14] == 3).any()
 
 
+def test_within_fraction_keeps_nodules_bordered_by_lung() -> None:
+    """A share of the border: a nodule inside the lung or on its wall stays, a blob on the mediastinum goes."""
+    from ai.postprocess import border_fraction
+
+    labels = np.zeros((30, 30, 30), dtype=np.uint8)
+    labels[2:28, 2:28, 2:20] = 1  # a lung; x >= 20 is mediastinum (0)
+    labels[10:14, 10:14, 8:12] = 3  # inside: bordered by lung all round
+    labels[20:24, 20:24, 2:6] = 3  # juxta-pleural: on the lung's wall at x = 2 (the shell beyond x = 1 is body wall)
+    labels[3:7, 3:7, 18:24] = 3  # straddling the lung's medial border, mostly outside it
+    out = keep_within(labels, 3, [1], margin=2, min_fraction=0.5)
+    assert (out[10:14, 10:14, 8:12] == 3).all()
+    assert (out[20:24, 20:24, 2:6] == 3).all()
+    assert not (out[3:7, 3:7, 18:24] == 3).any()
+    assert (keep_within(labels, 3, [1], margin=2)[3:7, 3:7, 18:24] == 3).all()  # without a share it touches the lung: kept
+    inside = np.zeros((6, 6, 6), dtype=bool)
+    inside[1:5, 1:5, 1:5] = True
+    comp = np.zeros_like(inside)
+    comp[2:4, 2:4, 2:4] = True
+    assert border_fraction(comp, inside & ~comp) == 1.0
+    assert border_fraction(comp, np.zeros_like(inside)) == 0.0
+    edge = np.zeros((4, 4, 4), dtype=bool)
+    edge[0:2, 0:2, 0:2] = True  # at the volume's corner: only the shell inside the volume counts
+    assert border_fraction(edge, ~edge) == 1.0
+
+
 # --- organs contain their lesions ---------------------------------------------------------------------------------
 
 
