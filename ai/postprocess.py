@@ -177,7 +177,7 @@ def keep_within(
     out = labels.copy()
     for _, box, comp in components(labels == child, (margin, margin, margin), connectivity):
         in_parent = np.isin(labels[box], parents)
-        near = (dilate_box(comp, (margin, margin, margin)) & in_parent).any()
+        near = bool((dilate_box(comp, (margin, margin, margin)) & in_parent).any())
         if near and min_fraction > 0:
             near = border_fraction(comp, in_parent) >= min_fraction
         if not near:
