@@ -35,6 +35,7 @@ MANIFEST = "manifest.json"
 TASKS = ("segmentation", "classification")
 FORMATS = ("torchscript", "state_dict", "onnx")
 MONAI_SOURCE = "monai-bundle"  # manifest "source" of a MONAI Model Zoo bundle (ai.monai_bundle.SOURCE)
+NNUNET_SOURCE = "nnunet-v2"  # manifest "source" of an nnU-Net v2 folder (ai.nnunet_bundle.SOURCE), run by nnU-Net's predictor
 ARCHITECTURES = ("UNet", "SegResNet", "SwinUNETR", "DenseNet121")
 NORMALIZATIONS = ("window", "zscore", "scale", "none")
 
@@ -168,7 +169,9 @@ def _problems_in(m: dict[str, Any], path: Path) -> list[str]:
     if m.get("task") not in TASKS:
         problems.append(f"task must be one of {', '.join(TASKS)}, not {m.get('task')!r}")
     w = m.get("weights", {})
-    formats = FORMATS + ("network_def",) if m.get("source") == MONAI_SOURCE else FORMATS
+    formats: tuple[str, ...] = FORMATS + ("network_def",) if m.get("source") == MONAI_SOURCE else FORMATS
+    if m.get("source") == NNUNET_SOURCE:
+        formats = ("nnunet",)
     if w.get("format") not in formats:
         problems.append(f"weights.format must be one of {', '.join(formats)}, not {w.get('format')!r}")
     elif not (path / str(w.get("file", ""))).is_file():
@@ -421,8 +424,27 @@ def _anatomy(anat: dict[str, Any] | None) -> AnatomySpec | None:
     )
 
 
+def _foreign_manifest(path: Path) -> dict[str, Any]:
+    """The manifest of a MONAI bundle or an nnU-Net v2 folder, derived from its own files."""
+    if (path / "configs" / "metadata.json").is_file():
+        from ai.monai_bundle import manifest_from_monai
+
+        return manifest_from_monai(path)
+    from ai.nnunet_bundle import is_nnunet_folder, manifest_from_nnunet
+
+    if is_nnunet_folder(path):
+        try:
+            return manifest_from_nnunet(path)
+        except AIError as exc:
+            raise BundleError(str(exc)) from exc
+    raise BundleError(f"{path} has neither {MANIFEST}, configs/metadata.json (a MONAI bundle) nor dataset.json and plans.json (nnU-Net v2)")
+
+
 def load_bundle(path: Path) -> Bundle:
-    """Read and validate a bundle directory (dicomnode manifest or MONAI Model Zoo layout).
+    """Read and validate a bundle directory (dicomnode manifest, MONAI Model Zoo layout or nnU-Net v2 folder).
+
+    A MONAI bundle or an nnU-Net folder may carry a label-coding file
+    (:mod:`ai.label_coding`) whose codes and settings are merged in.
 
     Raises
     ------
@@ -437,13 +459,14 @@ def load_bundle(path: Path) -> Bundle:
             m = json.loads((path / MANIFEST).read_text())
         except json.JSONDecodeError as exc:
             raise BundleError(f"{path / MANIFEST} is not valid JSON: {exc}") from exc
-    elif (path / "configs" / "metadata.json").is_file():
-        from ai.monai_bundle import manifest_from_monai
-
-        m = manifest_from_monai(path)
     else:
-        raise BundleError(f"{path} has neither {MANIFEST} nor configs/metadata.json (a MONAI bundle)")
-    problems = _problems_in(m, path)
+        m = _foreign_manifest(path)
+    problems: list[str] = []
+    if m.get("source") in (MONAI_SOURCE, NNUNET_SOURCE):  # codes and settings the model's own files do not give
+        from ai.label_coding import apply
+
+        m, problems = apply(m, path)
+    problems += _problems_in(m, path)
     if problems:
         raise BundleError(f"bundle {m.get('name', path.name)}: " + "; ".join(problems))
     inp, inf, w = m.get("input", {}), m["inference"], m["weights"]

@@ -11,13 +11,13 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from ai.anatomy import AnatomyVerdict, assess, inside_body
-from ai.bundle import MONAI_SOURCE, Bundle, Label
+from ai.bundle import MONAI_SOURCE, NNUNET_SOURCE, Bundle, Label
 from ai.errors import AIError
 from ai.findings import Finding, findings
 from ai.inference import WindowConfig, optimize_predictor, select_device, sliding_window
@@ -26,6 +26,10 @@ from ai.monai_runner import MonaiRunner
 from ai.postprocess import fill_holes, keep_largest, keep_within, min_voxels, remove_small, to_labels
 from ai.shape import filter_shapes
 from ai.preprocess import prepare, to_roi
+
+
+if TYPE_CHECKING:
+    from ai.nnunet_runner import NnUNetModel
 
 logger = logging.getLogger(__name__)
 
@@ -72,9 +76,17 @@ class Engine:
         self.bundle = bundle
         self.device = select_device(device)
         self.monai: MonaiRunner | None = None
+        self.nnunet: NnUNetModel | None = None
+        self.predictor: Callable[[torch.Tensor], torch.Tensor]
+        if bundle.source == NNUNET_SOURCE:  # an nnU-Net folder runs through nnU-Net's own predictor
+            from ai.nnunet_runner import NnUNetModel
+
+            self.nnunet = NnUNetModel(bundle.path, device=str(self.device))
+            self.predictor = _no_predictor
+            return
         if bundle.source == MONAI_SOURCE:  # a MONAI bundle runs with its own transforms and inferer
             self.monai = MonaiRunner(bundle.path, self.device)
-            self.predictor: Callable[[torch.Tensor], torch.Tensor] = self.monai.network
+            self.predictor = self.monai.network
             return
         predictor = optimize_predictor(bundle.predictor(self.device))
         if compile and self.device.type == "cuda" and isinstance(predictor, torch.nn.Module):
@@ -154,6 +166,14 @@ class Engine:
         res = Result(device=str(self.device))
         if self.monai is not None:
             return self._run_monai(self.monai, res, array, spacing_xyz, direction, keep_probabilities)
+        if self.nnunet is not None:
+            t0 = time.perf_counter()
+            labels = self.nnunet.run(array, spacing_xyz, direction=direction).labels
+            res.timings["infer"] = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            self._measure(res, labels, None, None, array, spacing_xyz, direction)
+            res.timings["postprocess"] = time.perf_counter() - t1
+            return res
         t0 = time.perf_counter()
         pp: dict[str, Any] = b.postprocessing
         prepared = prepare(
@@ -247,3 +267,8 @@ class Engine:
             if b.anatomy.min_inside_body > 0 and body_above is not None:
                 inside = inside_body(array, labels, b.anatomy.labels, direction, float(body_above), spacing_xyz)
             res.anatomy = assess(labels, spacing_xyz, direction, b.anatomy, names, volumes, inside)
+
+
+def _no_predictor(x: torch.Tensor) -> torch.Tensor:
+    """The predictor of a model that runs through its own library (nnU-Net): never called."""
+    raise AIError("this model runs through its own predictor, not a network callable")

@@ -13,6 +13,7 @@ the node's runner then segment the same anisotropic, flipped NIfTI.
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -302,3 +303,67 @@ def test_models_command_lists_shows_and_checks_an_installed_nnunet_model(
     (tmp_path / "storage" / "models" / "spheres" / "fold_0" / "checkpoint_final.pth").unlink()
     assert main(["models", "check", "spheres", "--config", cfg]) != 0
     assert "missing fold_*/checkpoint_final.pth" in capsys.readouterr().err
+
+
+CODING = {
+    "modalities": ["CT"], "body_parts": ["CHEST"], "intended_use": "test spheres; not for diagnosis",
+    "labels": [{"value": 1, "name": "sphere", "lesion": True, "color": [255, 64, 0],
+                "snomed": {"code": "27925004", "meaning": "Nodule"},
+                "category": {"code": "49755003", "meaning": "Morphologically Altered Structure"},
+                "site": {"code": "39607008", "meaning": "Lung"}}],
+}
+
+
+def test_node_runs_an_nnunet_folder_with_its_coding_file(model_root: Path, tmp_path: Path) -> None:
+    """An nnU-Net folder is a bundle: the engine and ``dicomnode infer`` run it through nnU-Net's predictor, coded by dicomnode.json."""
+    from ai.bundle import NNUNET_SOURCE, load_bundle
+    from ai.engine import Engine
+    from dicomnode.cli.main import main
+
+    folder = tmp_path / "spheres"
+    shutil.copytree(model_root / "nnUNet_results" / DATASET / TRAINER_FOLDER, folder)
+    plain = load_bundle(folder)  # without a coding file: named, not coded
+    assert plain.source == NNUNET_SOURCE and [lb.name for lb in plain.labels] == ["sphere"]
+    assert plain.labels[0].snomed_code is None and plain.modalities == ("CT",)
+    (folder / "dicomnode.json").write_text(json.dumps(CODING))
+    bundle = load_bundle(folder)
+    label = bundle.labels[0]
+    assert (label.snomed_code, label.category_code, label.lesion, label.color) == ("27925004", "49755003", True, (255, 64, 0))
+    assert bundle.body_parts == ("CHEST",) and bundle.intended_use == "test spheres; not for diagnosis"
+
+    rng = np.random.default_rng(11)
+    image, _truth = _sphere_image(rng, (36, 30, 20), (0.85, 0.95, 2.0))
+    vol = Volume(image, (0.85, 0.95, 2.0), (0.0, 0.0, 0.0), np.eye(3))
+    res = Engine(bundle, device="cpu").run(vol.array, vol.spacing, vol.direction)
+    ref = NnUNetModel(folder, device="cpu").run(vol.array, vol.spacing, vol.origin, vol.direction)
+    assert res.labels is not None
+    np.testing.assert_array_equal(res.labels, ref.labels)
+    (sphere,) = res.measurements
+    assert len(sphere.lesions) == 1 and len(res.findings) == 1  # measured as a lesion, as the coding file says
+    assert res.timings["infer"] > 0
+
+    src = tmp_path / "case.nii.gz"
+    _write(image, src, (0.85, 0.95, 2.0))
+    out = tmp_path / "infer"
+    assert main(["infer", str(src), "--out", str(out), "--model", str(folder), "-q"]) == 0
+    written = np.asarray(nib.load(str(out / "labels.nii.gz")).dataobj).transpose(2, 1, 0)
+    np.testing.assert_array_equal(written, ref.labels)
+
+
+@pytest.mark.parametrize(
+    ("coding", "message"),
+    [
+        ({"labels": [{"value": 7, "name": "x"}]}, "dicomnode.json: label 7 is not one of the model's labels (1)"),
+        ({"colour": [1, 2, 3]}, "dicomnode.json: unknown key 'colour'"),
+        ({"labels": [{"value": 1, "color": [300, 0, 0]}]}, "color must be three integers 0-255"),
+        ({"labels": [{"value": 1, "laterality": "middle"}]}, "laterality"),
+    ],
+)
+def test_a_bad_coding_file_is_refused_in_words(model_root: Path, tmp_path: Path, coding: dict[str, object], message: str) -> None:
+    from ai.bundle import BundleError, load_bundle
+
+    folder = tmp_path / "spheres"
+    shutil.copytree(model_root / "nnUNet_results" / DATASET / TRAINER_FOLDER, folder)
+    (folder / "dicomnode.json").write_text(json.dumps(coding))
+    with pytest.raises(BundleError, match=re.escape(message) if message != "laterality" else "laterality"):
+        load_bundle(folder)

@@ -60,10 +60,13 @@ def _finding_json(f: Finding) -> dict[str, Any]:
 
 def infer(
     input_path: Path, out_dir: Path, model: str | None = None, device: str = "auto",
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[int, int], None] | None = None, models_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """Run a bundle on ``input_path`` and write ``labels.nii.gz``, ``measurements.json`` and ``overlay.png``."""
-    bundle = find_bundle(model)
+    """Run a model on ``input_path`` and write ``labels.nii.gz``, ``measurements.json`` and ``overlay.png``.
+
+    ``model`` is a folder, a name installed in ``models_dir``, or a shipped name.
+    """
+    bundle = find_bundle(model, models_dir)
     if bundle.task != "segmentation":
         raise DicomNodeError(f"bundle {bundle.name} is a {bundle.task} model; infer writes segmentations")
     vol = load_input(input_path)

@@ -90,7 +90,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
             bar.n = done
             bar.refresh()
 
-        summary = infer(Path(args.input), Path(args.out), args.model, args.device, progress)
+        summary = infer(Path(args.input), Path(args.out), args.model, args.device, progress, models_dir=_models_dir(args))
     for m in summary["measurements"]:
         print(f"{m['name']}: {m['volume_ml']:.1f} mL")
     for f in summary["findings"]:
@@ -305,9 +305,10 @@ def add_model_commands(sub: Any, common: Callable[..., None]) -> None:
             "write labels.nii.gz (same grid as the input), measurements.json and overlay.png to OUT."
         ),
     )
-    common(p, config=False)
+    common(p)
     p.add_argument("input", help="DICOM series folder, or a .nii/.nii.gz file")
-    p.add_argument("--model", help="bundle name under ai/bundles, or a bundle folder")
+    p.add_argument("--model", help="a model's name (installed with 'models import' in the configured models_dir, or shipped), "
+                   "or a model folder: dicomnode bundle, MONAI bundle or nnU-Net v2")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
