@@ -72,11 +72,13 @@ def manifest_from_monai(path: Path) -> dict[str, Any]:
     outputs = (meta.get("network_data_format") or {}).get("outputs") or {}
     pred: dict[str, Any] = outputs.get("pred") or next(iter(outputs.values()), {})
     channels = pred.get("channel_def") or {}
-    labels = [
+    from ai.standard_codes import code_labels
+
+    labels = code_labels([
         {"value": int(k), "name": str(v), "color": [255, 0, 0]}
         for k, v in sorted(channels.items(), key=lambda kv: int(kv[0]))
         if int(k) != 0
-    ]
+    ])
     roi = _find(inference, "roi_size")
     pixdim = None
     for t in inference.get("preprocessing", {}).get("transforms", []) if isinstance(inference.get("preprocessing"), dict) else []:

@@ -3,9 +3,11 @@
 ``dataset.json`` gives the label names and the input channel, ``plans.json``
 the configuration's patch size and spacing; the engine runs the folder
 through nnU-Net's own predictor (:mod:`ai.nnunet_runner`), with nnU-Net's own
-preprocessing, sliding window and resampling.  Codes, colours, body parts and
+preprocessing, sliding window and resampling.  Labels named like
+TotalSegmentator's structures take TotalSegmentator's own codes when its
+package is installed (:mod:`ai.standard_codes`); codes, colours, body parts and
 the intended use come from the folder's label-coding file
-(:mod:`ai.label_coding`), without which each segment is named but not coded.
+(:mod:`ai.label_coding`), without which other segments are named but not coded.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 from ai.errors import AIError
 from ai.nnunet_runner import DATASET_JSON, PLANS_JSON, label_names
+from ai.standard_codes import code_labels
 
 SOURCE = "nnunet-v2"  # the manifest's ``source``: the engine runs it with ai.nnunet_runner
 WEIGHTS_FORMAT = "nnunet"
@@ -74,9 +77,9 @@ def manifest_from_nnunet(path: Path) -> dict[str, Any]:
             "normalization": {"kind": "none"}, "channels": max(1, len(channels)),
         },
         "inference": {"roi_size": patch if len(patch) == 3 else None, "overlap": 0.5},
-        "labels": [
+        "labels": code_labels([
             {"value": v, "name": n, "color": list(_PALETTE[(v - 1) % len(_PALETTE)])} for v, n in sorted(names.items()) if v != 0
-        ],
+        ]),
         "intended_use": str(ds.get("description") or ""),
         "weights": {"format": WEIGHTS_FORMAT, "file": PLANS_JSON},
         "source": SOURCE,

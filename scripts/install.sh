@@ -77,4 +77,11 @@ if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ]; then
     "${PIP[@]}" install -c .venv/torch-constraint.txt -e ".$EXTRAS"
     touch "$stamp"
 fi
+if [ "$TEST_TOOLS" = 1 ] && ! .venv/bin/python -c "import importlib.util as u; assert u.find_spec('totalsegmentator')" >/dev/null 2>&1; then
+    # TotalSegmentator's package, for its table of standard segment codes (ai/standard_codes.py reads it as
+    # data); without its dependencies, which the node does not use (it runs TotalSegmentator's weights
+    # through nnU-Net's predictor).
+    log "installing TotalSegmentator (its coding table only, --no-deps)"
+    "${PIP[@]}" install --no-deps "TotalSegmentator==2.18.0"
+fi
 log "ready: $(.venv/bin/dicomnode --version)"

@@ -367,3 +367,41 @@ def test_a_bad_coding_file_is_refused_in_words(model_root: Path, tmp_path: Path,
     (folder / "dicomnode.json").write_text(json.dumps(coding))
     with pytest.raises(BundleError, match=re.escape(message) if message != "laterality" else "laterality"):
         load_bundle(folder)
+
+
+def test_a_totalsegmentator_task_is_installed_run_and_coded_by_totalsegmentator_s_own_table(model_root: Path, tmp_path: Path) -> None:
+    """A TotalSegmentator weights folder (random-ish weights, TotalSegmentator's layout and label names).
+
+    ``models import`` names its task folders; a task installs as the nnU-Net v2 folder it is and runs
+    through nnU-Net's predictor; its segments take the codes of TotalSegmentator's own table (from the
+    installed package), here upper lobe of lung, left.
+    """
+    from ai.bundle import load_bundle
+    from ai.engine import Engine
+    from ai.standard_codes import table_path
+    from dicomnode.jobs.models import bundle_path
+
+    if table_path() is None:
+        pytest.fail("TotalSegmentator is not installed: scripts/install.sh --test-tools installs it (--no-deps)")
+    results = tmp_path / "totalsegmentator" / "nnunet" / "results"
+    task = results / "Dataset291_TotalSegmentator_part1_organs_1559subj" / "nnUNetTrainerNoMirroring__nnUNetPlans__3d_fullres"
+    shutil.copytree(model_root / "nnUNet_results" / DATASET / TRAINER_FOLDER, task)
+    ds = json.loads((task / "dataset.json").read_text())
+    ds["labels"] = {"background": 0, "lung_upper_lobe_left": 1}
+    (task / "dataset.json").write_text(json.dumps(ds))
+    models = tmp_path / "models"
+    assert model_format(results) is ModelFormat.TOTALSEGMENTATOR
+    with pytest.raises(DicomNodeError, match="import one task at a time.*Dataset291_TotalSegmentator_part1_organs_1559subj"):
+        install_model(results, "ts", models)
+    dest, fmt = install_model(task, "ts-lobe", models)
+    assert fmt is ModelFormat.NNUNET
+    bundle = load_bundle(bundle_path("ts-lobe", models))
+    (lobe,) = bundle.labels
+    assert (lobe.snomed_code, lobe.snomed_meaning, lobe.category_code) == ("45653009", "Upper lobe of lung", "123037004")
+    assert lobe.laterality is not None and lobe.laterality.value == "left" and lobe.color == (71, 232, 244)
+    rng = np.random.default_rng(5)
+    image, _ = _sphere_image(rng, (36, 30, 20), (0.85, 0.95, 2.0))
+    res = Engine(bundle, device="cpu").run(image, (0.85, 0.95, 2.0), np.eye(3))
+    ref = NnUNetModel(dest, device="cpu").run(image, (0.85, 0.95, 2.0))
+    assert res.labels is not None and res.labels.any()
+    np.testing.assert_array_equal(res.labels, ref.labels)

@@ -75,6 +75,14 @@ def model_format(path: Path) -> ModelFormat | None:
     return None
 
 
+def totalsegmentator_tasks(folder: Path) -> list[Path]:
+    """The nnU-Net v2 task folders (``Dataset*/<trainer>__<plans>__<config>``) of a TotalSegmentator weights folder."""
+    return sorted(
+        q for p in folder.iterdir() if p.is_dir() and p.name.startswith("Dataset")
+        for q in p.iterdir() if q.is_dir() and model_format(q) is ModelFormat.NNUNET
+    )
+
+
 def installed_names(models_dir: Path | None) -> list[str]:
     """Names of the models installed in ``models_dir`` (folders of a known format)."""
     if models_dir is None or not models_dir.is_dir():
@@ -136,6 +144,12 @@ def install_model(source: Path, name: str, models_dir: Path, *, replace: bool = 
         raise DicomNodeError(
             f"{source} is not a model folder: it has no manifest.json (dicomnode bundle), configs/metadata.json "
             "(MONAI bundle), dataset.json with plans.json (nnU-Net v2) or Dataset*/ model folders (TotalSegmentator)"
+        )
+    if fmt is ModelFormat.TOTALSEGMENTATOR:
+        tasks = totalsegmentator_tasks(source)
+        raise DicomNodeError(
+            f"{source} is a TotalSegmentator weights folder: import one task at a time, each an nnU-Net v2 folder"
+            + (f": {', '.join(str(t) for t in tasks)}" if tasks else " (none of its Dataset*/ folders holds one)")
         )
     if not fmt.runnable:
         raise DicomNodeError(f"{source} is a {fmt.value} model, which this version of the node cannot run yet")
