@@ -34,6 +34,10 @@ TABLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         (),
         ("| | seconds |", "| MONAI sliding_window_inference |", "| ratio ours / MONAI |"),
     ),
+    "models": (
+        (),
+        ("| format (reference tool) |", "| MONAI bundle", "| nnU-Net v2"),
+    ),
     "engine_device": (
         (),
         ("| device | preprocess s |", "| cpu |", "| cuda"),

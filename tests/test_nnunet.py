@@ -122,7 +122,14 @@ def _fit(network: torch.nn.Module, cases: list[tuple[np.ndarray, np.ndarray]], p
 @pytest.fixture(scope="module")
 def model_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An nnU-Net ``nnUNet_*`` tree with a planned, briefly fitted ``Dataset999_Tiny`` model (fold 0)."""
-    root = tmp_path_factory.mktemp("nnunet")
+    return build_model_root(tmp_path_factory.mktemp("nnunet"))
+
+
+def build_model_root(root: Path) -> Path:
+    """Under ``root``, an nnU-Net ``nnUNet_*`` tree with a planned, briefly fitted ``Dataset999_Tiny`` model (fold 0).
+
+    Also used by ``bench/models.py``; the model folder is ``root/nnUNet_results/DATASET/TRAINER_FOLDER``.
+    """
     raw = root / "nnUNet_raw" / DATASET
     (raw / "imagesTr").mkdir(parents=True)
     (raw / "labelsTr").mkdir()
