@@ -8,7 +8,26 @@ in, :mod:`~dicomnode.web.login` the login form, and
 :mod:`~dicomnode.web.server` uvicorn in a thread.
 """
 
-from dicomnode.web.app import create_app
-from dicomnode.web.server import WebServer
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dicomnode.web.app import create_app
+    from dicomnode.web.server import WebServer
 
 __all__ = ["WebServer", "create_app"]
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use: the command line's 'users' needs dicomnode.web.users only, not the web
+    # framework (0.7 s on every command's start).
+    if name == "create_app":
+        from dicomnode.web.app import create_app
+
+        return create_app
+    if name == "WebServer":
+        from dicomnode.web.server import WebServer
+
+        return WebServer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
