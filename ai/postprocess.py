@@ -190,24 +190,16 @@ def border_fraction(comp: np.ndarray, inside: np.ndarray) -> float:
     """The share of the face-connected outer shell of ``comp`` that lies in ``inside`` (both boolean, same box).
 
     The box must leave at least one voxel of margin around ``comp`` where the
-    volume allows; shell voxels beyond the volume's edge do not count.
+    volume allows; shell voxels beyond the box's edge do not count.
     """
-    grown = comp.copy()
+    padded = np.pad(comp, 1)  # so that np.roll wraps only padding around
+    grown = padded.copy()
     for axis in range(3):
         for step in (1, -1):
-            grown |= np.roll(comp, step, axis=axis) & ~_wrapped(comp.shape, axis, step)
-    shell = grown & ~comp
+            grown |= np.roll(padded, step, axis=axis)
+    shell = (grown & ~padded)[1:-1, 1:-1, 1:-1]
     n = int(shell.sum())
     return float((shell & inside).sum() / n) if n else 1.0
-
-
-def _wrapped(shape: tuple[int, ...], axis: int, step: int) -> np.ndarray:
-    """The slab that ``np.roll`` by ``step`` along ``axis`` fills from the other end (to be ignored)."""
-    m = np.zeros(shape, dtype=bool)
-    idx = [slice(None)] * 3
-    idx[axis] = slice(0, 1) if step > 0 else slice(shape[axis] - 1, shape[axis])
-    m[tuple(idx)] = True
-    return m
 
 
 def components(

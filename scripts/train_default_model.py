@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import subprocess
@@ -46,6 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 LABELS = {1: "right lung", 2: "left lung", 3: "nodule"}
+logger = logging.getLogger("train_default_model")
 MAX_CENTRES = 4000  # sampled voxels kept per component (a centre is a uniform voxel of one: a sample is as good)
 MAX_HARD = 40000  # hard-negative voxels kept per case
 
@@ -80,14 +82,12 @@ def make_case(job: tuple[int, int, tuple[float, float, float], str]) -> dict[str
             if len(vox) > MAX_CENTRES:
                 vox = vox[rng.choice(len(vox), MAX_CENTRES, replace=False)]
             comps.append((label, vox))
-    centres: dict[str, list[list[int]]] = {}
     base = Path(folder) / f"{seed:05d}"
     np.save(f"{base}_img.npy", img)
     np.save(f"{base}_lab.npy", lab)
     np.save(f"{base}_hard.npy", hard.astype(np.int16))
     for k, (label, vox) in enumerate(comps):
         np.save(f"{base}_c{k:02d}_l{label}.npy", vox.astype(np.int16))
-        centres.setdefault(str(label), []).append([k, len(vox)])
     nodules = [n.kind.value for n in ph.nodules]
     return {"seed": seed, "shape": list(img.shape), "seconds": time.perf_counter() - t0, "nodules": nodules}
 
@@ -281,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--child", default="", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if args.child:
         return train_variant(args)
     out = Path(args.out)
@@ -290,14 +291,14 @@ def main(argv: list[str] | None = None) -> int:
     cases = make_cases(_seeds(args.seeds) + _seeds(args.val_seeds), args.matrix, (args.spacing,) * 3, scratch, args.procs)
     gen_s = time.perf_counter() - t0
     (out / "cases.json").write_text(json.dumps({"generate_seconds": gen_s, "procs": args.procs, "cases": cases}))
-    print(f"{len(cases)} phantoms in {gen_s:.0f} s", flush=True)
+    logger.info("%d phantoms in %.0f s", len(cases), gen_s)
     variants = args.variant or ["base:16,32,64,128"]
     children = []
     for v in variants:
         cmd = [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:]), "--child", v]
         children.append(subprocess.Popen(cmd))
     codes = [c.wait() for c in children]
-    print(f"variants {variants} ended {codes} after {time.perf_counter() - t0:.0f} s", flush=True)
+    logger.info("variants %s ended %s after %.0f s", variants, codes, time.perf_counter() - t0)
     return max(codes)
 
 

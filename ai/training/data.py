@@ -113,9 +113,7 @@ def load_mask(image: Path, mask: Path, size: tuple[int, int, int]) -> np.ndarray
         ``bool [z, y, x]``, nearest neighbour.
     """
     _hu, m, sp, direction = read_pair(image, mask)
-    y = prepare(m, tuple(sp), direction, target_spacing_xyz=None)
-    y_t = torch.nn.functional.interpolate(y.tensor[None], size=size, mode="nearest")[0, 0]
-    return y_t.numpy() > 0
+    return resize_like(m, tuple(float(v) for v in sp), direction, size) > 0
 
 
 def validation_count(n_pairs: int, fraction: float) -> int:

@@ -63,9 +63,12 @@ def model_format(path: Path) -> ModelFormat | None:
     """The layout of a model folder, or ``None`` when it is none that the node knows."""
     if (path / "manifest.json").is_file():
         return ModelFormat.DICOMNODE
-    if (path / "configs" / "metadata.json").is_file():
+    from ai.monai_bundle import is_monai_bundle
+    from ai.nnunet_bundle import is_nnunet_folder
+
+    if is_monai_bundle(path):
         return ModelFormat.MONAI
-    if (path / "dataset.json").is_file() and (path / "plans.json").is_file():
+    if is_nnunet_folder(path):
         return ModelFormat.NNUNET
     if path.is_dir() and any(
         p.is_dir() and p.name.startswith("Dataset") and any(q.is_dir() and "__" in q.name for q in p.iterdir())
