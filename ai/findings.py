@@ -5,7 +5,8 @@ a bundle: "nodule 1" is the largest whatever the slice order, slice
 thickness or patient position of the scan, and it is "nodule 1" in the SEG,
 the SR, the key images and the Key Object Selection alike.  Each knows the
 organ it lies in (``measurement.contains``), and through the organ's label
-its anatomic site and side.
+its anatomic site and side; when a lobe model ran too, the lobe it lies in
+(:mod:`ai.placement`).
 """
 
 from __future__ import annotations
@@ -32,12 +33,18 @@ class Finding:
         Its measurements and voxels.
     organ : Label, optional
         The organ label it lies in, when the bundle says which organs contain it.
+    lobe : Label, optional
+        The lobe it lies in, from another model's lobes (see :func:`ai.placement.place_in_lobes`).
+    lobe_model : str
+        ``"name version"`` of the model whose lobes placed it.
     """
 
     number: int
     label: Label
     lesion: Lesion
     organ: Label | None = None
+    lobe: Label | None = None
+    lobe_model: str = ""
 
     @property
     def name(self) -> str:
@@ -46,12 +53,16 @@ class Finding:
 
     @property
     def side(self) -> Laterality | None:
-        """The side of the organ it lies in (None when unknown or unpaired)."""
-        return self.organ.laterality if self.organ is not None else None
+        """The side of the organ (or lobe) it lies in (None when unknown or unpaired)."""
+        if self.organ is not None and self.organ.laterality is not None:
+            return self.organ.laterality
+        return self.lobe.laterality if self.lobe is not None else None
 
     @property
     def site(self) -> Concept | None:
-        """Its anatomic site: the organ's site (or the organ itself), else the lesion label's site."""
+        """Its anatomic site: its lobe, else the organ's site (or the organ itself), else the lesion label's site."""
+        if self.lobe is not None and self.lobe.snomed_code:
+            return Concept(self.lobe.snomed_code, self.lobe.snomed_meaning or self.lobe.name)
         if self.organ is not None:
             if self.organ.site is not None:
                 return self.organ.site
@@ -67,8 +78,22 @@ class Finding:
 
     @property
     def where(self) -> str:
-        """Where it is, in words: ``"right lung"``, or ``""`` when unknown."""
+        """Where it is, in words: ``"upper lobe of right lung"``, ``"right lung"``, or ``""`` when unknown."""
+        if self.lobe is not None:
+            return lobe_words(self.lobe)
         return self.organ.name if self.organ is not None else ""
+
+
+def lobe_words(lobe: Label) -> str:
+    """A lobe in words with its side: ``"upper lobe of right lung"`` from "Upper lobe of lung" and right."""
+    text = (lobe.snomed_meaning or lobe.name.replace("_", " ")).strip()
+    side = lobe.laterality.value if lobe.laterality is not None else ""
+    lower = text[:1].lower() + text[1:]
+    if side and side not in lower.lower() and lower.endswith(" of lung"):
+        return f"{lower[: -len('lung')]}{side} lung"
+    if side and side not in lower.lower():
+        return f"{lower} ({side})"
+    return lower
 
 
 def findings(measurements: Sequence[LabelMeasurement], bundle: Bundle) -> list[Finding]:

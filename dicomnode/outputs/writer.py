@@ -29,6 +29,7 @@ from pydicom.errors import InvalidDicomError
 from dicomnode import __version__
 from dicomnode.errors import OutputError
 from dicomnode.dicom.uids import derived_uid
+from dicomnode.outputs.other_models import MERGED, SEPARATE, merge_into, other_segs
 from storage.errors import StorageError
 from storage.files import durable_write
 
@@ -69,6 +70,7 @@ class OutputOptions:
     kos_series_number: int = 9004
     number_by_source: bool = True  # series number = base + 10 x the source's SeriesNumber (one block per source series)
     series_description_prefix: str = "AI"
+    multi_model_seg: str = SEPARATE  # several segmentation models: one SEG each (separate) or one for all (merged)
     manufacturer: str = "dicomnode"
     software_version: str = __version__
 
@@ -215,6 +217,7 @@ def write_outputs(
     job_key: str,
     options: OutputOptions = OutputOptions(),
     notes: Sequence[str] = (),
+    others: Sequence[tuple[Bundle, Result]] = (),
 ) -> list[OutputFile]:
     """Write the SEG, SR and key images of one job into ``out_dir``.
 
@@ -239,11 +242,17 @@ def write_outputs(
     notes : sequence of str
         What the report and the key images must say about the source, e.g.
         that the series was incomplete when it was processed.
+    others : sequence of (Bundle, Result)
+        Further segmentation models that ran on the same volume.  Each gets
+        its own report (``sr-K.dcm``) and, as ``options.multi_model_seg``
+        says, its own SEG (``seg-K.dcm``, ``separate``) or its segments in the
+        first model's SEG (``merged``).  Key images and the Key Object
+        Selection show the first model's findings.
 
     Returns
     -------
     list of OutputFile
-        What was written: SEG, SR, the key images, then the Key Object Selection.
+        What was written: SEG, SR, the key images, then the Key Object Selection, then the other models' SEGs and reports.
 
     Raises
     ------
@@ -269,6 +278,9 @@ def write_outputs(
     frames: list[SourceFrame] = source_frames(sources, volume)
     first = sources[0]
     variant = f"{'fractional' if options.fractional else 'binary'}-{'all' if options.keep_empty_frames else 'sparse'}"
+    merged = options.multi_model_seg == MERGED and bool(others)
+    if merged:  # another content, so other UIDs than the first model's SEG alone
+        variant += "-merged-" + "-".join(b.name for b, _ in others)
     if labels is not None and not result.findings:  # a result measured outside the engine: number its lesions here
         result = dataclasses.replace(result, findings=number_findings(result.measurements, bundle))
 
@@ -282,14 +294,14 @@ def write_outputs(
         """Per source series: the base plus ten times its number (source 3: SEG 9031, SR 9032...)."""
         return base + 10 * source_number if options.number_by_source and source_number is not None else base
 
-    def description(kind: str) -> str:
+    def description(kind: str, model: Bundle = bundle) -> str:
         """The series description: which source series, which model, and its intended use (a PACS list shows it)."""
-        warning = bundle.intended_use.split(";")[-1].strip() or bundle.intended_use
-        p, name = options.series_description_prefix, bundle.name
+        warning = model.intended_use.split(";")[-1].strip() or model.intended_use
+        p, name = options.series_description_prefix, model.name
         long_src = f" of series {source_number}" if source_number is not None else ""
         short_src = f" of {source_number}" if source_number is not None else ""
         candidates = [
-            f"{p} {name} {kind}{long_src} {source_text} - {bundle.intended_use}",
+            f"{p} {name} {kind}{long_src} {source_text} - {model.intended_use}",
             f"{p} {name} {kind}{long_src} {source_text} - {warning}",
             f"{p} {name} {kind}{long_src} - {warning}",
             f"{p} {name} {kind}{short_src} - {warning}",
@@ -300,7 +312,9 @@ def write_outputs(
                 return text
         return " ".join(candidates[-1].split())[:64]
 
-    texts = [bundle.name, bundle.version, bundle.intended_use, options.series_description_prefix, *(lb.name for lb in bundle.labels)]
+    texts = [options.series_description_prefix] + [
+        t for b in (bundle, *(b for b, _ in others)) for t in (b.name, b.version, b.intended_use, *(lb.name for lb in b.labels))
+    ]
     written: list[OutputFile] = []
     seg_ds: Dataset | None = None
     segments = plan_segments(labels, bundle, result.findings, job_key) if labels is not None else []
@@ -319,10 +333,24 @@ def write_outputs(
         _copy_identity(seg_ds, first)
         if "BodyPartExamined" in first:
             seg_ds.BodyPartExamined = first.BodyPartExamined
-        written.append(_save(seg_ds, out_dir / "seg.dcm", "seg", texts))
     elif options.seg and labels is not None:
         logger.info("%s found nothing to segment: no SEG (the report says so)", bundle.name)
     geo = Geometry(frames, volume.affine, str(first.FrameOfReferenceUID))
+    extra = other_segs(
+        frames, others, job_key, write_seg=options.seg, fractional=options.fractional,
+        keep_empty_frames=options.keep_empty_frames, seg_series_number=lambda k: number(options.seg_series_number + 2 + 2 * k),
+        uid=uid, description=lambda b: description("SEG", b),
+        manufacturer=options.manufacturer, software_version=options.software_version,
+    )
+    for o in extra:
+        if o.seg is not None:
+            _copy_identity(o.seg, first)
+            if "BodyPartExamined" in first:
+                o.seg.BodyPartExamined = first.BodyPartExamined
+    if merged:
+        seg_ds, extra = merge_into(seg_ds, labels, extra)
+    if seg_ds is not None:
+        written.append(_save(seg_ds, out_dir / "seg.dcm", "seg", texts))
     if options.sr:
         sr = build_sr(
             frames, labels, geo, seg_ds, segments, result, bundle,
@@ -367,6 +395,22 @@ def write_outputs(
         )
         _copy_identity(kos, first, frame_of_reference=False)
         written.append(_save(kos, out_dir / "kos.dcm", "kos", texts))
+    for k, o in enumerate(extra, start=1):
+        if o.seg is not None and not merged:
+            written.append(_save(o.seg, out_dir / f"seg-{k}.dcm", "seg", texts))
+        if options.sr:
+            sr = build_sr(
+                frames, o.result.labels, geo, o.seg, o.segments, o.result, o.bundle,
+                SRParams(
+                    series_uid=uid("sr", f"series/{o.bundle.name}"), sop_uid=uid("sr", f"instance/{o.bundle.name}"),
+                    uid_seed=o.seed, series_number=number(options.sr_series_number + 2 + 2 * k),
+                    series_description=description("report", o.bundle),
+                    manufacturer=options.manufacturer, software_version=options.software_version,
+                ),
+                notes=notes,
+            )
+            _copy_identity(sr, first, frame_of_reference=False)
+            written.append(_save(sr, out_dir / f"sr-{k}.dcm", "sr", texts))
     logger.info(
         "wrote %d output object(s) for %s: %s", len(written), bundle.name, ", ".join(o.kind for o in written) or "none"
     )
