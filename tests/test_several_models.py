@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,10 +20,12 @@ from ai.engine import Result
 from ai.findings import findings
 from ai.measure import measure
 from ai.placement import lobe_labels, place_in_lobes
+from dicomnode.node import Node
 from dicomnode.outputs.writer import IDENTITY, OutputFile, OutputOptions, write_outputs
 from dicomnode.volume.reconstruct import Volume
 from tests.helpers import require_tool
-from tests.test_outputs import BUNDLE, assert_valid, case, result_for, sphere  # noqa: F401  (case is a fixture)
+from tests import test_outputs
+from tests.test_outputs import BUNDLE, SHIPPED, assert_valid, result_for, sphere
 
 UPPER = Label(1, "lung_upper_lobe_right", "45653009", "Upper lobe of lung", "123037004", "Anatomical Structure",
               (100, 218, 227), laterality=Laterality.RIGHT)
@@ -28,6 +33,7 @@ LOWER = Label(2, "lung_lower_lobe_right", "90572001", "Lower lobe of lung", "123
               (26, 144, 153), laterality=Laterality.RIGHT)
 LOBES = replace(BUNDLE, name="lobes", version="2.0", labels=(UPPER, LOWER), scan_score=None, anatomy=None)
 VOLUME = hd.sr.CodedConcept("118565006", "SCT", "Volume")
+case = test_outputs.case  # the 20-slice series fixture
 
 
 def lobe_map(shape: tuple[int, ...], hole: np.ndarray | None = None) -> np.ndarray:
@@ -175,3 +181,54 @@ def test_merged_when_the_first_model_found_nothing(case: tuple[list[Path], Volum
     refs = [g.referenced_segment.referenced_segment_numbers[0]  # type: ignore[union-attr]
             for g in hd.sr.srread(out[2].path).content.get_volumetric_roi_measurement_groups()]
     assert sorted(refs) == [1, 2]
+
+
+def test_a_lobe_model_beside_the_nodule_model_through_the_worker(node_factory: Callable[..., Node], tmp_path: Path) -> None:
+    """Two segmentation models on one pushed series: two SEGs and two reports at the PACS, nodules placed in lobes.
+
+    The "lobe" model is the shipped model under another name whose lung labels are coded as lobes (right: upper lobe
+    of lung, right; left: upper lobe of left lung): a real installed model folder, run by the worker beside the
+    shipped one, so each nodule's lobe is the lung it lies in.
+    """
+    from ai.phantoms import generate
+    from dicomnode.testing.synthetic import write_phantom
+    from tests.conftest import jobs_of
+    from tests.helpers import storescu, wait_for
+    from tests.peers import StoreSCP
+    from tests.test_pipeline import SEG, SR, WORKER, destination
+
+    lobes = tmp_path / "lobes-demo"
+    shutil.copytree(SHIPPED, lobes)
+    manifest = json.loads((lobes / "manifest.json").read_text())
+    manifest["name"] = "lobes-demo"
+    manifest["labels"][0].update(name="upper lobe right", snomed={"code": "45653009", "meaning": "Upper lobe of lung"})
+    manifest["labels"][1].update(name="upper lobe left", snomed={"code": "44714003", "meaning": "Upper lobe of left lung"})
+    for lb in manifest["labels"][:2]:
+        lb.pop("site", None)
+    (lobes / "manifest.json").write_text(json.dumps(manifest))
+    ph = generate(4247, matrix=160, slice_mm=(4.0, 5.0))
+    files = write_phantom(ph, tmp_path / "ct")
+    pacs = StoreSCP(tmp_path / "pacs").start()
+    try:
+        worker = WORKER.replace("[worker]\n", f'[worker]\nmodels = ["chest-ct-lungs-nodules", "{lobes}"]\n')
+        node = node_factory(extra_toml=worker + destination("pacs", "PACS", pacs.port))
+        assert storescu(node.cfg.node.port, files).returncode == 0
+        [job] = wait_for(lambda: [j for j in jobs_of(node) if j.state in ("done", "failed")] or None, 240, what="the job")
+        assert job.state == "done", job.error
+        assert job.model == "chest-ct-lungs-nodules 0.4.0 + lobes-demo 0.4.0"
+        wait_for(lambda: len([f for f in pacs.files() if dcmread(f, stop_before_pixels=True).SOPClassUID in (SEG, SR)]) >= 4,
+                 120, what="two SEGs and two reports at the PACS")
+        got = {}
+        for f in pacs.files():
+            ds = dcmread(f, stop_before_pixels=True)
+            if ds.SOPClassUID in (SEG, SR):
+                got[(ds.Modality, int(ds.SeriesNumber) % 10)] = f
+        assert set(got) == {("SEG", 1), ("SR", 2), ("SEG", 5), ("SR", 6)}
+        lobe_seg = hd.seg.segread(got[("SEG", 5)])
+        assert {s.SegmentLabel for s in lobe_seg.SegmentSequence} >= {"upper lobe right", "upper lobe left"}
+        sites = _finding_sites(hd.sr.srread(got[("SR", 2)]))
+        nodules = {k: v for k, v in sites.items() if k.startswith("nodule ")}
+        assert nodules, sites  # the phantom has nodules; each is now placed in a "lobe" with its side
+        assert set(nodules.values()) <= {("45653009", "24028007"), ("44714003", "7771000")}, nodules
+    finally:
+        pacs.stop()

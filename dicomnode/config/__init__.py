@@ -141,6 +141,7 @@ class OutputsConfig:
     kos_series_number: int = 9004
     number_by_source: bool = True  # each source series gets its own block: base + 10 x its SeriesNumber
     series_description_prefix: str = "AI"
+    multi_model_seg: str = "separate"  # several segmentation models on a series: a SEG each (separate) or one (merged)
 
 
 @dataclass(frozen=True)
@@ -338,7 +339,7 @@ def _parse_outputs(data: Any) -> OutputsConfig:
         "max_key_images": partial(_int, lo=1, hi=100),
         "seg_series_number": number, "sr_series_number": number, "preview_series_number": number,
         "kos_series_number": number, "number_by_source": _bool,
-        "series_description_prefix": _str,
+        "series_description_prefix": _str, "multi_model_seg": _choice("separate", "merged"),
     })
 
 

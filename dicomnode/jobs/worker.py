@@ -301,8 +301,8 @@ class JobRunner(BackgroundLoop):
         policy = VolumePolicy(gap_factor=self.cfg.series.gap_factor)
         vol: Volume = stages.run(Stage.RECONSTRUCT, lambda: reconstruct(list(paths.values()), policy))
         primary = plan.models[0]
-        stages.model = f"{primary.name} {primary.version}"
-        result: Result = stages.run(Stage.INFER, lambda: self._infer(primary, plan.models[1:], vol))
+        stages.model = " + ".join(f"{b.name} {b.version}" for b in plan.models if b.task == "segmentation") or f"{primary.name} {primary.version}"
+        result, others = stages.run(Stage.INFER, lambda: self._infer(primary, plan.models[1:], vol))
         if stages.hb.lost:
             raise LeaseLost(f"job {job.id}")
         stages.timings.update({f"model_{k}": round(v, 3) for k, v in result.timings.items()})
@@ -322,7 +322,7 @@ class JobRunner(BackgroundLoop):
             seg_series_number=o.seg_series_number, sr_series_number=o.sr_series_number,
             preview_series_number=o.preview_series_number, kos_series_number=o.kos_series_number,
             number_by_source=o.number_by_source,
-            series_description_prefix=o.series_description_prefix,
+            series_description_prefix=o.series_description_prefix, multi_model_seg=o.multi_model_seg,
         )
         notes = source_notes(job, len(vol.sop_uids))
         in_order = [paths[uid] for uid in vol.sop_uids]
@@ -331,11 +331,11 @@ class JobRunner(BackgroundLoop):
         all_frames = o.seg and any(d.keep_empty_frames for d in destinations)
 
         def write() -> None:
-            for f in write_outputs(in_order, vol, result, primary, out_dir, job_key=key, options=base, notes=notes):
+            for f in write_outputs(in_order, vol, result, primary, out_dir, job_key=key, options=base, notes=notes, others=others):
                 records.append(_record(f, root, ""))
             if all_frames:
                 opts = OutputOptions(**{**vars(base), "sr": False, "preview": False, "kos": False, "keep_empty_frames": True})
-                for f in write_outputs(in_order, vol, result, primary, out_dir / ALL_FRAMES, job_key=key, options=opts):
+                for f in write_outputs(in_order, vol, result, primary, out_dir / ALL_FRAMES, job_key=key, options=opts, others=others):
                     records.append(_record(f, root, ALL_FRAMES))
 
         stages.run(Stage.WRITE, write)
@@ -372,15 +372,30 @@ class JobRunner(BackgroundLoop):
         with self.gpu.admit(bundle.gpu_memory_mb, f"{bundle.name}"):
             return model.run(vol.array, vol.spacing, vol.direction)
 
-    def _infer(self, primary: Bundle, others: tuple[Bundle, ...], vol: Volume) -> Result:
+    def _infer(self, primary: Bundle, others: tuple[Bundle, ...], vol: Volume) -> tuple[Result, list[tuple[Bundle, Result]]]:
+        """The first model's result (with the classifiers' classes and the lobes of its findings) and the other segmentations."""
         from ai.engine import ClassScores
+        from ai.placement import lobe_labels, place_in_lobes
 
         res = self._run_model(primary, vol)
+        segmentations: list[tuple[Bundle, Result]] = []
         for b in others:
             if b.task == "classification":  # reported under its own name, not the segmentation model's
                 probs = self._run_model(b, vol).class_probabilities
                 res.classifications.append(ClassScores(b.name, b.version, probs, b.labels))
-        return res
+                continue
+            r = self._run_model(b, vol)
+            res.timings.update({f"{b.name}_{k}": v for k, v in r.timings.items()})
+            if r.anatomy is not None and not r.anatomy.applicable:  # its anatomy is not there: the others still report
+                logger.info("model %s not applicable to this series: %s", b.name, r.anatomy.reason)
+                continue
+            segmentations.append((b, r))
+        for b, r in segmentations:
+            lobes = lobe_labels(b)
+            if lobes and r.labels is not None and res.findings:  # the first lobe model places the findings
+                res.findings = place_in_lobes(res.findings, r.labels, lobes, vol.spacing, f"{b.name} {b.version}")
+                break
+        return res, segmentations
 
 
 class _Deferred(Exception):
