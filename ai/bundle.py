@@ -33,6 +33,7 @@ from ai.manifest_check import (  # noqa: F401  (re-exported: the names a manifes
     NORMALIZATIONS,
     SHAPE_KEYS,
     TASKS,
+    TOTALSEG_SOURCE,
     problems_in,
 )
 from ai.measure import LesionVolume
@@ -210,13 +211,19 @@ def _foreign_manifest(path: Path) -> dict[str, Any]:
     if is_monai_bundle(path):
         return manifest_from_monai(path)
     from ai.nnunet_bundle import is_nnunet_folder, manifest_from_nnunet
+    from ai.totalseg_bundle import is_totalseg_task, manifest_from_totalseg
 
-    if is_nnunet_folder(path):
-        try:
+    try:
+        if is_nnunet_folder(path):
             return manifest_from_nnunet(path)
-        except AIError as exc:
-            raise BundleError(str(exc)) from exc
-    raise BundleError(f"{path} has neither {MANIFEST}, configs/metadata.json (a MONAI bundle) nor dataset.json and plans.json (nnU-Net v2)")
+        if is_totalseg_task(path):
+            return manifest_from_totalseg(path)
+    except AIError as exc:
+        raise BundleError(str(exc)) from exc
+    raise BundleError(
+        f"{path} has neither {MANIFEST}, configs/metadata.json (a MONAI bundle), dataset.json and plans.json (nnU-Net v2) "
+        "nor an installed TotalSegmentator task"
+    )
 
 
 def load_bundle(path: Path) -> Bundle:
@@ -241,7 +248,7 @@ def load_bundle(path: Path) -> Bundle:
     else:
         m = _foreign_manifest(path)
     problems: list[str] = []
-    if m.get("source") in (MONAI_SOURCE, NNUNET_SOURCE):  # codes and settings the model's own files do not give
+    if m.get("source") in (MONAI_SOURCE, NNUNET_SOURCE, TOTALSEG_SOURCE):  # codes and settings the model's own files do not give
         from ai.label_coding import apply
 
         m, problems = apply(m, path)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ai.anatomy import AnatomyVerdict, assess, inside_body
-from ai.bundle import MONAI_SOURCE, NNUNET_SOURCE, Bundle, Label
+from ai.bundle import MONAI_SOURCE, NNUNET_SOURCE, TOTALSEG_SOURCE, Bundle, Label
 from ai.errors import AIError
 from ai.findings import Finding, findings
 from ai.inference import WindowConfig, optimize_predictor, select_device, sliding_window
@@ -30,6 +30,7 @@ from ai.preprocess import prepare, to_roi
 
 if TYPE_CHECKING:
     from ai.nnunet_runner import NnUNetModel
+    from ai.totalseg_runner import TotalSegmentatorModel
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +78,14 @@ class Engine:
         self.device = select_device(device)
         self.monai: MonaiRunner | None = None
         self.nnunet: NnUNetModel | None = None
+        self.totalseg: TotalSegmentatorModel | None = None
         self.predictor: Callable[[torch.Tensor], torch.Tensor]
+        if bundle.source == TOTALSEG_SOURCE:  # a TotalSegmentator task runs through TotalSegmentator's own API
+            from ai.totalseg_runner import TotalSegmentatorModel
+
+            self.totalseg = TotalSegmentatorModel(bundle.path, device=str(self.device))
+            self.predictor = _no_predictor
+            return
         if bundle.source == NNUNET_SOURCE:  # an nnU-Net folder runs through nnU-Net's own predictor
             from ai.nnunet_runner import NnUNetModel
 
@@ -166,9 +174,13 @@ class Engine:
         res = Result(device=str(self.device))
         if self.monai is not None:
             return self._run_monai(self.monai, res, array, spacing_xyz, direction, keep_probabilities)
-        if self.nnunet is not None:
+        if self.nnunet is not None or self.totalseg is not None:
             t0 = time.perf_counter()
-            labels = self.nnunet.run(array, spacing_xyz, direction=direction).labels
+            if self.nnunet is not None:
+                labels = self.nnunet.run(array, spacing_xyz, direction=direction).labels
+            else:
+                assert self.totalseg is not None
+                labels = self.totalseg.run(array, spacing_xyz, direction=direction)
             res.timings["infer"] = time.perf_counter() - t0
             t1 = time.perf_counter()
             self._measure(res, labels, None, None, array, spacing_xyz, direction)
@@ -270,5 +282,5 @@ class Engine:
 
 
 def _no_predictor(x: torch.Tensor) -> torch.Tensor:
-    """The predictor of a model that runs through its own library (nnU-Net): never called."""
+    """The predictor of a model that runs through its own library (nnU-Net, TotalSegmentator): never called."""
     raise AIError("this model runs through its own predictor, not a network callable")

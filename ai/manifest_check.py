@@ -20,6 +20,7 @@ TASKS = ("segmentation", "classification")
 FORMATS = ("torchscript", "state_dict", "onnx")
 MONAI_SOURCE = "monai-bundle"  # manifest "source" of a MONAI Model Zoo bundle (ai.monai_bundle.SOURCE)
 NNUNET_SOURCE = "nnunet-v2"  # manifest "source" of an nnU-Net v2 folder (ai.nnunet_bundle.SOURCE), run by nnU-Net's predictor
+TOTALSEG_SOURCE = "totalsegmentator"  # an installed TotalSegmentator task (ai.totalseg_bundle.SOURCE), run by its own API
 ARCHITECTURES = ("UNet", "SegResNet", "SwinUNETR", "DenseNet121")
 NORMALIZATIONS = ("window", "zscore", "scale", "none")
 
@@ -36,6 +37,8 @@ def problems_in(m: dict[str, Any], path: Path) -> list[str]:
     formats: tuple[str, ...] = FORMATS + ("network_def",) if m.get("source") == MONAI_SOURCE else FORMATS
     if m.get("source") == NNUNET_SOURCE:
         formats = ("nnunet",)
+    if m.get("source") == TOTALSEG_SOURCE:
+        formats = ("totalsegmentator",)
     if w.get("format") not in formats:
         problems.append(f"weights.format must be one of {', '.join(formats)}, not {w.get('format')!r}")
     elif not (path / str(w.get("file", ""))).is_file():

@@ -77,11 +77,13 @@ if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ]; then
     "${PIP[@]}" install -c .venv/torch-constraint.txt -e ".$EXTRAS"
     touch "$stamp"
 fi
-if [ "$TEST_TOOLS" = 1 ] && ! .venv/bin/python -c "import importlib.util as u; assert u.find_spec('totalsegmentator')" >/dev/null 2>&1; then
-    # TotalSegmentator's package, for its table of standard segment codes (ai/standard_codes.py reads it as
-    # data); without its dependencies, which the node does not use (it runs TotalSegmentator's weights
-    # through nnU-Net's predictor).
-    log "installing TotalSegmentator (its coding table only, --no-deps)"
+if [ "$TEST_TOOLS" = 1 ] && ! .venv/bin/python -c "import importlib.util as u; assert u.find_spec('totalsegmentator') and u.find_spec('dicom2nifti')" >/dev/null 2>&1; then
+    # TotalSegmentator's package: its table of standard segment codes (ai/standard_codes.py reads it as data)
+    # and its Python API, which runs installed TotalSegmentator tasks (ai/totalseg_runner.py). Without the
+    # dependencies of its reports and previews (dipy, fury, xvfbwrapper ...), which the node does not use:
+    # what its task runner imports beyond ours is dicom2nifti.
+    log "installing TotalSegmentator 2.18.0 (--no-deps) and dicom2nifti"
     "${PIP[@]}" install --no-deps "TotalSegmentator==2.18.0"
+    "${PIP[@]}" install -c .venv/torch-constraint.txt "dicom2nifti==2.6.2"
 fi
 log "ready: $(.venv/bin/dicomnode --version)"

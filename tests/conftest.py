@@ -134,3 +134,14 @@ def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         subprocess.run([*run_as, str(pg / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"], capture_output=True)
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def model_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An nnU-Net ``nnUNet_*`` tree with a planned, briefly fitted ``Dataset999_Tiny`` model (fold 0), built once.
+
+    Shared by the nnU-Net and TotalSegmentator tests (see ``tests/test_nnunet.py::build_model_root``).
+    """
+    from tests.test_nnunet import build_model_root
+
+    return build_model_root(tmp_path_factory.mktemp("nnunet"))

@@ -119,12 +119,6 @@ def _fit(network: torch.nn.Module, cases: list[tuple[np.ndarray, np.ndarray]], p
     return float(loss.item())
 
 
-@pytest.fixture(scope="module")
-def model_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An nnU-Net ``nnUNet_*`` tree with a planned, briefly fitted ``Dataset999_Tiny`` model (fold 0)."""
-    return build_model_root(tmp_path_factory.mktemp("nnunet"))
-
-
 def build_model_root(root: Path) -> Path:
     """Under ``root``, an nnU-Net ``nnUNet_*`` tree with a planned, briefly fitted ``Dataset999_Tiny`` model (fold 0).
 

@@ -127,7 +127,9 @@ def cmd_models(args: argparse.Namespace) -> int:
 
     configure_logging(args.log_level or "WARNING")
     if args.action == "import":
-        dest, fmt = install_model(Path(args.path), args.name, _models_dir(args), replace=args.replace)
+        dest, fmt = install_model(
+            Path(args.path), args.name, _models_dir(args), replace=args.replace, task=args.task, fast=args.fast,
+        )
         print(f"installed {args.name} ({fmt.value}) in {dest}; name it in [worker] models or a routing rule to run it")
         return EXIT_OK
     if args.action == "list":
@@ -161,6 +163,8 @@ def cmd_models(args: argparse.Namespace) -> int:
             return EXIT_FAILED
         print(f"{Path(args.bundle).name}: nnU-Net v2 model, run by nnU-Net's own predictor; {summary}")
         return EXIT_OK
+    if args.action == "check" and model_format(Path(args.bundle)) is ModelFormat.TOTALSEGMENTATOR_TASK:
+        return _check_totalseg(Path(args.bundle))
     if args.action == "show":
         b = load_bundle(Path(args.bundle))
         print(f"{b.name} {b.version} ({b.task}, {b.weights_format} weights)")
@@ -191,6 +195,31 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(f"dicomnode models check: {exc}", file=sys.stderr)
         return EXIT_FAILED
     print(f"{b.name} {b.version}: OK ({b.weights_format} weights load, a {b.roi_size} window gives {b.out_channels} channels)")
+    return EXIT_OK
+
+
+def _check_totalseg(folder: Path) -> int:
+    """``models check`` of an installed TotalSegmentator task: TotalSegmentator importable, every weights folder there."""
+    from ai.bundle import BundleError, load_bundle
+    from ai.errors import AIError
+    from ai.totalseg_bundle import missing_folders, read_record, weight_folders
+
+    try:
+        record = read_record(folder)
+        task, fast = str(record["task"]), bool(record.get("fast", False))
+        missing = missing_folders(folder, task, fast)
+        b = load_bundle(folder)
+    except (AIError, BundleError) as exc:
+        print(f"dicomnode models check: {folder.name}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if missing:
+        print(f"dicomnode models check: {folder.name}: TotalSegmentator task {task} lacks weights: {', '.join(missing)}", file=sys.stderr)
+        return EXIT_FAILED
+    coded = sum(1 for lb in b.labels if lb.snomed_code)
+    print(
+        f"{b.name}: OK (TotalSegmentator task {task}{' fast' if fast else ''}, run by TotalSegmentator's own API offline; "
+        f"weights {', '.join(weight_folders(task, fast))}; {len(b.labels)} classes, {coded} with standard codes)"
+    )
     return EXIT_OK
 
 
@@ -332,13 +361,19 @@ def add_model_commands(sub: Any, common: Callable[..., None]) -> None:
             "Validate a model folder (a dicomnode bundle, a MONAI Model Zoo bundle or an nnU-Net v2 trained-model "
             "folder) and copy it into the node's model directory ([worker] models_dir, under the storage folder) as "
             "NAME. The copy is renamed into place, so a running worker never sees half a model. An installed model "
-            "runs when [worker] models or a routing rule names it. TotalSegmentator folders are recognised and "
-            "refused with the reason."
+            "runs when [worker] models or a routing rule names it. A TotalSegmentator weights folder (what its own tools "
+            "download, e.g. ~/.totalsegmentator/nnunet/results) installs one task with --task: only the weights that "
+            "task needs are copied, and it runs through TotalSegmentator's own API, offline."
         ),
     )
     m.add_argument("path", help="the model folder")
     m.add_argument("--name", required=True, help="the name to install it under (letters, digits, '.', '_', '-')")
     m.add_argument("--replace", action="store_true", help="swap out an installed model of that name")
+    m.add_argument(
+        "--task", help="for a TotalSegmentator weights folder: the task to install (total, lung_vessels, lung_nodules ...); "
+        "only the weights it needs are copied",
+    )
+    m.add_argument("--fast", action="store_true", help="with --task: TotalSegmentator's fast (3 mm) variant of the task")
     m = msub.add_parser("list", help="the installed and shipped models (or the bundles in --dir)")
     m.add_argument("--dir", help="list the bundles in this directory instead")
     m = msub.add_parser("show", help="what a model is and does")

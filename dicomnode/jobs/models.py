@@ -47,12 +47,13 @@ class ModelFormat(enum.StrEnum):
     DICOMNODE = "dicomnode"  # manifest.json and weights (ai/bundle.py)
     MONAI = "monai-bundle"  # configs/metadata.json, configs/inference.json, models/
     NNUNET = "nnunet-v2"  # dataset.json, plans.json, fold_*/checkpoint_final.pth
-    TOTALSEGMENTATOR = "totalsegmentator"  # Dataset*/<trainer>__<plans>__<config>/ folders of nnU-Net models
+    TOTALSEGMENTATOR = "totalsegmentator"  # a weights folder: Dataset*/<trainer>__<plans>__<config>/ nnU-Net models
+    TOTALSEGMENTATOR_TASK = "totalsegmentator-task"  # one task installed from it (ai/totalseg_bundle.py)
 
     @property
     def runnable(self) -> bool:
-        """Whether this version of the node can run models of this format."""
-        return self in (ModelFormat.DICOMNODE, ModelFormat.MONAI, ModelFormat.NNUNET)
+        """Whether this version of the node can run models of this format (a weights folder: one task at a time)."""
+        return self is not ModelFormat.TOTALSEGMENTATOR
 
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -65,7 +66,10 @@ def model_format(path: Path) -> ModelFormat | None:
         return ModelFormat.DICOMNODE
     from ai.monai_bundle import is_monai_bundle
     from ai.nnunet_bundle import is_nnunet_folder
+    from ai.totalseg_bundle import is_totalseg_task
 
+    if is_totalseg_task(path):
+        return ModelFormat.TOTALSEGMENTATOR_TASK
     if is_monai_bundle(path):
         return ModelFormat.MONAI
     if is_nnunet_folder(path):
@@ -121,8 +125,27 @@ def find_bundle(name: str | None, models_dir: Path | None = None) -> Bundle:
     return load_bundle(bundle_path(name, models_dir))
 
 
-def install_model(source: Path, name: str, models_dir: Path, *, replace: bool = False) -> tuple[Path, ModelFormat]:
+def _write_task_record(folder: Path, name: str, task: str, fast: bool) -> None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    from ai.totalseg_bundle import RECORD
+
+    try:
+        ts_version = version("TotalSegmentator")
+    except PackageNotFoundError:
+        ts_version = ""
+    record = {"name": name, "task": task, "fast": fast, "totalsegmentator_version": ts_version}
+    (folder / RECORD).write_text(json.dumps(record, indent=2) + "\n")
+
+
+def install_model(
+    source: Path, name: str, models_dir: Path, *, replace: bool = False, task: str | None = None, fast: bool = False,
+) -> tuple[Path, ModelFormat]:
     """Validate the model folder ``source`` and copy it into ``models_dir/name``.
+
+    A TotalSegmentator weights folder installs one ``task`` (``total``,
+    ``lung_vessels``, ...; ``fast`` for its 3 mm variant): only the weights
+    folders that task needs are copied, with a record naming the task.
 
     The copy is made under a temporary name and renamed into place, so a
     worker never sees half a model; with ``replace``, an installed model of
@@ -148,15 +171,37 @@ def install_model(source: Path, name: str, models_dir: Path, *, replace: bool = 
             f"{source} is not a model folder: it has no manifest.json (dicomnode bundle), configs/metadata.json "
             "(MONAI bundle), dataset.json with plans.json (nnU-Net v2) or Dataset*/ model folders (TotalSegmentator)"
         )
-    if fmt is ModelFormat.TOTALSEGMENTATOR:
+    if fmt is ModelFormat.TOTALSEGMENTATOR and task is None:
+        from ai.totalseg_bundle import complete_tasks
+
         tasks = totalsegmentator_tasks(source)
+        runnable = complete_tasks(source)
         raise DicomNodeError(
-            f"{source} is a TotalSegmentator weights folder: import one task at a time, each an nnU-Net v2 folder"
+            f"{source} is a TotalSegmentator weights folder: import one task at a time, with --task "
+            f"({', '.join(runnable) if runnable else 'none of its tasks has all its weights here'}), "
+            "or one nnU-Net v2 folder"
             + (f": {', '.join(str(t) for t in tasks)}" if tasks else " (none of its Dataset*/ folders holds one)")
         )
-    if not fmt.runnable:
+    if task is not None and fmt is not ModelFormat.TOTALSEGMENTATOR:
+        raise DicomNodeError(f"--task is for a TotalSegmentator weights folder; {source} is {fmt.value if fmt else 'none'}")
+    if not fmt.runnable and fmt is not ModelFormat.TOTALSEGMENTATOR:
         raise DicomNodeError(f"{source} is a {fmt.value} model, which this version of the node cannot run yet")
-    if fmt is ModelFormat.NNUNET:
+    copy: list[str] | None = None  # the subfolders to copy (a TotalSegmentator task: its weights only)
+    if fmt is ModelFormat.TOTALSEGMENTATOR:
+        assert task is not None
+        from ai.errors import AIError
+        from ai.totalseg_bundle import missing_folders, weight_folders
+
+        try:
+            copy, missing = weight_folders(task, fast), missing_folders(source, task, fast)
+        except AIError as exc:
+            raise DicomNodeError(str(exc)) from exc
+        if missing:
+            raise DicomNodeError(
+                f"TotalSegmentator task {task}{' (fast)' if fast else ''} needs weights that {source} lacks: {', '.join(missing)} "
+                "(download them where there is internet with TotalSegmentator's own tools, e.g. totalseg_download_weights, and copy them here)"
+            )
+    elif fmt is ModelFormat.NNUNET:
         from ai.nnunet_runner import problems
 
         found = problems(source)  # files and JSON only: nnunetv2 need not be installed to import a model
@@ -172,10 +217,21 @@ def install_model(source: Path, name: str, models_dir: Path, *, replace: bool = 
         raise DicomNodeError(f"a model named {name!r} is installed already ({dest}); use --replace to swap it")
     models_dir.mkdir(parents=True, exist_ok=True)
     tmp = models_dir / f".import-{uuid.uuid4().hex}"
-    shutil.copytree(source, tmp)
+    if copy is None:
+        shutil.copytree(source, tmp)
+    else:
+        for sub in copy:
+            shutil.copytree(source / sub, tmp / sub)
+        _write_task_record(tmp, name, str(task), fast)
     record = {"name": name, "format": fmt.value, "source": str(source.resolve()),
               "imported_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     (tmp / IMPORT_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+    if copy is not None:  # what was copied must describe itself as a model, before it goes live
+        try:
+            load_bundle(tmp)
+        except BundleError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise DicomNodeError(f"TotalSegmentator task {task} does not validate: {exc}") from exc
     old = models_dir / f".replaced-{uuid.uuid4().hex}"
     if dest.exists():
         os.replace(dest, old)
