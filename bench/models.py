@@ -6,7 +6,9 @@ and both command-line tools run it, cold, on the same NIfTI volume, each in a
 fresh process that loads the model, reads the input and writes a label map:
 
 - MONAI bundle: ``dicomnode infer --model BUNDLE`` against ``python -m monai.bundle run``;
-- nnU-Net v2: ``dicomnode infer --model FOLDER`` against ``nnUNetv2_predict``.
+- nnU-Net v2: ``dicomnode infer --model FOLDER`` against ``nnUNetv2_predict``;
+- TotalSegmentator (its ``total --fast`` task, the tiny nnU-Net model in its
+  weights layout): ``dicomnode infer --model TASK`` against ``TotalSegmentator --fast``.
 
 ``dicomnode infer`` also measures, and writes ``measurements.json`` and an
 overlay PNG, which the reference tools do not.  The table gives the median of
@@ -82,11 +84,9 @@ def monai_row(work: Path, repeat: int) -> tuple[str, float, float, float]:
 
 def nnunet_row(work: Path, repeat: int) -> tuple[str, float, float, float]:
     """The nnU-Net v2 row: our seconds, ``nnUNetv2_predict``'s, and their label agreement."""
-    from tests.test_nnunet import DATASET, TRAINER_FOLDER, _env, _sphere_image, _write, build_model_root
+    from tests.test_nnunet import DATASET, TRAINER_FOLDER, _env, _sphere_image, _write
 
-    root = work / "nnunet"
-    root.mkdir()
-    build_model_root(root)
+    root = tiny_root(work.parent)
     folder = root / "nnUNet_results" / DATASET / TRAINER_FOLDER
     image, _ = _sphere_image(np.random.default_rng(7), (36, 30, 20), (0.85, 0.95, 2.0))
     inp = work / "nnunet_in"
@@ -102,6 +102,46 @@ def nnunet_row(work: Path, repeat: int) -> tuple[str, float, float, float]:
     return "nnU-Net v2 (`nnUNetv2_predict`)", t_ours, t_ref, agree
 
 
+def tiny_root(tmp: Path) -> Path:
+    """The tiny nnU-Net model tree of ``tests/test_nnunet.py``, built once per run."""
+    from tests.test_nnunet import build_model_root
+
+    root = tmp / "nnunet-tree"
+    if not root.is_dir():
+        root.mkdir()
+        build_model_root(root)
+    return root
+
+
+def totalseg_row(work: Path, repeat: int) -> tuple[str, float, float, float]:
+    """The TotalSegmentator row (task ``total --fast``): our seconds, the ``TotalSegmentator`` CLI's, and their agreement."""
+    import json
+
+    from ai.totalseg_bundle import weight_folders
+    from dicomnode.jobs.models import install_model
+    from tests.test_nnunet import DATASET, TRAINER_FOLDER, _sphere_image, _write
+    from tests.test_totalsegmentator import FAST_TRAINER, _part
+
+    weights = work / "weights"
+    [fast] = weight_folders("total", fast=True)
+    _part(tiny_root(work.parent) / "nnUNet_results" / DATASET / TRAINER_FOLDER, weights / fast / FAST_TRAINER, "ball")
+    task, _ = install_model(weights, "ts-total-fast", work / "models", task="total", fast=True)
+    image, _ = _sphere_image(np.random.default_rng(7), (60, 56, 30), (0.85, 0.95, 2.0))
+    _write(image, work / "in.nii.gz", (0.85, 0.95, 2.0))
+    home = work / "home"
+    home.mkdir()
+    (home / "config.json").write_text(json.dumps({"totalseg_id": "bench", "send_usage_stats": False, "prediction_counter": 0,
+                                                  "statistics_disclaimer_shown": True}))
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "TOTALSEG_HOME_DIR": str(home), "TOTALSEG_WEIGHTS_PATH": str(weights)}
+    ours_out = work / "ours"
+    ref = [str(Path(sys.executable).parent / "TotalSegmentator"), "-i", str(work / "in.nii.gz"), "-o", str(work / "ref.nii.gz"),
+           "--ml", "--task", "total", "--fast", "-d", "cpu", "-q"]
+    ours = [sys.executable, "-m", "dicomnode", "infer", str(work / "in.nii.gz"), "--out", str(ours_out), "--model", str(task), "-q"]
+    t_ref, t_ours = timed(ref, env, repeat), timed(ours, env, repeat)
+    agree = float((labels_of(work / "ref.nii.gz") == labels_of(ours_out / "labels.nii.gz")).mean())
+    return "TotalSegmentator `total --fast` (`TotalSegmentator`)", t_ours, t_ref, agree
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repeat", type=int, default=3)
@@ -110,7 +150,7 @@ def main() -> int:
     repeat = 1 if args.quick else args.repeat
     rows: list[tuple[str, float, float, float]] = []
     with tempfile.TemporaryDirectory(prefix="dicomnode-bench-models-") as tmp:
-        builders: list[Callable[[Path, int], tuple[str, float, float, float]]] = [monai_row, nnunet_row]
+        builders: list[Callable[[Path, int], tuple[str, float, float, float]]] = [monai_row, nnunet_row, totalseg_row]
         for build in builders:
             work = Path(tmp) / build.__name__
             work.mkdir()

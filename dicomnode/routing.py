@@ -23,7 +23,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from dicomnode.bodypart import BodyRegions, body_regions, covers
 from dicomnode.errors import ConfigError
-from storage.series import SeriesFacts
+from storage.facts import SeriesFacts
 
 __all__ = ["PlanAction", "Plan", "Router", "Rule", "RoutingConfig", "SeriesFacts", "URGENT", "first_match"]
 

@@ -34,7 +34,7 @@ from typing import Any
 
 from dicomnode.errors import ConfigError
 from storage.states import CompletionReason
-from storage.study import StudySeries, is_receiving
+from storage.facts import StudySeries, is_receiving
 
 # Reconstruction kernels that show lung parenchyma sharply, by vendor (searched case-insensitively).
 LUNG_KERNELS = (r"LUNG", r"SHARP", r"BONE ?PLUS", r"\bBR?[5-9]\d", r"\bI[5-9]\d", r"\bFC5\d", r"\bFC8\d", r"^Y[ABC]$", r"^L$")

@@ -10,7 +10,9 @@ from sqlalchemy import Engine, and_, select, update
 
 from storage.database import as_utc, insert, read_transaction, write_transaction
 from storage.models import Instance, Job, Series, table_of, utcnow
+from storage.facts import SeriesFacts as SeriesFacts  # re-exported: it needs no database
 from storage.states import CompletionReason, JobState, SeriesState
+
 
 _series = table_of(Series)
 _instances = table_of(Instance)
@@ -86,22 +88,6 @@ class InstanceGeometry:
     def label(self) -> str:
         """How a message names this image (no UIDs)."""
         return "an instance"
-
-
-@dataclass(frozen=True)
-class SeriesFacts:
-    """What routing looks at: all from the series' headers and the association that sent it."""
-
-    modality: str | None
-    body_part: str | None
-    series_description: str | None
-    sop_class_uid: str | None
-    calling_ae: str | None
-    study_description: str | None = None
-    protocol_name: str | None = None
-    image_type: str | None = None
-    slice_thickness: float | None = None
-    kernel: str | None = None
 
 
 _FACTS = tuple(SeriesFacts.__dataclass_fields__)

@@ -9,49 +9,19 @@ on the series, for ``dicomnode jobs`` and the status page.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
 
 from sqlalchemy import Engine, func, select, update
 
 from storage.database import as_utc, read_transaction, write_transaction
 from storage.models import Instance, Job, Series, table_of
-from storage.states import JobState, SeriesState
+from storage.facts import StudySeries as StudySeries  # re-exported: it needs no database
+from storage.facts import is_receiving as is_receiving
+from storage.states import JobState
 
 _series = table_of(Series)
 _instances = table_of(Instance)
 _jobs = table_of(Job)
 PROCESSED = (JobState.DELIVERING, JobState.DONE, JobState.DELIVERY_FAILED)
-
-
-@dataclass(frozen=True)
-class StudySeries:
-    """One series of a study, for selection."""
-
-    id: int
-    series_number: int | None
-    state: str
-    modality: str | None
-    sop_class_uid: str | None
-    series_description: str | None
-    image_type: str | None
-    slice_thickness: float | None
-    kernel: str | None
-    frame_of_reference_uid: str | None
-    instances: int
-    frames: int  # images in all (a multi-frame instance counts its frames)
-    orientation: tuple[float, ...] | None  # ImageOrientationPatient of one instance
-    last_received_at: datetime
-    completion_reason: str | None
-    processed: bool  # a job of it produced results already
-    selection: str | None
-    acquisition_number: int | None = None  # of its first instance: recons of one acquisition share it
-
-    def name(self) -> str:
-        """``series 3 (1.0 mm, B70f)``: how a reason names it (no patient data)."""
-        bits = [f"{self.slice_thickness:g} mm" if self.slice_thickness else "", self.kernel or ""]
-        detail = ", ".join(b for b in bits if b)
-        return f"series {self.series_number if self.series_number is not None else '?'}" + (f" ({detail})" if detail else "")
 
 
 def study_series(engine: Engine, study_uid: str) -> list[StudySeries]:
@@ -116,6 +86,3 @@ def record_selection(engine: Engine, series_id: int, selection: str, reason: str
         conn.execute(update(_series).where(_series.c.id == series_id).values(selection=selection, selection_reason=reason))
 
 
-def is_receiving(s: StudySeries) -> bool:
-    """Whether instances of the series are still arriving."""
-    return s.state == SeriesState.RECEIVING
