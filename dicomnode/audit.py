@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 
 from dicomnode.redaction import redact
-from storage.listings import is_private_field
+from storage.private_fields import is_private_field
 
 audit_logger = logging.getLogger("dicomnode.audit")
 

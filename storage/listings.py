@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -11,19 +10,10 @@ from sqlalchemy import Engine, select
 
 from storage.database import as_utc, read_transaction
 from storage.models import Job, Series, table_of
+from storage.private_fields import is_private_field as is_private_field  # re-exported: it needs no database
 
 _series = table_of(Series)
 _jobs = table_of(Job)
-
-
-# Fields a listing never shows, whatever a row gains later: DICOM UIDs (identifiers), stored
-# paths (named after the UIDs) and patient attributes.  Rows are named by internal ids.
-_PRIVATE_FIELD = re.compile(r"(^|_)(uids?|paths?)(_|$)|(^|_)(patient|accession|birth)", re.IGNORECASE)
-
-
-def is_private_field(name: str) -> bool:
-    """Whether a listing field would show an identifier (``sop_uid``, ``path``, ``patient_id``...)."""
-    return bool(_PRIVATE_FIELD.search(name))
 
 
 class Row:

@@ -31,7 +31,6 @@ lifecycle.
 
 from __future__ import annotations
 
-import enum
 import logging
 import os
 import re
@@ -49,7 +48,7 @@ from storage.errors import StorageError
 from storage.files import TEMP_PREFIX, move_tree
 from storage.models import Instance, Job, Output, Quarantine, Series, table_of, utcnow
 from storage.permissions import make_private_dir
-from storage.states import JobState, OutputKind, SeriesState
+from storage.states import JobState, OutputKind, QuarantineState, SeriesState
 
 logger = logging.getLogger(__name__)
 
@@ -58,13 +57,6 @@ _outputs = table_of(Output)
 _ENTRY_FOLDER = re.compile(r"[0-9]+-[0-9a-f]{8}")
 
 
-class QuarantineState(enum.StrEnum):
-    """Where a quarantine entry is in its lifecycle (see the module documentation)."""
-
-    HELD = "held"
-    RELEASED = "released"
-    SUPERSEDED = "superseded"
-    PURGED = "purged"
 
 
 class QuarantineError(StorageError):

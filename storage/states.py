@@ -103,3 +103,12 @@ class AttemptOutcome(enum.StrEnum):
     SENT = "sent"
     COMMITTED = "committed"
     FAILED = "failed"
+
+
+class QuarantineState(enum.StrEnum):
+    """Where a quarantine entry is in its lifecycle (see :mod:`storage.quarantine`)."""
+
+    HELD = "held"
+    RELEASED = "released"
+    SUPERSEDED = "superseded"
+    PURGED = "purged"

@@ -21,7 +21,7 @@ from ai.findings import Finding
 from dicomnode.errors import DicomNodeError
 from dicomnode.jobs.models import find_bundle
 from dicomnode.outputs.preview import overlay_png
-from dicomnode.volume.reconstruct import Volume, reconstruct
+from dicomnode.volume.grid import Volume
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +42,8 @@ def load_input(path: Path) -> Volume:
             origin=(float(lps[0, 3]), float(lps[1, 3]), float(lps[2, 3])),
             direction=lps[:3, :3] / spacing,
         )
+    from dicomnode.volume.reconstruct import reconstruct
+
     return reconstruct(path)
 
 

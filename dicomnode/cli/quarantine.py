@@ -10,12 +10,14 @@ import argparse
 import json
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dicomnode.audit import audit
 from dicomnode.cli.common import EXIT_OK, EXIT_USAGE, _config, configure_logging
-from storage.models import utcnow
-from storage.quarantine import QuarantineEntry, QuarantineState
+from storage.states import QuarantineState
+
+if TYPE_CHECKING:
+    from storage.quarantine import QuarantineEntry
 
 STATES_HELP = (
     "held: the files are in the quarantine, out of the live tree; "
@@ -53,6 +55,7 @@ def _as_json(e: QuarantineEntry) -> dict[str, object]:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from storage.models import utcnow
     from storage.quarantine import held_summary, list_entries
 
     _cfg, engine = _open(args)
@@ -96,6 +99,7 @@ def cmd_release(args: argparse.Namespace) -> int:
 
 
 def cmd_purge(args: argparse.Namespace) -> int:
+    from storage.models import utcnow
     from storage.quarantine import purge, purge_older_than
 
     cfg, engine = _open(args)

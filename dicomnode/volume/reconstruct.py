@@ -23,6 +23,7 @@ import numpy as np
 
 from dicomnode.errors import VolumeError
 from dicomnode.redaction import describe_exception
+from dicomnode.volume.grid import Volume as Volume  # re-exported: a volume needs no DICOM reader
 from dicomnode.volume.slices import SliceInfo, instance_label, scan, series_files
 from dicomnode.volume.stacks import Excluded, Stack, choose_stack
 
@@ -40,52 +41,6 @@ class VolumePolicy:
     workers: int = 0  # processes for compressed data; 0 = all cores
     # Which stack to keep when positions repeat, e.g. {"echo": 2}; default: the largest.
     prefer: Mapping[str, object] = field(default_factory=dict)
-
-
-@dataclass
-class Volume:
-    """A 3D image on a regular grid in patient coordinates (LPS, mm).
-
-    ``array`` is indexed ``[z, y, x]`` (slice, row, column).  Column ``i`` of
-    ``direction`` is the patient-space direction of axis ``i`` (x, y, z),
-    as in ITK; ``spacing`` and ``origin`` are ``(x, y, z)``.
-    """
-
-    array: np.ndarray
-    spacing: tuple[float, float, float]
-    origin: tuple[float, float, float]
-    direction: np.ndarray
-    sop_uids: list[str] = field(default_factory=list)
-    excluded: list[Excluded] = field(default_factory=list)
-
-    @property
-    def affine(self) -> np.ndarray:
-        """4x4 matrix from voxel index (x, y, z) to LPS millimetres."""
-        a = np.eye(4)
-        a[:3, :3] = self.direction * np.asarray(self.spacing)[None, :]
-        a[:3, 3] = self.origin
-        return a
-
-    @property
-    def affine_ras(self) -> np.ndarray:
-        """4x4 matrix from voxel index (x, y, z) to RAS millimetres (NIfTI's convention)."""
-        return np.diag([-1.0, -1.0, 1.0, 1.0]) @ self.affine
-
-    def to_sitk(self) -> Any:
-        """A SimpleITK image with the same voxels and geometry."""
-        import SimpleITK as sitk
-
-        img = sitk.GetImageFromArray(self.array)
-        img.SetSpacing(tuple(float(v) for v in self.spacing))
-        img.SetOrigin(tuple(float(v) for v in self.origin))
-        img.SetDirection(tuple(float(v) for v in self.direction.flatten()))
-        return img
-
-    def write_nifti(self, path: Path) -> None:
-        """Write NIfTI (``.nii`` or ``.nii.gz``); SimpleITK converts LPS to RAS."""
-        import SimpleITK as sitk
-
-        sitk.WriteImage(self.to_sitk(), str(path), useCompression=str(path).endswith(".gz"))
 
 
 # --------------------------------------------------------------- decoding
