@@ -27,12 +27,13 @@ as_root() {
 
 if [ "$TEST_TOOLS" = 1 ]; then
     # Real peers for the tests: dcmtk (storescu/storescp/echoscu/dcmcjpeg...), dicom3tools
-    # (dciodvfy), dcm2niix, Orthanc (a real PACS), PostgreSQL and Chromium (the status page test).
+    # (dciodvfy), dcm2niix, Orthanc (a real PACS) with its DICOMweb plugin, PostgreSQL and Chromium (the status page test).
     missing=()
     command -v storescu >/dev/null || missing+=(dcmtk)
     command -v dciodvfy >/dev/null || missing+=(dicom3tools)
     command -v dcm2niix >/dev/null || missing+=(dcm2niix)
     { command -v Orthanc || [ -x /usr/sbin/Orthanc ]; } >/dev/null || missing+=(orthanc)
+    [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || missing+=(orthanc-dicomweb)  # STOW-RS/QIDO-RS/WADO-RS peer
     ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
     command -v chromium >/dev/null || missing+=(chromium)
     if [ "${#missing[@]}" -gt 0 ]; then

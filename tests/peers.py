@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import socket
@@ -84,19 +85,31 @@ class StoreSCP:
 class Orthanc:
     """Orthanc from Debian's package, on loopback ports, with a REST API to check what it holds."""
 
-    def __init__(self, folder: Path, ae: str = "ORTHANC") -> None:
+    def __init__(self, folder: Path, ae: str = "ORTHANC", *, dicomweb: bool = False, user: tuple[str, str] | None = None) -> None:
+        """``dicomweb``: with Debian's DICOMweb plugin at ``/dicom-web``; ``user``: HTTP Basic (name, password) required."""
         self.folder, self.ae = folder, ae
         self.port, self.http = free_port(), free_port()
         self.proc: subprocess.Popen[bytes] | None = None
+        self.dicomweb, self.user = dicomweb, user
+
+    @property
+    def dicomweb_url(self) -> str:
+        return f"http://127.0.0.1:{self.http}/dicom-web"
 
     def start(self) -> Orthanc:
         exe = require_tool("Orthanc")
         self.folder.mkdir(parents=True, exist_ok=True)
         cfg = self.folder / "orthanc.json"
+        plugin = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+        if self.dicomweb and not plugin.exists():
+            require_tool("libOrthancDicomWeb.so")  # skips locally, fails in CI: scripts/install.sh installs orthanc-dicomweb
         cfg.write_text(json.dumps({
             "Name": "test-pacs", "StorageDirectory": str(self.folder / "db"), "IndexDirectory": str(self.folder / "db"),
             "DicomAet": self.ae, "DicomPort": self.port, "HttpPort": self.http, "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": False, "DicomCheckCalledAet": False, "Plugins": [], "HttpServerEnabled": True,
+            "AuthenticationEnabled": self.user is not None, "DicomCheckCalledAet": False, "HttpServerEnabled": True,
+            "Plugins": [str(plugin)] if self.dicomweb else [],
+            "DicomWeb": {"Enable": self.dicomweb, "Root": "/dicom-web/"},
+            **({"RegisteredUsers": {self.user[0]: self.user[1]}} if self.user else {}),
             "DicomAlwaysAllowStore": True, "UnknownSopClassAccepted": True,
         }))
         self.proc = subprocess.Popen([exe, str(cfg)], stdout=subprocess.DEVNULL, stderr=open(self.folder / "orthanc.log", "wb"), env=dcmtk_env())
@@ -112,7 +125,11 @@ class Orthanc:
             return False
 
     def get(self, path: str) -> Any:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.http}{path}", timeout=10) as r:
+        req = urllib.request.Request(f"http://127.0.0.1:{self.http}{path}")
+        if self.user is not None:
+            token = base64.b64encode(f"{self.user[0]}:{self.user[1]}".encode()).decode()
+            req.add_header("Authorization", f"Basic {token}")
+        with urllib.request.urlopen(req, timeout=10) as r:
             return json.loads(r.read())
 
     def stop(self) -> None:

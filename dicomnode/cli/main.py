@@ -52,9 +52,12 @@ def _destination(args: argparse.Namespace, target: str) -> Destination:
     if "@" in target:
         return parse_peer(target)
     try:
-        return _config(args).destination(target)
+        dest = _config(args).destination(target)
     except ConfigError as exc:
         raise ConfigError(f"{exc}; or give the peer as AE@HOST:PORT") from exc
+    if dest.url is not None:
+        raise ConfigError(f"destination {target!r} is a DICOMweb destination ({dest.url}); echo and send speak DIMSE")
+    return dest
 
 
 def cmd_echo(args: argparse.Namespace) -> int:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 from pathlib import Path
 from typing import Any
 
@@ -39,14 +41,29 @@ class WebTLSConfig:
     key_file: Path
 
 
+class DestinationKind(enum.StrEnum):
+    """How a destination receives results."""
+
+    DIMSE = "dimse"  # C-STORE to an AE title (the default)
+    DICOMWEB = "dicomweb"  # STOW-RS to a DICOMweb service URL
+
+
+class WebAuth(enum.StrEnum):
+    """How the node identifies itself to a DICOMweb destination."""
+
+    NONE = "none"
+    BASIC = "basic"  # HTTP Basic: username and the password in password_file
+    BEARER = "bearer"  # a bearer token, read from token_file at each delivery (so it can be rotated)
+
+
 @dataclass(frozen=True)
 class Destination:
-    """A DICOM peer that results can be sent to."""
+    """A DICOM peer that results can be sent to: an AE title (DIMSE) or a DICOMweb service (STOW-RS)."""
 
     name: str
-    ae_title: str
-    host: str
-    port: int
+    ae_title: str  # DIMSE; empty for DICOMweb
+    host: str  # for DICOMweb, the URL's host
+    port: int  # for DICOMweb, the URL's port
     storage_commitment: bool = False  # done only once the peer confirms (N-ACTION / N-EVENT-REPORT)
     keep_empty_frames: bool = False  # SEG with every frame, for viewers that misplace sparse SEGs
     tls: bool = False  # DICOM over TLS 1.2+, the peer's certificate and host name verified
@@ -54,6 +71,16 @@ class Destination:
     tls_cert_file: Path | None = None  # our client certificate and key, for peers that require mutual TLS
     tls_key_file: Path | None = None
     tls_server_name: str | None = None  # the name the peer's certificate must carry (default: host)
+    kind: DestinationKind = DestinationKind.DIMSE
+    url: str | None = None  # DICOMweb: the service root, e.g. https://pacs.example.org/dicom-web
+    auth: WebAuth = WebAuth.NONE
+    username: str | None = None  # HTTP Basic
+    password_file: Path | None = None  # HTTP Basic: the password, in a file readable by the node only
+    token_file: Path | None = None  # bearer token, in a file
+
+    def describe(self) -> str:
+        """How messages name the peer: ``AE@host:port`` or the DICOMweb URL."""
+        return self.url or f"{self.ae_title}@{self.host}:{self.port}"
 
 
 def parse_tls(data: Any) -> TLSConfig | None:
@@ -111,6 +138,50 @@ def parse_web_tls(key: str, v: Any) -> WebTLSConfig | None:
     return WebTLSConfig(*paths)
 
 
+WEB_KEYS = ("kind", "name", "url", "auth", "username", "password_file", "token_file", "tls_ca_file", "keep_empty_frames")
+
+
+def _dicomweb(key: str, item: Mapping[str, Any]) -> Destination:
+    """A ``kind = "dicomweb"`` destination: STOW-RS to ``url``, with its authentication and trusted CAs."""
+    _check_keys(key, dict(item), set(WEB_KEYS))
+    for k in ("name", "url"):
+        if k not in item:
+            raise ConfigError(f"{key}.{k}: required")
+    url = _str(f"{key}.url", item["url"]).rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{key}.url: must be an http:// or https:// DICOMweb service root, got {url!r}")
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise ConfigError(f"{key}.url: no credentials, query or fragment in the URL (use auth, username, password_file)")
+    auth = item.get("auth", WebAuth.NONE)
+    if auth not in tuple(WebAuth):
+        raise ConfigError(f"{key}.auth: must be one of {', '.join(WebAuth)}, got {auth!r}")
+    needs = {WebAuth.BASIC: ("username", "password_file"), WebAuth.BEARER: ("token_file",), WebAuth.NONE: ()}[WebAuth(auth)]
+    for k in needs:
+        if k not in item:
+            raise ConfigError(f"{key}.{k}: required with auth = {auth!r}")
+    for k in ("username", "password_file", "token_file"):
+        if k in item and k not in needs:
+            raise ConfigError(f"{key}.{k}: set, but auth is {auth!r}")
+    paths = {}
+    for k in ("password_file", "token_file", "tls_ca_file"):
+        if k in item:
+            p = Path(_str(f"{key}.{k}", item[k]))
+            if not p.is_file():
+                raise ConfigError(f"{key}.{k}: file {p} does not exist")
+            paths[k] = p
+    if "tls_ca_file" in paths and parts.scheme != "https":
+        raise ConfigError(f"{key}.tls_ca_file: set, but the url is not https://")
+    return Destination(
+        name=_str(f"{key}.name", item["name"]), ae_title="", host=parts.hostname or "",
+        port=parts.port or (443 if parts.scheme == "https" else 80),
+        keep_empty_frames=_bool(f"{key}.keep_empty_frames", item.get("keep_empty_frames", False)),
+        tls=parts.scheme == "https", tls_ca_file=paths.get("tls_ca_file"), kind=DestinationKind.DICOMWEB, url=url,
+        auth=WebAuth(auth), username=_str(f"{key}.username", item["username"]) if "username" in item else None,
+        password_file=paths.get("password_file"), token_file=paths.get("token_file"),
+    )
+
+
 def parse_destinations(data: Any) -> tuple[Destination, ...]:
     if not isinstance(data, list):
         raise ConfigError(f"destinations: must be an array of tables ([[destinations]]), got {data!r}")
@@ -118,6 +189,21 @@ def parse_destinations(data: Any) -> tuple[Destination, ...]:
     for i, item in enumerate(data):
         key = f"destinations[{i}]"
         item = _table(key, item)
+        kind = item.get("kind", DestinationKind.DIMSE)
+        if kind not in tuple(DestinationKind):
+            raise ConfigError(f"{key}.kind: must be dimse or dicomweb, got {kind!r}")
+        if kind == DestinationKind.DICOMWEB:
+            if "storage_commitment" in item:
+                raise ConfigError(
+                    f"{key}.storage_commitment: Storage Commitment is DIMSE; a DICOMweb destination's STOW-RS answer "
+                    "already says, per instance, what it stored"
+                )
+            web = _dicomweb(key, item)
+            if any(d.name == web.name for d in out):
+                raise ConfigError(f"{key}.name: duplicate destination name {web.name!r}")
+            out.append(web)
+            continue
+        item = {k: v for k, v in item.items() if k != "kind"}
         tls_keys = ("tls_ca_file", "tls_cert_file", "tls_key_file", "tls_server_name")
         _check_keys(key, item, {"name", "ae_title", "host", "port", "storage_commitment", "keep_empty_frames", "tls", *tls_keys})
         for k in ("name", "ae_title", "host", "port"):

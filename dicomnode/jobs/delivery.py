@@ -1,4 +1,4 @@
-"""Sending job outputs to their destinations: C-STORE, retries with backoff, Storage Commitment.
+"""Sending job outputs to their destinations: C-STORE or STOW-RS, retries with backoff, Storage Commitment.
 
 The :class:`Sender` works from the outbox in the database (see
 :mod:`storage.outbox`), so retries survive restarts: a delivery that fails
@@ -6,7 +6,9 @@ is scheduled again after ``backoff_seconds * 2**(attempt - 1)`` (at most
 ``backoff_max_seconds``) until ``max_attempts``, after which the job shows
 ``delivery_failed`` with the peer's status or the network error.
 
-The network side is :mod:`dicomnode.net.commitment`.  For destinations with
+The network side is :mod:`dicomnode.net.commitment` (DIMSE) and
+:mod:`dicomnode.net.stow` (DICOMweb: the peer's answer names each refused
+instance and why; the delivery is retried until every object is stored).  For destinations with
 ``storage_commitment``, the delivery counts as done only once the peer's
 N-EVENT-REPORT confirms every object; the report is taken on the same
 association, or later on a new one through the node's listener.  Each
@@ -27,7 +29,8 @@ from sqlalchemy import Engine
 
 from dicomnode.audit import audit
 from dicomnode.background import BackgroundLoop
-from dicomnode.config import Config, DeliveryConfig
+from dicomnode.config import Config, DeliveryConfig, Destination
+from dicomnode.config.peers import DestinationKind
 from dicomnode.dicom.status import NO_SUCH_SOP_INSTANCE, NOT_AUTHORIZED, SUCCESS, describe
 from dicomnode.errors import NetworkError
 from dicomnode.metrics import Metrics
@@ -198,6 +201,28 @@ class Sender(BackgroundLoop):
             logger.warning("job %d to %s: attempt %d failed (%s); next in %.0f s", d.job_id, d.destination, d.attempts, error, wait)
             record_failure(self.engine, d.id, error, utcnow() + timedelta(seconds=wait))
 
+    def _stow(self, d: DueDelivery, dest: Destination, objects: list[SentObject]) -> None:
+        """One STOW-RS attempt: done when the peer stored every object, else retried with the refused ones named."""
+        from dicomnode.net.stow import StowObject, stow
+
+        t0 = time.perf_counter()
+        try:
+            out = stow([StowObject(o.path, o.sop_instance_uid, o.label) for o in objects], dest, self.cfg.delivery.network_timeout)
+        except (NetworkError, OSError) as exc:
+            self._fail(d, str(exc))
+            return
+        audit("delivery", job=d.job_id, destination=d.destination, url=dest.url, attempt=d.attempts,
+              outcome=AttemptOutcome.SENT if not out.failed else AttemptOutcome.FAILED, objects=out.sent, refused=len(out.failed))
+        if out.failed:
+            reasons = "; ".join(f"{label}: {why}" for label, why in out.failed.items())
+            self._fail(d, f"{dest.name} stored {out.sent} of {len(objects)} object(s) and refused {len(out.failed)}: {reasons}")
+            return
+        logger.info("job %d: stored %d object(s) at %s by STOW-RS in %.2f s", d.job_id, out.sent, dest.name, time.perf_counter() - t0)
+        if self.metrics is not None:
+            self.metrics.delivery_attempts.labels(d.destination, AttemptOutcome.SENT).inc()
+        record_sent(self.engine, d.id, out.sent)
+        self._done(d)
+
     def process(self, d: DueDelivery) -> None:
         """One attempt at one delivery."""
         dest = self.destinations.get(d.destination)
@@ -212,6 +237,9 @@ class Sender(BackgroundLoop):
         missing = [o.label for o in objects if not o.path.is_file()]
         if missing or not objects:
             record_failure(self.engine, d.id, f"output file(s) missing: {', '.join(missing) or 'none recorded'}", None)
+            return
+        if dest.kind == DestinationKind.DICOMWEB:
+            self._stow(d, dest, objects)
             return
         # Random, so that nobody who has not seen the request can report on it.
         commit_uid = new_transaction_uid() if d.storage_commitment else None
