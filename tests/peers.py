@@ -85,12 +85,16 @@ class StoreSCP:
 class Orthanc:
     """Orthanc from Debian's package, on loopback ports, with a REST API to check what it holds."""
 
-    def __init__(self, folder: Path, ae: str = "ORTHANC", *, dicomweb: bool = False, user: tuple[str, str] | None = None) -> None:
-        """``dicomweb``: with Debian's DICOMweb plugin at ``/dicom-web``; ``user``: HTTP Basic (name, password) required."""
+    def __init__(
+        self, folder: Path, ae: str = "ORTHANC", *, dicomweb: bool = False, user: tuple[str, str] | None = None,
+        any_mover: bool = False,
+    ) -> None:
+        """``dicomweb``: with Debian's DICOMweb plugin at ``/dicom-web``; ``user``: HTTP Basic (name, password) required;
+        ``any_mover``: accept C-FIND and C-MOVE from any AE (by default only from its known modalities)."""
         self.folder, self.ae = folder, ae
         self.port, self.http = free_port(), free_port()
         self.proc: subprocess.Popen[bytes] | None = None
-        self.dicomweb, self.user = dicomweb, user
+        self.dicomweb, self.user, self.any_mover = dicomweb, user, any_mover
 
     @property
     def dicomweb_url(self) -> str:
@@ -110,7 +114,8 @@ class Orthanc:
             "Plugins": [str(plugin)] if self.dicomweb else [],
             "DicomWeb": {"Enable": self.dicomweb, "Root": "/dicom-web/"},
             **({"RegisteredUsers": {self.user[0]: self.user[1]}} if self.user else {}),
-            "DicomAlwaysAllowStore": True, "UnknownSopClassAccepted": True,
+            "DicomAlwaysAllowStore": True, "UnknownSopClassAccepted": True, "DicomAlwaysAllowMove": self.any_mover,
+            "DicomAlwaysAllowFind": self.any_mover,
         }))
         self.proc = subprocess.Popen([exe, str(cfg)], stdout=subprocess.DEVNULL, stderr=open(self.folder / "orthanc.log", "wb"), env=dcmtk_env())
         wait_for(lambda: self._alive() or self.proc.poll() is not None, 60, what="Orthanc to start")  # type: ignore[union-attr]
@@ -131,6 +136,16 @@ class Orthanc:
             req.add_header("Authorization", f"Basic {token}")
         with urllib.request.urlopen(req, timeout=10) as r:
             return json.loads(r.read())
+
+    def put(self, path: str, body: Any) -> Any:
+        """A REST PUT (e.g. ``/modalities/NAME`` to make a move destination known)."""
+        req = urllib.request.Request(f"http://127.0.0.1:{self.http}{path}", data=json.dumps(body).encode(), method="PUT")
+        if self.user is not None:
+            token = base64.b64encode(f"{self.user[0]}:{self.user[1]}".encode()).decode()
+            req.add_header("Authorization", f"Basic {token}")
+        with urllib.request.urlopen(req, timeout=10) as r:
+            data = r.read()
+            return json.loads(data) if data.strip() else None
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from dicomnode import __version__
 from dicomnode.cli.common import EXIT_FAILED, EXIT_OK, _config, configure_logging
+from dicomnode.cli.fetch import add_fetch_command
 from dicomnode.cli.jobs import add_job_commands
 from dicomnode.cli.models import add_model_commands
 from dicomnode.cli.quarantine import add_quarantine_commands
@@ -185,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_send)
 
     add_job_commands(sub, common)
+    add_fetch_command(sub, common)
     add_quarantine_commands(sub, common)
     add_user_commands(sub, common)
 

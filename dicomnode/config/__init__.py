@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from dicomnode.config.peers import Destination, TLSConfig, WebTLSConfig
+from dicomnode.config.sources import Source, parse_sources
 from dicomnode.config.peers import parse_destinations as _parse_destinations
 from dicomnode.config.peers import parse_tls as _parse_tls
 from dicomnode.config.peers import parse_web_tls as _web_tls
@@ -211,6 +212,7 @@ class Config:
     web: WebConfig = field(default_factory=WebConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     destinations: tuple[Destination, ...] = ()
+    sources: tuple[Source, ...] = ()  # PACS to query and retrieve from (dicomnode fetch)
     rules: tuple[Rule, ...] = ()
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
@@ -226,11 +228,26 @@ class Config:
 
     def known_ae_titles(self) -> frozenset[str]:
         """Every AE title the configuration names: allowed callers, destinations, rules and TLS subjects."""
-        titles = set(self.node.allowed_calling_aes) | {d.ae_title for d in self.destinations}
+        titles = set(self.node.allowed_calling_aes) | {d.ae_title for d in self.destinations if d.ae_title}
+        titles |= {s.ae_title for s in self.sources}
         titles |= {ae for r in self.rules for ae in r.calling_ae}
         if self.node.tls is not None:
             titles |= {ae for aes in self.node.tls.allowed_subjects.values() for ae in aes}
         return frozenset(a.strip() for a in titles)
+
+    def source_named(self, name: str) -> Source:
+        """The source called ``name``.
+
+        Raises
+        ------
+        ConfigError
+            There is none; the message lists the configured names.
+        """
+        for src in self.sources:
+            if src.name == name:
+                return src
+        known = ", ".join(s.name for s in self.sources) or "none"
+        raise ConfigError(f"sources: no source named {name!r} (configured: {known}; add a [[sources]] entry)")
 
     def destination(self, name: str) -> Destination:
         """The destination called ``name``.
@@ -395,14 +412,22 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> Config:
     ConfigError
         A value is invalid; the message names its key.
     """
-    _check_keys("config", data, {*_ENV_SECTIONS, "destinations", "rules", "routing", "selection", "log_level", "log_format"})
+    _check_keys("config", data, {*_ENV_SECTIONS, "destinations", "sources", "rules", "routing", "selection", "log_level", "log_format"})
     level = str(data.get("log_level", "INFO")).upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"log_level: must be DEBUG, INFO, WARNING or ERROR, got {level!r}")
     destinations = _parse_destinations(data.get("destinations", []))
     names = [d.name for d in destinations]
+    node = _parse_node(_table("node", data.get("node", {})))
+    sources = parse_sources(data.get("sources", []))
+    for i, src in enumerate(sources):
+        if node.allowed_calling_aes and src.ae_title not in node.allowed_calling_aes:
+            raise ConfigError(
+                f"sources[{i}].ae_title: {src.ae_title} sends fetched studies to the node, but node.allowed_calling_aes "
+                "does not list it (add it there)"
+            )
     return Config(
-        node=_parse_node(_table("node", data.get("node", {}))),
+        node=node,
         series=_parse_series(_table("series", data.get("series", {}))),
         worker=_parse_worker(data.get("worker", {})),
         outputs=_parse_outputs(data.get("outputs", {})),
@@ -419,6 +444,7 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> Config:
             "interval_seconds": partial(_num, lo=1.0), "quarantine_days": partial(_num, lo=1.0),
         }),
         destinations=destinations,
+        sources=sources,
         rules=parse_rules(data.get("rules", []), names),
         routing=parse_routing(data.get("routing", {}), names),
         selection=parse_selection(data.get("selection", {})),

@@ -1,0 +1,137 @@
+"""``dicomnode fetch``: studies pulled from Orthanc by C-FIND and C-MOVE, processed as if pushed.
+
+Orthanc (Debian's package) is the source PACS; the node runs in-process on an
+OS-assigned port and Orthanc learns it as a move destination through its own
+REST API.  A chest CT fetched by C-MOVE is processed and its SEG and SR arrive
+back in Orthanc's study by STOW-RS; a backfill of three studies, interrupted
+and resumed, fetches each once; a source that does not know the node, and a
+study it does not hold, fail in words.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+
+from dicomnode.node import Node
+from dicomnode.testing.synthetic import SeriesSpec, write_series
+from tests.conftest import jobs_of, series_of
+from tests.helpers import storescu, wait_for
+from tests.peers import Orthanc
+
+SEG, SR = "1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.88.34"
+
+
+@pytest.fixture
+def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
+    o = Orthanc(tmp_path / "orthanc", dicomweb=True).start()
+    yield o
+    o.stop()
+
+
+def source_toml(o: Orthanc) -> str:
+    return f'[[sources]]\nname = "orthanc"\nae_title = "{o.ae}"\nhost = "127.0.0.1"\nport = {o.port}\n'
+
+
+def know_node(o: Orthanc, node: Node) -> None:
+    """Orthanc's DICOM modalities get the node's AE title, host and (OS-assigned) port: it may move studies there."""
+    o.put("/modalities/dicomnode", {"AET": node.cfg.node.ae_title, "Host": "127.0.0.1", "Port": node.cfg.node.port})
+
+
+def fetch(node: Node, *args: str) -> subprocess.CompletedProcess[str]:
+    assert node.cfg.source is not None
+    return subprocess.run([sys.executable, "-m", "dicomnode", "fetch", "--config", str(node.cfg.source), "--from", "orthanc", "-q", *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_a_study_fetched_by_c_move_is_processed_and_its_results_reach_orthanc_by_stow_rs(
+    node_factory: Callable[..., Node], orthanc: Orthanc, tmp_path: Path,
+) -> None:
+    from ai.phantoms import generate
+    from dicomnode.testing.synthetic import write_phantom
+    from tests.test_pipeline import WORKER
+
+    files = write_phantom(generate(4247, matrix=160, slice_mm=(4.0, 5.0)), tmp_path / "ct")
+    assert storescu(orthanc.port, files, called=orthanc.ae).returncode == 0
+    study = str(dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+    web = f'[[destinations]]\nname = "orthanc-web"\nkind = "dicomweb"\nurl = "{orthanc.dicomweb_url}"\n'
+    node = node_factory(extra_toml=WORKER + web + source_toml(orthanc), series_toml="quiet_seconds = 5")
+    know_node(orthanc, node)
+    r = fetch(node, "--study", study)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"{len(files)} instance(s) sent to {node.cfg.node.ae_title} by orthanc" in r.stdout
+    [job] = wait_for(lambda: [j for j in jobs_of(node) if j.state in ("done", "failed", "delivery_failed")] or None, 240, what="the job")
+    assert job.state == "done", job.error
+    [series] = [s for s in series_of(node) if s.id == job.series_id]
+    assert series.calling_ae == orthanc.ae  # the job's series records where it came from: the source's C-MOVE
+    # The SEG and SR are now in Orthanc's copy of the study, beside the CT, by STOW-RS.
+    [oid] = orthanc.get("/studies")
+
+    def modalities() -> set[str]:
+        return {s["MainDicomTags"].get("Modality") for s in orthanc.get(f"/studies/{oid}/series")}
+
+    wait_for(lambda: modalities() >= {"CT", "SEG", "SR"}, 60, what="SEG and SR in Orthanc's study")
+
+
+def three_studies(tmp_path: Path, orthanc: Orthanc) -> list[str]:
+    uids = []
+    for i in range(3):
+        spec = SeriesSpec(slices=4, rows=16, columns=16, seed=f"backfill-{i}", patient_id=f"BF-{i}")
+        files = write_series(spec, tmp_path / f"bf{i}")
+        assert storescu(orthanc.port, files, called=orthanc.ae).returncode == 0
+        uids.append(str(spec.study_uid))
+    return uids
+
+
+def test_a_backfill_interrupted_and_resumed_fetches_each_study_once(
+    node_factory: Callable[..., Node], orthanc: Orthanc, tmp_path: Path,
+) -> None:
+    from storage.study import study_series
+
+    uids = three_studies(tmp_path, orthanc)
+    node = node_factory(extra_toml="[worker]\nenabled = false\n" + source_toml(orthanc), series_toml="quiet_seconds = 2")
+    know_node(orthanc, node)
+    first = fetch(node, "--since", "2000-01-01", "--modality", "CT", "--limit", "2")  # stopped after two
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "orthanc: 3 studies from 20000101" in first.stdout and "fetched 2 studies; 0 skipped" in first.stdout
+    held = wait_for(lambda: (h := [u for u in uids if study_series(node.engine, u)]) and len(h) == 2 and h, 60, what="two studies")
+    again = fetch(node, "--since", "2000-01-01", "--modality", "CT")  # resumed: only the third is new
+    assert again.returncode == 0 and "fetched 1 study; 2 skipped" in again.stdout, again.stdout + again.stderr
+    wait_for(lambda: all(study_series(node.engine, u) for u in uids), 60, what="the third study")
+    assert set(held) < set(uids)
+    wait_for(lambda: len(jobs_of(node)) == 3, 60, what="one job per study")
+    assert all(len(study_series(node.engine, u)) == 1 for u in uids)  # each once
+    assert len({j.series_id for j in jobs_of(node)}) == 3
+
+
+def test_a_source_that_does_not_know_the_node_and_an_unknown_study_fail_in_words(
+    node_factory: Callable[..., Node], orthanc: Orthanc, tmp_path: Path,
+) -> None:
+    [study, *_] = three_studies(tmp_path, orthanc)
+    node = node_factory(extra_toml="[worker]\nenabled = false\n" + source_toml(orthanc))
+    r = fetch(node, "--study", study)  # Orthanc knows no modality for the node yet: it refuses the requester
+    assert r.returncode == 1 and "closed the association instead of answering our C-FIND" in r.stderr, r.stderr
+    assert "add DICOMNODE with this node's host and port to its DICOM modalities" in r.stderr
+    # A PACS that lets anyone ask but does not know where to send: Orthanc answers 0xC000 (others 0xA801, see below).
+    lax = Orthanc(tmp_path / "lax", any_mover=True).start()
+    try:
+        assert storescu(lax.port, write_series(SeriesSpec(slices=2, rows=8, columns=8, seed="lax"), tmp_path / "lax-ct"),
+                        called=lax.ae).returncode == 0
+        lax_cfg = Path(str(node.cfg.source)).read_text().replace(f"port = {orthanc.port}\n", f"port = {lax.port}\n")
+        (tmp_path / "lax.toml").write_text(lax_cfg)
+        r = subprocess.run([sys.executable, "-m", "dicomnode", "fetch", "--config", str(tmp_path / "lax.toml"), "--from", "orthanc",
+                            "-q", "--study", str(SeriesSpec(seed="lax").study_uid)], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 1 and "status 0xC000" in r.stderr, r.stderr
+        assert "check that it lists DICOMNODE with this node's host and port among its DICOM modalities" in r.stderr
+    finally:
+        lax.stop()
+    know_node(orthanc, node)
+    r = fetch(node, "--study", "1.2.3.4.5.6.7.8.9")
+    assert r.returncode == 1 and "orthanc holds no study with that Study Instance UID" in r.stderr, r.stdout + r.stderr
+    r = fetch(node, "--study", study, "--since", "2024-01-01")
+    assert r.returncode == 1 and "not both" in r.stderr
