@@ -27,6 +27,7 @@ from storage.files import ensure_dir
 from storage.quarantine import adopt_unrecorded
 
 if TYPE_CHECKING:
+    from dicomnode.notify.notifier import Notifier
     from dicomnode.web import WebServer
 
 logger = logging.getLogger(__name__)
@@ -71,6 +72,11 @@ class Node:
             metrics=self.metrics,
         )
         self.retention = Retention(self.engine, cfg) if cfg.retention.enabled else None
+        self.notifier: Notifier | None = None
+        if cfg.notify:
+            from dicomnode.notify.notifier import Notifier
+
+            self.notifier = Notifier(self.engine, cfg)
         self.web: WebServer | None = None
         self.web_port: int | None = None
         self._stopped = threading.Event()
@@ -113,6 +119,8 @@ class Node:
         for runner in self.runners:
             runner.start()
         self.sender.start()
+        if self.notifier is not None:
+            self.notifier.start()
         if self.retention is not None:
             self.retention.start()
         return port
@@ -130,6 +138,8 @@ class Node:
         for runner in self.runners:
             runner.stop()
         self.sender.stop()
+        if self.notifier is not None:
+            self.notifier.stop()
         if self.retention is not None:
             self.retention.stop()
         self.ingestor.close()

@@ -223,3 +223,31 @@ def table_of(model: type[Base]) -> Table:
     if not isinstance(table, Table):  # every model here maps exactly one table
         raise TypeError(f"{model.__name__} does not map a single table")
     return table
+
+
+class NotifyTarget(Base):
+    """A ``[[notify]]`` target as the database first saw it: jobs that end after ``since`` are announced to it."""
+
+    __tablename__ = "notify_targets"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    since: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Notification(Base):
+    """One announcement of a job's end (done or failed) to one notify target, with its attempts."""
+
+    __tablename__ = "notifications"
+    __table_args__ = (UniqueConstraint("job_id", "target", name="uq_notifications_job_target"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    target: Mapped[str] = mapped_column(String(64))
+    event: Mapped[str] = mapped_column(String(16))  # done | failed
+    state: Mapped[str] = mapped_column(String(16), default="pending", index=True)  # pending | done | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None]
+    lease_until: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]

@@ -21,10 +21,11 @@ STAGES: dict[str, set[str]] = {
     "volume": {"dicom"},
     "outputs": {"dicom", "volume", "ai"},
     "jobs": {"dicom", "net", "volume", "outputs", "ai"},
+    "notify": {"dicom", "jobs"},  # result messages (webhook, HL7 ORU) after a job ends
     "testing": {"dicom", "ai"},
     "web": {"dicom"},  # dicomnode/web.py: the status page
-    "node": {"dicom", "net", "receive", "jobs", "web"},  # dicomnode/node.py wires the stages together
-    "cli": {"dicom", "net", "receive", "volume", "outputs", "jobs", "testing", "web", "node", "ai"},
+    "node": {"dicom", "net", "receive", "jobs", "notify", "web"},  # dicomnode/node.py wires the stages together
+    "cli": {"dicom", "net", "receive", "volume", "outputs", "jobs", "notify", "testing", "web", "node", "ai"},
 }
 # Top-level modules every stage may use; they import only each other (and storage).
 FOUNDATION = {"errors", "config", "routing", "bodypart", "selection", "metrics", "audit", "redaction", "background", "__init__"}

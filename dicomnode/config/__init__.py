@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from dicomnode.config.peers import Destination, TLSConfig, WebTLSConfig
+from dicomnode.config.notify import Notify, parse_notify
 from dicomnode.config.sources import Source, parse_sources
 from dicomnode.config.peers import parse_destinations as _parse_destinations
 from dicomnode.config.peers import parse_tls as _parse_tls
@@ -213,6 +214,7 @@ class Config:
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     destinations: tuple[Destination, ...] = ()
     sources: tuple[Source, ...] = ()  # PACS to query and retrieve from (dicomnode fetch)
+    notify: tuple[Notify, ...] = ()  # who hears that a job is done or failed (webhook, HL7 ORU)
     rules: tuple[Rule, ...] = ()
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
@@ -412,7 +414,7 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> Config:
     ConfigError
         A value is invalid; the message names its key.
     """
-    _check_keys("config", data, {*_ENV_SECTIONS, "destinations", "sources", "rules", "routing", "selection", "log_level", "log_format"})
+    _check_keys("config", data, {*_ENV_SECTIONS, "destinations", "sources", "notify", "rules", "routing", "selection", "log_level", "log_format"})
     level = str(data.get("log_level", "INFO")).upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"log_level: must be DEBUG, INFO, WARNING or ERROR, got {level!r}")
@@ -445,6 +447,7 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> Config:
         }),
         destinations=destinations,
         sources=sources,
+        notify=parse_notify(data.get("notify", [])),
         rules=parse_rules(data.get("rules", []), names),
         routing=parse_routing(data.get("routing", {}), names),
         selection=parse_selection(data.get("selection", {})),
