@@ -106,7 +106,18 @@ class Node:
             from dicomnode.web import WebServer, create_app
 
             try:
-                app = create_app(self.engine, self.cfg, self.metrics, is_listening=lambda: self.scp.server is not None, dicom_port=port)
+                from dicomnode.web.stow import CALLING, StowHooks
+
+                ingest = self.ingestor
+                hooks = StowHooks(
+                    store=lambda data, ts, uid, cls, sop: ingest.store(
+                        data, ts, assoc_uid=uid, calling_ae=CALLING, affected_sop_class=cls, affected_sop_instance=sop,
+                    ),
+                    released=self.monitor.association_released, aborted=self.monitor.association_aborted,
+                    max_part=self.cfg.node.max_instance_mb << 20, max_body=self.cfg.web.stow_max_mb << 20,
+                )
+                app = create_app(self.engine, self.cfg, self.metrics, is_listening=lambda: self.scp.server is not None, dicom_port=port,
+                                 stow=hooks)
                 self.web = WebServer(app, self.cfg.web.host, self.cfg.web.port, tls=self.cfg.web.tls)
             except OSError as exc:
                 self.scp.stop()

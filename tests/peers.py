@@ -137,9 +137,13 @@ class Orthanc:
         with urllib.request.urlopen(req, timeout=10) as r:
             return json.loads(r.read())
 
-    def put(self, path: str, body: Any) -> Any:
+    def post(self, path: str, body: Any) -> Any:
+        """A REST POST (e.g. ``/dicom-web/servers/NAME/stow``)."""
+        return self.put(path, body, method="POST")
+
+    def put(self, path: str, body: Any, method: str = "PUT") -> Any:
         """A REST PUT (e.g. ``/modalities/NAME`` to make a move destination known)."""
-        req = urllib.request.Request(f"http://127.0.0.1:{self.http}{path}", data=json.dumps(body).encode(), method="PUT")
+        req = urllib.request.Request(f"http://127.0.0.1:{self.http}{path}", data=json.dumps(body).encode(), method=method)
         if self.user is not None:
             token = base64.b64encode(f"{self.user[0]}:{self.user[1]}".encode()).decode()
             req.add_header("Authorization", f"Basic {token}")

@@ -188,6 +188,7 @@ class WebConfig:
     login_max_failures: int = 5  # per client address within login_window_seconds; then 429
     login_window_seconds: float = 300.0
     tls: WebTLSConfig | None = None
+    stow_max_mb: int = 4096  # one STOW-RS request body (POST /dicom-web/studies); each instance is bounded by node.max_instance_mb
 
     def __post_init__(self) -> None:
         if self.trusted_proxy_header and not self.trusted_proxies:
@@ -440,6 +441,7 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> Config:
             "plain_http_login_from": _hosts, "api_docs": _bool, "session_idle_minutes": partial(_num, lo=1.0, hi=1440.0),
             "session_max_hours": partial(_num, lo=0.1, hi=720.0), "login_max_failures": partial(_int, lo=1, hi=1000),
             "login_window_seconds": partial(_num, lo=1.0, hi=86400.0), "tls": _web_tls,
+            "stow_max_mb": partial(_int, lo=1, hi=1024 * 1024),
         }),
         retention=_parse_section("retention", RetentionConfig, data.get("retention", {}), {
             "enabled": _bool, "keep_days": partial(_num, lo=0.0), "min_free_percent": partial(_num, lo=0.0, hi=99.0),

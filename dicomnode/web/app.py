@@ -32,6 +32,7 @@ from dicomnode.web.auth import Authenticator, Principal
 from dicomnode.web.guard import Guard, peer_of
 from dicomnode.web.login import add_login_routes
 from dicomnode.web.page import PAGE_CSP, message_page, preview_path, status_page
+from dicomnode.web.stow import StowHooks, add_stow_routes
 from dicomnode.web.users import ADMIN_PASSWORD_FILE, UserStore, ensure_first_admin
 from storage.errors import StorageError
 from storage.files import free_bytes
@@ -103,9 +104,12 @@ def _who(request: Request) -> Principal:
 
 
 def create_app(
-    engine: Engine, cfg: Config, metrics: Metrics, is_listening: Callable[[], bool] = lambda: True, dicom_port: int | None = None
+    engine: Engine, cfg: Config, metrics: Metrics, is_listening: Callable[[], bool] = lambda: True, dicom_port: int | None = None,
+    stow: StowHooks | None = None,
 ) -> Guard:
     """The web face of one node, behind its :class:`~dicomnode.web.guard.Guard` (``dicom_port``: shown on the page).
+
+    With ``stow``, it also receives instances by STOW-RS (``POST /dicom-web/studies``, admin role), into the node's ingest.
 
     Creates the user ``admin`` on first start (see :func:`~dicomnode.web.users.ensure_first_admin`).
     """
@@ -183,6 +187,9 @@ def create_app(
         except StorageError as exc:
             return _html(message_page("dicomnode: database unavailable", str(exc)), 503)
         return _html(page)
+
+    if stow is not None:
+        add_stow_routes(app, stow, _who)
 
     if docs:
         @app.get("/api/docs", include_in_schema=False)

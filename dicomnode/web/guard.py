@@ -45,7 +45,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 PUBLIC = frozenset({"/healthz", "/login"})
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-MAX_BODY = 16 * 1024  # no route takes more; larger bodies get 413 unread
+MAX_BODY = 16 * 1024  # no route takes more (but STOW-RS); larger bodies get 413 unread
+STOW_PATH = "/dicom-web/studies"  # STOW-RS: bodies up to web.stow_max_mb, read as they arrive
 DEFAULT_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 SECURITY_HEADERS: tuple[tuple[str, str], ...] = (
     ("x-frame-options", "DENY"),
@@ -126,10 +127,12 @@ class Guard:
             await respond(send, 400, {"detail": "this Host header is not served here (web.trusted_hosts)"})
             return
         length = headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
-            await respond(send, 413, {"detail": f"request bodies are limited to {MAX_BODY} bytes"})
+        limit = self.cfg.stow_max_mb << 20 if is_stow(scope) else MAX_BODY
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            await respond(send, 413, {"detail": f"request bodies are limited to {limit} bytes"
+                                                + (" (web.stow_max_mb)" if limit != MAX_BODY else "")})
             return
-        if scope["method"] in UNSAFE_METHODS and length is None and "chunked" in headers.get("transfer-encoding", ""):
+        if scope["method"] in UNSAFE_METHODS and length is None and "chunked" in headers.get("transfer-encoding", "") and not is_stow(scope):
             await respond(send, 411, {"detail": "send a Content-Length"})
             return
         if scope["path"] in PUBLIC:
@@ -243,6 +246,12 @@ class Guard:
             await send(message)
 
         return wrapped
+
+
+def is_stow(scope: Scope) -> bool:
+    """Whether the request is a STOW-RS store (``POST /dicom-web/studies[/{study}]``), whose body may be large."""
+    path = str(scope.get("path", ""))
+    return scope.get("method") == "POST" and (path == STOW_PATH or (path.startswith(STOW_PATH + "/") and path.count("/") == 3))
 
 
 def origin_of(url: str) -> tuple[str, str, int]:
