@@ -32,6 +32,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
 from dicomnode.audit import audit
+from dicomnode.dicom.multipart import Part, PartSplitter, boundary_param
 from dicomnode.web.guard import peer_of
 
 logger = logging.getLogger(__name__)
@@ -108,31 +109,14 @@ def boundary_of(content_type: str) -> str:
     StowError
         Not multipart/related, another type than application/dicom, or no boundary (415).
     """
-    main, _, params = content_type.partition(";")
-    if main.strip().lower() != "multipart/related":
+    main, found = boundary_param(content_type)
+    if main != "multipart/related":
         raise StowError(415, 'STOW-RS takes multipart/related; type="application/dicom" bodies')
-    found: dict[str, str] = {}
-    for p in params.split(";"):
-        k, _, v = p.strip().partition("=")
-        found[k.strip().lower()] = v.strip().strip('"')
     if found.get("type", "application/dicom").lower() != "application/dicom":
         raise StowError(415, f"parts of type {found.get('type')!r} are not stored: only application/dicom")
     if not found.get("boundary") or len(found["boundary"]) > 200:  # RFC 2046 says 70; Orthanc sends 73
         raise StowError(415, "the multipart body has no (valid) boundary")
     return found["boundary"]
-
-
-def parse_part(part: bytes) -> tuple[dict[str, str], bytes]:
-    """A part's headers (lower-case names) and its content."""
-    head, sep, content = part.partition(b"\r\n\r\n")
-    if not sep:
-        return {}, b""
-    headers = {}
-    for line in head.decode("latin-1").split("\r\n"):
-        k, _, v = line.partition(":")
-        if k.strip():
-            headers[k.strip().lower()] = v.strip()
-    return headers, content
 
 
 async def _bounded(chunks: AsyncIterator[bytes], limit: int) -> AsyncIterator[bytes]:
@@ -144,42 +128,15 @@ async def _bounded(chunks: AsyncIterator[bytes], limit: int) -> AsyncIterator[by
         yield chunk
 
 
-async def read_parts(chunks: AsyncIterator[bytes], boundary: str, max_part: int) -> AsyncIterator[bytes | None]:
-    """Each complete part of the body; ``None`` for a part larger than ``max_part`` (skipped, not held).
-
-    Sets nothing on a body cut short: the caller sees the iteration end without the closing boundary.
-    """
-    delim = b"\r\n--" + boundary.encode()
-    buf = b"\r\n"  # the first boundary has no CRLF before it
-    state = "preamble"
-    oversized = False
+async def read_parts(chunks: AsyncIterator[bytes], boundary: str, max_part: int) -> AsyncIterator[Part | None | bool]:
+    """Each complete part of the body (``None`` for one over ``max_part``), then ``True`` if the closing boundary came."""
+    splitter = PartSplitter(boundary, max_part)
     async for chunk in chunks:
-        buf += chunk
-        while True:
-            at = buf.find(delim)
-            if at < 0:
-                if state == "part" and len(buf) > max_part + len(delim):
-                    oversized = True  # keep only what may hold the start of the next boundary
-                    buf = buf[-len(delim):]
-                elif state == "preamble" and len(buf) > 1 << 16:
-                    buf = buf[-len(delim):]
-                break
-            if state == "part":
-                yield None if oversized else buf[:at]
-            oversized = False
-            rest = buf[at + len(delim):]
-            if len(rest) < 2:
-                buf = buf[at:]  # wait for the two bytes after the boundary
-                break
-            if rest.startswith(b"--"):
-                yield b"--end--"  # the closing boundary
-                return
-            eol = rest.find(b"\r\n")
-            if eol < 0:
-                buf = buf[at:]
-                break
-            buf = rest[eol + 2:]
-            state = "part"
+        for part in splitter.feed(chunk):
+            yield part
+        if splitter.done:
+            break
+    yield splitter.done
 
 
 def dicom_file(content: bytes) -> tuple[bytes, str, str, str]:
@@ -226,21 +183,19 @@ async def receive(
 
 
 async def _receive_parts(
-    out: StowResult, parts: AsyncIterator[bytes | None], store: Callable[[bytes, str, str, str, str], Awaitable[StoreOutcome]],
+    out: StowResult, parts: AsyncIterator[Part | None | bool], store: Callable[[bytes, str, str, str, str], Awaitable[StoreOutcome]],
     study: str | None, max_part: int,
 ) -> None:
     request_uid = out.request_uid
-    n = 0
-    async for raw in parts:
-        if raw == b"--end--":
-            out.complete = True
+    async for part in parts:
+        if isinstance(part, bool):
+            out.complete = part
             break
-        n += 1
-        if raw is None:
+        if part is None:
             out.failed.append(("", "", OUT_OF_RESOURCES, f"larger than the node's limit of {max_part >> 20} MB (node.max_instance_mb)"))
             continue
-        headers, content = parse_part(raw)
-        kind = headers.get("content-type", "application/dicom").split(";")[0].strip().lower()
+        content = part.content
+        kind = part.headers.get("content-type", "application/dicom").split(";")[0].strip().lower()
         if kind != "application/dicom":
             out.failed.append(("", "", CANNOT_UNDERSTAND, f"a part of type {kind[:40]!r}, not application/dicom"))
             continue
