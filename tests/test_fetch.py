@@ -44,8 +44,11 @@ def know_node(o: Orthanc, node: Node) -> None:
 
 
 def fetch(node: Node, *args: str) -> subprocess.CompletedProcess[str]:
+    """``dicomnode fetch`` with the node's configuration, its listener on the port the OS gave it (as a fixed port would be)."""
     assert node.cfg.source is not None
-    return subprocess.run([sys.executable, "-m", "dicomnode", "fetch", "--config", str(node.cfg.source), "--from", "orthanc", "-q", *args],
+    cfg = node.cfg.source.with_name("fetch.toml")
+    cfg.write_text(node.cfg.source.read_text().replace("\nport = 0\n", f"\nport = {node.cfg.node.port}\n", 1))
+    return subprocess.run([sys.executable, "-m", "dicomnode", "fetch", "--config", str(cfg), "--from", "orthanc", "-q", *args],
                           capture_output=True, text=True, timeout=300)
 
 
@@ -122,7 +125,7 @@ def test_a_source_that_does_not_know_the_node_and_an_unknown_study_fail_in_words
     try:
         assert storescu(lax.port, write_series(SeriesSpec(slices=2, rows=8, columns=8, seed="lax"), tmp_path / "lax-ct"),
                         called=lax.ae).returncode == 0
-        lax_cfg = Path(str(node.cfg.source)).read_text().replace(f"port = {orthanc.port}\n", f"port = {lax.port}\n")
+        lax_cfg = Path(str(node.cfg.source)).read_text().replace(f"port = {orthanc.port}\n", f"port = {lax.port}\n")  # its source only
         (tmp_path / "lax.toml").write_text(lax_cfg)
         r = subprocess.run([sys.executable, "-m", "dicomnode", "fetch", "--config", str(tmp_path / "lax.toml"), "--from", "orthanc",
                             "-q", "--study", str(SeriesSpec(seed="lax").study_uid)], capture_output=True, text=True, timeout=120)
@@ -135,3 +138,69 @@ def test_a_source_that_does_not_know_the_node_and_an_unknown_study_fail_in_words
     assert r.returncode == 1 and "orthanc holds no study with that Study Instance UID" in r.stderr, r.stdout + r.stderr
     r = fetch(node, "--study", study, "--since", "2024-01-01")
     assert r.returncode == 1 and "not both" in r.stderr
+
+
+def web_source(o: Orthanc) -> str:
+    return f'[[sources]]\nname = "orthanc"\nkind = "dicomweb"\nurl = "{o.dicomweb_url}"\nae_title = "ORTHANC-WEB"\n'
+
+
+def test_a_dicomweb_source_is_searched_by_qido_rs_and_read_by_wado_rs(
+    node_factory: Callable[..., Node], orthanc: Orthanc, tmp_path: Path,
+) -> None:
+    from storage.study import study_series
+
+    uids = three_studies(tmp_path, orthanc)
+    node = node_factory(extra_toml="[worker]\nenabled = false\n" + web_source(orthanc), series_toml="quiet_seconds = 2")
+    one = fetch(node, "--study", uids[1])
+    assert one.returncode == 0 and "4 instance(s) sent to DICOMNODE by orthanc" in one.stdout, one.stdout + one.stderr
+    [s] = wait_for(lambda: [s for s in series_of(node) if s.instance_count == 4] or None, 30, what="the fetched series")
+    assert s.calling_ae == "ORTHANC-WEB"  # where it came from
+    assert not list(node.cfg.node.storage_dir.glob("dicomnode-fetch-*"))  # the downloaded copies are gone
+    rest = fetch(node, "--since", "2000-01-01", "--modality", "CT")  # a backfill skips the study it holds
+    assert rest.returncode == 0 and "fetched 2 studies; 1 skipped" in rest.stdout, rest.stdout + rest.stderr
+    wait_for(lambda: all(study_series(node.engine, u) for u in uids), 30, what="every study")
+    unknown = fetch(node, "--study", "1.2.3.4.5")
+    assert unknown.returncode == 1 and "holds no study with that Study Instance UID (QIDO-RS found none)" in unknown.stderr
+
+
+def test_a_wado_rs_stream_cut_short_stores_nothing(node_factory: Callable[..., Node], tmp_path: Path) -> None:
+    import http.server
+    import json
+    import threading
+
+    files = write_series(SeriesSpec(slices=3, rows=16, columns=16, seed="cut-wado"), tmp_path / "ct")
+    study = str(SeriesSpec(seed="cut-wado").study_uid)
+
+    class Cutting(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:  # noqa: N802
+            if self.path.startswith("/dicom-web/studies?"):  # QIDO-RS: the study is there
+                data = json.dumps([{"0020000D": {"vr": "UI", "Value": [study]}}]).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/dicom+json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                return
+            body = b"".join(b"--B\r\nContent-Type: application/dicom\r\n\r\n" + f.read_bytes() + b"\r\n" for f in files)
+            self.send_response(200)
+            self.send_header("Content-Type", 'multipart/related; type="application/dicom"; boundary=B')
+            self.send_header("Content-Length", str(len(body) + 7))
+            self.end_headers()
+            self.wfile.write(body[: len(body) - 100])  # the last instance stops short, and so does the connection
+            self.close_connection = True
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Cutting)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        src = f'[[sources]]\nname = "orthanc"\nkind = "dicomweb"\nurl = "http://127.0.0.1:{server.server_address[1]}/dicom-web"\n'
+        node = node_factory(extra_toml="[worker]\nenabled = false\n" + src)
+        r = fetch(node, "--study", study)
+        assert r.returncode == 1 and "the WADO-RS stream was cut short after 2 instance(s); nothing of the study was stored" in r.stderr, r.stderr
+        assert series_of(node) == [] and not list(node.cfg.node.incoming_dir.rglob("*.dcm"))
+    finally:
+        server.shutdown()

@@ -45,6 +45,8 @@ def _held(engine: Any, study_uid: str) -> bool:
 def cmd_fetch(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from dicomnode.config.sources import Retrieve
+    from dicomnode.net import wado
     from dicomnode.net.retrieve import find, find_series, find_studies, move
     from storage.database import migrate, open_engine
 
@@ -56,14 +58,20 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     me, timeout = cfg.node.ae_title, args.timeout
     engine = open_engine(cfg.node.database_url, sqlite_synchronous=cfg.node.sqlite_synchronous)
     migrate(engine)
+    web = source.retrieve == Retrieve.WADO_RS
+    if web and cfg.node.tls is not None:
+        raise ConfigError("fetching from a DICOMweb source stores through the node's listener, which needs TLS: not supported yet")
     if args.study is not None:
-        if not find(source, "STUDY", {"StudyInstanceUID": args.study}, calling_ae=me, timeout=timeout):
-            print(f"{source.name} holds no study with that Study Instance UID (C-FIND found none)", file=sys.stderr)
+        held = wado.has_study(source, args.study, timeout) if web else bool(
+            find(source, "STUDY", {"StudyInstanceUID": args.study}, calling_ae=me, timeout=timeout))
+        if not held:
+            print(f"{source.name} holds no study with that Study Instance UID ({'QIDO-RS' if web else 'C-FIND'} found none)", file=sys.stderr)
             return EXIT_FAILED
         studies = [args.study]
     else:
         until = args.until or date.today().strftime("%Y%m%d")
-        found = find_studies(source, since=args.since, until=until, modality=args.modality, calling_ae=me, timeout=timeout)
+        found = (wado.find_studies(source, since=args.since, until=until, modality=args.modality, timeout=timeout) if web else
+                 find_studies(source, since=args.since, until=until, modality=args.modality, calling_ae=me, timeout=timeout))
         studies = [s.study_uid for s in found]
         print(f"{source.name}: {len(studies)} stud{'y' if len(studies) == 1 else 'ies'} from {args.since} to {until}"
               + (f" with {args.modality}" if args.modality else ""))
@@ -80,14 +88,17 @@ def cmd_fetch(args: argparse.Namespace) -> int:
             try:
                 series = args.series or []
                 if not series and (args.modality or args.body_part):
-                    matches = find_series(source, study, modality=args.modality, body_part=args.body_part, calling_ae=me, timeout=timeout)
+                    matches = (wado.find_series(source, study, modality=args.modality, body_part=args.body_part, timeout=timeout) if web
+                               else find_series(source, study, modality=args.modality, body_part=args.body_part, calling_ae=me,
+                                                timeout=timeout))
                     if not matches:
                         tqdm.write(f"{label}: no series of {args.modality or 'any modality'}"
                                    f"{' / ' + args.body_part if args.body_part else ''} at {source.name}; skipped")
                         skipped += 1
                         continue
                     series = [m.series_uid for m in matches]
-                out = move(source, study, series, destination_ae=me, calling_ae=me, timeout=max(timeout, 600.0))
+                out = (_wado(cfg, source, study, series, timeout) if web else
+                       move(source, study, series, destination_ae=me, calling_ae=me, timeout=max(timeout, 600.0)))
             except NetworkError as exc:
                 failures += 1
                 audit("fetch", source=source.name, outcome="failed", error=str(exc))
@@ -111,6 +122,44 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     return EXIT_OK if not failures else EXIT_FAILED
 
 
+def _wado(cfg: Any, source: Any, study: str, series: list[str], timeout: float) -> Any:
+    """Download a study by WADO-RS into a private temporary folder, then store it through the node's own listener.
+
+    A stream cut short stores nothing (a series missing instances must not be
+    processed as if complete); the instances are handed to the node by C-STORE
+    with the source's calling AE title, so they are stored and processed as if
+    pushed, and the temporary copies are removed.
+    """
+    import tempfile
+    from pathlib import Path
+
+    from dicomnode.config.peers import Destination
+    from dicomnode.net.retrieve import MoveOutcome
+    from dicomnode.net.scu import iter_dicom_files, send_files
+    from dicomnode.net.wado import retrieve
+
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(cfg.node.host, cfg.node.host)
+    node = Destination("node", cfg.node.ae_title, host, cfg.node.port)
+    with tempfile.TemporaryDirectory(prefix="dicomnode-fetch-", dir=cfg.node.storage_dir) as tmp:
+        files: list[Path] = []
+
+        def keep(data: bytes) -> bool:
+            path = Path(tmp) / f"{len(files):06d}.dcm"
+            path.write_bytes(data)
+            files.append(path)
+            return True
+
+        got = retrieve(source, study, series, keep, max_part=cfg.node.max_instance_mb << 20, timeout=max(timeout, 60.0))
+        if not got.complete:
+            raise NetworkError(
+                f"{source.name}: the WADO-RS stream was cut short after {got.received} instance(s); nothing of the study was "
+                "stored (run fetch again)"
+            )
+        report = send_files(list(iter_dicom_files(files)), node, calling_ae=source.ae_title, timeout=max(timeout, 60.0))
+    failed = len(report.failed) + got.refused + (len(files) - report.sent - len(report.failed))
+    return MoveOutcome(report.sent, failed, 0)
+
+
 def add_fetch_command(sub: Any, common: Callable[..., None]) -> None:
     """Add ``fetch`` to the CLI's subcommands."""
     p = sub.add_parser(
@@ -119,7 +168,9 @@ def add_fetch_command(sub: Any, common: Callable[..., None]) -> None:
         description=(
             "Ask a [[sources]] PACS to send a study (or its series of a modality and body part) to this node by "
             "C-MOVE; the running node receives, stores and processes them as if they had been pushed. The source must "
-            "know this node's AE title (node.ae_title) with its host and port as a move destination. With --since, "
+            "know this node's AE title (node.ae_title) with its host and port as a move destination. A DICOMweb source "
+            "(kind = \"dicomweb\") is searched by QIDO-RS and read by WADO-RS, and what it sends is stored through the "
+            "node's own listener (a stream cut short stores nothing). With --since, "
             "backfill: every study of the date range (C-FIND), skipping those the node already holds, so a "
             "backfill that was interrupted resumes and processes each study once."
         ),

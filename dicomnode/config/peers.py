@@ -141,7 +141,7 @@ def parse_web_tls(key: str, v: Any) -> WebTLSConfig | None:
 WEB_KEYS = ("kind", "name", "url", "auth", "username", "password_file", "token_file", "tls_ca_file", "keep_empty_frames")
 
 
-def _dicomweb(key: str, item: Mapping[str, Any]) -> Destination:
+def dicomweb_peer(key: str, item: Mapping[str, Any]) -> Destination:
     """A ``kind = "dicomweb"`` destination: STOW-RS to ``url``, with its authentication and trusted CAs."""
     _check_keys(key, dict(item), set(WEB_KEYS))
     for k in ("name", "url"):
@@ -198,7 +198,7 @@ def parse_destinations(data: Any) -> tuple[Destination, ...]:
                     f"{key}.storage_commitment: Storage Commitment is DIMSE; a DICOMweb destination's STOW-RS answer "
                     "already says, per instance, what it stored"
                 )
-            web = _dicomweb(key, item)
+            web = dicomweb_peer(key, item)
             if any(d.name == web.name for d in out):
                 raise ConfigError(f"{key}.name: duplicate destination name {web.name!r}")
             out.append(web)

@@ -10,7 +10,9 @@ processed as if pushed.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from dicomnode.config.values import ae as _ae
@@ -22,24 +24,31 @@ from dicomnode.errors import ConfigError
 
 
 class Retrieve(enum.StrEnum):
-    """How a DIMSE source is asked for instances."""
+    """How a source is asked for instances."""
 
-    C_MOVE = "c-move"  # the source opens an association to the node's listener (it must know the node's AE)
+    C_MOVE = "c-move"  # DIMSE: the source opens an association to the node's listener (it must know the node's AE)
+    WADO_RS = "wado-rs"  # DICOMweb: the fetch command downloads them and stores them through the node's listener
 
 
 @dataclass(frozen=True)
 class Source:
-    """A PACS to query and retrieve from."""
+    """A PACS to query and retrieve from: by DIMSE (C-FIND, C-MOVE) or DICOMweb (QIDO-RS, WADO-RS)."""
 
     name: str
-    ae_title: str
+    ae_title: str  # DIMSE: the source's; DICOMweb: the calling AE title its instances arrive at the node with
     host: str
     port: int
     retrieve: Retrieve = Retrieve.C_MOVE
+    url: str | None = None  # DICOMweb service root
+    auth: str = "none"  # none | basic | bearer, as for DICOMweb destinations
+    username: str | None = None
+    password_file: Path | None = None
+    token_file: Path | None = None
+    tls_ca_file: Path | None = None
 
     def describe(self) -> str:
-        """``AE@host:port``."""
-        return f"{self.ae_title}@{self.host}:{self.port}"
+        """``AE@host:port``, or the DICOMweb URL."""
+        return self.url or f"{self.ae_title}@{self.host}:{self.port}"
 
 
 def parse_sources(data: Any) -> tuple[Source, ...]:
@@ -56,15 +65,22 @@ def parse_sources(data: Any) -> tuple[Source, ...]:
     for i, item in enumerate(data):
         key = f"sources[{i}]"
         item = _table(key, item)
+        kind = item.get("kind", "dimse")
+        if kind not in ("dimse", "dicomweb"):
+            raise ConfigError(f"{key}.kind: must be dimse (C-FIND, C-MOVE) or dicomweb (QIDO-RS, WADO-RS), got {kind!r}")
+        if kind == "dicomweb":
+            src = _dicomweb(key, item)
+            if any(s.name == src.name for s in out):
+                raise ConfigError(f"{key}.name: duplicate source name {src.name!r}")
+            out.append(src)
+            continue
         _check_keys(key, item, {"name", "ae_title", "host", "port", "retrieve", "kind"})
-        if item.get("kind", "dimse") != "dimse":
-            raise ConfigError(f"{key}.kind: only dimse sources (C-FIND and C-MOVE) in this version, got {item.get('kind')!r}")
         for k in ("name", "ae_title", "host", "port"):
             if k not in item:
                 raise ConfigError(f"{key}.{k}: required")
         retrieve = item.get("retrieve", Retrieve.C_MOVE)
-        if retrieve not in tuple(Retrieve):
-            raise ConfigError(f"{key}.retrieve: must be one of {', '.join(Retrieve)}, got {retrieve!r}")
+        if retrieve != Retrieve.C_MOVE:
+            raise ConfigError(f"{key}.retrieve: a dimse source retrieves by c-move, got {retrieve!r}")
         src = Source(
             name=_str(f"{key}.name", item["name"]), ae_title=_ae(f"{key}.ae_title", item["ae_title"]),
             host=_str(f"{key}.host", item["host"]), port=_int(f"{key}.port", item["port"], 1, 65535),
@@ -74,3 +90,19 @@ def parse_sources(data: Any) -> tuple[Source, ...]:
             raise ConfigError(f"{key}.name: duplicate source name {src.name!r}")
         out.append(src)
     return tuple(out)
+
+
+def _dicomweb(key: str, item: Mapping[str, Any]) -> Source:
+    """A ``kind = "dicomweb"`` source: QIDO-RS and WADO-RS at ``url``, with a destination's authentication keys."""
+    from dicomnode.config.peers import dicomweb_peer
+
+    if "keep_empty_frames" in item or "retrieve" in item:
+        raise ConfigError(f"{key}: keep_empty_frames and retrieve are not for a dicomweb source (it retrieves by WADO-RS)")
+    own = {k: v for k, v in item.items() if k not in ("kind", "ae_title")}
+    peer = dicomweb_peer(key, own)  # the same checks as a DICOMweb destination (url, auth, files)
+    ae = _ae(f"{key}.ae_title", item.get("ae_title", peer.name.upper().replace(" ", "_")[:16]))
+    return Source(
+        name=peer.name, ae_title=ae, host=peer.host, port=peer.port, retrieve=Retrieve.WADO_RS, url=peer.url,
+        auth=str(peer.auth), username=peer.username, password_file=peer.password_file, token_file=peer.token_file,
+        tls_ca_file=peer.tls_ca_file,
+    )

@@ -24,6 +24,7 @@ import ssl
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 from urllib.parse import urlsplit
 
 from dicomnode.config.peers import Destination, WebAuth
@@ -60,13 +61,32 @@ class StowOutcome:
     failed: dict[str, str] = field(default_factory=dict)
 
 
-def _context(dest: Destination) -> ssl.SSLContext:
+class WebPeer(Protocol):
+    """A DICOMweb peer's name, credentials and trusted CAs (a destination or a source)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def auth(self) -> str: ...
+    @property
+    def username(self) -> str | None: ...
+    @property
+    def password_file(self) -> Path | None: ...
+    @property
+    def token_file(self) -> Path | None: ...
+    @property
+    def tls_ca_file(self) -> Path | None: ...
+
+
+def tls_context(dest: WebPeer) -> ssl.SSLContext:
+    """TLS 1.2+ with the peer's certificate and name verified, trusting ``tls_ca_file`` besides the system's CAs."""
     ctx = ssl.create_default_context(cafile=str(dest.tls_ca_file) if dest.tls_ca_file else None)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     return ctx
 
 
-def _authorization(dest: Destination) -> str | None:
+def authorization(dest: WebPeer) -> str | None:
+    """The ``Authorization`` header for the peer (credentials read from their files now), or ``None``."""
     try:
         if dest.auth == WebAuth.BASIC and dest.password_file is not None:
             password = dest.password_file.read_text().strip()
@@ -166,12 +186,12 @@ def stow(objects: Sequence[StowObject], dest: Destination, timeout: float) -> St
         "Accept": "application/dicom+json",
         "Content-Length": str(length),
     }
-    auth = _authorization(dest)
+    auth = authorization(dest)
     if auth:
         headers["Authorization"] = auth
     host, port = parts_url.hostname or "", parts_url.port
     conn: http.client.HTTPConnection = (
-        http.client.HTTPSConnection(host, port, timeout=timeout, context=_context(dest))
+        http.client.HTTPSConnection(host, port, timeout=timeout, context=tls_context(dest))
         if parts_url.scheme == "https" else http.client.HTTPConnection(host, port, timeout=timeout)
     )
     try:
