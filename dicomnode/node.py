@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from dicomnode.receive.completion import CompletionMonitor
 from dicomnode.config import Config
 from dicomnode.jobs.delivery import Sender
-from dicomnode.errors import DicomNodeError, NetworkError
+from dicomnode.errors import ConfigError, DicomNodeError, NetworkError
 from dicomnode.jobs.gpu import GPUAdmission
 from dicomnode.receive.ingest import Ingestor
 from dicomnode.metrics import Metrics
@@ -23,6 +23,7 @@ from dicomnode.routing import Router
 from dicomnode.net.scp import StorageSCP
 from dicomnode.jobs.worker import JobRunner, worker_name
 from storage.database import migrate, open_engine
+from storage.errors import StorageError
 from storage.files import ensure_dir
 from storage.quarantine import adopt_unrecorded
 
@@ -80,6 +81,7 @@ class Node:
         self.web: WebServer | None = None
         self.web_port: int | None = None
         self._stopped = threading.Event()
+        self._fetching = threading.Lock()  # one fetch from the status page at a time
 
     def start(self) -> int:
         """Migrate the database, clean up after a crash, start completion, the workers and the listener.
@@ -117,7 +119,7 @@ class Node:
                     max_part=self.cfg.node.max_instance_mb << 20, max_body=self.cfg.web.stow_max_mb << 20,
                 )
                 app = create_app(self.engine, self.cfg, self.metrics, is_listening=lambda: self.scp.server is not None, dicom_port=port,
-                                 stow=hooks)
+                                 stow=hooks, fetch=self.fetch_in_background)
                 self.web = WebServer(app, self.cfg.web.host, self.cfg.web.port, tls=self.cfg.web.tls)
             except OSError as exc:
                 self.scp.stop()
@@ -135,6 +137,42 @@ class Node:
         if self.retention is not None:
             self.retention.start()
         return port
+
+    def fetch_in_background(self, source_name: str, study: str, user: str) -> str:
+        """Start fetching one study from a configured source (the status page's form); what was started, in words.
+
+        Raises
+        ------
+        ValueError
+            No such source, or another fetch is running (one at a time).
+        """
+        try:
+            source = self.cfg.source_named(source_name)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from exc
+        if not self._fetching.acquire(blocking=False):
+            raise ValueError("another fetch is running; try again when it is done")
+
+        def run() -> None:
+            from dicomnode.audit import audit
+            from dicomnode.net.fetching import fetch_study, holds_study
+
+            try:
+                if not holds_study(self.cfg, source, study):
+                    raise NetworkError(f"{source.name} holds no study with that Study Instance UID")
+                done = fetch_study(self.cfg, source, study)
+                assert done is not None  # no series filter
+                out, _ = done
+                logger.info("fetch from %s for %s: %d instance(s) sent, %d failed", source.name, user, out.completed, out.failed)
+                audit("fetch", source=source.name, user=user, outcome="moved", instances=out.completed, failed=out.failed)
+            except (NetworkError, ConfigError, StorageError) as exc:
+                logger.warning("fetch from %s for %s failed: %s", source.name, user, exc)
+                audit("fetch", source=source.name, user=user, outcome="failed", error=str(exc))
+            finally:
+                self._fetching.release()
+
+        threading.Thread(target=run, name="dicomnode-fetch", daemon=True).start()
+        return f"fetching the study from {source.name} ({source.describe()}); it appears on the status page as it arrives"
 
     def stop(self) -> None:
         """Stop listening, then series completion, the workers (after their current job) and the sender."""

@@ -160,7 +160,7 @@ def test_a_dicomweb_source_is_searched_by_qido_rs_and_read_by_wado_rs(
     assert rest.returncode == 0 and "fetched 2 studies; 1 skipped" in rest.stdout, rest.stdout + rest.stderr
     wait_for(lambda: all(study_series(node.engine, u) for u in uids), 30, what="every study")
     unknown = fetch(node, "--study", "1.2.3.4.5")
-    assert unknown.returncode == 1 and "holds no study with that Study Instance UID (QIDO-RS found none)" in unknown.stderr
+    assert unknown.returncode == 1 and "holds no study with that Study Instance UID (its search found none)" in unknown.stderr
 
 
 def test_a_wado_rs_stream_cut_short_stores_nothing(node_factory: Callable[..., Node], tmp_path: Path) -> None:
@@ -204,3 +204,29 @@ def test_a_wado_rs_stream_cut_short_stores_nothing(node_factory: Callable[..., N
         assert series_of(node) == [] and not list(node.cfg.node.incoming_dir.rglob("*.dcm"))
     finally:
         server.shutdown()
+
+
+def test_an_admin_fetches_a_study_from_the_status_page(node_factory: Callable[..., Node], orthanc: Orthanc, tmp_path: Path) -> None:
+    import json
+
+    from tests.webclient import Client, admin_password
+
+    [study, *_] = three_studies(tmp_path, orthanc)
+    node = node_factory(extra_toml="[worker]\nenabled = false\n" + source_toml(orthanc), web_toml="enabled = true\nport = 0")
+    know_node(orthanc, node)
+    assert node.web_port is not None
+    web, auth = Client(node.web_port), ("admin", admin_password(node))
+    page = web.get("/fetch", auth=auth)
+    assert page.status == 200 and '<option value="orthanc">' in page.text and 'action="/api/fetch"' in page.text
+    assert 'href="/fetch">fetch a study</a>' in web.get("/", auth=auth).text
+
+    def ask(body: dict[str, str]) -> tuple[int, str]:
+        a = web.request("POST", "/api/fetch", {"Content-Type": "application/json"}, json.dumps(body).encode(), auth=auth)
+        return a.status, a.text
+
+    assert ask({"source": "orthanc", "study": "1.2; DROP"})[0] == 400
+    status, text = ask({"source": "nope", "study": "1.2.3"})
+    assert status == 409 and "no source named 'nope'" in text
+    status, text = ask({"source": "orthanc", "study": study})
+    assert status == 202 and "fetching the study from orthanc" in text, text
+    wait_for(lambda: [s for s in series_of(node) if s.instance_count == 4] or None, 30, what="the fetched series")

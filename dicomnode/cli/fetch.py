@@ -45,9 +45,7 @@ def _held(engine: Any, study_uid: str) -> bool:
 def cmd_fetch(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from dicomnode.config.sources import Retrieve
-    from dicomnode.net import wado
-    from dicomnode.net.retrieve import find, find_series, find_studies, move
+    from dicomnode.net.fetching import fetch_study, holds_study, list_studies
     from storage.database import migrate, open_engine
 
     configure_logging(args.log_level or "WARNING")
@@ -58,20 +56,14 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     me, timeout = cfg.node.ae_title, args.timeout
     engine = open_engine(cfg.node.database_url, sqlite_synchronous=cfg.node.sqlite_synchronous)
     migrate(engine)
-    web = source.retrieve == Retrieve.WADO_RS
-    if web and cfg.node.tls is not None:
-        raise ConfigError("fetching from a DICOMweb source stores through the node's listener, which needs TLS: not supported yet")
     if args.study is not None:
-        held = wado.has_study(source, args.study, timeout) if web else bool(
-            find(source, "STUDY", {"StudyInstanceUID": args.study}, calling_ae=me, timeout=timeout))
-        if not held:
-            print(f"{source.name} holds no study with that Study Instance UID ({'QIDO-RS' if web else 'C-FIND'} found none)", file=sys.stderr)
+        if not holds_study(cfg, source, args.study, timeout):
+            print(f"{source.name} holds no study with that Study Instance UID (its search found none)", file=sys.stderr)
             return EXIT_FAILED
         studies = [args.study]
     else:
         until = args.until or date.today().strftime("%Y%m%d")
-        found = (wado.find_studies(source, since=args.since, until=until, modality=args.modality, timeout=timeout) if web else
-                 find_studies(source, since=args.since, until=until, modality=args.modality, calling_ae=me, timeout=timeout))
+        found = list_studies(cfg, source, since=args.since, until=until, modality=args.modality, timeout=timeout)
         studies = [s.study_uid for s in found]
         print(f"{source.name}: {len(studies)} stud{'y' if len(studies) == 1 else 'ies'} from {args.since} to {until}"
               + (f" with {args.modality}" if args.modality else ""))
@@ -86,19 +78,14 @@ def cmd_fetch(args: argparse.Namespace) -> int:
                 continue
             label = f"study {i} of {len(studies)}"
             try:
-                series = args.series or []
-                if not series and (args.modality or args.body_part):
-                    matches = (wado.find_series(source, study, modality=args.modality, body_part=args.body_part, timeout=timeout) if web
-                               else find_series(source, study, modality=args.modality, body_part=args.body_part, calling_ae=me,
-                                                timeout=timeout))
-                    if not matches:
-                        tqdm.write(f"{label}: no series of {args.modality or 'any modality'}"
-                                   f"{' / ' + args.body_part if args.body_part else ''} at {source.name}; skipped")
-                        skipped += 1
-                        continue
-                    series = [m.series_uid for m in matches]
-                out = (_wado(cfg, source, study, series, timeout) if web else
-                       move(source, study, series, destination_ae=me, calling_ae=me, timeout=max(timeout, 600.0)))
+                done = fetch_study(cfg, source, study, series=args.series or [], modality=args.modality, body_part=args.body_part,
+                                   timeout=timeout)
+                if done is None:
+                    tqdm.write(f"{label}: no series of {args.modality or 'any modality'}"
+                               f"{' / ' + args.body_part if args.body_part else ''} at {source.name}; skipped")
+                    skipped += 1
+                    continue
+                out, series = done
             except NetworkError as exc:
                 failures += 1
                 audit("fetch", source=source.name, outcome="failed", error=str(exc))
@@ -106,7 +93,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
                 if args.study is not None:
                     return EXIT_FAILED
                 continue
-            audit("fetch", source=source.name, outcome="moved", instances=out.completed, failed=out.failed, series=len(series) or None)
+            audit("fetch", source=source.name, outcome="moved", instances=out.completed, failed=out.failed, series=series or None)
             if out.completed == 0 and out.failed == 0:
                 failures += 1
                 tqdm.write(f"{label}: {source.name} sent nothing (it holds no instances of it{' in those series' if series else ''})",
@@ -120,44 +107,6 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     print(f"fetched {fetched} stud{'y' if fetched == 1 else 'ies'}; {skipped} skipped (already in the node or no matching series); "
           f"{failures} with failures. The running node stores and processes what arrived (see 'dicomnode jobs').")
     return EXIT_OK if not failures else EXIT_FAILED
-
-
-def _wado(cfg: Any, source: Any, study: str, series: list[str], timeout: float) -> Any:
-    """Download a study by WADO-RS into a private temporary folder, then store it through the node's own listener.
-
-    A stream cut short stores nothing (a series missing instances must not be
-    processed as if complete); the instances are handed to the node by C-STORE
-    with the source's calling AE title, so they are stored and processed as if
-    pushed, and the temporary copies are removed.
-    """
-    import tempfile
-    from pathlib import Path
-
-    from dicomnode.config.peers import Destination
-    from dicomnode.net.retrieve import MoveOutcome
-    from dicomnode.net.scu import iter_dicom_files, send_files
-    from dicomnode.net.wado import retrieve
-
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(cfg.node.host, cfg.node.host)
-    node = Destination("node", cfg.node.ae_title, host, cfg.node.port)
-    with tempfile.TemporaryDirectory(prefix="dicomnode-fetch-", dir=cfg.node.storage_dir) as tmp:
-        files: list[Path] = []
-
-        def keep(data: bytes) -> bool:
-            path = Path(tmp) / f"{len(files):06d}.dcm"
-            path.write_bytes(data)
-            files.append(path)
-            return True
-
-        got = retrieve(source, study, series, keep, max_part=cfg.node.max_instance_mb << 20, timeout=max(timeout, 60.0))
-        if not got.complete:
-            raise NetworkError(
-                f"{source.name}: the WADO-RS stream was cut short after {got.received} instance(s); nothing of the study was "
-                "stored (run fetch again)"
-            )
-        report = send_files(list(iter_dicom_files(files)), node, calling_ae=source.ae_title, timeout=max(timeout, 60.0))
-    failed = len(report.failed) + got.refused + (len(files) - report.sent - len(report.failed))
-    return MoveOutcome(report.sent, failed, 0)
 
 
 def add_fetch_command(sub: Any, common: Callable[..., None]) -> None:

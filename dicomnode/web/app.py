@@ -31,7 +31,7 @@ from dicomnode.metrics import CONTENT_TYPE, Metrics
 from dicomnode.web.auth import Authenticator, Principal
 from dicomnode.web.guard import Guard, peer_of
 from dicomnode.web.login import add_login_routes
-from dicomnode.web.page import PAGE_CSP, message_page, preview_path, status_page
+from dicomnode.web.page import PAGE_CSP, fetch_page, message_page, preview_path, status_page
 from dicomnode.web.stow import StowHooks, add_stow_routes
 from dicomnode.web.users import ADMIN_PASSWORD_FILE, UserStore, ensure_first_admin
 from storage.errors import StorageError
@@ -105,11 +105,13 @@ def _who(request: Request) -> Principal:
 
 def create_app(
     engine: Engine, cfg: Config, metrics: Metrics, is_listening: Callable[[], bool] = lambda: True, dicom_port: int | None = None,
-    stow: StowHooks | None = None,
+    stow: StowHooks | None = None, fetch: Callable[[str, str, str], str] | None = None,
 ) -> Guard:
     """The web face of one node, behind its :class:`~dicomnode.web.guard.Guard` (``dicom_port``: shown on the page).
 
     With ``stow``, it also receives instances by STOW-RS (``POST /dicom-web/studies``, admin role), into the node's ingest.
+    With ``fetch(source, study, user)`` (which starts the fetch and says so, or raises ``ValueError``), admins can ask a
+    configured source for a study (``/fetch``).
 
     Creates the user ``admin`` on first start (see :func:`~dicomnode.web.users.ensure_first_admin`).
     """
@@ -190,6 +192,37 @@ def create_app(
 
     if stow is not None:
         add_stow_routes(app, stow, _who)
+
+    if fetch is not None and cfg.sources:
+        @app.get("/fetch", response_class=HTMLResponse)
+        def fetch_form(request: Request) -> HTMLResponse:
+            who = _who(request)
+            if not who.is_admin:
+                return _html(message_page("Fetch refused", "fetching a study needs the admin role"), 403)
+            return _html(fetch_page(cfg, who))
+
+        @app.post("/api/fetch")
+        async def api_fetch(request: Request) -> Response:
+            who = _who(request)
+            form = request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded")
+            fields = dict(await request.form()) if form else await request.json()
+            source, study = str(fields.get("source", "")), str(fields.get("study", "")).strip()
+            if not who.is_admin:
+                audit("web_action", user=who.name, peer=peer_of(request.scope), action="fetch", outcome="forbidden")
+                raise HTTPException(403, "fetching a study needs the admin role")
+            if not re.fullmatch(r"[0-9]+(\.[0-9]+)*", study) or len(study) > 64:
+                raise HTTPException(400, "the Study Instance UID must be digits and dots, at most 64 characters")
+            try:
+                what = fetch(source, study, who.name)
+            except ValueError as exc:
+                audit("web_action", user=who.name, peer=peer_of(request.scope), action="fetch", source=source, outcome="refused")
+                if form:
+                    return _html(message_page("Fetch refused", str(exc)), 409)
+                raise HTTPException(409, str(exc)) from exc
+            audit("web_action", user=who.name, peer=peer_of(request.scope), action="fetch", source=source, outcome="started")
+            if form:
+                return _html(message_page("Fetch started", what), 202)
+            return JSONResponse({"result": what}, status_code=202)
 
     if docs:
         @app.get("/api/docs", include_in_schema=False)

@@ -120,6 +120,9 @@ def status_page(engine: Engine, cfg: Config, jobs: list[JobRow], port: int, who:
         for d in recent[:30]
     )
     docs = ' · <a href="/api/docs">API</a>' if cfg.web.api_docs else ""
+    if cfg.sources and who.is_admin:
+        docs += ' · <a href="/fetch">fetch a study</a>'
+
     logout = (f'<form method="post" action="/logout">{_csrf(who)}<button>log out</button></form>' if who.via == Via.SESSION else "")
     return f"""{_head(f"dicomnode {cfg.node.ae_title}", refresh=True)}
 <h1>dicomnode {html.escape(cfg.node.ae_title)} <small>{__version__}, DICOM port {port}</small></h1>
@@ -150,3 +153,16 @@ def login_page(ae_title: str, login_token: str, next_path: str, notice: str = ""
 def message_page(title: str, text: str) -> str:
     """A short page that says what happened, with a way back to the status page."""
     return f'{_head(title)}<h1>{html.escape(title)}</h1><p>{html.escape(text)}</p><p><a href="/">back to the status page</a></p></body></html>'
+
+
+def fetch_page(cfg: Config, who: Principal, note: str = "") -> str:
+    """The form that asks a configured source for one study (admins)."""
+    options = "".join(f'<option value="{html.escape(src.name)}">{html.escape(src.name)} ({html.escape(src.describe())})</option>'
+                      for src in cfg.sources)
+    return (f'{_head("dicomnode: fetch a study")}<h1>Fetch a study</h1>'
+            f'{"<p>" + html.escape(note) + "</p>" if note else ""}'
+            "<p>The source sends the study to this node (C-MOVE, or WADO-RS for a DICOMweb source); it is then stored and "
+            "processed as if it had been pushed, and appears on the status page.</p>"
+            f'<form method="post" action="/api/fetch">{_csrf(who)}<label>Source <select name="source">{options}</select></label> '
+            '<label>Study Instance UID <input name="study" size="64" maxlength="64" pattern="[0-9.]{1,64}" required></label> '
+            '<button>fetch</button></form><p><a href="/">back to the status page</a></p></body></html>')

@@ -1,0 +1,106 @@
+"""Fetching a study from a ``[[sources]]`` PACS: by C-MOVE to the node's own AE, or by WADO-RS stored through its listener.
+
+Shared by ``dicomnode fetch`` and the status page's "fetch a study" form.
+What arrives is stored, completed, selected and processed as if pushed.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from dicomnode.config import Config
+from dicomnode.config.peers import Destination
+from dicomnode.config.sources import Retrieve, Source
+from dicomnode.errors import ConfigError, NetworkError
+from dicomnode.net import retrieve as dimse
+from dicomnode.net import wado
+from dicomnode.net.retrieve import MoveOutcome, StudyMatch
+
+logger = logging.getLogger(__name__)
+
+
+def _web(cfg: Config, source: Source) -> bool:
+    web = source.retrieve == Retrieve.WADO_RS
+    if web and cfg.node.tls is not None:
+        raise ConfigError("fetching from a DICOMweb source stores through the node's listener, which needs TLS: not supported yet")
+    return web
+
+
+def holds_study(cfg: Config, source: Source, study: str, timeout: float = 30.0) -> bool:
+    """Whether the source finds the study (C-FIND or QIDO-RS)."""
+    if _web(cfg, source):
+        return wado.has_study(source, study, timeout)
+    return bool(dimse.find(source, "STUDY", {"StudyInstanceUID": study}, calling_ae=cfg.node.ae_title, timeout=timeout))
+
+
+def list_studies(cfg: Config, source: Source, *, since: str, until: str, modality: str | None, timeout: float = 30.0) -> list[StudyMatch]:
+    """The source's studies of a date range (and modality), oldest first."""
+    if _web(cfg, source):
+        return wado.find_studies(source, since=since, until=until, modality=modality, timeout=timeout)
+    return dimse.find_studies(source, since=since, until=until, modality=modality, calling_ae=cfg.node.ae_title, timeout=timeout)
+
+
+def fetch_study(
+    cfg: Config, source: Source, study: str, *, series: Sequence[str] = (), modality: str | None = None,
+    body_part: str | None = None, timeout: float = 30.0,
+) -> tuple[MoveOutcome, int] | None:
+    """Have a study (its ``series``, or those of ``modality`` and ``body_part``) stored in the node.
+
+    Returns
+    -------
+    (MoveOutcome, int) or None
+        What was sent and how many series were asked for (0: the whole
+        study); ``None`` when no series of the study matches the filters.
+
+    Raises
+    ------
+    NetworkError
+        The source refused, failed or cut the transfer (in words).
+    """
+    web = _web(cfg, source)
+    chosen = list(series)
+    if not chosen and (modality or body_part):
+        matches = (wado.find_series(source, study, modality=modality, body_part=body_part, timeout=timeout) if web else
+                   dimse.find_series(source, study, modality=modality, body_part=body_part, calling_ae=cfg.node.ae_title, timeout=timeout))
+        if not matches:
+            return None
+        chosen = [m.series_uid for m in matches]
+    if web:
+        return store_by_wado(cfg, source, study, chosen, timeout), len(chosen)
+    me = cfg.node.ae_title
+    return dimse.move(source, study, chosen, destination_ae=me, calling_ae=me, timeout=max(timeout, 600.0)), len(chosen)
+
+
+def store_by_wado(cfg: Config, source: Source, study: str, series: Sequence[str], timeout: float) -> MoveOutcome:
+    """Download a study by WADO-RS into a private temporary folder, then store it through the node's own listener.
+
+    A stream cut short stores nothing (a series missing instances must not be
+    processed as if complete); the instances are handed to the node by C-STORE
+    with the source's calling AE title, and the temporary copies are removed.
+    """
+    from dicomnode.net.scu import iter_dicom_files, send_files
+
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(cfg.node.host, cfg.node.host)
+    node = Destination("node", cfg.node.ae_title, host, cfg.node.port)
+    cfg.node.storage_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="dicomnode-fetch-", dir=cfg.node.storage_dir) as tmp:
+        files: list[Path] = []
+
+        def keep(data: bytes) -> bool:
+            path = Path(tmp) / f"{len(files):06d}.dcm"
+            path.write_bytes(data)
+            files.append(path)
+            return True
+
+        got = wado.retrieve(source, study, series, keep, max_part=cfg.node.max_instance_mb << 20, timeout=max(timeout, 60.0))
+        if not got.complete:
+            raise NetworkError(
+                f"{source.name}: the WADO-RS stream was cut short after {got.received} instance(s); nothing of the study was "
+                "stored (run fetch again)"
+            )
+        report = send_files(list(iter_dicom_files(files)), node, calling_ae=source.ae_title, timeout=max(timeout, 60.0))
+    failed = len(report.failed) + got.refused + (len(files) - report.sent - len(report.failed))
+    return MoveOutcome(report.sent, failed, 0)
