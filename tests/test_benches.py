@@ -51,6 +51,11 @@ TABLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         ("| metric | value | target |", "| lung Dice, right |", "| sensitivity, solid >= 6 mm |",
          "| false-positive nodules per scan (mean) |", "| classifier AUC, nodule present |"),
     ),
+    "fetch": (
+        ("storescu", "storescp", "echoscu", "Orthanc"),
+        ("| transfer | seconds | studies per minute |", "| Orthanc -> dcmtk storescp (C-STORE, reference) |",
+         "| dicomnode fetch, C-MOVE", "| dicomnode fetch, WADO-RS"),
+    ),
     "train_epoch": (
         (),
         ("| precision | seconds per epoch | ms per step | loss | peak GPU memory |", "| fp32 |"),

@@ -52,9 +52,11 @@ def fetch(node: Node, *args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=300)
 
 
-def test_a_study_fetched_by_c_move_is_processed_and_its_results_reach_orthanc_by_stow_rs(
-    node_factory: Callable[..., Node], orthanc: Orthanc, tmp_path: Path,
+@pytest.mark.parametrize("retrieve", ["c-move", "wado-rs"])
+def test_a_fetched_study_is_processed_and_its_results_reach_orthanc_by_stow_rs(
+    node_factory: Callable[..., Node], orthanc: Orthanc, tmp_path: Path, retrieve: str,
 ) -> None:
+    """C-MOVE (C-FIND first), or QIDO-RS and WADO-RS: the chest CT is processed, and its SEG and SR go back by STOW-RS."""
     from ai.phantoms import generate
     from dicomnode.testing.synthetic import write_phantom
     from tests.test_pipeline import WORKER
@@ -63,7 +65,8 @@ def test_a_study_fetched_by_c_move_is_processed_and_its_results_reach_orthanc_by
     assert storescu(orthanc.port, files, called=orthanc.ae).returncode == 0
     study = str(dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
     web = f'[[destinations]]\nname = "orthanc-web"\nkind = "dicomweb"\nurl = "{orthanc.dicomweb_url}"\n'
-    node = node_factory(extra_toml=WORKER + web + source_toml(orthanc), series_toml="quiet_seconds = 5")
+    src = source_toml(orthanc) if retrieve == "c-move" else web_source(orthanc)
+    node = node_factory(extra_toml=WORKER + web + src, series_toml="quiet_seconds = 5")
     know_node(orthanc, node)
     r = fetch(node, "--study", study)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -71,7 +74,8 @@ def test_a_study_fetched_by_c_move_is_processed_and_its_results_reach_orthanc_by
     [job] = wait_for(lambda: [j for j in jobs_of(node) if j.state in ("done", "failed", "delivery_failed")] or None, 240, what="the job")
     assert job.state == "done", job.error
     [series] = [s for s in series_of(node) if s.id == job.series_id]
-    assert series.calling_ae == orthanc.ae  # the job's series records where it came from: the source's C-MOVE
+    # The job's series records where it came from: the source's C-MOVE association, or the DICOMweb source's AE title.
+    assert series.calling_ae == (orthanc.ae if retrieve == "c-move" else "ORTHANC-WEB")
     # The SEG and SR are now in Orthanc's copy of the study, beside the CT, by STOW-RS.
     [oid] = orthanc.get("/studies")
 
