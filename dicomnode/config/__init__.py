@@ -246,11 +246,7 @@ class Config:
         ConfigError
             There is none; the message lists the configured names.
         """
-        for src in self.sources:
-            if src.name == name:
-                return src
-        known = ", ".join(s.name for s in self.sources) or "none"
-        raise ConfigError(f"sources: no source named {name!r} (configured: {known}; add a [[sources]] entry)")
+        return _named(self.sources, name, "sources", "source")
 
     def destination(self, name: str) -> Destination:
         """The destination called ``name``.
@@ -260,11 +256,18 @@ class Config:
         ConfigError
             There is none; the message lists the configured names.
         """
-        for dest in self.destinations:
-            if dest.name == name:
-                return dest
-        known = ", ".join(d.name for d in self.destinations) or "none"
-        raise ConfigError(f"destinations: no destination named {name!r} (configured: {known})")
+        return _named(self.destinations, name, "destinations", "destination")
+
+
+_Named = TypeVar("_Named", Source, Destination)
+
+
+def _named(items: tuple[_Named, ...], name: str, section: str, what: str) -> _Named:
+    for item in items:
+        if item.name == name:
+            return item
+    known = ", ".join(i.name for i in items) or "none"
+    raise ConfigError(f"{section}: no {what} named {name!r} (configured: {known}; add a [[{section}]] entry)")
 
 
 def _parse_node(data: Mapping[str, Any]) -> NodeConfig:
