@@ -234,3 +234,14 @@ def test_an_admin_fetches_a_study_from_the_status_page(node_factory: Callable[..
     status, text = ask({"source": "orthanc", "study": study})
     assert status == 202 and "fetching the study from orthanc" in text, text
     wait_for(lambda: [s for s in series_of(node) if s.instance_count == 4] or None, 30, what="the fetched series")
+
+
+def test_a_source_that_retrieves_by_c_get(node_factory: Callable[..., Node], orthanc: Orthanc, tmp_path: Path) -> None:
+    """C-GET: the source sends on the fetch's own association; the study is then stored through the node's listener."""
+    [study, *_] = three_studies(tmp_path, orthanc)
+    node = node_factory(extra_toml="[worker]\nenabled = false\n" + source_toml(orthanc) + 'retrieve = "c-get"\n')
+    know_node(orthanc, node)  # Orthanc answers C-GET from the modalities it knows
+    r = fetch(node, "--study", study)
+    assert r.returncode == 0 and "4 instance(s) sent to DICOMNODE by orthanc" in r.stdout, r.stdout + r.stderr
+    [s] = wait_for(lambda: [s for s in series_of(node) if s.instance_count == 4] or None, 30, what="the fetched series")
+    assert s.calling_ae == orthanc.ae and not list(node.cfg.node.storage_dir.glob("dicomnode-fetch-*"))

@@ -231,3 +231,12 @@ def test_notify_targets_are_validated(tmp_path: Path) -> None:
     }.items():
         with pytest.raises(ConfigError, match=message):
             cfg(body)
+
+
+def test_a_webhook_that_does_not_answer_times_out_in_words(node_db: Callable[..., tuple[Config, Engine, int]]) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # listens, never answers
+        port = silent.getsockname()[1]
+        cfg, engine, job = node_db(Notify("ehr", NotifyKind.WEBHOOK, url=f"http://127.0.0.1:{port}/hook", timeout=0.5))
+        Notifier(engine, cfg).run_once()
+        [n] = notifications_of(engine, job)
+    assert n.state == "pending" and n.attempts == 1 and n.last_error == "ehr: the webhook did not answer within 0.5 s"

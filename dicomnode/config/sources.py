@@ -27,6 +27,7 @@ class Retrieve(enum.StrEnum):
     """How a source is asked for instances."""
 
     C_MOVE = "c-move"  # DIMSE: the source opens an association to the node's listener (it must know the node's AE)
+    C_GET = "c-get"  # DIMSE: the source sends on the fetch's own association; stored through the node's listener
     WADO_RS = "wado-rs"  # DICOMweb: the fetch command downloads them and stores them through the node's listener
 
 
@@ -79,8 +80,8 @@ def parse_sources(data: Any) -> tuple[Source, ...]:
             if k not in item:
                 raise ConfigError(f"{key}.{k}: required")
         retrieve = item.get("retrieve", Retrieve.C_MOVE)
-        if retrieve != Retrieve.C_MOVE:
-            raise ConfigError(f"{key}.retrieve: a dimse source retrieves by c-move, got {retrieve!r}")
+        if retrieve not in (Retrieve.C_MOVE, Retrieve.C_GET):
+            raise ConfigError(f"{key}.retrieve: a dimse source retrieves by c-move or c-get, got {retrieve!r}")
         src = Source(
             name=_str(f"{key}.name", item["name"]), ae_title=_ae(f"{key}.ae_title", item["ae_title"]),
             host=_str(f"{key}.host", item["host"]), port=_int(f"{key}.port", item["port"], 1, 65535),

@@ -1,4 +1,4 @@
-"""Fetching a study from a ``[[sources]]`` PACS: by C-MOVE to the node's own AE, or by WADO-RS stored through its listener.
+"""Fetching a study from a ``[[sources]]`` PACS: by C-MOVE to the node's own AE, or by C-GET or WADO-RS stored through its listener.
 
 Shared by ``dicomnode fetch`` and the status page's "fetch a study" form.
 What arrives is stored, completed, selected and processed as if pushed.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from dicomnode.config import Config
@@ -68,18 +68,38 @@ def fetch_study(
         if not matches:
             return None
         chosen = [m.series_uid for m in matches]
-    if web:
-        return store_by_wado(cfg, source, study, chosen, timeout), len(chosen)
     me = cfg.node.ae_title
+    if web:
+        def by_wado(keep: Callable[[bytes], bool]) -> tuple[int, int]:
+            got = wado.retrieve(source, study, chosen, keep, max_part=cfg.node.max_instance_mb << 20, timeout=max(timeout, 60.0))
+            if not got.complete:
+                raise NetworkError(
+                    f"{source.name}: the WADO-RS stream was cut short after {got.received} instance(s); nothing of the study "
+                    "was stored (run fetch again)"
+                )
+            return got.refused, 0
+
+        return store_through_listener(cfg, source, by_wado, timeout), len(chosen)
+    if source.retrieve == Retrieve.C_GET:
+        def by_get(keep: Callable[[bytes], bool]) -> tuple[int, int]:
+            got = dimse.get(source, study, chosen, keep, calling_ae=me, timeout=max(timeout, 600.0))
+            return 0, got.failed
+
+        return store_through_listener(cfg, source, by_get, timeout), len(chosen)
     return dimse.move(source, study, chosen, destination_ae=me, calling_ae=me, timeout=max(timeout, 600.0)), len(chosen)
 
 
-def store_by_wado(cfg: Config, source: Source, study: str, series: Sequence[str], timeout: float) -> MoveOutcome:
-    """Download a study by WADO-RS into a private temporary folder, then store it through the node's own listener.
+def store_through_listener(
+    cfg: Config, source: Source, download: Callable[[Callable[[bytes], bool]], tuple[int, int]], timeout: float,
+) -> MoveOutcome:
+    """Download a study (WADO-RS or C-GET) into a private temporary folder, then store it through the node's own listener.
 
-    A stream cut short stores nothing (a series missing instances must not be
-    processed as if complete); the instances are handed to the node by C-STORE
-    with the source's calling AE title, and the temporary copies are removed.
+    ``download(keep)`` hands every instance to ``keep`` and returns how many
+    it refused and how many the source failed to send; it raises when the
+    transfer broke off, and then nothing is stored (a series missing
+    instances must not be processed as if complete).  The instances go to the
+    node by C-STORE with the source's calling AE title, so they are stored and
+    processed as if pushed; the temporary copies are removed.
     """
     from dicomnode.net.scu import iter_dicom_files, send_files
 
@@ -95,12 +115,7 @@ def store_by_wado(cfg: Config, source: Source, study: str, series: Sequence[str]
             files.append(path)
             return True
 
-        got = wado.retrieve(source, study, series, keep, max_part=cfg.node.max_instance_mb << 20, timeout=max(timeout, 60.0))
-        if not got.complete:
-            raise NetworkError(
-                f"{source.name}: the WADO-RS stream was cut short after {got.received} instance(s); nothing of the study was "
-                "stored (run fetch again)"
-            )
+        refused, not_sent = download(keep)
         report = send_files(list(iter_dicom_files(files)), node, calling_ae=source.ae_title, timeout=max(timeout, 60.0))
-    failed = len(report.failed) + got.refused + (len(files) - report.sent - len(report.failed))
+    failed = len(report.failed) + refused + not_sent + (len(files) - report.sent - len(report.failed))
     return MoveOutcome(report.sent, failed, 0)

@@ -11,19 +11,21 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from pydicom import Dataset
-from pynetdicom import AE
+from pynetdicom import AE, build_role, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # generated at import, unknown to the stubs
     StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
 )
 
 from dicomnode.config.peers import Destination
 from dicomnode.config.sources import Source
+from dicomnode.dicom.sopclasses import IMAGE_STORAGE_SOP_CLASSES, NON_IMAGE_STORAGE_SOP_CLASSES, storage_contexts
 from dicomnode.errors import NetworkError
 from dicomnode.net.scu import associate
 
@@ -185,13 +187,19 @@ def move(
     finally:
         if assoc.is_established:
             assoc.release()
+    return _final(source, last, started, timeout, calling_ae, destination_ae, "C-MOVE")
+
+
+def _final(source: Source, last: Dataset | None, started: float, timeout: float, calling_ae: str, destination_ae: str,
+           what: str) -> MoveOutcome:
+    """The outcome of a C-MOVE or C-GET from its last response, or the failure in words."""
     if last is None or int(last.Status) in PENDING:  # no final answer
         if time.monotonic() - started < 0.9 * timeout:  # the source ended the association (Orthanc does, for unknown requesters)
             raise NetworkError(
-                f"{source.name} ({source.ae_title}) closed the association instead of answering our C-MOVE: it may not "
+                f"{source.name} ({source.ae_title}) closed the association instead of answering our {what}: it may not "
                 f"allow {calling_ae} to retrieve; add {destination_ae} with this node's host and port to its DICOM modalities"
             )
-        raise NetworkError(f"{source.name}: no C-MOVE response within {timeout:.0f} s")
+        raise NetworkError(f"{source.name}: no {what} response within {timeout:.0f} s")
     code = int(last.Status)
     counts = MoveOutcome(
         int(last.get("NumberOfCompletedSuboperations", 0) or 0), int(last.get("NumberOfFailedSuboperations", 0) or 0),
@@ -203,12 +211,53 @@ def move(
             f"add {destination_ae} with this node's host and port to its DICOM modalities"
         )
     if code == CANCELLED:
-        raise NetworkError(f"{source.name}: the C-MOVE was cancelled after {counts.completed} instance(s)")
+        raise NetworkError(f"{source.name}: the {what} was cancelled after {counts.completed} instance(s)")
     if code not in (SUCCESS, SUB_OPERATIONS_WARNING):
         why = MOVE_FAILURES.get(code, "it refused")
         if 0xC000 <= code <= 0xCFFF:  # some PACS (Orthanc) answer an unknown move destination this way, not with 0xA801
             why = (f"it could not process the request; check that it lists {destination_ae} with this node's host and port "
                    "among its DICOM modalities")
         comment = str(last.get("ErrorComment", "") or "").strip()
-        raise NetworkError(f"{source.name}: C-MOVE failed with status 0x{code:04X}: {why}" + (f" (it says: {comment[:120]})" if comment else ""))
+        raise NetworkError(f"{source.name}: {what} failed with status 0x{code:04X}: {why}" + (f" (it says: {comment[:120]})" if comment else ""))
     return counts
+
+
+def get(
+    source: Source, study_uid: str, series_uids: Sequence[str], on_instance: Callable[[bytes], bool], *, calling_ae: str,
+    timeout: float = 600.0,
+) -> MoveOutcome:
+    """Ask ``source`` for a study (or some of its series) by C-GET: it sends the instances on this association.
+
+    ``on_instance`` takes each instance as a PS3.10 file (``False``: refused,
+    answered 0xA700).  Raises :class:`NetworkError` as :func:`move` does.
+    """
+    query = Dataset()
+    query.QueryRetrieveLevel = "SERIES" if series_uids else "STUDY"
+    query.StudyInstanceUID = study_uid
+    if series_uids:
+        query.SeriesInstanceUID = list(series_uids) if len(series_uids) > 1 else series_uids[0]
+    ae = _ae(calling_ae, StudyRootQueryRetrieveInformationModelGet, timeout)
+    for ctx in storage_contexts():  # we are the Storage SCP of the instances the source sends back
+        assert ctx.abstract_syntax is not None
+        ae.add_requested_context(ctx.abstract_syntax, ctx.transfer_syntax)
+    roles = [build_role(uid, scp_role=True) for uid in IMAGE_STORAGE_SOP_CLASSES + NON_IMAGE_STORAGE_SOP_CLASSES]
+
+    def store(event: Any) -> int:
+        try:
+            return 0x0000 if on_instance(bytes(event.encoded_dataset(include_meta=True))) else 0xA700
+        except Exception:  # never let an exception reach pynetdicom
+            logger.exception("C-GET: an instance could not be kept")
+            return 0xA700
+
+    assoc = associate(ae, _as_peer(source), ext_neg=roles, evt_handlers=[(evt.EVT_C_STORE, store)])
+    last: Dataset | None = None
+    started = time.monotonic()
+    try:
+        for status, _identifier in assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet):
+            if not status or "Status" not in status:
+                break
+            last = status
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return _final(source, last, started, timeout, calling_ae, calling_ae, "C-GET")

@@ -79,7 +79,7 @@ def send_mllp(target: Notify, message: str) -> str:
                     break
                 buf += chunk
     except TimeoutError as exc:
-        raise NetworkError(f"{target.name}: no ACK from {where} within {target.timeout:.0f} s") from exc
+        raise NetworkError(f"{target.name}: no ACK from {where} within {target.timeout:g} s") from exc
     except OSError as exc:
         raise NetworkError(f"{target.name}: cannot reach the MLLP listener at {where}: {exc.strerror or exc}") from exc
     if not buf.startswith(START) or END not in buf:

@@ -39,7 +39,7 @@ def post(target: Notify, summary: JobSummary) -> int:
         resp = conn.getresponse()
         resp.read(1 << 16)
     except TimeoutError as exc:
-        raise NetworkError(f"{target.name}: the webhook did not answer within {target.timeout:.0f} s") from exc
+        raise NetworkError(f"{target.name}: the webhook did not answer within {target.timeout:g} s") from exc
     except ssl.SSLError as exc:
         raise NetworkError(f"{target.name}: TLS failed: {getattr(exc, 'verify_message', None) or exc.reason or exc}") from exc
     except OSError as exc:
