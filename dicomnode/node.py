@@ -157,9 +157,12 @@ class Node:
             from dicomnode.audit import audit
             from dicomnode.net.fetching import fetch_study, holds_study
 
+            from storage.fetches import record_fetch
+
             try:
                 if not holds_study(self.cfg, source, study):
                     raise NetworkError(f"{source.name} holds no study with that Study Instance UID")
+                record_fetch(self.engine, study, source.name, requested_by=user)
                 done = fetch_study(self.cfg, source, study)
                 assert done is not None  # no series filter
                 out, _ = done

@@ -9,11 +9,12 @@ from typing import Any
 from sqlalchemy import Engine, select
 
 from storage.database import as_utc, read_transaction
-from storage.models import Job, Series, table_of
+from storage.models import Fetch, Job, Series, table_of
 from storage.private_fields import is_private_field as is_private_field  # re-exported: it needs no database
 
 _series = table_of(Series)
 _jobs = table_of(Job)
+_fetches = table_of(Fetch)
 
 
 class Row:
@@ -50,10 +51,16 @@ class JobRow(Row):
     timings: dict[str, float] | None = None
     selection: str | None = None  # "chosen" or "skipped" within its study
     selection_reason: str | None = None
+    fetched_from: str | None = None  # the source its study was fetched from (dicomnode fetch), if it was
 
 
 def list_jobs(engine: Engine, *, state: str | None = None, limit: int = 50, job_id: int | None = None) -> list[JobRow]:
     """The most recent jobs first, optionally only those in ``state`` (or only job ``job_id``)."""
+    fetched = (  # the latest fetch of the job's study asked for before the job was created
+        select(_fetches.c.source)
+        .where(_fetches.c.study_uid == _series.c.study_uid, _fetches.c.requested_at <= _jobs.c.created_at)
+        .order_by(_fetches.c.id.desc()).limit(1).scalar_subquery()
+    )
     stmt = (
         select(
             _jobs.c.id,
@@ -76,6 +83,7 @@ def list_jobs(engine: Engine, *, state: str | None = None, limit: int = 50, job_
             _jobs.c.timings,
             _series.c.selection,
             _series.c.selection_reason,
+            fetched.label("fetched_from"),
         )
         .join(_series, _series.c.id == _jobs.c.series_id)
         .order_by(_jobs.c.id.desc())

@@ -251,3 +251,15 @@ class Notification(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None]
+
+
+class Fetch(Base):
+    """A study the node asked a source for (``dicomnode fetch`` or the status page): its jobs say they came from it."""
+
+    __tablename__ = "fetches"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_uid: Mapped[str] = mapped_column(String(64), index=True)
+    source: Mapped[str] = mapped_column(String(64))  # the [[sources]] name
+    requested_by: Mapped[str | None] = mapped_column(String(128))  # the web user, or None for the command line
+    requested_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -74,8 +74,15 @@ def test_a_fetched_study_is_processed_and_its_results_reach_orthanc_by_stow_rs(
     [job] = wait_for(lambda: [j for j in jobs_of(node) if j.state in ("done", "failed", "delivery_failed")] or None, 240, what="the job")
     assert job.state == "done", job.error
     [series] = [s for s in series_of(node) if s.id == job.series_id]
-    # The job's series records where it came from: the source's C-MOVE association, or the DICOMweb source's AE title.
+    # The job's series records where it came from: the source's C-MOVE association, or the DICOMweb source's AE title;
+    # and the job says that its study was fetched, and from which source (a push from the same PACS would not).
     assert series.calling_ae == (orthanc.ae if retrieve == "c-move" else "ORTHANC-WEB")
+    from storage.listings import list_jobs
+
+    assert list_jobs(node.engine, job_id=job.id)[0].fetched_from == "orthanc"
+    shown = subprocess.run([sys.executable, "-m", "dicomnode", "jobs", str(job.id), "--config", str(node.cfg.source)],
+                           capture_output=True, text=True, timeout=60)
+    assert "(fetched from source orthanc)" in shown.stdout, shown.stdout + shown.stderr
     # The SEG and SR are now in Orthanc's copy of the study, beside the CT, by STOW-RS.
     [oid] = orthanc.get("/studies")
 
@@ -234,6 +241,11 @@ def test_an_admin_fetches_a_study_from_the_status_page(node_factory: Callable[..
     status, text = ask({"source": "orthanc", "study": study})
     assert status == 202 and "fetching the study from orthanc" in text, text
     wait_for(lambda: [s for s in series_of(node) if s.instance_count == 4] or None, 30, what="the fetched series")
+    [job] = wait_for(lambda: jobs_of(node) or None, 60, what="its job")
+    from storage.listings import list_jobs
+
+    assert list_jobs(node.engine, job_id=job.id)[0].fetched_from == "orthanc"
+    assert "(fetched from orthanc)" in web.get("/", auth=auth).text
 
 
 def test_a_source_that_retrieves_by_c_get(node_factory: Callable[..., Node], orthanc: Orthanc, tmp_path: Path) -> None:

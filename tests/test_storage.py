@@ -27,7 +27,7 @@ def current_revision(engine: Engine) -> str | None:
 
 
 def test_migrations_create_the_models_schema(engine: Engine) -> None:
-    assert current_revision(engine) == "0007"
+    assert current_revision(engine) == "0008"
     insp = inspect(engine)
     for table in Base.metadata.sorted_tables:
         cols = {c["name"] for c in insp.get_columns(table.name)}

@@ -47,6 +47,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
     from dicomnode.net.fetching import fetch_study, holds_study, list_studies
     from storage.database import migrate, open_engine
+    from storage.fetches import record_fetch
 
     configure_logging(args.log_level or "WARNING")
     cfg = _config(args)
@@ -78,6 +79,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
                 continue
             label = f"study {i} of {len(studies)}"
             try:
+                record_fetch(engine, study, source.name)  # its jobs will say they came from this source
                 done = fetch_study(cfg, source, study, series=args.series or [], modality=args.modality, body_part=args.body_part,
                                    timeout=timeout)
                 if done is None:

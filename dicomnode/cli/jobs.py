@@ -54,6 +54,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         )
         if args.job:
             print(f"  model: {j.model or '-'}; worker: {j.worker or '-'}; attempts: {j.attempts}; stage: {j.stage or '-'}")
+            print(f"  from: {j.calling_ae or '-'}" + (f" (fetched from source {j.fetched_from})" if j.fetched_from else ""))
             if j.selection:
                 print(f"  series {j.selection}: {j.selection_reason or '-'}")
             for k, v in (j.timings or {}).items():

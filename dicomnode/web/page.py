@@ -98,7 +98,8 @@ def status_page(engine: Engine, cfg: Config, jobs: list[JobRow], port: int, who:
         )
         what = " / ".join(html.escape(x) for x in (j.modality or "?", j.series_description or "") if x)
         rows.append(
-            f'<tr id="job-{j.id}"><td>{j.id}</td><td>{what}<br><small>from {html.escape(j.calling_ae or "?")}, '
+            f'<tr id="job-{j.id}"><td>{j.id}</td><td>{what}<br><small>from {html.escape(j.calling_ae or "?")}'
+            f'{" (fetched from " + html.escape(j.fetched_from) + ")" if j.fetched_from else ""}, '
             f"{j.instance_count} images, {html.escape(j.completion_reason)}</small></td><td>{_state(j.state)} {retry}"
             f'{"<br><small>" + html.escape(j.stage) + "</small>" if j.stage and j.state == JobState.RUNNING else ""}</td>'
             f"<td>{html.escape(j.model or '')}<br><small>{stages}</small>"
