@@ -171,23 +171,35 @@ def move(
         No association, or the source refused or failed the move; the
         message says what to check.
     """
+    query = _retrieve_query(study_uid, series_uids)
+    assoc = associate(_ae(calling_ae, StudyRootQueryRetrieveInformationModelMove, timeout), _as_peer(source))
+    started = time.monotonic()
+    last = _last_status(assoc, assoc.send_c_move(query, destination_ae, StudyRootQueryRetrieveInformationModelMove))
+    return _final(source, last, started, timeout, calling_ae, destination_ae, "C-MOVE")
+
+
+def _retrieve_query(study_uid: str, series_uids: Sequence[str]) -> Dataset:
+    """The identifier of a C-MOVE or C-GET: a study, or some of its series."""
     query = Dataset()
     query.QueryRetrieveLevel = "SERIES" if series_uids else "STUDY"
     query.StudyInstanceUID = study_uid
     if series_uids:
         query.SeriesInstanceUID = list(series_uids) if len(series_uids) > 1 else series_uids[0]
-    assoc = associate(_ae(calling_ae, StudyRootQueryRetrieveInformationModelMove, timeout), _as_peer(source))
+    return query
+
+
+def _last_status(assoc: Any, responses: Any) -> Dataset | None:
+    """The last status of a C-MOVE or C-GET (``None`` when there was none); the association is released after."""
     last: Dataset | None = None
-    started = time.monotonic()
     try:
-        for status, _identifier in assoc.send_c_move(query, destination_ae, StudyRootQueryRetrieveInformationModelMove):
+        for status, _identifier in responses:
             if not status or "Status" not in status:
                 break
             last = status
     finally:
         if assoc.is_established:
             assoc.release()
-    return _final(source, last, started, timeout, calling_ae, destination_ae, "C-MOVE")
+    return last
 
 
 def _final(source: Source, last: Dataset | None, started: float, timeout: float, calling_ae: str, destination_ae: str,
@@ -231,11 +243,7 @@ def get(
     ``on_instance`` takes each instance as a PS3.10 file (``False``: refused,
     answered 0xA700).  Raises :class:`NetworkError` as :func:`move` does.
     """
-    query = Dataset()
-    query.QueryRetrieveLevel = "SERIES" if series_uids else "STUDY"
-    query.StudyInstanceUID = study_uid
-    if series_uids:
-        query.SeriesInstanceUID = list(series_uids) if len(series_uids) > 1 else series_uids[0]
+    query = _retrieve_query(study_uid, series_uids)
     ae = _ae(calling_ae, StudyRootQueryRetrieveInformationModelGet, timeout)
     for ctx in storage_contexts():  # we are the Storage SCP of the instances the source sends back
         assert ctx.abstract_syntax is not None
@@ -250,14 +258,6 @@ def get(
             return 0xA700
 
     assoc = associate(ae, _as_peer(source), ext_neg=roles, evt_handlers=[(evt.EVT_C_STORE, store)])
-    last: Dataset | None = None
     started = time.monotonic()
-    try:
-        for status, _identifier in assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet):
-            if not status or "Status" not in status:
-                break
-            last = status
-    finally:
-        if assoc.is_established:
-            assoc.release()
+    last = _last_status(assoc, assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet))
     return _final(source, last, started, timeout, calling_ae, calling_ae, "C-GET")
