@@ -21,7 +21,7 @@ STAGES: dict[str, set[str]] = {
     "volume": {"dicom"},
     "outputs": {"dicom", "volume", "ai"},
     "jobs": {"dicom", "net", "volume", "outputs", "ai"},
-    "notify": {"dicom", "jobs"},  # result messages (webhook, HL7 ORU) after a job ends
+    "notify": {"dicom", "net", "jobs"},  # result messages (webhook, HL7 ORU) after a job ends
     "testing": {"dicom", "ai"},
     "web": {"dicom"},  # dicomnode/web.py: the status page
     "node": {"dicom", "net", "receive", "jobs", "notify", "web"},  # dicomnode/node.py wires the stages together

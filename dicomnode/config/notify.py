@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from dicomnode.config.values import integer as _int
 from dicomnode.config.values import number as _num
 from dicomnode.config.values import str_list as _str_list
 from dicomnode.config.values import string as _str
-from dicomnode.config.values import table as _table
+from dicomnode.config.values import array_of_tables, unique_names
 from dicomnode.errors import ConfigError
 
 
@@ -54,48 +55,43 @@ def parse_notify(data: Any) -> tuple[Notify, ...]:
     ConfigError
         A key is unknown or missing, a value invalid or a name repeated.
     """
-    if not isinstance(data, list):
-        raise ConfigError(f"notify: must be an array of tables ([[notify]]), got {data!r}")
-    out: list[Notify] = []
-    for i, item in enumerate(data):
-        key = f"notify[{i}]"
-        item = _table(key, item)
-        kind = item.get("kind")
-        if kind not in tuple(NotifyKind):
-            raise ConfigError(f"{key}.kind: must be webhook or hl7, got {kind!r}")
-        common = {"name", "kind", "on", "timeout"}
-        if kind == NotifyKind.WEBHOOK:
-            _check_keys(key, item, common | {"url", "token_file", "tls_ca_file"})
-            url = _str(f"{key}.url", item.get("url", ""))
-            parts = urlsplit(url)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ConfigError(f"{key}.url: must be an http:// or https:// URL, got {url!r}")
-        else:
-            _check_keys(key, item, common | {"host", "port", "sending_application", "sending_facility", "receiving_application",
-                                             "receiving_facility"})
-            for k in ("host", "port"):
-                if k not in item:
-                    raise ConfigError(f"{key}.{k}: required for an hl7 target (the RIS's MLLP listener)")
-        paths = {}
-        for k in ("token_file", "tls_ca_file"):
-            if k in item:
-                p = Path(_str(f"{key}.{k}", item[k]))
-                if not p.is_file():
-                    raise ConfigError(f"{key}.{k}: file {p} does not exist")
-                paths[k] = p
-        on = _str_list(f"{key}.on", item.get("on", list(EVENTS)))
-        if not on or any(e not in EVENTS for e in on):
-            raise ConfigError(f"{key}.on: a list of {', '.join(EVENTS)}, got {on!r}")
-        target = Notify(
-            name=_str(f"{key}.name", item.get("name", f"notify {i + 1}")), kind=NotifyKind(kind), on=tuple(on),
-            url=item.get("url"), token_file=paths.get("token_file"), tls_ca_file=paths.get("tls_ca_file"),
-            host=_str(f"{key}.host", item["host"]) if "host" in item else None,
-            port=_int(f"{key}.port", item["port"], 1, 65535) if "port" in item else None,
-            timeout=_num(f"{key}.timeout", item.get("timeout", 10.0), 0.5, 300.0),
-            **{k: _str(f"{key}.{k}", item[k]) for k in ("sending_application", "sending_facility", "receiving_application",
-                                                       "receiving_facility") if k in item},
-        )
-        if any(n.name == target.name for n in out):
-            raise ConfigError(f"{key}.name: duplicate notify name {target.name!r}")
-        out.append(target)
-    return tuple(out)
+    entries = array_of_tables("notify", data)
+    return unique_names("notify", "notify", [_notify(i, key, item) for i, (key, item) in enumerate(entries)])
+
+
+def _notify(i: int, key: str, item: Mapping[str, Any]) -> Notify:
+    kind = item.get("kind")
+    if kind not in tuple(NotifyKind):
+        raise ConfigError(f"{key}.kind: must be webhook or hl7, got {kind!r}")
+    common = {"name", "kind", "on", "timeout"}
+    if kind == NotifyKind.WEBHOOK:
+        _check_keys(key, item, common | {"url", "token_file", "tls_ca_file"})
+        url = _str(f"{key}.url", item.get("url", ""))
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"{key}.url: must be an http:// or https:// URL, got {url!r}")
+    else:
+        _check_keys(key, item, common | {"host", "port", "sending_application", "sending_facility", "receiving_application",
+                                         "receiving_facility"})
+        for k in ("host", "port"):
+            if k not in item:
+                raise ConfigError(f"{key}.{k}: required for an hl7 target (the RIS's MLLP listener)")
+    paths = {}
+    for k in ("token_file", "tls_ca_file"):
+        if k in item:
+            p = Path(_str(f"{key}.{k}", item[k]))
+            if not p.is_file():
+                raise ConfigError(f"{key}.{k}: file {p} does not exist")
+            paths[k] = p
+    on = _str_list(f"{key}.on", item.get("on", list(EVENTS)))
+    if not on or any(e not in EVENTS for e in on):
+        raise ConfigError(f"{key}.on: a list of {', '.join(EVENTS)}, got {on!r}")
+    return Notify(
+        name=_str(f"{key}.name", item.get("name", f"notify {i + 1}")), kind=NotifyKind(kind), on=tuple(on),
+        url=item.get("url"), token_file=paths.get("token_file"), tls_ca_file=paths.get("tls_ca_file"),
+        host=_str(f"{key}.host", item["host"]) if "host" in item else None,
+        port=_int(f"{key}.port", item["port"], 1, 65535) if "port" in item else None,
+        timeout=_num(f"{key}.timeout", item.get("timeout", 10.0), 0.5, 300.0),
+        **{k: _str(f"{key}.{k}", item[k]) for k in ("sending_application", "sending_facility", "receiving_application",
+                                                   "receiving_facility") if k in item},
+    )

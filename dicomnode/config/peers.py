@@ -16,6 +16,7 @@ from dicomnode.config.values import integer as _int
 from dicomnode.config.values import number as _num
 from dicomnode.config.values import str_list as _str_list
 from dicomnode.config.values import string as _str
+from dicomnode.config.values import array_of_tables, unique_names
 from dicomnode.config.values import table as _table
 from dicomnode.errors import ConfigError
 
@@ -183,55 +184,46 @@ def dicomweb_peer(key: str, item: Mapping[str, Any]) -> Destination:
 
 
 def parse_destinations(data: Any) -> tuple[Destination, ...]:
-    if not isinstance(data, list):
-        raise ConfigError(f"destinations: must be an array of tables ([[destinations]]), got {data!r}")
-    out: list[Destination] = []
-    for i, item in enumerate(data):
-        key = f"destinations[{i}]"
-        item = _table(key, item)
-        kind = item.get("kind", DestinationKind.DIMSE)
-        if kind not in tuple(DestinationKind):
-            raise ConfigError(f"{key}.kind: must be dimse or dicomweb, got {kind!r}")
-        if kind == DestinationKind.DICOMWEB:
-            if "storage_commitment" in item:
-                raise ConfigError(
-                    f"{key}.storage_commitment: Storage Commitment is DIMSE; a DICOMweb destination's STOW-RS answer "
-                    "already says, per instance, what it stored"
-                )
-            web = dicomweb_peer(key, item)
-            if any(d.name == web.name for d in out):
-                raise ConfigError(f"{key}.name: duplicate destination name {web.name!r}")
-            out.append(web)
-            continue
-        item = {k: v for k, v in item.items() if k != "kind"}
-        tls_keys = ("tls_ca_file", "tls_cert_file", "tls_key_file", "tls_server_name")
-        _check_keys(key, item, {"name", "ae_title", "host", "port", "storage_commitment", "keep_empty_frames", "tls", *tls_keys})
-        for k in ("name", "ae_title", "host", "port"):
-            if k not in item:
-                raise ConfigError(f"{key}.{k}: required")
-        tls = _bool(f"{key}.tls", item.get("tls", False))
-        for k in (k for k in tls_keys if k in item):
-            if not tls:
-                raise ConfigError(f"{key}.{k}: set, but {key}.tls is not true")
-            if not Path(_str(f"{key}.{k}", item[k])).is_file() and k != "tls_server_name":
-                raise ConfigError(f"{key}.{k}: file {item[k]} does not exist")
-        if ("tls_cert_file" in item) != ("tls_key_file" in item):
-            which = "tls_key_file" if "tls_cert_file" in item else "tls_cert_file"
-            raise ConfigError(f"{key}.{which}: required with the other; mutual TLS needs both tls_cert_file and tls_key_file")
-        dest = Destination(
-            name=_str(f"{key}.name", item["name"]),
-            ae_title=_ae(f"{key}.ae_title", item["ae_title"]),
-            host=_str(f"{key}.host", item["host"]),
-            port=_int(f"{key}.port", item["port"], 1, 65535),
-            storage_commitment=_bool(f"{key}.storage_commitment", item.get("storage_commitment", False)),
-            keep_empty_frames=_bool(f"{key}.keep_empty_frames", item.get("keep_empty_frames", False)),
-            tls=tls,
-            tls_ca_file=Path(item["tls_ca_file"]) if "tls_ca_file" in item else None,
-            tls_cert_file=Path(item["tls_cert_file"]) if "tls_cert_file" in item else None,
-            tls_key_file=Path(item["tls_key_file"]) if "tls_key_file" in item else None,
-            tls_server_name=item.get("tls_server_name"),
-        )
-        if any(d.name == dest.name for d in out):
-            raise ConfigError(f"{key}.name: duplicate destination name {dest.name!r}")
-        out.append(dest)
-    return tuple(out)
+    entries = array_of_tables("destinations", data)
+    return unique_names("destinations", "destination", [_destination(key, item) for key, item in entries])
+
+
+def _destination(key: str, item: Mapping[str, Any]) -> Destination:
+    kind = item.get("kind", DestinationKind.DIMSE)
+    if kind not in tuple(DestinationKind):
+        raise ConfigError(f"{key}.kind: must be dimse or dicomweb, got {kind!r}")
+    if kind == DestinationKind.DICOMWEB:
+        if "storage_commitment" in item:
+            raise ConfigError(
+                f"{key}.storage_commitment: Storage Commitment is DIMSE; a DICOMweb destination's STOW-RS answer "
+                "already says, per instance, what it stored"
+            )
+        return dicomweb_peer(key, item)
+    item = {k: v for k, v in item.items() if k != "kind"}
+    tls_keys = ("tls_ca_file", "tls_cert_file", "tls_key_file", "tls_server_name")
+    _check_keys(key, item, {"name", "ae_title", "host", "port", "storage_commitment", "keep_empty_frames", "tls", *tls_keys})
+    for k in ("name", "ae_title", "host", "port"):
+        if k not in item:
+            raise ConfigError(f"{key}.{k}: required")
+    tls = _bool(f"{key}.tls", item.get("tls", False))
+    for k in (k for k in tls_keys if k in item):
+        if not tls:
+            raise ConfigError(f"{key}.{k}: set, but {key}.tls is not true")
+        if not Path(_str(f"{key}.{k}", item[k])).is_file() and k != "tls_server_name":
+            raise ConfigError(f"{key}.{k}: file {item[k]} does not exist")
+    if ("tls_cert_file" in item) != ("tls_key_file" in item):
+        which = "tls_key_file" if "tls_cert_file" in item else "tls_cert_file"
+        raise ConfigError(f"{key}.{which}: required with the other; mutual TLS needs both tls_cert_file and tls_key_file")
+    return Destination(
+        name=_str(f"{key}.name", item["name"]),
+        ae_title=_ae(f"{key}.ae_title", item["ae_title"]),
+        host=_str(f"{key}.host", item["host"]),
+        port=_int(f"{key}.port", item["port"], 1, 65535),
+        storage_commitment=_bool(f"{key}.storage_commitment", item.get("storage_commitment", False)),
+        keep_empty_frames=_bool(f"{key}.keep_empty_frames", item.get("keep_empty_frames", False)),
+        tls=tls,
+        tls_ca_file=Path(item["tls_ca_file"]) if "tls_ca_file" in item else None,
+        tls_cert_file=Path(item["tls_cert_file"]) if "tls_cert_file" in item else None,
+        tls_key_file=Path(item["tls_key_file"]) if "tls_key_file" in item else None,
+        tls_server_name=item.get("tls_server_name"),
+    )

@@ -19,7 +19,7 @@ from dicomnode.config.values import ae as _ae
 from dicomnode.config.values import check_keys as _check_keys
 from dicomnode.config.values import integer as _int
 from dicomnode.config.values import string as _str
-from dicomnode.config.values import table as _table
+from dicomnode.config.values import array_of_tables, unique_names
 from dicomnode.errors import ConfigError
 
 
@@ -60,37 +60,27 @@ def parse_sources(data: Any) -> tuple[Source, ...]:
     ConfigError
         A key is unknown or missing, a value invalid or a name repeated.
     """
-    if not isinstance(data, list):
-        raise ConfigError(f"sources: must be an array of tables ([[sources]]), got {data!r}")
-    out: list[Source] = []
-    for i, item in enumerate(data):
-        key = f"sources[{i}]"
-        item = _table(key, item)
-        kind = item.get("kind", "dimse")
-        if kind not in ("dimse", "dicomweb"):
-            raise ConfigError(f"{key}.kind: must be dimse (C-FIND, C-MOVE) or dicomweb (QIDO-RS, WADO-RS), got {kind!r}")
-        if kind == "dicomweb":
-            src = _dicomweb(key, item)
-            if any(s.name == src.name for s in out):
-                raise ConfigError(f"{key}.name: duplicate source name {src.name!r}")
-            out.append(src)
-            continue
-        _check_keys(key, item, {"name", "ae_title", "host", "port", "retrieve", "kind"})
-        for k in ("name", "ae_title", "host", "port"):
-            if k not in item:
-                raise ConfigError(f"{key}.{k}: required")
-        retrieve = item.get("retrieve", Retrieve.C_MOVE)
-        if retrieve not in (Retrieve.C_MOVE, Retrieve.C_GET):
-            raise ConfigError(f"{key}.retrieve: a dimse source retrieves by c-move or c-get, got {retrieve!r}")
-        src = Source(
-            name=_str(f"{key}.name", item["name"]), ae_title=_ae(f"{key}.ae_title", item["ae_title"]),
-            host=_str(f"{key}.host", item["host"]), port=_int(f"{key}.port", item["port"], 1, 65535),
-            retrieve=Retrieve(retrieve),
-        )
-        if any(s.name == src.name for s in out):
-            raise ConfigError(f"{key}.name: duplicate source name {src.name!r}")
-        out.append(src)
-    return tuple(out)
+    return unique_names("sources", "source", [_source(key, item) for key, item in array_of_tables("sources", data)])
+
+
+def _source(key: str, item: Mapping[str, Any]) -> Source:
+    kind = item.get("kind", "dimse")
+    if kind not in ("dimse", "dicomweb"):
+        raise ConfigError(f"{key}.kind: must be dimse (C-FIND, C-MOVE) or dicomweb (QIDO-RS, WADO-RS), got {kind!r}")
+    if kind == "dicomweb":
+        return _dicomweb(key, item)
+    _check_keys(key, item, {"name", "ae_title", "host", "port", "retrieve", "kind"})
+    for k in ("name", "ae_title", "host", "port"):
+        if k not in item:
+            raise ConfigError(f"{key}.{k}: required")
+    retrieve = item.get("retrieve", Retrieve.C_MOVE)
+    if retrieve not in (Retrieve.C_MOVE, Retrieve.C_GET):
+        raise ConfigError(f"{key}.retrieve: a dimse source retrieves by c-move or c-get, got {retrieve!r}")
+    return Source(
+        name=_str(f"{key}.name", item["name"]), ae_title=_ae(f"{key}.ae_title", item["ae_title"]),
+        host=_str(f"{key}.host", item["host"]), port=_int(f"{key}.port", item["port"], 1, 65535),
+        retrieve=Retrieve(retrieve),
+    )
 
 
 def _dicomweb(key: str, item: Mapping[str, Any]) -> Source:

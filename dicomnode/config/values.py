@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol, TypeVar
 
 from dicomnode.errors import ConfigError
 
@@ -79,6 +79,29 @@ def table(key: str, v: Any) -> Mapping[str, Any]:
     if not isinstance(v, Mapping):
         raise ConfigError(f"{key}: must be a table, got {v!r}")
     return v
+
+
+def array_of_tables(section: str, data: Any) -> list[tuple[str, Mapping[str, Any]]]:
+    """The entries of ``[[section]]``, each with its key for messages (``section[i]``)."""
+    if not isinstance(data, list):
+        raise ConfigError(f"{section}: must be an array of tables ([[{section}]]), got {data!r}")
+    return [(f"{section}[{i}]", table(f"{section}[{i}]", item)) for i, item in enumerate(data)]
+
+
+class _Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+_N = TypeVar("_N", bound=_Named)
+
+
+def unique_names(section: str, what: str, entries: Sequence[_N]) -> tuple[_N, ...]:
+    """``entries`` of ``[[section]]``, refused when two share a name."""
+    for i, e in enumerate(entries):
+        if any(o.name == e.name for o in entries[:i]):
+            raise ConfigError(f"{section}[{i}].name: duplicate {what} name {e.name!r}")
+    return tuple(entries)
 
 
 def choice(*allowed: str) -> Callable[[str, Any], str]:

@@ -16,19 +16,15 @@ rotated token needs no restart, and never appear in messages.
 
 from __future__ import annotations
 
-import base64
-import http.client
 import json
 import secrets
-import ssl
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
-from urllib.parse import urlsplit
 
-from dicomnode.config.peers import Destination, WebAuth
+from dicomnode.config.peers import Destination
 from dicomnode.errors import NetworkError
+from dicomnode.net.webpeer import authorization, connect, errors_in_words
 
 CHUNK = 1 << 20
 STUDIES = "/studies"
@@ -59,43 +55,6 @@ class StowOutcome:
 
     sent: int
     failed: dict[str, str] = field(default_factory=dict)
-
-
-class WebPeer(Protocol):
-    """A DICOMweb peer's name, credentials and trusted CAs (a destination or a source)."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def auth(self) -> str: ...
-    @property
-    def username(self) -> str | None: ...
-    @property
-    def password_file(self) -> Path | None: ...
-    @property
-    def token_file(self) -> Path | None: ...
-    @property
-    def tls_ca_file(self) -> Path | None: ...
-
-
-def tls_context(dest: WebPeer) -> ssl.SSLContext:
-    """TLS 1.2+ with the peer's certificate and name verified, trusting ``tls_ca_file`` besides the system's CAs."""
-    ctx = ssl.create_default_context(cafile=str(dest.tls_ca_file) if dest.tls_ca_file else None)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    return ctx
-
-
-def authorization(dest: WebPeer) -> str | None:
-    """The ``Authorization`` header for the peer (credentials read from their files now), or ``None``."""
-    try:
-        if dest.auth == WebAuth.BASIC and dest.password_file is not None:
-            password = dest.password_file.read_text().strip()
-            return "Basic " + base64.b64encode(f"{dest.username}:{password}".encode()).decode("ascii")
-        if dest.auth == WebAuth.BEARER and dest.token_file is not None:
-            return "Bearer " + dest.token_file.read_text().strip()
-    except OSError as exc:
-        raise NetworkError(f"{dest.name}: cannot read its credentials file: {exc.strerror or exc}") from exc
-    return None
 
 
 def _body(objects: Sequence[StowObject], boundary: str) -> tuple[list[tuple[bytes, Path | None]], int]:
@@ -178,7 +137,6 @@ def stow(objects: Sequence[StowObject], dest: Destination, timeout: float) -> St
     """
     if dest.url is None:
         raise NetworkError(f"{dest.name} is not a DICOMweb destination")
-    parts_url = urlsplit(dest.url)
     boundary = "dicomnode-" + secrets.token_hex(16)
     parts, length = _body(objects, boundary)
     headers = {
@@ -189,25 +147,12 @@ def stow(objects: Sequence[StowObject], dest: Destination, timeout: float) -> St
     auth = authorization(dest)
     if auth:
         headers["Authorization"] = auth
-    host, port = parts_url.hostname or "", parts_url.port
-    conn: http.client.HTTPConnection = (
-        http.client.HTTPSConnection(host, port, timeout=timeout, context=tls_context(dest))
-        if parts_url.scheme == "https" else http.client.HTTPConnection(host, port, timeout=timeout)
-    )
+    conn, root = connect(dest.url, timeout, dest.tls_ca_file)
     try:
-        conn.request("POST", (parts_url.path or "") + STUDIES, body=_stream(parts), headers=headers)
-        resp = conn.getresponse()
-        text = resp.read(1 << 22).decode("utf-8", "replace")
-    except ssl.SSLCertVerificationError as exc:
-        raise NetworkError(f"{dest.name}: its certificate is not trusted ({exc.verify_message}); set tls_ca_file to its CA") from exc
-    except ssl.SSLError as exc:
-        raise NetworkError(f"{dest.name}: TLS failed: {exc.reason or exc}") from exc
-    except TimeoutError as exc:
-        raise NetworkError(f"{dest.name}: no answer within {timeout:.0f} s") from exc
-    except OSError as exc:
-        raise NetworkError(f"{dest.name}: cannot reach {host}:{port or ''}: {exc.strerror or exc}") from exc
-    except http.client.HTTPException as exc:
-        raise NetworkError(f"{dest.name}: the HTTP exchange failed: {type(exc).__name__}") from exc
+        with errors_in_words(dest.name, dest.url, timeout):
+            conn.request("POST", root + STUDIES, body=_stream(parts), headers=headers)
+            resp = conn.getresponse()
+            text = resp.read(1 << 22).decode("utf-8", "replace")
     finally:
         conn.close()
     if resp.status not in (200, 202, 409):  # 409: every instance refused; the answer says why

@@ -12,17 +12,16 @@ from __future__ import annotations
 
 import http.client
 import json
-import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import quote, urlencode
 
 from dicomnode.config.sources import Source
 from dicomnode.dicom.multipart import PartSplitter, boundary_param
 from dicomnode.errors import NetworkError
 from dicomnode.net.retrieve import SeriesMatch, StudyMatch
-from dicomnode.net.stow import authorization, tls_context
+from dicomnode.net.webpeer import authorization, connect, errors_in_words
 
 CHUNK = 1 << 20
 STUDY_UID, SERIES_UID, STUDY_DATE, STUDY_TIME, MODALITIES = "0020000D", "0020000E", "00080020", "00080030", "00080061"
@@ -38,35 +37,20 @@ class WadoOutcome:
     complete: bool
 
 
-def _connection(source: Source, timeout: float) -> tuple[http.client.HTTPConnection, str]:
-    assert source.url is not None
-    parts = urlsplit(source.url)
-    if parts.scheme == "https":
-        conn: http.client.HTTPConnection = http.client.HTTPSConnection(
-            parts.hostname or "", parts.port, timeout=timeout, context=tls_context(source))
-    else:
-        conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=timeout)
-    return conn, parts.path.rstrip("/")
-
-
 def _open(source: Source, path: str, accept: str, timeout: float) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
-    conn, root = _connection(source, timeout)
+    assert source.url is not None
+    conn, root = connect(source.url, timeout, source.tls_ca_file)
     headers = {"Accept": accept}
     auth = authorization(source)
     if auth:
         headers["Authorization"] = auth
     try:
-        conn.request("GET", root + path, headers=headers)
-        resp = conn.getresponse()
-    except ssl.SSLCertVerificationError as exc:
+        with errors_in_words(source.name, source.url, timeout):
+            conn.request("GET", root.rstrip("/") + path, headers=headers)
+            resp = conn.getresponse()
+    except NetworkError:
         conn.close()
-        raise NetworkError(f"{source.name}: its certificate is not trusted ({exc.verify_message}); set tls_ca_file to its CA") from exc
-    except TimeoutError as exc:
-        conn.close()
-        raise NetworkError(f"{source.name}: no answer within {timeout:.0f} s") from exc
-    except OSError as exc:
-        conn.close()
-        raise NetworkError(f"{source.name}: cannot reach {source.url}: {exc.strerror or exc}") from exc
+        raise
     if resp.status == 204:  # QIDO-RS: no match
         return conn, resp
     if resp.status != 200:

@@ -140,6 +140,13 @@ def _copy_identity(ds: Dataset, source: Dataset, frame_of_reference: bool = True
         ds.FrameOfReferenceUID = source.FrameOfReferenceUID
 
 
+def _seg_identity(seg: Dataset, source: Dataset) -> None:
+    """A SEG's patient, study and Frame of Reference, and the body part, as the source has them."""
+    _copy_identity(seg, source)
+    if "BodyPartExamined" in source:
+        seg.BodyPartExamined = source.BodyPartExamined
+
+
 def _save(ds: Dataset, path: Path, kind: str, texts: Sequence[str]) -> OutputFile:
     if "SpecificCharacterSet" not in ds and not all(t.isascii() for t in texts):
         ds.SpecificCharacterSet = "ISO_IR 192"  # our own texts (model name, intended use) need more than ASCII
@@ -330,9 +337,7 @@ def write_outputs(
                 fractional=options.fractional, keep_empty_frames=options.keep_empty_frames,
             ),
         )
-        _copy_identity(seg_ds, first)
-        if "BodyPartExamined" in first:
-            seg_ds.BodyPartExamined = first.BodyPartExamined
+        _seg_identity(seg_ds, first)
     elif options.seg and labels is not None:
         logger.info("%s found nothing to segment: no SEG (the report says so)", bundle.name)
     geo = Geometry(frames, volume.affine, str(first.FrameOfReferenceUID))
@@ -344,9 +349,7 @@ def write_outputs(
     )
     for o in extra:
         if o.seg is not None:
-            _copy_identity(o.seg, first)
-            if "BodyPartExamined" in first:
-                o.seg.BodyPartExamined = first.BodyPartExamined
+            _seg_identity(o.seg, first)
     if merged:
         seg_ds, extra = merge_into(seg_ds, labels, extra)
     if seg_ds is not None:

@@ -27,7 +27,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
-from pydicom.filereader import read_preamble
+from pydicom.filereader import _read_file_meta_info, read_preamble
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
@@ -149,20 +149,13 @@ def dicom_file(content: bytes) -> tuple[bytes, str, str, str]:
     """
     fp = io.BytesIO(content)
     read_preamble(fp, False)
-    meta = read_file_meta_info_from(fp)
+    meta = _read_file_meta_info(fp)  # leaves fp at the dataset (pydicom's public reader takes only a path)
     ts = str(meta.get("TransferSyntaxUID", "") or "")
     sop_class = str(meta.get("MediaStorageSOPClassUID", "") or "")
     sop_uid = str(meta.get("MediaStorageSOPInstanceUID", "") or "")
     if not (ts and sop_class and sop_uid):
         raise InvalidDicomError("its File Meta Information lacks the transfer syntax or the SOP class and instance")
     return content[fp.tell():], ts, sop_class, sop_uid
-
-
-def read_file_meta_info_from(fp: io.BytesIO) -> Any:
-    """The File Meta Information group at ``fp`` (after the preamble), leaving ``fp`` at the dataset."""
-    from pydicom.filereader import _read_file_meta_info
-
-    return _read_file_meta_info(fp)
 
 
 async def receive(
