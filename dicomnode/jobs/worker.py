@@ -66,6 +66,7 @@ logger = logging.getLogger(__name__)
 
 _R = TypeVar("_R")
 ALL_FRAMES = "all-frames"  # output variant for destinations that keep empty SEG frames
+MODEL_TEXT = 128  # jobs.model holds at most this many characters (PostgreSQL enforces it): several models' names are cut
 
 
 def worker_name(suffix: str = "") -> str:
@@ -301,7 +302,8 @@ class JobRunner(BackgroundLoop):
         policy = VolumePolicy(gap_factor=self.cfg.series.gap_factor)
         vol: Volume = stages.run(Stage.RECONSTRUCT, lambda: reconstruct(list(paths.values()), policy))
         primary = plan.models[0]
-        stages.model = " + ".join(f"{b.name} {b.version}" for b in plan.models if b.task == "segmentation") or f"{primary.name} {primary.version}"
+        segmenters = " + ".join(f"{b.name} {b.version}" for b in plan.models if b.task == "segmentation")
+        stages.model = (segmenters or f"{primary.name} {primary.version}")[:MODEL_TEXT]
         result, others = stages.run(Stage.INFER, lambda: self._infer(primary, plan.models[1:], vol))
         if stages.hb.lost:
             raise LeaseLost(f"job {job.id}")
