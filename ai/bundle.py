@@ -23,6 +23,7 @@ import torch
 
 from ai.anatomy import AnatomySpec
 from ai.errors import AIError
+from ai.monai_import import import_monai
 from ai import coding, scan_score
 from ai.coding import Concept, Laterality
 from ai.manifest_check import (  # noqa: F401  (re-exported: the names a manifest uses)
@@ -138,6 +139,7 @@ class Bundle:
 
 def build_network(arch: dict[str, Any], in_channels: int, out_channels: int) -> torch.nn.Module:
     """A MONAI network from ``{"name": ..., "params": {...}}``."""
+    import_monai()
     from monai.networks import nets
 
     name = arch.get("name")

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ai.errors import AIError
+from ai.monai_import import import_monai
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ def read_parser(path: Path, device: torch.device) -> Any:
     MonaiBundleError
         A config is missing or is not valid JSON.
     """
+    import_monai()
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()

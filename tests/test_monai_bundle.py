@@ -261,3 +261,34 @@ def test_probabilities_kept_by_the_postprocessing_reach_the_engine(bundle: Path,
     hard = MonaiRunner(bundle, torch.device("cpu")).run(vol.array, vol.spacing, vol.direction).labels
     assert float((res.labels == hard).mean()) >= 0.999  # the same Invertd; our argmax instead of AsDiscreted
     assert {m.name for m in res.measurements} == {"air ball", "bone ball"}
+
+
+def test_the_node_runs_a_bundle_without_loading_ignite(bundle: Path, volume: Path, tmp_path: Path) -> None:
+    """MONAI imported by the node skips PyTorch-Ignite (1 s and torch.distributed.optim), and still runs the bundle.
+
+    A fresh process, since this test session may have imported MONAI already.
+    """
+    script = f"""
+import json, sys
+from pathlib import Path
+import numpy as np, torch
+from ai.monai_runner import MonaiRunner
+from dicomnode.cli.infer import load_input
+vol = load_input(Path({str(volume)!r}))
+out = MonaiRunner(Path({str(bundle)!r}), torch.device("cpu")).run(vol.array, vol.spacing, vol.direction, vol.origin)
+np.save({str(tmp_path / "labels.npy")!r}, out.labels)
+loaded = sorted(m for m in ("ignite", "torch.distributed.optim") if m in sys.modules)
+import ignite.engine  # hidden only while MONAI itself was imported
+print(json.dumps({{"loaded": loaded, "ignite_after": "ignite.engine" in sys.modules}}))
+"""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result == {"loaded": [], "ignite_after": True}
+
+    from dicomnode.cli.infer import load_input
+
+    vol = load_input(volume)
+    here = MonaiRunner(bundle, torch.device("cpu")).run(vol.array, vol.spacing, vol.direction, vol.origin)
+    np.testing.assert_array_equal(np.load(tmp_path / "labels.npy"), here.labels)
