@@ -187,6 +187,9 @@ def _lesion_volume(meas: dict[str, Any]) -> LesionVolume:
         tail_mm=float(lv.get("tail_mm", default.tail_mm)),
         core=None if core is None else float(core),
         min_contrast=float(lv.get("min_contrast", default.min_contrast)),
+        grow_mm=float(lv.get("grow_mm", default.grow_mm)),
+        level=float(lv.get("level", default.level)),
+        grow_contrast=float(lv.get("grow_contrast", default.grow_contrast)),
     )
 
 

@@ -87,7 +87,7 @@ def problems_in(m: dict[str, Any], path: Path) -> list[str]:
 
 
 SHAPE_KEYS = {"max_elongation": 1.0, "max_length_mm": 0.0, "min_fill": 0.0, "vessel_radius_mm": 0.0}  # key -> exclusive lower bound
-_VOLUME_KEYS = ("method", "shell_mm", "tail_mm", "core", "min_contrast")
+_VOLUME_KEYS = ("method", "shell_mm", "tail_mm", "core", "min_contrast", "grow_mm", "level", "grow_contrast")
 _ANATOMY_KEYS = ("labels", "paired", "volume_ml", "min_extent_mm", "min_fill", "partial_min_ml", "min_inside_body")
 
 
@@ -216,8 +216,10 @@ def _problems_in_anatomy_keys(m: dict[str, Any]) -> list[str]:
             problems.append(f"measurement.lesion_volume.method must be one of {', '.join(METHODS)}, not {value!r}")
         elif key == "core" and not (value is None or _is_number(value)):
             problems.append(f"measurement.lesion_volume.core must be a number (the lesion's own intensity) or null, not {value!r}")
-        elif key in ("shell_mm", "tail_mm", "min_contrast") and not (_is_number(value) and value > 0):
+        elif key in ("shell_mm", "tail_mm", "min_contrast", "grow_mm", "grow_contrast") and not (_is_number(value) and value > 0):
             problems.append(f"measurement.lesion_volume.{key} must be a number > 0, not {value!r}")
+        elif key == "level" and not (_is_number(value) and 50 <= value <= 100):
+            problems.append(f"measurement.lesion_volume.level must be a percentile from 50 to 100, not {value!r}")
     anat = m.get("anatomy")
     if anat is None:
         return problems

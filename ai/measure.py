@@ -14,14 +14,16 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Literal
 
+import cc3d
 import numpy as np
 
 from ai.axes import Axes, axial_axes
 from ai.postprocess import components, dilate_box
 
 MAX_SURFACE_POINTS = 4000  # for the maximum diameter; more are subsampled evenly
-METHODS = ("auto", "partial_volume", "probability", "voxels")
-Method = Literal["auto", "partial_volume", "probability", "voxels"]
+METHODS = ("auto", "grown", "partial_volume", "probability", "voxels")
+Method = Literal["auto", "grown", "partial_volume", "probability", "voxels"]
+GROWN_RING_MM = (4.0, 8.0)  # "grown": the background is sampled this far from the component (beyond grow_mm)
 
 
 class Edge(str, Enum):
@@ -47,7 +49,7 @@ class Lesion:
     centroid_voxel: tuple[float, float, float]  # [z, y, x]
     slices: tuple[int, int] = (0, 0)  # the z extent [first, stop): a connected component has no empty slice inside
     voxel_volume_ml: float = 0.0  # the component's voxel count times the voxel volume
-    method: str = "voxels"  # how volume_ml was measured: partial_volume, probability or voxels
+    method: str = "voxels"  # how volume_ml was measured: grown, partial_volume, probability or voxels
     organ: int | None = None  # the organ label it lies in (``contains``), if any
     axes: Axes | None = None  # long and short axis in the slice where the long axis is largest
     mean: float | None = None  # intensity over its voxels
@@ -93,7 +95,11 @@ class LesionVolume:
         around it.  ``voxels``: the voxel count.  ``auto`` (default):
         partial volume where the lesion stands out from its background by
         ``min_contrast`` noise standard deviations, else probability where
-        there are probabilities, else voxels.
+        there are probabilities, else voxels.  ``grown``: the voxels of the
+        source grid, within ``grow_mm`` of the component and in the same
+        organ, that are brighter than halfway between the background and
+        the lesion's level (connected to the component), so the network's
+        boundary only seeds the region; else as ``auto``.
     shell_mm : float
         How far around the component partial-volume fractions are collected
         (a box of this half-width); the background is sampled from the next
@@ -115,6 +121,18 @@ class LesionVolume:
         Per lesion label, the probability at which the network calls a voxel
         that label (default 0.5): outside the component, only voxels below it
         are the lesion's tail; above it they belong to another finding.
+    grow_mm : float
+        ``grown``: how far beyond the network's component the region may
+        reach (a network on a coarser grid misplaces the boundary by about a
+        voxel of its own); the limit also keeps vessels and the chest wall
+        that touch the lesion from being grown into.
+    level : float
+        ``grown``: the percentile of the component's intensities taken as the
+        lesion's level; the region's threshold is halfway from the
+        background to it.
+    grow_contrast : float
+        ``grown`` needs level and background to differ by this many robust
+        noise standard deviations.
     """
 
     method: Method = "auto"
@@ -123,6 +141,9 @@ class LesionVolume:
     core: float | None = None
     min_contrast: float = 10.0
     thresholds: Mapping[int, float] = field(default_factory=dict)
+    grow_mm: float = 2.0
+    level: float = 75.0
+    grow_contrast: float = 3.0
 
 
 MIN_CORE_VOXELS = 8
@@ -215,6 +236,59 @@ def _partial_volume(
     return float(
         np.count_nonzero(inner & c.comp) + np.clip(frac[edge], 0, 1).sum() + np.clip(tail[tail > floor], 0, 1).sum()
     )
+
+
+def _grown(
+    c: _Component, labels: np.ndarray, image: np.ndarray, free: np.ndarray, cfg: LesionVolume, spacing_zyx: Sequence[float]
+) -> tuple[float, np.ndarray] | None:
+    """Lesion voxels (a fraction each) over a region grown from the component on the source grid, and the region.
+
+    None where it cannot be told.  ``free`` as for partial volume.  The
+    region is the 6-connected set of voxels, within ``cfg.grow_mm`` of the
+    component and in its organ (or the component itself), whose intensity is
+    past halfway from the organ's background to the lesion's level, that
+    touches the component.  Its pure voxels count 1; its other voxels and
+    those of its one-voxel shell count with their partial-volume fraction,
+    as in :func:`_partial_volume`: a count of voxels misses a whole slice's
+    worth on thick slices.
+    """
+    from scipy import ndimage  # only here: the rest of the node's measuring needs no scipy
+
+    host = int(c.border.argmax())
+    lab = labels[c.box]
+    img = image[c.box].astype(np.float64)
+    dist = ndimage.distance_transform_edt(~c.comp, sampling=spacing_zyx)
+    ring = (dist > max(GROWN_RING_MM[0], cfg.grow_mm)) & (dist < max(GROWN_RING_MM[1], cfg.grow_mm + 4.0)) & (lab == host)
+    if np.count_nonzero(ring) < 10:
+        return None
+    bg_vals = img[ring]
+    bg = float(np.median(bg_vals))
+    noise = max(1.4826 * float(np.median(np.abs(bg_vals - bg))), 1e-6)
+    vals = img[c.comp]
+    sign = 1.0 if float(np.median(vals)) >= bg else -1.0
+    level = float(np.percentile(vals, cfg.level if sign > 0 else 100.0 - cfg.level))
+    if (level - bg) * sign < cfg.grow_contrast * noise:
+        return None
+    organ = (lab == host) & free
+    allowed = c.comp | ((dist <= cfg.grow_mm) & organ)
+    above = allowed & ((img - (bg + level) / 2) * sign > 0)
+    cc = cc3d.connected_components(above, connectivity=6)
+    ids = np.unique(cc[c.comp & above])
+    ids = ids[ids > 0]
+    if not len(ids):
+        return None
+    region = np.isin(cc, ids)
+    inner = _inner(region)
+    if np.count_nonzero(inner) >= MIN_CORE_VOXELS:
+        core = float(np.median(img[inner]))
+    elif cfg.core is not None:
+        core = float(cfg.core) if (cfg.core - level) * sign > 0 else level  # never dimmer than what the lesion shows
+    else:
+        return None  # too small to show its own intensity, and none given (as for partial volume)
+    frac = np.clip((img - bg) / (core - bg), 0.0, 1.0)
+    shell = dilate_box(region, (1, 1, 1)) & ~region & organ
+    voxels = float(np.count_nonzero(inner) + frac[region & ~inner].sum() + frac[shell].sum())
+    return voxels, region | shell
 
 
 def _probability(c: _Component, prob: np.ndarray, free: np.ndarray, threshold: float, half: Sequence[int]) -> float:
@@ -313,9 +387,14 @@ def measure(
             if value not in lesion_values:
                 continue
             free = ~claimed[c.box] & ~np.isin(labels[c.box], lesion_set)
-            voxels, method = _lesion_voxels(c, labels, value, image, probabilities, free, cfg, shell, tail)
-            if method != "voxels":
-                claimed[c.box] |= dilate_box(c.comp, tail if method == "probability" else shell)
+            grown = _grown(c, labels, image, free, cfg, spacing_zyx) if cfg.method == "grown" and image is not None else None
+            if grown is not None:
+                (voxels, region), method = grown, "grown"
+                claimed[c.box] |= region
+            else:
+                voxels, method = _lesion_voxels(c, labels, value, image, probabilities, free, cfg, shell, tail)
+                if method != "voxels":
+                    claimed[c.box] |= dilate_box(c.comp, tail if method == "probability" else shell)
             scale = (voxels / count) ** (1 / 3)  # the component's shape at the measured volume
             diameter = max_diameter_mm(c.comp, spacing_zyx) * scale
             extent = _extent(c)
@@ -378,11 +457,11 @@ def _lesion_voxels(
     shell: Sequence[int],
     tail: Sequence[int],
 ) -> tuple[float, str]:
-    """How many voxels' worth of lesion one component holds, and by which method."""
-    if cfg.method in ("auto", "partial_volume") and image is not None:
+    """How many voxels' worth of lesion one component holds, and by which method (``grown`` is measured before)."""
+    if cfg.method in ("auto", "partial_volume", "grown") and image is not None:
         v = _partial_volume(c, labels, image, free, cfg, shell)
         if v is not None:
             return v, "partial_volume"
-    if cfg.method in ("auto", "probability", "partial_volume") and probabilities is not None and value < len(probabilities):
+    if cfg.method in ("auto", "probability", "partial_volume", "grown") and probabilities is not None and value < len(probabilities):
         return _probability(c, probabilities[value], free, float(cfg.thresholds.get(value, 0.5)), tail), "probability"
     return float(np.count_nonzero(c.comp)), "voxels"

@@ -48,7 +48,7 @@ sys.path.insert(0, str(HERE))
 from ai.bundle import load_bundle  # noqa: E402
 from ai.engine import Engine, Result  # noqa: E402
 from bench.common import out_dir, use_quick_out  # noqa: E402
-from bench.quality import NODULE, Scores, auc, froc, plot, score_case, table  # noqa: E402
+from bench.quality import NODULE, Scores, auc, froc, plot, score_case, table, volume_errors  # noqa: E402
 from dicomnode.jobs.models import DEFAULT_MODEL, SHIPPED_BUNDLES  # noqa: E402
 
 DEFAULT = SHIPPED_BUNDLES / DEFAULT_MODEL
@@ -99,11 +99,44 @@ def run(engine: Engine, case: Any) -> tuple[Result, float]:
     return res, time.perf_counter() - t
 
 
+ESTIMATORS = ("voxels", "probability", "auto", "grown")  # lesion volume methods compared on the same label maps
+
+
+def estimator_errors(engine: Engine, case: Any, res: Result, errors: dict[str, list[float]]) -> None:
+    """Add the volume errors of each estimator in :data:`ESTIMATORS` on this case's label map to ``errors``."""
+    from ai.measure import measure
+
+    b = engine.bundle
+    names = {lb.value: lb.name for lb in b.labels}
+    for method in ESTIMATORS:
+        lv = dataclasses.replace(b.lesion_volume, method=method, thresholds=engine._tail_thresholds())
+        ms = measure(res.labels, tuple(case.spacing), names, image=case.hu.astype(np.float32), lesion_values=[NODULE],
+                     probabilities=res.probabilities, contains=b.contains, lesion_volume=lv)
+        one = Scores(method)
+        score_case(one, case, res.labels, None, next((m.lesions for m in ms if m.value == NODULE), []))
+        errors.setdefault(method, []).extend(volume_errors(one))
+
+
+def estimator_table(errors: dict[str, list[float]], shipped: str) -> str:
+    """Each volume estimator's accuracy on the same found nodules of 6 mm or more."""
+    lines = ["| volume estimator, same label maps | found nodules >= 6 mm | within +-15 % | median error | median absolute error |",
+             "|---|---|---|---|---|"]
+    for method, e in errors.items():
+        a = np.asarray(e)
+        mark = " (the bundle's)" if method == shipped else ""
+        if len(a):
+            lines.append(f"| {method}{mark} | {len(a)} | {np.mean(np.abs(a) <= 0.15):.2f} | {np.median(a):+.0%} | {np.median(np.abs(a)):.0%} |")
+        else:
+            lines.append(f"| {method}{mark} | 0 | - | - | - |")
+    return "\n".join(lines)
+
+
 def score(name: str, cases: Iterator[Any], engine: Engine, classifier: Engine | None) -> Scores:
-    """Score one family."""
+    """Score one family (and its volume estimators, in ``Scores.estimators``)."""
     s = Scores(name)
     for case in cases:
         res, seconds = run(engine, case)
+        estimator_errors(engine, case, res, s.estimators)
         s.seconds.append(seconds)
         anatomy = getattr(res, "anatomy", None)
         if anatomy is not None and not anatomy.applicable:
@@ -218,6 +251,7 @@ def main() -> int:
         print(table(s, targets=True))
         op = froc(s, [0.0])[0]
         print(f"\noperating point: sensitivity >= 6 mm {op[1]:.3f} at {op[2]:.2f} FP per scan\n")
+        print(estimator_table(s.estimators, engine.bundle.lesion_volume.method) + "\n")
     if args.plots is not None:
         args.plots.mkdir(parents=True, exist_ok=True)
         plot(families, str(args.plots / "quality.png"))

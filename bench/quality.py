@@ -58,6 +58,7 @@ class Scores:
     classifier: list[tuple[float, bool]] = field(default_factory=list)  # (P(nodule present), truth)
     not_applicable: list[str] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
+    estimators: dict[str, list[float]] = field(default_factory=dict)  # lesion volume method -> relative volume errors
 
     @property
     def cases(self) -> int:

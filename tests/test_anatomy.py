@@ -190,7 +190,7 @@ def test_a_three_label_manifest_loads(tmp_path: Path) -> None:
         ({"postprocessing__within_fraction": [0.5]}, "postprocessing.within_fraction must map a label"),
         ({"measurement__contains": {"3": [1]}}, "measurement.contains: label 3 is a lesion label"),
         ({"measurement__contains": {"1": [2]}}, "measurement.contains['1']: label 2 is not a lesion label"),
-        ({"measurement__lesion_volume": {"method": "magic"}}, "measurement.lesion_volume.method must be one of auto, partial_volume, probability, voxels"),
+        ({"measurement__lesion_volume": {"method": "magic"}}, "measurement.lesion_volume.method must be one of auto, grown, partial_volume, probability, voxels"),
         ({"measurement__lesion_volume": {"shell_mm": 0}}, "measurement.lesion_volume.shell_mm must be a number > 0"),
         ({"measurement__volumes": {}}, "measurement: unknown key 'volumes'"),
         ({"anatomy__volume_ml": [4500, 500]}, "anatomy.volume_ml must be [min, max] mL with 0 <= min < max"),

@@ -48,7 +48,7 @@ TABLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     ),
     "model_quality": (
         (),
-        ("| metric | value | target |", "| lung Dice, right |", "| sensitivity, solid >= 6 mm |",
+        ("| metric | value | target |", "| lung Dice, right |", "| sensitivity, solid >= 6 mm |", "| volume estimator, same label maps |",
          "| false-positive nodules per scan (mean) |", "| classifier AUC, nodule present |"),
     ),
     "fetch": (
