@@ -8,10 +8,13 @@ the node's own writer from a fabricated result.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import http.server
 import json
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -25,8 +28,10 @@ from sqlalchemy import Engine
 from dicomnode.config import Config, DeliveryConfig, NodeConfig
 from dicomnode.config.notify import Notify, NotifyKind
 from dicomnode.notify.hl7 import END, START, escape, oru
+from dicomnode.errors import NetworkError
 from dicomnode.notify.notifier import Notifier
 from dicomnode.notify.summary import JobSummary
+from dicomnode.notify.webhook import post
 from dicomnode.outputs.writer import OutputOptions, write_outputs
 from dicomnode.volume.reconstruct import reconstruct
 from storage.database import migrate, open_engine
@@ -76,9 +81,12 @@ class MLLPListener:
 
 class _Hook(http.server.BaseHTTPRequestHandler):
     bodies: list[dict[str, Any]] = []
+    raw: list[tuple[dict[str, str], bytes]] = []  # headers and body as received
 
     def do_POST(self) -> None:  # noqa: N802
-        type(self).bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        data = self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).raw.append(({k.lower(): v for k, v in self.headers.items()}, data))
+        type(self).bodies.append(json.loads(data))
         self.send_response(204)
         self.end_headers()
 
@@ -90,6 +98,7 @@ class _Hook(http.server.BaseHTTPRequestHandler):
 def hook() -> Iterator[str]:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hook)
     _Hook.bodies = []
+    _Hook.raw = []
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}/results?source=dicomnode"
     server.shutdown()
@@ -171,6 +180,39 @@ def test_a_job_that_ended_is_announced_to_a_webhook_and_a_ris(node_db: Callable[
         ris.close()
 
 
+def _receiver_accepts(secret: bytes, headers: dict[str, str], body: bytes, now: float, tolerance_s: float = 300) -> bool:
+    """What a receiver does with a signed webhook, written here from the documented scheme (not the node's code)."""
+    stamp, sent = headers.get("x-dicomnode-timestamp", ""), headers.get("x-dicomnode-signature", "")
+    if not stamp.isdigit() or abs(now - int(stamp)) > tolerance_s:
+        return False
+    mac = hmac.new(secret, stamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(sent, f"sha256={mac}")
+
+
+def test_a_signed_webhook_can_be_verified_and_a_forgery_cannot(
+    node_db: Callable[..., tuple[Config, Engine, int]], hook: str, tmp_path: Path,
+) -> None:
+    secret_file = tmp_path / "ehr.secret"
+    secret_file.write_text("s3cr3t-shared-with-the-ehr\n")
+    cfg, engine, job = node_db(Notify("ehr", NotifyKind.WEBHOOK, url=hook, secret_file=secret_file))
+    Notifier(engine, cfg).run_once()
+    [(headers, body)] = _Hook.raw
+    now = time.time()
+    assert _receiver_accepts(b"s3cr3t-shared-with-the-ehr", headers, body, now)
+    assert headers["x-dicomnode-delivery"] == f"job-{job}-done"
+    assert not _receiver_accepts(b"another secret", headers, body, now)
+    assert not _receiver_accepts(b"s3cr3t-shared-with-the-ehr", headers, body.replace(b"done", b"fail"), now)
+    assert not _receiver_accepts(b"s3cr3t-shared-with-the-ehr", headers, body, now + 3600), "a replay an hour later"
+    # An empty secret file is an error in words (the notifier retries it like any other), and nothing is sent.
+    secret_file.write_text("\n")
+    summary = JobSummary(job=job, event="done", state="done", error=None, model="m", patient_id="p", patient_name="n",
+                         study_instance_uid="1.2", accession_number="", study_date="", modality="CT", findings=[], summary="",
+                         intended_use="")
+    with pytest.raises(NetworkError, match=r"ehr: its secret file .* is empty, so the webhook cannot be signed"):
+        post(Notify("ehr", NotifyKind.WEBHOOK, url=hook, secret_file=secret_file), summary)
+    assert len(_Hook.raw) == 1
+
+
 def test_a_failed_job_is_announced_and_a_refusing_ris_is_retried_then_given_up(
     node_db: Callable[..., tuple[Config, Engine, int]], hook: str,
 ) -> None:
@@ -228,6 +270,7 @@ def test_notify_targets_are_validated(tmp_path: Path) -> None:
         'kind = "webhook"\nurl = "https://x/hook"\non = ["started"]': "on: a list of done, failed",
         'kind = "webhook"\nurl = "https://x/hook"\nhost = "h"': "unknown key",
         'kind = "webhook"\nurl = "https://x/hook"\ntoken_file = "/nonexistent"': "does not exist",
+        'kind = "webhook"\nurl = "https://x/hook"\nsecret_file = "/nonexistent"': "secret_file: file /nonexistent does not exist",
     }.items():
         with pytest.raises(ConfigError, match=message):
             cfg(body)

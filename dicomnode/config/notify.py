@@ -37,6 +37,7 @@ class Notify:
     on: tuple[str, ...] = EVENTS
     url: str | None = None  # webhook
     token_file: Path | None = None  # webhook: a bearer token, read at each attempt
+    secret_file: Path | None = None  # webhook: an HMAC-SHA256 key that signs each body, read at each attempt
     tls_ca_file: Path | None = None  # webhook over https: CAs to trust besides the system's
     host: str | None = None  # hl7
     port: int | None = None  # hl7
@@ -65,7 +66,7 @@ def _notify(i: int, key: str, item: Mapping[str, Any]) -> Notify:
         raise ConfigError(f"{key}.kind: must be webhook or hl7, got {kind!r}")
     common = {"name", "kind", "on", "timeout"}
     if kind == NotifyKind.WEBHOOK:
-        _check_keys(key, item, common | {"url", "token_file", "tls_ca_file"})
+        _check_keys(key, item, common | {"url", "token_file", "secret_file", "tls_ca_file"})
         url = _str(f"{key}.url", item.get("url", ""))
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -77,7 +78,7 @@ def _notify(i: int, key: str, item: Mapping[str, Any]) -> Notify:
             if k not in item:
                 raise ConfigError(f"{key}.{k}: required for an hl7 target (the RIS's MLLP listener)")
     paths = {}
-    for k in ("token_file", "tls_ca_file"):
+    for k in ("token_file", "secret_file", "tls_ca_file"):
         if k in item:
             p = Path(_str(f"{key}.{k}", item[k]))
             if not p.is_file():
@@ -88,7 +89,8 @@ def _notify(i: int, key: str, item: Mapping[str, Any]) -> Notify:
         raise ConfigError(f"{key}.on: a list of {', '.join(EVENTS)}, got {on!r}")
     return Notify(
         name=_str(f"{key}.name", item.get("name", f"notify {i + 1}")), kind=NotifyKind(kind), on=tuple(on),
-        url=item.get("url"), token_file=paths.get("token_file"), tls_ca_file=paths.get("tls_ca_file"),
+        url=item.get("url"), token_file=paths.get("token_file"), secret_file=paths.get("secret_file"),
+        tls_ca_file=paths.get("tls_ca_file"),
         host=_str(f"{key}.host", item["host"]) if "host" in item else None,
         port=_int(f"{key}.port", item["port"], 1, 65535) if "port" in item else None,
         timeout=_num(f"{key}.timeout", item.get("timeout", 10.0), 0.5, 300.0),
