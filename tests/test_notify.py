@@ -13,6 +13,7 @@ import hmac
 import http.server
 import json
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,7 +28,7 @@ from sqlalchemy import Engine
 
 from dicomnode.config import Config, DeliveryConfig, NodeConfig
 from dicomnode.config.notify import Notify, NotifyKind
-from dicomnode.notify.hl7 import END, START, escape, oru
+from dicomnode.notify.hl7 import END, START, escape, oru, send_mllp
 from dicomnode.errors import NetworkError
 from dicomnode.notify.notifier import Notifier
 from dicomnode.notify.summary import JobSummary
@@ -49,10 +50,12 @@ FAST = DeliveryConfig(backoff_seconds=0.05, backoff_max_seconds=0.1, max_attempt
 class MLLPListener:
     """A RIS's MLLP listener: keeps every message, answers AA (or ``code``)."""
 
-    def __init__(self, code: str = "AA") -> None:
+    def __init__(self, code: str = "AA", tls: ssl.SSLContext | None = None) -> None:
         self.code, self.messages = code, []  # type: ignore[var-annotated]
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
+        self.tls = tls
+        self.handshake_errors: list[str] = []
         threading.Thread(target=self._serve, daemon=True).start()
 
     def _serve(self) -> None:
@@ -61,6 +64,13 @@ class MLLPListener:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
+            if self.tls is not None:
+                try:
+                    conn = self.tls.wrap_socket(conn, server_side=True)
+                except (ssl.SSLError, OSError) as exc:
+                    self.handshake_errors.append(str(exc))
+                    conn.close()
+                    continue
             with conn:
                 buf = b""
                 while END not in buf:
@@ -68,6 +78,8 @@ class MLLPListener:
                     if not chunk:
                         break
                     buf += chunk
+                if END not in buf:
+                    continue
                 text = buf[1:buf.index(END)].decode()
                 self.messages.append(text)
                 control = hl7.parse(text).segment("MSH")[10]
@@ -213,6 +225,34 @@ def test_a_signed_webhook_can_be_verified_and_a_forgery_cannot(
     assert len(_Hook.raw) == 1
 
 
+def test_hl7_over_tls_reaches_a_listener_whose_certificate_is_trusted_and_no_other(tmp_path: Path) -> None:
+    """MLLP inside TLS: the ORU arrives when the listener's CA is given, and an untrusted one is refused in words."""
+    from tests.test_tls import make_cert
+
+    cert, key = make_cert(tmp_path)
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(str(cert), str(key))
+    ris = MLLPListener(tls=server)
+    s = JobSummary(job=3, event="done", state="done", error=None, model="m 1", patient_id="P1", patient_name="A^B",
+                   study_instance_uid="1.2.3", accession_number="ACC1", study_date="20261130", modality="CT", findings=[],
+                   summary="no finding", intended_use="demonstration; not for diagnosis")
+    try:
+        trusted = Notify("ris", NotifyKind.HL7, host="127.0.0.1", port=ris.port, tls=True, tls_ca_file=cert)
+        ack = send_mllp(trusted, oru(s, trusted, control_id="T1"))
+        assert "MSA|AA|T1" in ack
+        [message] = ris.messages
+        assert str(hl7.parse(message).segment("OBR")[3]) == "ACC1"
+        untrusted = replace(trusted, tls_ca_file=None)
+        with pytest.raises(NetworkError, match=r"ris: the certificate of 127\.0\.0\.1:\d+ is not trusted .*set tls_ca_file"):
+            send_mllp(untrusted, oru(s, untrusted, control_id="T2"))
+        plain = replace(trusted, tls=False, tls_ca_file=None)  # a plain MLLP sender at a TLS listener gets no ACK
+        with pytest.raises(NetworkError):
+            send_mllp(replace(plain, timeout=2.0), oru(s, plain, control_id="T3"))
+        assert len(ris.messages) == 1, "neither the untrusted nor the plain attempt delivered anything"
+    finally:
+        ris.close()
+
+
 def test_a_failed_job_is_announced_and_a_refusing_ris_is_retried_then_given_up(
     node_db: Callable[..., tuple[Config, Engine, int]], hook: str,
 ) -> None:
@@ -271,6 +311,9 @@ def test_notify_targets_are_validated(tmp_path: Path) -> None:
         'kind = "webhook"\nurl = "https://x/hook"\nhost = "h"': "unknown key",
         'kind = "webhook"\nurl = "https://x/hook"\ntoken_file = "/nonexistent"': "does not exist",
         'kind = "webhook"\nurl = "https://x/hook"\nsecret_file = "/nonexistent"': "secret_file: file /nonexistent does not exist",
+        'kind = "hl7"\nhost = "ris"\nport = 2575\ntls_ca_file = "/etc/hosts"': "tls_ca_file: only with tls = true",
+        'kind = "hl7"\nhost = "ris"\nport = 2575\ntls = true\ntls_cert_file = "/etc/hosts"': "tls_cert_file and tls_key_file go together",
+        'kind = "hl7"\nhost = "ris"\nport = 2575\ntls = "yes"': "tls",
     }.items():
         with pytest.raises(ConfigError, match=message):
             cfg(body)

@@ -7,15 +7,20 @@ status: F for a result, X when processing failed); one OBX per finding
 warning.  Text is escaped per HL7 (``\\F\\``, ``\\S\\``, ``\\T\\``, ``\\R\\``,
 ``\\E\\``).  MLLP frames the message with 0x0B ... 0x1C 0x0D; the receiver's
 ACK must say AA or CA (AE/AR and their text make the attempt fail).
+With ``tls = true`` the MLLP stream runs inside TLS 1.2+, the listener's
+certificate and host name verified (``tls_ca_file`` adds CAs; a client
+certificate for listeners that ask for one).
 """
 
 from __future__ import annotations
 
 import socket
+import ssl
 from datetime import datetime, timezone
 
 from dicomnode.config.notify import Notify
 from dicomnode.errors import NetworkError
+from dicomnode.net.webpeer import tls_context
 from dicomnode.notify.summary import JobSummary
 
 START, END = b"\x0b", b"\x1c\x0d"
@@ -59,6 +64,22 @@ def oru(s: JobSummary, target: Notify, control_id: str, now: datetime | None = N
     return "\r".join(segments) + "\r"
 
 
+def _connect(target: Notify) -> socket.socket:
+    """A connection to the target's MLLP listener: plain TCP, or TLS 1.2+ with its certificate and name verified."""
+    assert target.host is not None and target.port is not None
+    sock = socket.create_connection((target.host, target.port), timeout=target.timeout)
+    if not target.tls:
+        return sock
+    try:
+        ctx = tls_context(target.tls_ca_file)
+        if target.tls_cert_file is not None and target.tls_key_file is not None:
+            ctx.load_cert_chain(str(target.tls_cert_file), str(target.tls_key_file))
+        return ctx.wrap_socket(sock, server_hostname=target.host)
+    except BaseException:
+        sock.close()
+        raise
+
+
 def send_mllp(target: Notify, message: str) -> str:
     """Send one message over MLLP and return the receiver's ACK.
 
@@ -70,7 +91,7 @@ def send_mllp(target: Notify, message: str) -> str:
     assert target.host is not None and target.port is not None
     where = f"{target.host}:{target.port}"
     try:
-        with socket.create_connection((target.host, target.port), timeout=target.timeout) as sock:
+        with _connect(target) as sock:
             sock.sendall(START + message.encode("utf-8") + END)
             buf = b""
             while END not in buf and len(buf) < MAX_ACK:
@@ -78,6 +99,11 @@ def send_mllp(target: Notify, message: str) -> str:
                 if not chunk:
                     break
                 buf += chunk
+    except ssl.SSLCertVerificationError as exc:
+        raise NetworkError(f"{target.name}: the certificate of {where} is not trusted ({exc.verify_message}); "
+                           "set tls_ca_file to its CA") from exc
+    except ssl.SSLError as exc:
+        raise NetworkError(f"{target.name}: TLS with {where} failed: {exc.reason or exc}") from exc
     except TimeoutError as exc:
         raise NetworkError(f"{target.name}: no ACK from {where} within {target.timeout:g} s") from exc
     except OSError as exc:
