@@ -257,3 +257,52 @@ def test_a_source_that_retrieves_by_c_get(node_factory: Callable[..., Node], ort
     assert r.returncode == 0 and "4 instance(s) sent to DICOMNODE by orthanc" in r.stdout, r.stdout + r.stderr
     [s] = wait_for(lambda: [s for s in series_of(node) if s.instance_count == 4] or None, 30, what="the fetched series")
     assert s.calling_ae == orthanc.ae and not list(node.cfg.node.storage_dir.glob("dicomnode-fetch-*"))
+
+
+def test_a_study_fetched_by_wado_rs_is_stored_through_a_listener_that_requires_tls(node_factory: Callable[..., Node], tmp_path: Path) -> None:
+    """A node whose listener speaks only TLS (and, the second time, requires client certificates) still fetches.
+
+    The fetch trusts exactly the listener's own certificate and, when asked, presents it as its client certificate.
+    """
+    import http.server
+    import json
+    import threading
+
+    from tests.test_tls import make_cert
+
+    files = write_series(SeriesSpec(slices=3, rows=16, columns=16, seed="tls-wado"), tmp_path / "ct")
+    study = str(SeriesSpec(seed="tls-wado").study_uid)
+
+    class Wado(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:  # noqa: N802
+            if self.path.startswith("/dicom-web/studies?"):  # QIDO-RS: the study is there
+                data = json.dumps([{"0020000D": {"vr": "UI", "Value": [study]}}]).encode()
+                ctype = "application/dicom+json"
+            else:
+                data = b"".join(b"--B\r\nContent-Type: application/dicom\r\n\r\n" + f.read_bytes() + b"\r\n" for f in files) + b"--B--\r\n"
+                ctype = 'multipart/related; type="application/dicom"; boundary=B'
+            self.send_response(200)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Wado)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    cert, key = make_cert(tmp_path)
+    src = f'[[sources]]\nname = "orthanc"\nkind = "dicomweb"\nurl = "http://127.0.0.1:{server.server_address[1]}/dicom-web"\n'
+    try:
+        for subdir, mutual in (("tls", ""), ("mtls", f'ca_file = "{cert}"\nrequire_client_cert = true\n')):
+            node = node_factory(f'[node.tls]\ncert_file = "{cert}"\nkey_file = "{key}"\n{mutual}', subdir=subdir,
+                                extra_toml="[worker]\nenabled = false\n" + src)
+            r = fetch(node, "--study", study)
+            assert r.returncode == 0 and "3 instance(s)" in r.stdout, (subdir, r.stdout + r.stderr)
+            [s] = wait_for(lambda node=node: [s for s in series_of(node) if s.instance_count == 3] or None, 30, what="the series")
+            assert not list(node.cfg.node.storage_dir.glob("dicomnode-fetch-*"))
+    finally:
+        server.shutdown()

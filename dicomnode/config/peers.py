@@ -72,6 +72,7 @@ class Destination:
     tls_cert_file: Path | None = None  # our client certificate and key, for peers that require mutual TLS
     tls_key_file: Path | None = None
     tls_server_name: str | None = None  # the name the peer's certificate must carry (default: host)
+    tls_pinned: bool = False  # trust exactly the certificate in tls_ca_file, whatever names it carries (the node's own listener)
     kind: DestinationKind = DestinationKind.DIMSE
     url: str | None = None  # DICOMweb: the service root, e.g. https://pacs.example.org/dicom-web
     auth: WebAuth = WebAuth.NONE

@@ -14,7 +14,7 @@ from pathlib import Path
 from dicomnode.config import Config
 from dicomnode.config.peers import Destination
 from dicomnode.config.sources import Retrieve, Source
-from dicomnode.errors import ConfigError, NetworkError
+from dicomnode.errors import NetworkError
 from dicomnode.net import retrieve as dimse
 from dicomnode.net import wado
 from dicomnode.net.retrieve import MoveOutcome, StudyMatch
@@ -23,10 +23,25 @@ logger = logging.getLogger(__name__)
 
 
 def _web(cfg: Config, source: Source) -> bool:
-    web = source.retrieve == Retrieve.WADO_RS
-    if web and cfg.node.tls is not None:
-        raise ConfigError("fetching from a DICOMweb source stores through the node's listener, which needs TLS: not supported yet")
-    return web
+    return source.retrieve == Retrieve.WADO_RS
+
+
+def own_listener(cfg: Config) -> Destination:
+    """The node's own listener as a C-STORE destination, over TLS when it requires TLS.
+
+    Over TLS the listener's own certificate is the one trusted (pinned,
+    whatever host names it carries), and when the listener asks for client
+    certificates the node presents that same certificate: its ``ca_file``
+    must then trust it, and with ``allowed_subjects`` its subject must be
+    allowed the sources' AE titles.
+    """
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(cfg.node.host, cfg.node.host)
+    tls = cfg.node.tls
+    if tls is None:
+        return Destination("node", cfg.node.ae_title, host, cfg.node.port)
+    mutual = tls.require_client_cert
+    return Destination("node", cfg.node.ae_title, host, cfg.node.port, tls=True, tls_ca_file=tls.cert_file, tls_pinned=True,
+                       tls_cert_file=tls.cert_file if mutual else None, tls_key_file=tls.key_file if mutual else None)
 
 
 def holds_study(cfg: Config, source: Source, study: str, timeout: float = 30.0) -> bool:
@@ -103,8 +118,7 @@ def store_through_listener(
     """
     from dicomnode.net.scu import iter_dicom_files, send_files
 
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(cfg.node.host, cfg.node.host)
-    node = Destination("node", cfg.node.ae_title, host, cfg.node.port)
+    node = own_listener(cfg)
     cfg.node.storage_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="dicomnode-fetch-", dir=cfg.node.storage_dir) as tmp:
         files: list[Path] = []
