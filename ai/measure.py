@@ -195,6 +195,19 @@ class _Component:
     border: np.ndarray  # label counts on its one-voxel shell
 
 
+def _background(img: np.ndarray, ring: np.ndarray, comp: np.ndarray) -> tuple[float, float, float] | None:
+    """The organ's intensity on ``ring``, its robust noise SD, and +1 if the lesion ``comp`` is brighter (else -1).
+
+    None when the ring holds fewer than 10 voxels.
+    """
+    if np.count_nonzero(ring) < 10:
+        return None
+    bg_vals = img[ring]
+    bg = float(np.median(bg_vals))
+    noise = max(1.4826 * float(np.median(np.abs(bg_vals - bg))), 1e-6)
+    return bg, noise, 1.0 if float(np.median(img[comp])) >= bg else -1.0
+
+
 def _partial_volume(
     c: _Component, labels: np.ndarray, image: np.ndarray, free: np.ndarray, cfg: LesionVolume, half: Sequence[int]
 ) -> float | None:
@@ -207,13 +220,11 @@ def _partial_volume(
     img = image[c.box].astype(np.float64)
     near = dilate_box(c.comp, half)
     ring = dilate_box(near, half) & ~near & (lab == host)
-    if np.count_nonzero(ring) < 10:
+    found = _background(img, ring, c.comp)
+    if found is None:
         return None
-    bg_vals = img[ring]
-    bg = float(np.median(bg_vals))
-    noise = max(1.4826 * float(np.median(np.abs(bg_vals - bg))), 1e-6)
+    bg, noise, sign = found
     vals = img[c.comp]
-    sign = 1.0 if float(np.median(vals)) >= bg else -1.0
     # The lesion's pure voxels: those whose neighbours all show more than half its peak contrast (the
     # component may be a little off the lesion: a network's boundary on a coarser grid).
     peak = float(np.percentile(vals, 95 if sign > 0 else 5))
@@ -259,13 +270,11 @@ def _grown(
     img = image[c.box].astype(np.float64)
     dist = ndimage.distance_transform_edt(~c.comp, sampling=spacing_zyx)
     ring = (dist > max(GROWN_RING_MM[0], cfg.grow_mm)) & (dist < max(GROWN_RING_MM[1], cfg.grow_mm + 4.0)) & (lab == host)
-    if np.count_nonzero(ring) < 10:
+    found = _background(img, ring, c.comp)
+    if found is None:
         return None
-    bg_vals = img[ring]
-    bg = float(np.median(bg_vals))
-    noise = max(1.4826 * float(np.median(np.abs(bg_vals - bg))), 1e-6)
+    bg, noise, sign = found
     vals = img[c.comp]
-    sign = 1.0 if float(np.median(vals)) >= bg else -1.0
     level = float(np.percentile(vals, cfg.level if sign > 0 else 100.0 - cfg.level))
     if (level - bg) * sign < cfg.grow_contrast * noise:
         return None

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom import dcmread
@@ -50,6 +51,44 @@ def fetch(node: Node, *args: str) -> subprocess.CompletedProcess[str]:
     cfg.write_text(node.cfg.source.read_text().replace("\nport = 0\n", f"\nport = {node.cfg.node.port}\n", 1))
     return subprocess.run([sys.executable, "-m", "dicomnode", "fetch", "--config", str(cfg), "--from", "orthanc", "-q", *args],
                           capture_output=True, text=True, timeout=300)
+
+
+def serve_wado(study: str, files: list[Path], *, cut: bool = False) -> Any:
+    """A DICOMweb source on 127.0.0.1 that finds ``study`` (QIDO-RS) and sends ``files`` (WADO-RS); ``cut``: the stream
+    stops 100 bytes short, and so does the connection.  Returns the running server (``shutdown()`` it)."""
+    import http.server
+    import json
+    import threading
+
+    class Wado(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:  # noqa: N802
+            if self.path.startswith("/dicom-web/studies?"):  # QIDO-RS: the study is there
+                data = json.dumps([{"0020000D": {"vr": "UI", "Value": [study]}}]).encode()
+                ctype, length = "application/dicom+json", None
+            else:
+                data = b"".join(b"--B\r\nContent-Type: application/dicom\r\n\r\n" + f.read_bytes() + b"\r\n" for f in files) + b"--B--\r\n"
+                ctype, length = 'multipart/related; type="application/dicom"; boundary=B', len(data)
+                if cut:
+                    data = data[: len(data) - 107]  # into the last instance
+                    self.close_connection = True
+            self.send_response(200)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(length or len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Wado)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def wado_source(server: Any) -> str:
+    return f'[[sources]]\nname = "orthanc"\nkind = "dicomweb"\nurl = "http://127.0.0.1:{server.server_address[1]}/dicom-web"\n'
 
 
 @pytest.mark.parametrize("retrieve", ["c-move", "wado-rs"])
@@ -175,42 +214,11 @@ def test_a_dicomweb_source_is_searched_by_qido_rs_and_read_by_wado_rs(
 
 
 def test_a_wado_rs_stream_cut_short_stores_nothing(node_factory: Callable[..., Node], tmp_path: Path) -> None:
-    import http.server
-    import json
-    import threading
-
     files = write_series(SeriesSpec(slices=3, rows=16, columns=16, seed="cut-wado"), tmp_path / "ct")
-    study = str(SeriesSpec(seed="cut-wado").study_uid)
-
-    class Cutting(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_GET(self) -> None:  # noqa: N802
-            if self.path.startswith("/dicom-web/studies?"):  # QIDO-RS: the study is there
-                data = json.dumps([{"0020000D": {"vr": "UI", "Value": [study]}}]).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/dicom+json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-                return
-            body = b"".join(b"--B\r\nContent-Type: application/dicom\r\n\r\n" + f.read_bytes() + b"\r\n" for f in files)
-            self.send_response(200)
-            self.send_header("Content-Type", 'multipart/related; type="application/dicom"; boundary=B')
-            self.send_header("Content-Length", str(len(body) + 7))
-            self.end_headers()
-            self.wfile.write(body[: len(body) - 100])  # the last instance stops short, and so does the connection
-            self.close_connection = True
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Cutting)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = serve_wado(str(SeriesSpec(seed="cut-wado").study_uid), files, cut=True)
     try:
-        src = f'[[sources]]\nname = "orthanc"\nkind = "dicomweb"\nurl = "http://127.0.0.1:{server.server_address[1]}/dicom-web"\n'
-        node = node_factory(extra_toml="[worker]\nenabled = false\n" + src)
-        r = fetch(node, "--study", study)
+        node = node_factory(extra_toml="[worker]\nenabled = false\n" + wado_source(server))
+        r = fetch(node, "--study", str(SeriesSpec(seed="cut-wado").study_uid))
         assert r.returncode == 1 and "the WADO-RS stream was cut short after 2 instance(s); nothing of the study was stored" in r.stderr, r.stderr
         assert series_of(node) == [] and not list(node.cfg.node.incoming_dir.rglob("*.dcm"))
     finally:
@@ -264,45 +272,19 @@ def test_a_study_fetched_by_wado_rs_is_stored_through_a_listener_that_requires_t
 
     The fetch trusts exactly the listener's own certificate and, when asked, presents it as its client certificate.
     """
-    import http.server
-    import json
-    import threading
-
     from tests.test_tls import make_cert
 
     files = write_series(SeriesSpec(slices=3, rows=16, columns=16, seed="tls-wado"), tmp_path / "ct")
     study = str(SeriesSpec(seed="tls-wado").study_uid)
-
-    class Wado(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_GET(self) -> None:  # noqa: N802
-            if self.path.startswith("/dicom-web/studies?"):  # QIDO-RS: the study is there
-                data = json.dumps([{"0020000D": {"vr": "UI", "Value": [study]}}]).encode()
-                ctype = "application/dicom+json"
-            else:
-                data = b"".join(b"--B\r\nContent-Type: application/dicom\r\n\r\n" + f.read_bytes() + b"\r\n" for f in files) + b"--B--\r\n"
-                ctype = 'multipart/related; type="application/dicom"; boundary=B'
-            self.send_response(200)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Wado)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = serve_wado(study, files)
     cert, key = make_cert(tmp_path)
-    src = f'[[sources]]\nname = "orthanc"\nkind = "dicomweb"\nurl = "http://127.0.0.1:{server.server_address[1]}/dicom-web"\n'
     try:
         for subdir, mutual in (("tls", ""), ("mtls", f'ca_file = "{cert}"\nrequire_client_cert = true\n')):
             node = node_factory(f'[node.tls]\ncert_file = "{cert}"\nkey_file = "{key}"\n{mutual}', subdir=subdir,
-                                extra_toml="[worker]\nenabled = false\n" + src)
+                                extra_toml="[worker]\nenabled = false\n" + wado_source(server))
             r = fetch(node, "--study", study)
             assert r.returncode == 0 and "3 instance(s)" in r.stdout, (subdir, r.stdout + r.stderr)
-            [s] = wait_for(lambda node=node: [s for s in series_of(node) if s.instance_count == 3] or None, 30, what="the series")
+            wait_for(lambda node=node: [s for s in series_of(node) if s.instance_count == 3] or None, 30, what="the series")
             assert not list(node.cfg.node.storage_dir.glob("dicomnode-fetch-*"))
     finally:
         server.shutdown()
