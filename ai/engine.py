@@ -145,7 +145,7 @@ class Engine:
                                  min_fraction=float(fractions.get(str(child), fractions.get(child, 0.0))))
         return labels
 
-    def _tail_thresholds(self) -> dict[int, float]:
+    def tail_thresholds(self) -> dict[int, float]:
         """Per lesion label, the probability from which post-processing calls a voxel that label."""
         pp: dict[str, Any] = self.bundle.postprocessing
         default = float(pp["threshold"]) if pp.get("threshold") is not None else 0.5
@@ -267,7 +267,7 @@ class Engine:
             lesion_values=[lb.value for lb in b.labels if lb.lesion],
             probabilities=probabilities,
             contains=b.contains,
-            lesion_volume=dataclasses.replace(b.lesion_volume, thresholds=self._tail_thresholds()),
+            lesion_volume=dataclasses.replace(b.lesion_volume, thresholds=self.tail_thresholds()),
         )
         res.findings = findings(res.measurements, b)
         if b.scan_score is not None and scores is not None:

@@ -109,7 +109,7 @@ def estimator_errors(engine: Engine, case: Any, res: Result, errors: dict[str, l
     b = engine.bundle
     names = {lb.value: lb.name for lb in b.labels}
     for method in ESTIMATORS:
-        lv = dataclasses.replace(b.lesion_volume, method=method, thresholds=engine._tail_thresholds())
+        lv = dataclasses.replace(b.lesion_volume, method=method, thresholds=engine.tail_thresholds())
         ms = measure(res.labels, tuple(case.spacing), names, image=case.hu.astype(np.float32), lesion_values=[NODULE],
                      probabilities=res.probabilities, contains=b.contains, lesion_volume=lv)
         one = Scores(method)

@@ -22,7 +22,8 @@ from dicomnode.net.retrieve import MoveOutcome, StudyMatch
 logger = logging.getLogger(__name__)
 
 
-def _web(cfg: Config, source: Source) -> bool:
+def _web(source: Source) -> bool:
+    """Whether the source is searched by QIDO-RS and read by WADO-RS (else C-FIND, then C-MOVE or C-GET)."""
     return source.retrieve == Retrieve.WADO_RS
 
 
@@ -46,14 +47,14 @@ def own_listener(cfg: Config) -> Destination:
 
 def holds_study(cfg: Config, source: Source, study: str, timeout: float = 30.0) -> bool:
     """Whether the source finds the study (C-FIND or QIDO-RS)."""
-    if _web(cfg, source):
+    if _web(source):
         return wado.has_study(source, study, timeout)
     return bool(dimse.find(source, "STUDY", {"StudyInstanceUID": study}, calling_ae=cfg.node.ae_title, timeout=timeout))
 
 
 def list_studies(cfg: Config, source: Source, *, since: str, until: str, modality: str | None, timeout: float = 30.0) -> list[StudyMatch]:
     """The source's studies of a date range (and modality), oldest first."""
-    if _web(cfg, source):
+    if _web(source):
         return wado.find_studies(source, since=since, until=until, modality=modality, timeout=timeout)
     return dimse.find_studies(source, since=since, until=until, modality=modality, calling_ae=cfg.node.ae_title, timeout=timeout)
 
@@ -75,7 +76,7 @@ def fetch_study(
     NetworkError
         The source refused, failed or cut the transfer (in words).
     """
-    web = _web(cfg, source)
+    web = _web(source)
     chosen = list(series)
     if not chosen and (modality or body_part):
         matches = (wado.find_series(source, study, modality=modality, body_part=body_part, timeout=timeout) if web else
