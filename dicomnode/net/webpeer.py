@@ -58,12 +58,23 @@ def connect(url: str, timeout: float, ca_file: Path | None = None) -> tuple[http
     return conn, parts.path
 
 
+def credential(name: str, path: Path, what: str = "credentials file") -> bytes:
+    """A secret kept in ``path``, read now (so it can be rotated) without surrounding whitespace.
+
+    Raises
+    ------
+    NetworkError
+        The file cannot be read, in words (``what`` names it).
+    """
+    try:
+        return path.read_bytes().strip()
+    except OSError as exc:
+        raise NetworkError(f"{name}: cannot read its {what}: {exc.strerror or exc}") from exc
+
+
 def bearer(name: str, token_file: Path) -> str:
     """The ``Authorization`` header of a bearer token kept in ``token_file`` (read now)."""
-    try:
-        return "Bearer " + token_file.read_text().strip()
-    except OSError as exc:
-        raise NetworkError(f"{name}: cannot read its credentials file: {exc.strerror or exc}") from exc
+    return "Bearer " + credential(name, token_file).decode()
 
 
 def authorization(peer: WebPeer) -> str | None:
@@ -71,10 +82,7 @@ def authorization(peer: WebPeer) -> str | None:
     if peer.auth == WebAuth.BEARER and peer.token_file is not None:
         return bearer(peer.name, peer.token_file)
     if peer.auth == WebAuth.BASIC and peer.password_file is not None:
-        try:
-            password = peer.password_file.read_text().strip()
-        except OSError as exc:
-            raise NetworkError(f"{peer.name}: cannot read its credentials file: {exc.strerror or exc}") from exc
+        password = credential(peer.name, peer.password_file).decode()
         return "Basic " + base64.b64encode(f"{peer.username}:{password}".encode()).decode("ascii")
     return None
 

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 from dicomnode.config.notify import Notify
 from dicomnode.errors import NetworkError
-from dicomnode.net.webpeer import bearer, connect, errors_in_words
+from dicomnode.net.webpeer import bearer, connect, credential, errors_in_words
 from dicomnode.notify.summary import JobSummary
 
 
@@ -35,10 +35,7 @@ def signature(secret: bytes, timestamp: str, body: bytes) -> str:
 
 def _secret(name: str, path: Path) -> bytes:
     """The signing key kept in ``path`` (read now; surrounding whitespace is not part of it)."""
-    try:
-        secret = path.read_bytes().strip()
-    except OSError as exc:
-        raise NetworkError(f"{name}: cannot read its secret file: {exc.strerror or exc}") from exc
+    secret = credential(name, path, "secret file")
     if not secret:
         raise NetworkError(f"{name}: its secret file {path} is empty, so the webhook cannot be signed")
     return secret
