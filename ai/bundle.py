@@ -38,6 +38,8 @@ from ai.manifest_check import (  # noqa: F401  (re-exported: the names a manifes
     problems_in,
 )
 from ai.measure import LesionVolume
+from ai.candidates import CandidateModel
+from ai.candidates import from_manifest as candidate_model
 from ai.scan_score import ScanScore
 from ai.shape import ShapeRule
 
@@ -98,6 +100,7 @@ class Bundle:
     lesion_volume: LesionVolume = field(default_factory=LesionVolume)  # measurement.lesion_volume
     anatomy: AnatomySpec | None = None  # the plausibility gate; None: no gate
     scan_score: ScanScore | None = None  # class probabilities derived from the lesions; None: none
+    candidates: Mapping[int, CandidateModel] = field(default_factory=dict)  # postprocessing.candidates: lesion label -> classifier
     procedure: Concept | None = None  # the imaging procedure its reports are about (e.g. LN 24627-2 CT Chest)
     preferred_kernels: tuple[str, ...] = ()  # selection.kernels: reconstruction kernels it reads best (regular expressions)
     source: str = "dicomnode"  # "monai-bundle": a MONAI bundle, run with its own transforms (ai.monai_runner)
@@ -304,6 +307,7 @@ def load_bundle(path: Path) -> Bundle:
         lesion_volume=_lesion_volume(m.get("measurement", {})),
         anatomy=_anatomy(m.get("anatomy")),
         scan_score=scan_score.from_manifest(m),
+        candidates={int(k): candidate_model(v) for k, v in m.get("postprocessing", {}).get("candidates", {}).items()},
         procedure=coding.concept(m.get("procedure")),
         preferred_kernels=tuple((m.get("selection") or {}).get("kernels", ())),
         source=str(m.get("source", "dicomnode")),

@@ -18,6 +18,7 @@ import torch
 
 from ai.anatomy import AnatomyVerdict, assess, inside_body
 from ai.bundle import MONAI_SOURCE, NNUNET_SOURCE, TOTALSEG_SOURCE, Bundle, Label
+from ai.candidates import FEATURES, features, judge
 from ai.errors import AIError
 from ai.findings import Finding, findings
 from ai.inference import WindowConfig, optimize_predictor, select_device, sliding_window
@@ -110,6 +111,8 @@ class Engine:
         spacing_xyz: tuple[float, float, float],
         label_thresholds: dict[int, float] | None = None,
         detection_thresholds: dict[int, float] | None = None,
+        image: np.ndarray | None = None,
+        direction: np.ndarray | None = None,
     ) -> np.ndarray:
         """Scores on the source grid -> label map, as the bundle's ``postprocessing`` says.
 
@@ -117,8 +120,10 @@ class Engine:
         (vessels among the lesion components go to their surroundings),
         ``min_size_mm3`` (a component is kept when its volume reaches the
         floor), ``fill_holes``, ``within`` (with ``within_fraction``, the share of a
-        lesion's border that must be its parents).  ``label_thresholds`` and
-        ``detection_thresholds`` override the bundle's (for tuning them).
+        lesion's border that must be its parents), then ``candidates`` (each
+        remaining lesion component judged by the bundle's candidate classifier,
+        :mod:`ai.candidates`; it needs the source ``image`` and ``direction``).
+        ``label_thresholds`` and ``detection_thresholds`` override the bundle's (for tuning them).
         """
         pp: dict[str, Any] = self.bundle.postprocessing
         if label_thresholds is None:
@@ -143,7 +148,33 @@ class Engine:
         for child, parent in pp.get("within", {}).items():
             labels = keep_within(labels, int(child), [int(p) for p in parent] if isinstance(parent, list) else int(parent),
                                  min_fraction=float(fractions.get(str(child), fractions.get(child, 0.0))))
+        if self.bundle.candidates and image is not None and direction is not None:
+            lesions = [lb.value for lb in self.bundle.labels if lb.lesion]
+            for value, model in self.bundle.candidates.items():
+                labels, _ = judge(labels, value, source_scores[value], image, spacing_zyx, direction, self.organs(value), model, lesions)
         return labels
+
+    def organs(self, value: int) -> list[int]:
+        """The labels lesion ``value`` lies in (its ``postprocessing.within`` parents)."""
+        parent = self.bundle.postprocessing.get("within", {}).get(str(value), [])
+        return [int(p) for p in parent] if isinstance(parent, list) else [int(parent)]
+
+    def candidate_peak(
+        self, labels: np.ndarray, scores: np.ndarray, image: np.ndarray, spacing_xyz: tuple[float, float, float], direction: np.ndarray,
+    ) -> float | None:
+        """The candidate classifier's highest probability over the kept lesions of the scan score's label (0 when none).
+
+        None when the bundle has no candidate classifier for that label (the scan score then uses the network's peak).
+        """
+        ss = self.bundle.scan_score
+        model = self.bundle.candidates.get(ss.label) if ss is not None else None
+        if ss is None or model is None:
+            return None
+        spacing_zyx = (float(spacing_xyz[2]), float(spacing_xyz[1]), float(spacing_xyz[0]))
+        _, x = features(labels, ss.label, scores[ss.label], image, spacing_zyx, direction, self.organs(ss.label))
+        if not len(x):
+            return 0.0
+        return float(model.probability(x[:, [FEATURES.index(f) for f in model.features]]).max())
 
     def tail_thresholds(self) -> dict[int, float]:
         """Per lesion label, the probability from which post-processing calls a voxel that label."""
@@ -228,7 +259,7 @@ class Engine:
         res.timings["infer"] = time.perf_counter() - t1
         t2 = time.perf_counter()
         source_scores = prepared.invert_scores(scores)
-        labels = self.postprocess(source_scores, spacing_xyz)
+        labels = self.postprocess(source_scores, spacing_xyz, image=array, direction=direction)
         if keep_probabilities:
             res.probabilities = source_scores.astype(np.float32)
         calibrated = source_scores if pp.get("softmax", True) else None  # raw scores are no probabilities
@@ -271,7 +302,8 @@ class Engine:
         )
         res.findings = findings(res.measurements, b)
         if b.scan_score is not None and scores is not None:
-            res.class_probabilities = b.scan_score.classes(labels, scores)
+            peak = self.candidate_peak(labels, scores, array, spacing_xyz, direction)
+            res.class_probabilities = b.scan_score.classes(labels, scores, peak)
         if b.anatomy is not None:
             volumes = {m.value: m.volume_ml for m in res.measurements}
             inside = None

@@ -2,7 +2,7 @@
 
 :func:`problems_in` checks the keys ``docs/models.md`` documents: task,
 weights, inference, input, labels and their codes, procedure, selection,
-post-processing, measurement, anatomy and scan score.  ``ai.bundle`` loads a
+post-processing (candidate classifiers too), measurement, anatomy and scan score.  ``ai.bundle`` loads a
 manifest only when the list is empty.
 """
 
@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ai import coding, scan_score
+from ai.candidates import CandidateError
+from ai.candidates import from_manifest as candidate_model
 from ai.measure import METHODS
 
 TASKS = ("segmentation", "classification")
@@ -120,6 +123,25 @@ def _label_ref(key: object, known: dict[int, bool]) -> int | None:
     return value if value in known else None
 
 
+def _candidate_problems(entries: object, within: dict[str, Any], ref: Callable[..., int | None]) -> list[str]:
+    """Problems of ``postprocessing.candidates``: lesion labels with a valid classifier and organs (``within``) to look in."""
+    if not isinstance(entries, dict):
+        return ["postprocessing.candidates must map lesion labels to classifiers"]
+    out: list[str] = []
+    for key, entry in entries.items():
+        ref("postprocessing.candidates", key, lesion=True)
+        if str(key) not in {str(k) for k in within}:
+            out.append(f"postprocessing.candidates[{key!r}]: the label needs a postprocessing.within entry (the organs its candidates lie in)")
+        if not isinstance(entry, dict):
+            out.append(f"postprocessing.candidates[{key!r}] must be an object")
+            continue
+        try:
+            candidate_model(entry)
+        except CandidateError as exc:
+            out.append(f"postprocessing.candidates[{key!r}]: {exc}")
+    return out
+
+
 def _problems_in_anatomy_keys(m: dict[str, Any]) -> list[str]:
     """Problems of ``postprocessing.within`` (and ``within_fraction``), ``postprocessing.lesion_shape``, ``min_size_mm3``, ``measurement`` and ``anatomy``."""
     problems: list[str] = []
@@ -165,6 +187,7 @@ def _problems_in_anatomy_keys(m: dict[str, Any]) -> list[str]:
                 problems.append(f"postprocessing.within_fraction[{child!r}]: the label has no postprocessing.within entry")
             if not (_is_number(share) and 0 <= share <= 1):
                 problems.append(f"postprocessing.within_fraction[{child!r}] must be a number from 0 to 1, not {share!r}")
+    problems += _candidate_problems(pp.get("candidates", {}), within if isinstance(within, dict) else {}, ref)
     shapes = pp.get("lesion_shape", {})
     if not isinstance(shapes, dict):
         problems.append("postprocessing.lesion_shape must map lesion labels to rules")

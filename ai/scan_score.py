@@ -67,9 +67,14 @@ class ScanScore:
         """The calibrated probability that the scan holds a lesion, from :meth:`peak`."""
         return _sigmoid(self.a * _logit(peak) + self.b)
 
-    def classes(self, labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
-        """``{absent: 1 - p, present: p}``, in that order."""
-        p = self.probability(self.peak(labels, scores))
+    def classes(self, labels: np.ndarray, scores: np.ndarray, peak: float | None = None) -> dict[str, float]:
+        """``{absent: 1 - p, present: p}``, in that order.
+
+        ``peak`` replaces :meth:`peak` where the lesions were judged by a
+        candidate classifier (:mod:`ai.candidates`): its highest probability
+        over the kept lesions.
+        """
+        p = self.probability(self.peak(labels, scores) if peak is None else peak)
         return {self.absent: 1.0 - p, self.present: p}
 
 

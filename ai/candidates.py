@@ -1,0 +1,223 @@
+"""Lesion candidates judged by a small classifier: the false-positive reduction stage of a CAD system.
+
+The network's lesion components are *candidates*.  Each one is described by
+a few numbers that a radiologist would also look at: its size and shape
+(a vessel is long, a nodule round), its density against the lung around it,
+how much soft tissue it touches (a vessel cross-section continues on both
+sides, a hilar lymph node sits in the mediastinum, a nodule sits in air),
+how much lung surrounds it and where it lies in the chest (the hila are
+medial and mid-height), and how sure the network was.  A logistic regression
+on those numbers, fitted on phantoms that trained neither the network nor
+anything else (``scripts/train_candidate_classifier.py``), gives each
+candidate a probability; candidates under the bundle's cut go to the organ
+around them, and the most probable kept one gives the scan its score.
+
+``candidates`` in a bundle's manifest (under ``postprocessing``)::
+
+    "candidates": {"3": {"features": ["log_volume", ...], "mean": [...], "scale": [...],
+                         "weights": [...], "bias": -1.2, "cut": 0.3, "fitted_on": "..."}}
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ai.postprocess import border_fraction, components
+from ai.shape import shape_of, sq_distance, surrounding_label
+
+FEATURES = (
+    "log_volume",  # log of the component's volume, mm3
+    "peak",  # the network's highest probability in it
+    "mean_prob",  # and its mean
+    "log_elongation",  # log of longest / shortest axis of its ellipsoid (ai.shape)
+    "fill",  # volume / ellipsoid volume: low for bent or branching tubes
+    "border_lung",  # share of its one-voxel shell in a lung
+    "hu_median",  # its median density, HU
+    "contrast_noise",  # (median - the lung 4-8 mm away) / that lung's noise SD, clipped to +-50
+    "attached",  # share of the 2-5 mm shell around it denser than -500 HU (vessels, wall, mediastinum)
+    "lung_context",  # share of lung within 15 mm of its centre
+    "medial",  # |left-right offset from the lungs' midline| / their half width (0: midline, 1: the ribs)
+    "height",  # cranio-caudal position within the lungs (0: base, 1: apex)
+    "slice_mm",  # the coarsest voxel spacing
+)
+RING_MM = (4.0, 8.0)  # the lung background of the contrast (as ai.measure's grown regions)
+SHELL_MM = (2.0, 5.0)  # where attached soft tissue is looked for
+CONTEXT_MM = 15.0
+SOFT_TISSUE_HU = -500.0
+CONTRAST_CLIP = 50.0
+
+
+class CandidateError(ValueError):
+    """A manifest's ``candidates`` entry is malformed."""
+
+
+@dataclass(frozen=True)
+class CandidateModel:
+    """A logistic regression over :data:`FEATURES` (standardised by ``mean`` and ``scale``) and its cut."""
+
+    features: tuple[str, ...]
+    mean: tuple[float, ...]
+    scale: tuple[float, ...]
+    weights: tuple[float, ...]
+    bias: float
+    cut: float
+
+    def probability(self, x: np.ndarray) -> np.ndarray:
+        """P(nodule) of each row of ``x`` (one column per :attr:`features`)."""
+        z = (np.asarray(x, dtype=np.float64) - np.asarray(self.mean)) / np.asarray(self.scale)
+        logit = z @ np.asarray(self.weights) + self.bias
+        return np.asarray(1.0 / (1.0 + np.exp(-np.clip(logit, -50, 50))))
+
+    def as_manifest(self, fitted_on: str) -> dict[str, Any]:
+        """The manifest entry of this model."""
+        return {"features": list(self.features), "mean": [round(v, 6) for v in self.mean],
+                "scale": [round(v, 6) for v in self.scale], "weights": [round(v, 6) for v in self.weights],
+                "bias": round(self.bias, 6), "cut": self.cut, "fitted_on": fitted_on}
+
+
+def from_manifest(entry: Mapping[str, Any]) -> CandidateModel:
+    """The :class:`CandidateModel` of one ``postprocessing.candidates`` entry.
+
+    Raises
+    ------
+    CandidateError
+        Unknown features, lengths that differ, or values that are not finite numbers.
+    """
+    try:
+        feats = tuple(str(f) for f in entry["features"])
+        cols = [tuple(float(v) for v in entry[k]) for k in ("mean", "scale", "weights")]
+        bias, cut = float(entry["bias"]), float(entry["cut"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CandidateError(f"candidates needs features, mean, scale, weights, bias and cut: {exc}") from exc
+    unknown = [f for f in feats if f not in FEATURES]
+    if unknown:
+        raise CandidateError(f"candidates has unknown features {unknown} (known: {', '.join(FEATURES)})")
+    if any(len(c) != len(feats) for c in cols):
+        raise CandidateError("candidates: features, mean, scale and weights must have the same length")
+    if not all(math.isfinite(v) for c in cols for v in c) or not math.isfinite(bias) or not 0.0 <= cut <= 1.0:
+        raise CandidateError("candidates: mean, scale, weights and bias must be finite, and cut within 0..1")
+    if any(s <= 0 for s in cols[1]):
+        raise CandidateError("candidates: every scale must be positive")
+    return CandidateModel(feats, cols[0], cols[1], cols[2], bias, cut)
+
+
+@dataclass(frozen=True)
+class _Lungs:
+    """Where the lungs are, in patient mm: the left-right midline and half width, and the cranio-caudal range."""
+
+    mid_x: float
+    half_width: float
+    z_low: float
+    z_high: float
+
+
+def _lungs(labels: np.ndarray, organs: Sequence[int], spacing_zyx: np.ndarray, direction: np.ndarray) -> _Lungs | None:
+    pts = np.argwhere(np.isin(labels[::2, ::2, ::2], organs)) * 2
+    if not len(pts):
+        return None
+    patient = _to_patient(pts, spacing_zyx, direction)
+    lo, hi = patient.min(axis=0), patient.max(axis=0)
+    return _Lungs(float(lo[0] + hi[0]) / 2, max(float(hi[0] - lo[0]) / 2, 1.0), float(lo[2]), max(float(hi[2]), float(lo[2]) + 1.0))
+
+
+def _to_patient(idx_zyx: np.ndarray, spacing_zyx: np.ndarray, direction: np.ndarray) -> np.ndarray:
+    """Patient (LPS) mm of voxel indices ``[z, y, x]``, origin at voxel 0."""
+    xyz = np.asarray(idx_zyx, dtype=np.float64)[:, ::-1] * spacing_zyx[::-1]
+    return np.asarray(xyz @ np.asarray(direction, dtype=np.float64).T)
+
+
+def features(
+    labels: np.ndarray, value: int, prob: np.ndarray, image: np.ndarray, spacing_zyx: Sequence[float],
+    direction: np.ndarray, organs: Sequence[int],
+) -> tuple[list[tuple[tuple[slice, slice, slice], np.ndarray]], np.ndarray]:
+    """Each component of ``value`` (26-connected) in its box, and its row of :data:`FEATURES`.
+
+    Parameters
+    ----------
+    labels : ndarray ``[z, y, x]``
+        The post-processed label map.
+    value : int
+        The lesion label.
+    prob : ndarray
+        That label's probability on the same grid.
+    image : ndarray
+        The source intensities (HU) on the same grid.
+    spacing_zyx : sequence of float
+        Voxel spacing in mm.
+    direction : ndarray
+        The 3x3 direction cosines (columns: the array's x, y, z axes in LPS).
+    organs : sequence of int
+        The labels of the organ the lesions lie in (the lungs).
+    """
+    s = np.asarray(spacing_zyx, dtype=np.float64)
+    lungs = _lungs(labels, organs, s, direction)
+    pad = [int(math.ceil(CONTEXT_MM / v)) + 1 for v in s]
+    comps: list[tuple[tuple[slice, slice, slice], np.ndarray]] = []
+    rows: list[list[float]] = []
+    for _, box, comp in components(labels == value, pad):
+        lab, img = labels[box], image[box].astype(np.float64)
+        organ = np.isin(lab, organs)
+        vals, p = img[comp], prob[box][comp].astype(np.float64)
+        shape = shape_of(comp, s)
+        d2 = sq_distance(comp, CONTEXT_MM, s)
+        ring = (d2 > RING_MM[0] ** 2) & (d2 <= RING_MM[1] ** 2) & organ
+        median = float(np.median(vals))
+        if np.count_nonzero(ring) >= 10:
+            bg_vals = img[ring]
+            bg = float(np.median(bg_vals))
+            noise = max(1.4826 * float(np.median(np.abs(bg_vals - bg))), 1.0)
+            cnr = float(np.clip((median - bg) / noise, -CONTRAST_CLIP, CONTRAST_CLIP))
+        else:
+            cnr = CONTRAST_CLIP  # nothing of the organ around it: as far from lung as a lesion gets
+        shell = (d2 > SHELL_MM[0] ** 2) & (d2 <= SHELL_MM[1] ** 2)
+        attached = float(np.mean(img[shell] > SOFT_TISSUE_HU)) if shell.any() else 1.0
+        near = d2 <= CONTEXT_MM**2
+        context = float(np.mean(organ[near] | comp[near]))
+        centre = np.argwhere(comp).mean(axis=0) + [b.start for b in box]
+        if lungs is not None:
+            c = _to_patient(centre[None, :], s, direction)[0]
+            medial = abs(float(c[0]) - lungs.mid_x) / lungs.half_width
+            height = (float(c[2]) - lungs.z_low) / (lungs.z_high - lungs.z_low)
+        else:
+            medial, height = 0.5, 0.5
+        rows.append([
+            math.log(max(shape.volume_mm3, 1e-3)), float(p.max()), float(p.mean()), math.log(max(shape.elongation, 1.0)),
+            float(shape.fill), border_fraction(comp, organ), median, cnr, attached, context, medial, height, float(s.max()),
+        ])
+        comps.append((box, comp))
+    return comps, np.asarray(rows, dtype=np.float64).reshape(len(rows), len(FEATURES))
+
+
+def judge(
+    labels: np.ndarray, value: int, prob: np.ndarray, image: np.ndarray, spacing_zyx: Sequence[float], direction: np.ndarray,
+    organs: Sequence[int], model: CandidateModel, lesion_values: Sequence[int] = (),
+) -> tuple[np.ndarray, list[float]]:
+    """Drop the candidates of ``value`` that ``model`` puts under its cut; the probabilities of those kept.
+
+    A dropped candidate's voxels take the label around it (lung, for a
+    vessel in a lung), never another lesion label.
+
+    Returns
+    -------
+    (ndarray, list of float)
+        The new label map, and the kept candidates' probabilities.
+    """
+    comps, x = features(labels, value, prob, image, spacing_zyx, direction, organs)
+    if not comps:
+        return labels, []
+    cols = [FEATURES.index(f) for f in model.features]
+    p = model.probability(x[:, cols])
+    out = labels.copy()
+    kept: list[float] = []
+    for (box, comp), pk in zip(comps, p):
+        if pk >= model.cut:
+            kept.append(float(pk))
+            continue
+        view = out[box]
+        view[comp] = surrounding_label(labels[box], comp, [value, *lesion_values])
+    return out, kept

@@ -1,0 +1,307 @@
+"""Fit the default chest-CT bundle's nodule candidate classifier (:mod:`ai.candidates`) on the CPU.
+
+The network's nodule components are *candidates*; a small classifier on
+their shape, density, surroundings and position decides which are nodules
+(the false-positive reduction stage of a classic CAD system).  It needs no
+GPU: the network runs once per phantom, and the classifier is a logistic
+regression on a dozen features.
+
+Three steps, each its own subcommand, so that the expensive one runs once:
+
+1. ``collect``: phantoms of the training family (seeds never used to train
+   the network, nor for its validation or held-out evaluation), the bundle's
+   network on each, and what the features need saved per case under
+   ``--scratch`` (the argmax label map, the nodule probability, the image
+   and the truth), several processes at once;
+2. ``fit``: candidates of every collected case at the candidate settings,
+   their features and whether each touches a true nodule; the logistic
+   regression fitted on the ``--fit`` seeds, and the cut and the scan score's
+   calibration chosen on the ``--val`` seeds only, printed as a table;
+3. ``--write BUNDLE`` (with ``fit``) puts the classifier, its cut and the
+   scan score's calibration into the bundle's manifest.
+
+The independent family (``bench/evalset``) is never read here.
+
+Example (the run recorded in the model card)::
+
+    python scripts/train_candidate_classifier.py collect --scratch /tmp/cand --seeds 3000:3200 --procs 2
+    python scripts/train_candidate_classifier.py collect --scratch /tmp/cand --seeds 6000:6060 --procs 2
+    python scripts/train_candidate_classifier.py fit --scratch /tmp/cand --fit 3000:3200 --val 6000:6060 \\
+        --write ai/bundles/chest-ct-lungs-nodules
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+NODULE = 3
+
+
+def _seeds(text: str) -> list[int]:
+    """``A:B`` (seeds A..B-1) or ``A,B,C``."""
+    if ":" in text:
+        a, _, b = text.partition(":")
+        return list(range(int(a), int(b)))
+    return [int(v) for v in text.split(",")]
+
+
+def _engine(bundle: Path) -> Any:
+    from ai.bundle import load_bundle
+    from ai.engine import Engine
+
+    return Engine(load_bundle(bundle), device="cpu")
+
+
+_ENGINE: Any = None
+
+
+def _collect_one(job: tuple[int, int, str, str]) -> str:
+    """Generate phantom ``seed``, run the network on it and save what the features need."""
+    global _ENGINE
+    seed, matrix, scratch, bundle = job
+    out = Path(scratch) / f"train-{seed}.npz"
+    if out.exists():
+        return f"{seed} cached"
+    import torch
+
+    torch.set_num_threads(1)
+    from ai.phantoms import generate
+
+    if _ENGINE is None:
+        _ENGINE = _engine(Path(bundle))
+    t = time.perf_counter()
+    case = generate(seed, matrix=matrix)
+    res = _ENGINE.run(case.hu.astype(np.float32), tuple(case.spacing), np.asarray(case.direction), keep_probabilities=True)
+    probs = res.probabilities
+    nodules = [{"centre_mm": list(map(float, n.centre_mm)), "diameter_mm": float(n.diameter_mm), "kind": str(n.kind.value),
+                "site": str(n.site.value), "volume_mm3": float(n.volume_mm3)} for n in case.nodules]
+    tmp = out.with_suffix(".tmp.npz")
+    np.savez(
+        tmp, argmax=probs.argmax(0).astype(np.uint8), nodule=probs[NODULE].astype(np.float16),
+        hu=np.clip(case.hu, -32768, 32767).astype(np.int16), truth=case.labels.astype(np.uint8),
+        spacing=np.asarray(case.spacing, dtype=np.float64), direction=np.asarray(case.direction, dtype=np.float64),
+        nodules=np.asarray(json.dumps(nodules)),
+    )
+    os.replace(tmp, out)
+    return f"{seed} {time.perf_counter() - t:.1f} s"
+
+
+def collect(args: argparse.Namespace) -> None:
+    """Run the network on phantoms of the training family, several processes at once."""
+    Path(args.scratch).mkdir(parents=True, exist_ok=True)
+    jobs = [(s, args.matrix, str(args.scratch), str(args.bundle)) for s in _seeds(args.seeds)]
+    with get_context("spawn").Pool(args.procs) as pool:
+        for done, msg in enumerate(pool.imap_unordered(_collect_one, jobs), start=1):
+            print(f"[{done}/{len(jobs)}] seed {msg}", file=sys.stderr, flush=True)
+
+
+# The candidate settings: the network's nodule components at a lower threshold than its 0.4.1 label threshold
+# (0.35) and with looser border and shape rules, so that the classifier sees (and may keep) more of them.
+CANDIDATE_SETTINGS = {"threshold": 0.2, "within_fraction": 0.3, "max_elongation": 3.0}
+
+
+def _variant(engine: Any, threshold: float, within_fraction: float, max_elongation: float) -> Any:
+    """``engine`` with the candidate settings and no candidate classifier (the network is shared)."""
+    import copy
+    import dataclasses
+
+    pp = dict(engine.bundle.postprocessing)
+    pp["label_thresholds"] = {str(NODULE): threshold}
+    pp["within_fraction"] = {str(NODULE): within_fraction}
+    pp.pop("candidates", None)
+    shapes = {k: dataclasses.replace(r, max_elongation=max_elongation) for k, r in engine.bundle.lesion_shape.items()}
+    other = copy.copy(engine)
+    other.bundle = dataclasses.replace(engine.bundle, postprocessing=pp, lesion_shape=shapes)
+    return other
+
+
+def case_candidates(path: Path, engine: Any) -> dict[str, Any]:
+    """The candidates of one collected case: features, whether each touches a true nodule, and which find each nodule."""
+    import cc3d
+
+    from ai.candidates import features
+
+    z = np.load(path)
+    argmax, p3 = z["argmax"], z["nodule"].astype(np.float32)
+    scores = np.zeros((4, *argmax.shape), dtype=np.float32)
+    for k in range(3):
+        scores[k][argmax == k] = 1.0
+    scores[NODULE] = p3
+    spacing = tuple(float(v) for v in z["spacing"])
+    labels = engine.postprocess(scores, spacing)
+    del scores
+    spacing_zyx = spacing[::-1]
+    comps, x = features(labels, NODULE, p3, z["hu"], spacing_zyx, z["direction"], [1, 2])
+    truth_cc = cc3d.connected_components(z["truth"] == NODULE, connectivity=26)
+    hits = [set(int(v) for v in np.unique(truth_cc[box][comp]) if v) for box, comp in comps]
+    nodules = []
+    for n in json.loads(str(z["nodules"])):
+        idx = [int(round(c / sp)) for c, sp in zip(n["centre_mm"], spacing)][::-1]
+        idx = [min(max(i, 0), d - 1) for i, d in zip(idx, truth_cc.shape)]
+        comp = int(truth_cc[tuple(idx)])
+        if comp == 0:  # off-centre shapes: the nearest labelled voxel within its radius
+            pts = np.argwhere(truth_cc > 0)
+            if len(pts):
+                d = np.linalg.norm((pts - np.array(idx)) * np.array(spacing_zyx), axis=1)
+                k = int(np.argmin(d))
+                comp = int(truth_cc[tuple(pts[k])]) if d[k] <= max(n["diameter_mm"] / 2, 2.0) else 0
+        n["found_by"] = [i for i, h in enumerate(hits) if comp and comp in h]
+        n["labelled"] = bool(comp)
+        nodules.append(n)
+    return {"x": x, "positive": np.array([bool(h) for h in hits], dtype=bool), "nodules": nodules, "slice_mm": max(spacing)}
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0, weight: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+    """Weights and bias of an L2-penalised logistic regression on standardised ``x`` (Newton's method)."""
+    n, k = x.shape
+    X = np.hstack([x, np.ones((n, 1))])
+    w = np.zeros(k + 1)
+    sw = np.ones(n) if weight is None else weight
+    pen = np.full(k + 1, l2)
+    pen[-1] = 0.0
+
+    def loss(v: np.ndarray) -> float:
+        zz = X @ v
+        return float(np.sum(sw * (np.logaddexp(0.0, zz) - y * zz)) + 0.5 * np.sum(pen * v * v))
+
+    for _ in range(100):
+        p = 1.0 / (1.0 + np.exp(-(X @ w)))
+        grad = X.T @ (sw * (p - y)) + pen * w
+        hess = (X.T * (sw * p * (1 - p))) @ X + np.diag(pen) + 1e-9 * np.eye(k + 1)
+        step = np.linalg.solve(hess, grad)
+        t, before = 1.0, loss(w)
+        while loss(w - t * step) > before and t > 1e-8:
+            t /= 2
+        w = w - t * step
+        if np.abs(t * step).max() < 1e-9:
+            break
+    return w[:-1], float(w[-1])
+
+
+def _load(scratch: Path, seeds: list[int], engine: Any) -> list[dict[str, Any]]:
+    out = []
+    for seed in seeds:
+        path = scratch / f"train-{seed}.npz"
+        if path.exists():
+            out.append(case_candidates(path, engine))
+    return out
+
+
+def evaluate(cases: list[dict[str, Any]], probs: list[np.ndarray], cut: float) -> dict[str, float]:
+    """Sensitivity (>= 6 mm: all; part-solid and ground-glass), false positives per scan and the share with <= 1, at ``cut``."""
+    big = [(n, p) for c, p in zip(cases, probs) for n in c["nodules"] if n["diameter_mm"] >= 6.0]
+    found = [bool(any(p[i] >= cut for i in n["found_by"])) for n, p in big]
+    sub = [f for (n, _), f in zip(big, found) if n["kind"] in ("part-solid", "ground-glass")]
+    solid = [f for (n, _), f in zip(big, found) if n["kind"] == "solid"]
+    fps = [int(np.sum((p >= cut) & ~c["positive"])) for c, p in zip(cases, probs)]
+    return {"sens": float(np.mean(found)) if found else float("nan"), "solid": float(np.mean(solid)) if solid else float("nan"),
+            "sub": float(np.mean(sub)) if sub else float("nan"), "fp": float(np.mean(fps)), "le1": float(np.mean([f <= 1 for f in fps])),
+            "n": len(found)}
+
+
+def fit(args: argparse.Namespace) -> None:
+    """Fit the classifier on ``--fit`` seeds, choose the cut on ``--val`` seeds, print the trade-off."""
+    from ai.candidates import FEATURES, CandidateModel
+    from ai.scan_score import fit_platt
+    from bench.quality import auc
+
+    base = _engine(args.bundle)
+    engine = _variant(base, args.threshold, args.within_fraction, args.max_elongation)
+    t = time.perf_counter()
+    train, val = _load(args.scratch, _seeds(args.fit), engine), _load(args.scratch, _seeds(args.val), engine)
+    print(f"{len(train)} fitting and {len(val)} validation cases read in {time.perf_counter() - t:.0f} s", file=sys.stderr)
+    names = [f for f in FEATURES if f not in args.drop]
+    cols = [FEATURES.index(f) for f in names]
+    if not any(len(c["x"]) for c in train):
+        raise SystemExit(f"no candidates in the fitting cases {args.fit} under {args.scratch}: collect them first")
+    x = np.vstack([c["x"][:, cols] for c in train if len(c["x"])])
+    y = np.concatenate([c["positive"] for c in train if len(c["x"])]).astype(float)
+    mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
+    w, b = fit_logistic((x - mean) / scale, y, l2=args.l2)
+    model = CandidateModel(tuple(names), tuple(map(float, mean)), tuple(map(float, scale)), tuple(map(float, w)), b, 0.5)
+    print(f"\n{len(y)} fitting candidates ({int(y.sum())} touch a nodule); weights on standardised features:\n")
+    for f, wi in sorted(zip(names, w), key=lambda t: -abs(t[1])):
+        print(f"  {f:16s} {wi:+.3f}")
+
+    def probs_of(cases: list[dict[str, Any]]) -> list[np.ndarray]:
+        return [model.probability(c["x"][:, cols]) if len(c["x"]) else np.zeros(0) for c in cases]
+
+    vp = probs_of(val)
+    print(f"\nvalidation seeds {args.val} ({len(val)} scans), candidates at threshold {args.threshold}, border share "
+          f"{args.within_fraction}, elongation {args.max_elongation}\n")
+    print("| cut | sensitivity >= 6 mm | solid | part-solid/GGO | FP per scan | scans with <= 1 FP | scan AUC |")
+    print("|---|---|---|---|---|---|---|")
+    truth = [any(n["labelled"] for n in c["nodules"]) for c in val]
+    for cut in args.cuts:
+        r = evaluate(val, vp, cut)
+        peaks = [float(p[p >= cut].max()) if (p >= cut).any() else 0.0 for p in vp]
+        print(f"| {cut:g} | {r['sens']:.3f} ({r['n']}) | {r['solid']:.3f} | {r['sub']:.3f} | {r['fp']:.2f} | {r['le1']:.2f} | "
+              f"{auc(list(zip(peaks, truth))):.3f} |")
+    if args.write is None:
+        return
+    chosen = dataclasses_replace(model, cut=args.cut)
+    peaks = [float(p[p >= args.cut].max()) if (p >= args.cut).any() else 0.0 for p in vp]
+    a, bb = fit_platt(peaks, truth)
+    manifest_path = args.write / "manifest.json"
+    m = json.loads(manifest_path.read_text())
+    fitted = (f"scripts/train_candidate_classifier.py fit --fit {args.fit} --val {args.val}: training-family seeds {args.fit} "
+              f"(fit), {args.val} (cut)")
+    m["postprocessing"]["label_thresholds"] = {str(NODULE): args.threshold}
+    m["postprocessing"]["within_fraction"] = {str(NODULE): args.within_fraction}
+    m["postprocessing"]["lesion_shape"][str(NODULE)]["max_elongation"] = args.max_elongation
+    m["postprocessing"]["candidates"] = {str(NODULE): chosen.as_manifest(fitted)}
+    m["scan_score"]["calibration"] = {"a": round(a, 3), "b": round(bb, 3), "fitted_on": f"{fitted}; the most probable kept candidate"}
+    manifest_path.write_text(json.dumps(m, indent=2) + "\n")
+    print(f"wrote {manifest_path}: cut {args.cut}, scan score calibration a={a:.3f} b={bb:.3f}")
+
+
+def dataclasses_replace(model: Any, **kw: Any) -> Any:
+    import dataclasses
+
+    return dataclasses.replace(model, **kw)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("collect", help="run the network on training-family phantoms and save the case arrays")
+    c.add_argument("--scratch", type=Path, required=True)
+    c.add_argument("--seeds", required=True, help="A:B, seeds A..B-1 of the training family")
+    c.add_argument("--matrix", type=int, default=256)
+    c.add_argument("--procs", type=int, default=2)
+    c.add_argument("--bundle", type=Path, default=ROOT / "ai" / "bundles" / "chest-ct-lungs-nodules")
+    f = sub.add_parser("fit", help="fit the classifier, choose its cut on validation seeds, optionally write it")
+    f.add_argument("--scratch", type=Path, required=True)
+    f.add_argument("--fit", required=True, help="A:B, collected seeds to fit on")
+    f.add_argument("--val", required=True, help="A:B, collected seeds to choose the cut on")
+    f.add_argument("--threshold", type=float, default=CANDIDATE_SETTINGS["threshold"])
+    f.add_argument("--within-fraction", type=float, default=CANDIDATE_SETTINGS["within_fraction"])
+    f.add_argument("--max-elongation", type=float, default=CANDIDATE_SETTINGS["max_elongation"])
+    f.add_argument("--l2", type=float, default=1.0)
+    f.add_argument("--drop", nargs="*", default=[], help="features to leave out")
+    f.add_argument("--cuts", type=float, nargs="*", default=[0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8])
+    f.add_argument("--cut", type=float, default=0.5, help="the cut written with --write")
+    f.add_argument("--write", type=Path, help="a bundle folder whose manifest gets the classifier")
+    f.add_argument("--bundle", type=Path, default=ROOT / "ai" / "bundles" / "chest-ct-lungs-nodules")
+    args = ap.parse_args()
+    if args.cmd == "collect":
+        collect(args)
+    elif args.cmd == "fit":
+        fit(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""Lesion candidates judged by the bundle's candidate classifier (ai/candidates.py): features, verdicts, manifests."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ai.bundle import BundleError, load_bundle
+from ai.candidates import FEATURES, CandidateError, CandidateModel, features, from_manifest, judge
+from tests.test_anatomy import _three_labels
+
+ROOT = Path(__file__).resolve().parents[1]
+SPACING = (2.0, 1.5, 1.5)  # z, y, x mm
+
+
+def _chest() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Two lungs (labels 1 and 2) in soft tissue; a 10 mm round nodule in the right one and a vessel tube across the left.
+
+    Both lesions are labelled 3 with probability 0.9: only their shape and surroundings tell them apart.
+    """
+    z, y, x = np.mgrid[:40, :64, :96]
+    labels = np.zeros(z.shape, np.uint8)
+    lung = (z >= 4) & (z < 36) & (y >= 8) & (y < 56)
+    labels[lung & (x >= 6) & (x < 44)] = 1  # array x grows to the patient's left (LPS): low x is the right lung
+    labels[lung & (x >= 52) & (x < 90)] = 2
+    image = np.where(labels > 0, -850.0, 40.0).astype(np.float32)
+    pz, py, px = z * SPACING[0], y * SPACING[1], x * SPACING[2]
+    nodule = (pz - 40) ** 2 + (py - 48) ** 2 + (px - 37) ** 2 <= 5.0**2
+    tube = ((py - 48) ** 2 + (pz - 40) ** 2 <= 2.0**2) & (x >= 54) & (x < 88)
+    for mask in (nodule, tube):
+        labels[mask] = 3
+        image[mask] = 30.0
+    prob = np.where(labels == 3, 0.9, 0.01).astype(np.float32)
+    return labels, image, prob
+
+
+def _model(cut: float = 0.5) -> CandidateModel:
+    names = ("log_elongation", "attached")
+    return CandidateModel(names, (0.0, 0.0), (1.0, 1.0), (-3.0, -3.0), 1.5, cut)
+
+
+def test_features_tell_a_round_nodule_from_a_vessel() -> None:
+    labels, image, prob = _chest()
+    comps, x = features(labels, 3, prob, image, SPACING, np.eye(3), [1, 2])
+    assert x.shape == (2, len(FEATURES)) and np.isfinite(x).all()
+    rows = {("right" if box[2].start + np.argwhere(comp)[:, 2].mean() < 48 else "left"): dict(zip(FEATURES, row))
+            for (box, comp), row in zip(comps, x)}
+    nod, ves = rows["right"], rows["left"]
+    assert nod["log_volume"] == pytest.approx(np.log(4 / 3 * np.pi * 125), abs=0.3)  # 10 mm across, on a 1.5-2 mm grid
+    assert np.exp(nod["log_elongation"]) < 1.4 < 4 < np.exp(ves["log_elongation"])
+    assert nod["border_lung"] == 1.0 and nod["attached"] == 0.0  # in air all round
+    assert nod["contrast_noise"] == 50.0  # 880 HU over a noiseless lung: clipped
+    assert nod["peak"] == pytest.approx(0.9) and nod["slice_mm"] == 2.0
+    assert 0.0 < nod["height"] < 1.0 and 0.0 <= nod["medial"] <= 1.0
+
+
+def test_judge_sends_the_vessel_back_to_its_lung_and_keeps_the_nodule() -> None:
+    labels, image, prob = _chest()
+    out, kept = judge(labels, 3, prob, image, SPACING, np.eye(3), [1, 2], _model())
+    assert len(kept) == 1 and kept[0] > 0.5
+    right, left = out[:, :, :48], out[:, :, 48:]
+    assert (right == 3).sum() == (labels[:, :, :48] == 3).sum()  # the nodule is untouched
+    assert not (left == 3).any() and (left == 2).sum() == (labels[:, :, 48:] > 0).sum()  # the tube is lung again
+    none, kept_none = judge(labels, 3, prob, image, SPACING, np.eye(3), [1, 2], _model(cut=1.0))
+    assert kept_none == [] and not (none == 3).any()
+
+
+def test_a_model_survives_its_manifest_entry() -> None:
+    m = _model(0.3)
+    again = from_manifest(json.loads(json.dumps(m.as_manifest("a test"))))
+    assert again == m
+    x = np.array([[0.0, 0.0], [2.0, 0.5]])
+    assert again.probability(x) == pytest.approx(1 / (1 + np.exp(-np.array([1.5, 1.5 - 6 - 1.5]))))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"features": ["log_volume", "colour"]}, "unknown features ['colour']"),
+        ({"weights": [1.0]}, "must have the same length"),
+        ({"scale": [1.0, 0.0]}, "every scale must be positive"),
+        ({"cut": 2}, "cut within 0..1"),
+        ({"bias": None}, "needs features, mean, scale, weights, bias and cut"),
+    ],
+)
+def test_bad_classifiers_are_refused_in_words(tmp_path: Path, change: dict[str, object], message: str) -> None:
+    entry = {**_model().as_manifest("a test"), **change}
+    with pytest.raises(CandidateError, match=message.replace("[", r"\[").replace("]", r"\]").replace(".", r"\.")):
+        from_manifest(entry)
+    with pytest.raises(BundleError, match="postprocessing.candidates"):
+        load_bundle(_three_labels(tmp_path, postprocessing__candidates={"3": entry}))
+
+
+def test_a_classifier_needs_the_organs_of_its_candidates(tmp_path: Path) -> None:
+    entry = _model().as_manifest("a test")
+    (tmp_path / "bare").mkdir()
+    (tmp_path / "ok").mkdir()
+    with pytest.raises(BundleError, match=r"postprocessing.candidates\['3'\]: the label needs a postprocessing.within entry"):
+        load_bundle(_three_labels(tmp_path / "bare", postprocessing={"candidates": {"3": entry}}))
+    assert load_bundle(_three_labels(tmp_path / "ok", postprocessing__candidates={"3": entry})).candidates == {3: _model()}
+
+
+def test_the_shipped_bundle_judges_its_candidates() -> None:
+    from tests.test_default_bundle import BUNDLE
+
+    b = load_bundle(BUNDLE)
+    assert set(b.candidates) == {3} and 0.0 < b.candidates[3].cut < 1.0
+    assert set(b.candidates[3].features) <= set(FEATURES)
+
+
+def test_the_fitting_script_runs_end_to_end(tmp_path: Path) -> None:
+    """scripts/train_candidate_classifier.py: collect two small phantoms, fit on one, choose the cut on the other, write."""
+    scratch, bundle = tmp_path / "cases", tmp_path / "bundle"
+    from tests.test_default_bundle import BUNDLE
+
+    bundle.mkdir()
+    for f in BUNDLE.iterdir():
+        (bundle / f.name).write_bytes(f.read_bytes())
+    script = [sys.executable, str(ROOT / "scripts" / "train_candidate_classifier.py")]
+    run = subprocess.run([*script, "collect", "--scratch", str(scratch), "--seeds", "4240,4251", "--matrix", "128", "--procs", "1",
+                          "--bundle", str(bundle)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    assert sorted(p.name for p in scratch.glob("*.npz")) == ["train-4240.npz", "train-4251.npz"]
+    run = subprocess.run([*script, "fit", "--scratch", str(scratch), "--fit", "4240,4251", "--val", "4240,4251", "--cut", "0.4",
+                          "--write", str(bundle), "--bundle", str(bundle)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    assert "| cut | sensitivity >= 6 mm |" in run.stdout
+    written = load_bundle(bundle)
+    assert written.candidates[3].cut == 0.4 and "4240,4251" in json.loads((bundle / "manifest.json").read_text())["scan_score"]["calibration"]["fitted_on"]
