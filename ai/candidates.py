@@ -15,7 +15,13 @@ around them, and the most probable kept one gives the scan its score.
 ``candidates`` in a bundle's manifest (under ``postprocessing``)::
 
     "candidates": {"3": {"features": ["log_volume", ...], "mean": [...], "scale": [...],
-                         "weights": [...], "bias": -1.2, "cut": 0.3, "fitted_on": "..."}}
+                         "weights": [...], "bias": -1.2, "cut": 0.3, "core_threshold": 0.35, "fitted_on": "..."}}
+
+Candidates are cut at a low probability, so that faint nodules become
+candidates at all; with ``core_threshold`` a kept candidate then keeps only
+its voxels of at least that probability (or at least half its peak, when
+that is lower), so that its outline and volume are not those of the loose
+candidate.
 """
 
 from __future__ import annotations
@@ -66,6 +72,7 @@ class CandidateModel:
     weights: tuple[float, ...]
     bias: float
     cut: float
+    core_threshold: float | None = None
 
     def probability(self, x: np.ndarray) -> np.ndarray:
         """P(nodule) of each row of ``x`` (one column per :attr:`features`)."""
@@ -77,7 +84,8 @@ class CandidateModel:
         """The manifest entry of this model."""
         return {"features": list(self.features), "mean": [round(v, 6) for v in self.mean],
                 "scale": [round(v, 6) for v in self.scale], "weights": [round(v, 6) for v in self.weights],
-                "bias": round(self.bias, 6), "cut": self.cut, "fitted_on": fitted_on}
+                "bias": round(self.bias, 6), "cut": self.cut,
+                **({} if self.core_threshold is None else {"core_threshold": self.core_threshold}), "fitted_on": fitted_on}
 
 
 def from_manifest(entry: Mapping[str, Any]) -> CandidateModel:
@@ -92,6 +100,7 @@ def from_manifest(entry: Mapping[str, Any]) -> CandidateModel:
         feats = tuple(str(f) for f in entry["features"])
         cols = [tuple(float(v) for v in entry[k]) for k in ("mean", "scale", "weights")]
         bias, cut = float(entry["bias"]), float(entry["cut"])
+        core = None if entry.get("core_threshold") is None else float(entry["core_threshold"])
     except (KeyError, TypeError, ValueError) as exc:
         raise CandidateError(f"candidates needs features, mean, scale, weights, bias and cut: {exc}") from exc
     unknown = [f for f in feats if f not in FEATURES]
@@ -103,7 +112,9 @@ def from_manifest(entry: Mapping[str, Any]) -> CandidateModel:
         raise CandidateError("candidates: mean, scale, weights and bias must be finite, and cut within 0..1")
     if any(s <= 0 for s in cols[1]):
         raise CandidateError("candidates: every scale must be positive")
-    return CandidateModel(feats, cols[0], cols[1], cols[2], bias, cut)
+    if core is not None and not 0.0 < core <= 1.0:
+        raise CandidateError(f"candidates: core_threshold must be within 0..1, not {core!r}")
+    return CandidateModel(feats, cols[0], cols[1], cols[2], bias, cut, core)
 
 
 @dataclass(frozen=True)
@@ -177,7 +188,7 @@ def features(
         shell = (d2 > SHELL_MM[0] ** 2) & (d2 <= SHELL_MM[1] ** 2)
         attached = float(np.mean(img[shell] > SOFT_TISSUE_HU)) if shell.any() else 1.0
         near = d2 <= CONTEXT_MM**2
-        context = float(np.mean(organ[near] | comp[near]))
+        context = float(np.mean(organ[near] | (lab[near] == value)))  # other candidates count as organ: judging one leaves this as is
         centre = np.argwhere(comp).mean(axis=0) + [b.start for b in box]
         if lungs is not None:
             c = _to_patient(centre[None, :], s, direction)[0]
@@ -200,7 +211,8 @@ def judge(
     """Drop the candidates of ``value`` that ``model`` puts under its cut; the probabilities of those kept.
 
     A dropped candidate's voxels take the label around it (lung, for a
-    vessel in a lung), never another lesion label.
+    vessel in a lung), never another lesion label; so do a kept one's voxels
+    outside its core, with a ``core_threshold``.
 
     Returns
     -------
@@ -215,9 +227,16 @@ def judge(
     out = labels.copy()
     kept: list[float] = []
     for (box, comp), pk in zip(comps, p):
+        drop = comp
         if pk >= model.cut:
             kept.append(float(pk))
-            continue
+            if model.core_threshold is None:
+                continue
+            prob_box = prob[box]
+            peak = float(prob_box[comp].max())
+            drop = comp & (prob_box < min(model.core_threshold, 0.5 * peak))  # outside its core
+            if not drop.any():
+                continue
         view = out[box]
-        view[comp] = surrounding_label(labels[box], comp, [value, *lesion_values])
+        view[drop] = surrounding_label(labels[box], comp, [value, *lesion_values])
     return out, kept

@@ -114,6 +114,18 @@ class Engine:
         image: np.ndarray | None = None,
         direction: np.ndarray | None = None,
     ) -> np.ndarray:
+        """Scores on the source grid -> label map (see :meth:`judged`, which also returns the candidates' probabilities)."""
+        return self.judged(source_scores, spacing_xyz, label_thresholds, detection_thresholds, image, direction)[0]
+
+    def judged(
+        self,
+        source_scores: np.ndarray,
+        spacing_xyz: tuple[float, float, float],
+        label_thresholds: dict[int, float] | None = None,
+        detection_thresholds: dict[int, float] | None = None,
+        image: np.ndarray | None = None,
+        direction: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, dict[int, list[float]]]:
         """Scores on the source grid -> label map, as the bundle's ``postprocessing`` says.
 
         In order: argmax or thresholds, ``keep_largest``, ``lesion_shape``
@@ -124,6 +136,11 @@ class Engine:
         remaining lesion component judged by the bundle's candidate classifier,
         :mod:`ai.candidates`; it needs the source ``image`` and ``direction``).
         ``label_thresholds`` and ``detection_thresholds`` override the bundle's (for tuning them).
+
+        Returns
+        -------
+        (ndarray, dict)
+            The label map, and per lesion label with a candidate classifier the probabilities of its kept candidates.
         """
         pp: dict[str, Any] = self.bundle.postprocessing
         if label_thresholds is None:
@@ -148,11 +165,13 @@ class Engine:
         for child, parent in pp.get("within", {}).items():
             labels = keep_within(labels, int(child), [int(p) for p in parent] if isinstance(parent, list) else int(parent),
                                  min_fraction=float(fractions.get(str(child), fractions.get(child, 0.0))))
+        kept: dict[int, list[float]] = {}
         if self.bundle.candidates and image is not None and direction is not None:
             lesions = [lb.value for lb in self.bundle.labels if lb.lesion]
             for value, model in self.bundle.candidates.items():
-                labels, _ = judge(labels, value, source_scores[value], image, spacing_zyx, direction, self.organs(value), model, lesions)
-        return labels
+                labels, kept[value] = judge(labels, value, source_scores[value], image, spacing_zyx, direction, self.organs(value),
+                                            model, lesions)
+        return labels, kept
 
     def organs(self, value: int) -> list[int]:
         """The labels lesion ``value`` lies in (its ``postprocessing.within`` parents)."""
@@ -181,6 +200,9 @@ class Engine:
         pp: dict[str, Any] = self.bundle.postprocessing
         default = float(pp["threshold"]) if pp.get("threshold") is not None else 0.5
         given = {int(k): float(v) for k, v in pp.get("label_thresholds", {}).items()}
+        for value, model in self.bundle.candidates.items():  # a kept candidate is its core: its tail starts there
+            if model.core_threshold is not None:
+                given[value] = max(given.get(value, 0.0), model.core_threshold)
         return {lb.value: min(given.get(lb.value, default), default) for lb in self.bundle.labels if lb.lesion}
 
     def run(
@@ -259,11 +281,13 @@ class Engine:
         res.timings["infer"] = time.perf_counter() - t1
         t2 = time.perf_counter()
         source_scores = prepared.invert_scores(scores)
-        labels = self.postprocess(source_scores, spacing_xyz, image=array, direction=direction)
+        labels, kept = self.judged(source_scores, spacing_xyz, image=array, direction=direction)
         if keep_probabilities:
             res.probabilities = source_scores.astype(np.float32)
         calibrated = source_scores if pp.get("softmax", True) else None  # raw scores are no probabilities
-        self._measure(res, labels, source_scores, calibrated, array, spacing_xyz, direction)
+        ss = b.scan_score
+        peak = max(kept[ss.label], default=0.0) if ss is not None and ss.label in kept else None
+        self._measure(res, labels, source_scores, calibrated, array, spacing_xyz, direction, peak)
         res.timings["postprocess"] = time.perf_counter() - t2
         return res
 
@@ -284,9 +308,12 @@ class Engine:
 
     def _measure(
         self, res: Result, labels: np.ndarray, scores: np.ndarray | None, probabilities: np.ndarray | None, array: np.ndarray,
-        spacing_xyz: tuple[float, float, float], direction: np.ndarray,
+        spacing_xyz: tuple[float, float, float], direction: np.ndarray, peak: float | None = None,
     ) -> None:
-        """Measurements, findings, scan score and anatomy gate of a label map on the source grid."""
+        """Measurements, findings, scan score and anatomy gate of a label map on the source grid.
+
+        ``peak``: the scan score's evidence when a candidate classifier judged the lesions (else the network's peak).
+        """
         b = self.bundle
         res.labels = labels
         names = {lb.value: lb.name for lb in b.labels}
@@ -302,7 +329,6 @@ class Engine:
         )
         res.findings = findings(res.measurements, b)
         if b.scan_score is not None and scores is not None:
-            peak = self.candidate_peak(labels, scores, array, spacing_xyz, direction)
             res.class_probabilities = b.scan_score.classes(labels, scores, peak)
         if b.anatomy is not None:
             volumes = {m.value: m.volume_ml for m in res.measurements}

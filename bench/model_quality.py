@@ -21,7 +21,10 @@ the FROC curves and the classifier's reliability diagram as one PNG.
 
 ``--tune SEED`` sweeps the nodule thresholds on training-family *validation*
 seeds SEED.. (use 6000), fits the scan score's calibration at each and prints
-the trade-off; the chosen values go into the bundle's manifest.  Cases are cached under the bench output folder.
+the trade-off; the chosen values go into the bundle's manifest.  It sweeps
+the network's thresholds without a candidate classifier; the default
+bundle's classifier, its candidate settings and its cut are fitted and
+chosen by ``scripts/train_candidate_classifier.py``.  Cases are cached under the bench output folder.
 
 ``--quick`` is a smoke run: one small scan per family (the table has the
 same rows); its figures say nothing about the bundles' quality.
@@ -131,6 +134,26 @@ def estimator_table(errors: dict[str, list[float]], shipped: str) -> str:
     return "\n".join(lines)
 
 
+def component_scores(engine: Engine, case: Any, res: Result) -> np.ndarray:
+    """Each kept nodule's score for the FROC curve: its candidate classifier probability where the bundle has one, else
+    the network's probability (``score_case`` takes each component's highest voxel)."""
+    from ai.candidates import FEATURES, features
+
+    assert res.labels is not None and res.probabilities is not None
+    model = engine.bundle.candidates.get(NODULE)
+    if model is None:
+        return res.probabilities[NODULE]
+    spacing_zyx = tuple(float(v) for v in case.spacing[::-1])
+    comps, x = features(res.labels, NODULE, res.probabilities[NODULE], case.hu.astype(np.float32), spacing_zyx,
+                        np.asarray(case.direction), engine.organs(NODULE))
+    out = np.zeros(res.labels.shape, dtype=np.float32)
+    if comps:
+        for (box, comp), p in zip(comps, model.probability(x[:, [FEATURES.index(f) for f in model.features]])):
+            view = out[box]
+            view[comp] = p
+    return out
+
+
 def score(name: str, cases: Iterator[Any], engine: Engine, classifier: Engine | None) -> Scores:
     """Score one family (and its volume estimators, in ``Scores.estimators``)."""
     s = Scores(name)
@@ -143,7 +166,7 @@ def score(name: str, cases: Iterator[Any], engine: Engine, classifier: Engine | 
             s.not_applicable.append(anatomy.reason)
         assert res.labels is not None and res.probabilities is not None
         lesions = next((m.lesions for m in res.measurements if m.value == NODULE), [])
-        score_case(s, case, res.labels, res.probabilities[NODULE], lesions)
+        score_case(s, case, res.labels, component_scores(engine, case, res), lesions)
         probs = res.class_probabilities  # the bundle's own scan score, when its manifest has one
         if classifier is not None:
             probs = classifier.run(case.hu.astype(np.float32), tuple(case.spacing), np.asarray(case.direction)).class_probabilities

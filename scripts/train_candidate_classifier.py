@@ -107,9 +107,9 @@ def collect(args: argparse.Namespace) -> None:
             print(f"[{done}/{len(jobs)}] seed {msg}", file=sys.stderr, flush=True)
 
 
-# The candidate settings: the network's nodule components at a lower threshold than its 0.4.1 label threshold
+# The candidate settings: the network's nodule components at a lower threshold than 0.4.1's label threshold
 # (0.35) and with looser border and shape rules, so that the classifier sees (and may keep) more of them.
-CANDIDATE_SETTINGS = {"threshold": 0.2, "within_fraction": 0.3, "max_elongation": 3.0}
+CANDIDATE_SETTINGS = {"threshold": 0.1, "within_fraction": 0.0, "max_elongation": 4.0}
 
 
 def _variant(engine: Any, threshold: float, within_fraction: float, max_elongation: float) -> Any:
@@ -163,6 +163,15 @@ def case_candidates(path: Path, engine: Any) -> dict[str, Any]:
     return {"x": x, "positive": np.array([bool(h) for h in hits], dtype=bool), "nodules": nodules, "slice_mm": max(spacing)}
 
 
+def _code_version() -> str:
+    """A digest of the feature code, so that cached candidate tables follow it."""
+    import hashlib
+
+    from ai import candidates
+
+    return hashlib.sha256(Path(candidates.__file__).read_bytes()).hexdigest()[:8]
+
+
 def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0, weight: np.ndarray | None = None) -> tuple[np.ndarray, float]:
     """Weights and bias of an L2-penalised logistic regression on standardised ``x`` (Newton's method)."""
     n, k = x.shape
@@ -190,12 +199,18 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0, weight: np.ndarr
     return w[:-1], float(w[-1])
 
 
-def _load(scratch: Path, seeds: list[int], engine: Any) -> list[dict[str, Any]]:
+def _load(scratch: Path, seeds: list[int], engine: Any, setting: str) -> list[dict[str, Any]]:
+    """The candidates of each collected seed at one setting (cached beside the case: features take a second a case)."""
+    import pickle
+
     out = []
     for seed in seeds:
-        path = scratch / f"train-{seed}.npz"
-        if path.exists():
+        path, table = scratch / f"train-{seed}.npz", scratch / f"candidates-{seed}-{setting}.pkl"
+        if table.exists() and table.stat().st_mtime >= path.stat().st_mtime:
+            out.append(pickle.loads(table.read_bytes()))
+        elif path.exists():
             out.append(case_candidates(path, engine))
+            table.write_bytes(pickle.dumps(out[-1]))
     return out
 
 
@@ -220,7 +235,8 @@ def fit(args: argparse.Namespace) -> None:
     base = _engine(args.bundle)
     engine = _variant(base, args.threshold, args.within_fraction, args.max_elongation)
     t = time.perf_counter()
-    train, val = _load(args.scratch, _seeds(args.fit), engine), _load(args.scratch, _seeds(args.val), engine)
+    setting = f"t{args.threshold:g}-w{args.within_fraction:g}-e{args.max_elongation:g}-{_code_version()}"
+    train, val = _load(args.scratch, _seeds(args.fit), engine, setting), _load(args.scratch, _seeds(args.val), engine, setting)
     print(f"{len(train)} fitting and {len(val)} validation cases read in {time.perf_counter() - t:.0f} s", file=sys.stderr)
     names = [f for f in FEATURES if f not in args.drop]
     cols = [FEATURES.index(f) for f in names]
@@ -249,22 +265,29 @@ def fit(args: argparse.Namespace) -> None:
         peaks = [float(p[p >= cut].max()) if (p >= cut).any() else 0.0 for p in vp]
         print(f"| {cut:g} | {r['sens']:.3f} ({r['n']}) | {r['solid']:.3f} | {r['sub']:.3f} | {r['fp']:.2f} | {r['le1']:.2f} | "
               f"{auc(list(zip(peaks, truth))):.3f} |")
+    grid = np.round(np.arange(0.02, 1.0, 0.02), 2)
+    cut = args.cut if args.cut is not None else float(next((c for c in grid if evaluate(val, vp, c)["fp"] <= args.max_fp), grid[-1]))
+    r = evaluate(val, vp, cut)
+    print(f"\nchosen cut {cut:g}" + ("" if args.cut is not None else f" (the lowest with at most {args.max_fp:g} false positives per "
+          f"validation scan)") + f": sensitivity >= 6 mm {r['sens']:.3f}, solid {r['solid']:.3f}, part-solid/GGO {r['sub']:.3f}, "
+          f"{r['fp']:.2f} FP per scan, {r['le1']:.2f} of scans with <= 1")
     if args.write is None:
         return
-    chosen = dataclasses_replace(model, cut=args.cut)
-    peaks = [float(p[p >= args.cut].max()) if (p >= args.cut).any() else 0.0 for p in vp]
+    chosen = dataclasses_replace(model, cut=cut, core_threshold=args.core_threshold)
+    peaks = [float(p[p >= cut].max()) if (p >= cut).any() else 0.0 for p in vp]
     a, bb = fit_platt(peaks, truth)
     manifest_path = args.write / "manifest.json"
     m = json.loads(manifest_path.read_text())
-    fitted = (f"scripts/train_candidate_classifier.py fit --fit {args.fit} --val {args.val}: training-family seeds {args.fit} "
-              f"(fit), {args.val} (cut)")
+    fitted = (f"scripts/train_candidate_classifier.py fit --fit {args.fit} --val {args.val} --threshold {args.threshold:g} "
+              f"--within-fraction {args.within_fraction:g} --max-elongation {args.max_elongation:g}: training-family seeds {args.fit} "
+              f"(fit), {args.val} (cut: " + (f"given, {cut:g})" if args.cut is not None else f"the lowest with <= {args.max_fp:g} FP per scan)"))
     m["postprocessing"]["label_thresholds"] = {str(NODULE): args.threshold}
     m["postprocessing"]["within_fraction"] = {str(NODULE): args.within_fraction}
     m["postprocessing"]["lesion_shape"][str(NODULE)]["max_elongation"] = args.max_elongation
     m["postprocessing"]["candidates"] = {str(NODULE): chosen.as_manifest(fitted)}
     m["scan_score"]["calibration"] = {"a": round(a, 3), "b": round(bb, 3), "fitted_on": f"{fitted}; the most probable kept candidate"}
     manifest_path.write_text(json.dumps(m, indent=2) + "\n")
-    print(f"wrote {manifest_path}: cut {args.cut}, scan score calibration a={a:.3f} b={bb:.3f}")
+    print(f"wrote {manifest_path}: cut {cut:g}, scan score calibration a={a:.3f} b={bb:.3f}")
 
 
 def dataclasses_replace(model: Any, **kw: Any) -> Any:
@@ -289,10 +312,15 @@ def main() -> int:
     f.add_argument("--threshold", type=float, default=CANDIDATE_SETTINGS["threshold"])
     f.add_argument("--within-fraction", type=float, default=CANDIDATE_SETTINGS["within_fraction"])
     f.add_argument("--max-elongation", type=float, default=CANDIDATE_SETTINGS["max_elongation"])
+    f.add_argument("--core-threshold", type=float, default=0.35,
+                   help="a kept candidate keeps its voxels of at least this probability (0.4.1's label threshold; default: %(default)s)")
     f.add_argument("--l2", type=float, default=1.0)
     f.add_argument("--drop", nargs="*", default=[], help="features to leave out")
     f.add_argument("--cuts", type=float, nargs="*", default=[0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8])
-    f.add_argument("--cut", type=float, default=0.5, help="the cut written with --write")
+    f.add_argument("--cut", type=float, help="the cut to write (default: the lowest cut that keeps --max-fp on the validation seeds)")
+    f.add_argument("--max-fp", type=float, default=0.25,
+                   help="false positives per validation scan that the chosen cut may leave (default: %(default)s, half the target: "
+                        "the independent family showed 2.7 times the training family's in 0.4.0)")
     f.add_argument("--write", type=Path, help="a bundle folder whose manifest gets the classifier")
     f.add_argument("--bundle", type=Path, default=ROOT / "ai" / "bundles" / "chest-ct-lungs-nodules")
     args = ap.parse_args()
