@@ -166,6 +166,7 @@ def features(
         The labels of the organ the lesions lie in (the lungs).
     """
     s = np.asarray(spacing_zyx, dtype=np.float64)
+    sp = [float(v) for v in s]
     lungs = _lungs(labels, organs, s, direction)
     pad = [int(math.ceil(CONTEXT_MM / v)) + 1 for v in s]
     comps: list[tuple[tuple[slice, slice, slice], np.ndarray]] = []
@@ -174,8 +175,8 @@ def features(
         lab, img = labels[box], image[box].astype(np.float64)
         organ = np.isin(lab, organs)
         vals, p = img[comp], prob[box][comp].astype(np.float64)
-        shape = shape_of(comp, s)
-        d2 = sq_distance(comp, CONTEXT_MM, s)
+        shape = shape_of(comp, sp)
+        d2 = sq_distance(comp, CONTEXT_MM, sp)
         ring = (d2 > RING_MM[0] ** 2) & (d2 <= RING_MM[1] ** 2) & organ
         median = float(np.median(vals))
         if np.count_nonzero(ring) >= 10:

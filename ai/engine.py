@@ -18,7 +18,7 @@ import torch
 
 from ai.anatomy import AnatomyVerdict, assess, inside_body
 from ai.bundle import MONAI_SOURCE, NNUNET_SOURCE, TOTALSEG_SOURCE, Bundle, Label
-from ai.candidates import FEATURES, features, judge
+from ai.candidates import judge
 from ai.errors import AIError
 from ai.findings import Finding, findings
 from ai.inference import WindowConfig, optimize_predictor, select_device, sliding_window
@@ -59,6 +59,7 @@ class Result:
     anatomy: AnatomyVerdict | None = None  # the bundle's anatomy gate (None: the bundle has none)
     findings: list[Finding] = field(default_factory=list)  # every lesion, numbered by volume across lesion labels
     classifications: list[ClassScores] = field(default_factory=list)  # other models' classes, each under its own name
+    candidates: dict[int, list[float]] = field(default_factory=dict)  # lesion label -> its kept candidates' probabilities
 
 
 class Engine:
@@ -178,23 +179,6 @@ class Engine:
         parent = self.bundle.postprocessing.get("within", {}).get(str(value), [])
         return [int(p) for p in parent] if isinstance(parent, list) else [int(parent)]
 
-    def candidate_peak(
-        self, labels: np.ndarray, scores: np.ndarray, image: np.ndarray, spacing_xyz: tuple[float, float, float], direction: np.ndarray,
-    ) -> float | None:
-        """The candidate classifier's highest probability over the kept lesions of the scan score's label (0 when none).
-
-        None when the bundle has no candidate classifier for that label (the scan score then uses the network's peak).
-        """
-        ss = self.bundle.scan_score
-        model = self.bundle.candidates.get(ss.label) if ss is not None else None
-        if ss is None or model is None:
-            return None
-        spacing_zyx = (float(spacing_xyz[2]), float(spacing_xyz[1]), float(spacing_xyz[0]))
-        _, x = features(labels, ss.label, scores[ss.label], image, spacing_zyx, direction, self.organs(ss.label))
-        if not len(x):
-            return 0.0
-        return float(model.probability(x[:, [FEATURES.index(f) for f in model.features]]).max())
-
     def tail_thresholds(self) -> dict[int, float]:
         """Per lesion label, the probability from which post-processing calls a voxel that label."""
         pp: dict[str, Any] = self.bundle.postprocessing
@@ -282,6 +266,7 @@ class Engine:
         t2 = time.perf_counter()
         source_scores = prepared.invert_scores(scores)
         labels, kept = self.judged(source_scores, spacing_xyz, image=array, direction=direction)
+        res.candidates = kept
         if keep_probabilities:
             res.probabilities = source_scores.astype(np.float32)
         calibrated = source_scores if pp.get("softmax", True) else None  # raw scores are no probabilities
