@@ -26,15 +26,22 @@ candidate.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ai.postprocess import border_fraction, components
 from ai.shape import shape_of, sq_distance, surrounding_label
+
+if TYPE_CHECKING:
+    from ai.measure import LabelMeasurement
+
+logger = logging.getLogger(__name__)
 
 FEATURES = (
     "log_volume",  # log of the component's volume, mm3
@@ -115,6 +122,20 @@ def from_manifest(entry: Mapping[str, Any]) -> CandidateModel:
     if core is not None and not 0.0 < core <= 1.0:
         raise CandidateError(f"candidates: core_threshold must be within 0..1, not {core!r}")
     return CandidateModel(feats, cols[0], cols[1], cols[2], bias, cut, core)
+
+
+@dataclass(frozen=True)
+class Kept:
+    """A candidate the classifier kept: its voxels (its core) in its box, and its probability."""
+
+    box: tuple[slice, slice, slice]
+    mask: np.ndarray
+    probability: float
+
+    def holds(self, voxel: Sequence[int]) -> bool:
+        """Whether voxel ``[z, y, x]`` (of the volume) is one of its voxels."""
+        local = [int(v) - b.start for v, b in zip(voxel, self.box)]
+        return all(0 <= v < n for v, n in zip(local, self.mask.shape)) and bool(self.mask[tuple(local)])
 
 
 @dataclass(frozen=True)
@@ -208,7 +229,7 @@ def features(
 def judge(
     labels: np.ndarray, value: int, prob: np.ndarray, image: np.ndarray, spacing_zyx: Sequence[float], direction: np.ndarray,
     organs: Sequence[int], model: CandidateModel, lesion_values: Sequence[int] = (),
-) -> tuple[np.ndarray, list[float]]:
+) -> tuple[np.ndarray, list[Kept]]:
     """Drop the candidates of ``value`` that ``model`` puts under its cut; the probabilities of those kept.
 
     A dropped candidate's voxels take the label around it (lung, for a
@@ -217,8 +238,8 @@ def judge(
 
     Returns
     -------
-    (ndarray, list of float)
-        The new label map, and the kept candidates' probabilities.
+    (ndarray, list of Kept)
+        The new label map, and the kept candidates.
     """
     comps, x = features(labels, value, prob, image, spacing_zyx, direction, organs)
     if not comps:
@@ -226,18 +247,44 @@ def judge(
     cols = [FEATURES.index(f) for f in model.features]
     p = model.probability(x[:, cols])
     out = labels.copy()
-    kept: list[float] = []
+    kept: list[Kept] = []
     for (box, comp), pk in zip(comps, p):
         drop = comp
         if pk >= model.cut:
-            kept.append(float(pk))
-            if model.core_threshold is None:
-                continue
-            prob_box = prob[box]
-            peak = float(prob_box[comp].max())
-            drop = comp & (prob_box < min(model.core_threshold, 0.5 * peak))  # outside its core
+            drop = np.zeros_like(comp)
+            if model.core_threshold is not None:
+                prob_box = prob[box]
+                peak = float(prob_box[comp].max())
+                drop = comp & (prob_box < min(model.core_threshold, 0.5 * peak))  # outside its core
+            kept.append(Kept(box, comp & ~drop, float(pk)))
             if not drop.any():
                 continue
         view = out[box]
         view[drop] = surrounding_label(labels[box], comp, [value, *lesion_values])
+    logger.info("label %d: the candidate classifier kept %d of %d candidates (cut %g)", value, len(kept), len(comps), model.cut)
     return out, kept
+
+
+def with_probabilities(measurements: Sequence[LabelMeasurement], kept: Mapping[int, Sequence[Kept]]) -> list[LabelMeasurement]:
+    """``measurements`` with each lesion of a judged label carrying the probability of the candidate it came from."""
+    out = []
+    for m in measurements:
+        verdicts = kept.get(m.value)
+        if verdicts is None or not m.lesions:
+            out.append(m)
+            continue
+        lesions = []
+        for les in m.lesions:
+            voxel = _a_voxel(les)
+            owner = next((k for k in verdicts if voxel is not None and k.holds(voxel)), None)
+            lesions.append(dataclasses.replace(les, probability=owner.probability if owner is not None else None))
+        out.append(dataclasses.replace(m, lesions=lesions))
+    return out
+
+
+def _a_voxel(lesion: Any) -> tuple[int, int, int] | None:
+    """One voxel ``[z, y, x]`` of a lesion (None when it carries no voxels)."""
+    if lesion.mask is None or lesion.box is None or not lesion.mask.any():
+        return None
+    z, y, x = (int(v) + b.start for v, b in zip(np.argwhere(lesion.mask)[0], lesion.box))
+    return z, y, x

@@ -18,7 +18,7 @@ import torch
 
 from ai.anatomy import AnatomyVerdict, assess, inside_body
 from ai.bundle import MONAI_SOURCE, NNUNET_SOURCE, TOTALSEG_SOURCE, Bundle, Label
-from ai.candidates import judge
+from ai.candidates import Kept, judge, with_probabilities
 from ai.errors import AIError
 from ai.findings import Finding, findings
 from ai.inference import WindowConfig, optimize_predictor, select_device, sliding_window
@@ -126,7 +126,7 @@ class Engine:
         detection_thresholds: dict[int, float] | None = None,
         image: np.ndarray | None = None,
         direction: np.ndarray | None = None,
-    ) -> tuple[np.ndarray, dict[int, list[float]]]:
+    ) -> tuple[np.ndarray, dict[int, list[Kept]]]:
         """Scores on the source grid -> label map, as the bundle's ``postprocessing`` says.
 
         In order: argmax or thresholds, ``keep_largest``, ``lesion_shape``
@@ -141,7 +141,7 @@ class Engine:
         Returns
         -------
         (ndarray, dict)
-            The label map, and per lesion label with a candidate classifier the probabilities of its kept candidates.
+            The label map, and per lesion label with a candidate classifier its kept candidates.
         """
         pp: dict[str, Any] = self.bundle.postprocessing
         if label_thresholds is None:
@@ -166,7 +166,7 @@ class Engine:
         for child, parent in pp.get("within", {}).items():
             labels = keep_within(labels, int(child), [int(p) for p in parent] if isinstance(parent, list) else int(parent),
                                  min_fraction=float(fractions.get(str(child), fractions.get(child, 0.0))))
-        kept: dict[int, list[float]] = {}
+        kept: dict[int, list[Kept]] = {}
         if self.bundle.candidates and image is not None and direction is not None:
             lesions = [lb.value for lb in self.bundle.labels if lb.lesion]
             for value, model in self.bundle.candidates.items():
@@ -266,13 +266,13 @@ class Engine:
         t2 = time.perf_counter()
         source_scores = prepared.invert_scores(scores)
         labels, kept = self.judged(source_scores, spacing_xyz, image=array, direction=direction)
-        res.candidates = kept
+        res.candidates = {value: [k.probability for k in ks] for value, ks in kept.items()}
         if keep_probabilities:
             res.probabilities = source_scores.astype(np.float32)
         calibrated = source_scores if pp.get("softmax", True) else None  # raw scores are no probabilities
         ss = b.scan_score
-        peak = max(kept[ss.label], default=0.0) if ss is not None and ss.label in kept else None
-        self._measure(res, labels, source_scores, calibrated, array, spacing_xyz, direction, peak)
+        peak = max(res.candidates[ss.label], default=0.0) if ss is not None and ss.label in kept else None
+        self._measure(res, labels, source_scores, calibrated, array, spacing_xyz, direction, peak, kept)
         res.timings["postprocess"] = time.perf_counter() - t2
         return res
 
@@ -294,10 +294,12 @@ class Engine:
     def _measure(
         self, res: Result, labels: np.ndarray, scores: np.ndarray | None, probabilities: np.ndarray | None, array: np.ndarray,
         spacing_xyz: tuple[float, float, float], direction: np.ndarray, peak: float | None = None,
+        kept: dict[int, list[Kept]] | None = None,
     ) -> None:
         """Measurements, findings, scan score and anatomy gate of a label map on the source grid.
 
-        ``peak``: the scan score's evidence when a candidate classifier judged the lesions (else the network's peak).
+        ``peak``: the scan score's evidence when a candidate classifier judged the lesions (else the network's peak);
+        ``kept``: the candidates it kept, whose probabilities the lesions then carry.
         """
         b = self.bundle
         res.labels = labels
@@ -312,6 +314,8 @@ class Engine:
             contains=b.contains,
             lesion_volume=dataclasses.replace(b.lesion_volume, thresholds=self.tail_thresholds()),
         )
+        if kept:
+            res.measurements = with_probabilities(res.measurements, kept)
         res.findings = findings(res.measurements, b)
         if b.scan_score is not None and scores is not None:
             res.class_probabilities = b.scan_score.classes(labels, scores, peak)

@@ -55,6 +55,7 @@ class Lesion:
     mean: float | None = None  # intensity over its voxels
     std: float | None = None
     edges: tuple[Edge, ...] = ()  # sides of the volume it touches (possibly truncated)
+    probability: float | None = None  # the candidate classifier's probability that it is a lesion (None: no classifier)
     box: tuple[slice, slice, slice] | None = field(default=None, repr=False, compare=False)  # where ``mask`` lies
     mask: np.ndarray | None = field(default=None, repr=False, compare=False)  # its voxels within ``box``
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from ai.bundle import BundleError, load_bundle
-from ai.candidates import FEATURES, CandidateError, CandidateModel, features, from_manifest, judge
+from ai.candidates import FEATURES, CandidateError, CandidateModel, features, from_manifest, judge, with_probabilities
 from tests.test_anatomy import _three_labels
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,12 +62,31 @@ def test_features_tell_a_round_nodule_from_a_vessel() -> None:
 def test_judge_sends_the_vessel_back_to_its_lung_and_keeps_the_nodule() -> None:
     labels, image, prob = _chest()
     out, kept = judge(labels, 3, prob, image, SPACING, np.eye(3), [1, 2], _model())
-    assert len(kept) == 1 and kept[0] > 0.5
+    assert len(kept) == 1 and kept[0].probability > 0.5 and kept[0].holds((20, 32, 25))  # the nodule's centre
     right, left = out[:, :, :48], out[:, :, 48:]
     assert (right == 3).sum() == (labels[:, :, :48] == 3).sum()  # the nodule is untouched
     assert not (left == 3).any() and (left == 2).sum() == (labels[:, :, 48:] > 0).sum()  # the tube is lung again
     none, kept_none = judge(labels, 3, prob, image, SPACING, np.eye(3), [1, 2], _model(cut=1.0))
     assert kept_none == [] and not (none == 3).any()
+
+
+def test_a_kept_candidate_keeps_its_core_and_its_lesions_carry_its_probability() -> None:
+    from ai.measure import measure
+
+    labels, image, prob = _chest()
+    labels[labels == 3] = 1
+    z, y, x = np.mgrid[:40, :64, :96]
+    dist = np.sqrt(((z - 20) * 2.0) ** 2 + ((y - 32) * 1.5) ** 2 + ((x - 25) * 1.5) ** 2)
+    prob = np.clip(1.0 - dist / 12.0, 0, 1).astype(np.float32)  # a loose candidate out to 0.1 (10.8 mm), its core to 0.35 (7.8 mm)
+    labels[(prob >= 0.1) & (labels == 1)] = 3
+    model = CandidateModel(("peak",), (0.0,), (1.0,), (4.0,), 0.0, 0.5, core_threshold=0.35)
+    out, kept = judge(labels, 3, prob, image, SPACING, np.eye(3), [1, 2], model)
+    assert len(kept) == 1 and (out == 3).sum() == ((prob >= 0.35) & (labels == 3)).sum() < (labels == 3).sum()
+    assert set(np.unique(out[(labels == 3) & (prob < 0.35)])) == {1}  # the loose rim is lung again
+    ms = measure(out, (1.5, 1.5, 2.0), {1: "right lung", 2: "left lung", 3: "nodule"}, lesion_values=[3])
+    [nodules] = [m for m in with_probabilities(ms, {3: kept}) if m.value == 3]
+    assert [les.probability for les in nodules.lesions] == [kept[0].probability]
+    assert all(les.probability is None for m in ms for les in m.lesions)  # measuring alone knows no classifier
 
 
 def test_a_model_survives_its_manifest_entry() -> None:

@@ -63,6 +63,7 @@ def test_scan_score_agrees_with_the_reported_nodules() -> None:
         kept = res.candidates[NODULE]  # the candidate classifier's probabilities of the nodules it kept
         assert bool(kept) == bool(reported) and all(k >= engine.bundle.candidates[NODULE].cut for k in kept)
         assert p["nodule present"] == score.probability(max(kept, default=0.0))
+        assert sorted({les.probability for les in reported}) == sorted(set(kept))  # each reported nodule carries its own
         if not reported:
             assert p["nodule present"] == score.probability(0.0) < 0.5
         if ph is with_nodules:

@@ -94,6 +94,25 @@ def expected_volumes(res: Result) -> object:
     return pytest.approx(sorted(volumes), abs=1e-2)
 
 
+def test_each_finding_reports_how_sure_the_model_is(case: tuple[list[Path], Volume], tmp_path: Path) -> None:
+    """A finding judged by a candidate classifier carries its probability in the SR (a TID 1411 Probability) and the KOS text."""
+    sources, vol = case
+    res = result_for(vol)
+    res.measurements = [
+        replace(m, lesions=[replace(les, probability=p) for les, p in zip(m.lesions, (0.91, 0.42))]) if m.lesions else m
+        for m in res.measurements
+    ]
+    res.findings = findings(res.measurements, BUNDLE)
+    out = write_outputs(sources, vol, res, BUNDLE, tmp_path / "out", job_key="1.2.3/1")
+    assert_valid(out)
+    sr = hd.sr.srread(out[1].path)
+    groups = {str(g.tracking_identifier): g for g in sr.content.get_volumetric_roi_measurement_groups()}
+    got = {name: [float(m.value) for m in g.get_measurements() if m.name.meaning == "Probability"] for name, g in groups.items()}
+    assert got == {"nodule 1": [0.91], "nodule 2": [0.42], "lung": []}
+    kos = dcmread(out[-1].path)
+    assert "nodule 1: " in str(kos.to_json()) and "mL, probability 0.91, image" in str(kos.to_json())
+
+
 def test_seg_sr_and_key_images_are_valid_and_read_back(case: tuple[list[Path], Volume], tmp_path: Path) -> None:
     sources, vol = case
     res = result_for(vol)

@@ -57,6 +57,7 @@ def _finding_json(f: Finding) -> dict[str, Any]:
         "short_axis_mm": round(ax.short_mm, 1) if ax else None, "mean_diameter_mm": round(ax.mean_mm, 1) if ax else None,
         "axis_slice": ax.slice_index + 1 if ax else None, "centroid_voxel_zyx": [round(c, 2) for c in les.centroid_voxel],
         "mean": les.mean, "std": les.std, "possibly_truncated_at": [e.value for e in les.edges],
+        "probability": None if les.probability is None else round(les.probability, 4),
     }
 
 

@@ -173,6 +173,8 @@ def finding_group(
             hd.sr.Measurement(name=codes.SCT.Diameter, value=round(ax.mean_mm, 1), unit=MILLIMETRE, derivation=codes.SCT.Mean),
         ]
     measurements += _intensity(les.mean, les.std, intensity_unit)
+    if les.probability is not None:  # the candidate classifier's: how sure the model is that this is a lesion
+        measurements.append(hd.sr.Measurement(name=codes.DCM.Probability, value=round(float(les.probability), 4), unit=NO_UNITS))
     common: dict[str, Any] = {
         "tracking_identifier": track, "finding_type": finding_concept(f.label), "algorithm_id": algorithm,
         "finding_sites": site(f.site, f.side) or None, "measurements": measurements,

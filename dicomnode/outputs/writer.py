@@ -207,8 +207,9 @@ def _kos_description(bundle: Bundle, findings: Sequence[Finding], frames: Sequen
         ax = f.lesion.axes
         size = f"{ax.long_mm:.1f} x {ax.short_mm:.1f} mm, " if ax is not None else ""
         where = f"{f.where}, " if f.where else ""
+        sure = f", probability {f.lesion.probability:.2f}" if f.lesion.probability is not None else ""
         parts.append(
-            f"{f.name}: {where}{size}{f.lesion.volume_ml:.2f} mL, image {names[f.key_slice(len(frames))]} "
+            f"{f.name}: {where}{size}{f.lesion.volume_ml:.2f} mL{sure}, image {names[f.key_slice(len(frames))]} "
             f"(tracking UID {tracking_uid(job_key, f.label.value, f.number)})"
         )
     return f"AI findings of {bundle.name} {bundle.version} ({bundle.intended_use}): " + "; ".join(parts)
