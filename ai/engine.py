@@ -114,18 +114,6 @@ class Engine:
         detection_thresholds: dict[int, float] | None = None,
         image: np.ndarray | None = None,
         direction: np.ndarray | None = None,
-    ) -> np.ndarray:
-        """Scores on the source grid -> label map (see :meth:`judged`, which also returns the candidates' probabilities)."""
-        return self.judged(source_scores, spacing_xyz, label_thresholds, detection_thresholds, image, direction)[0]
-
-    def judged(
-        self,
-        source_scores: np.ndarray,
-        spacing_xyz: tuple[float, float, float],
-        label_thresholds: dict[int, float] | None = None,
-        detection_thresholds: dict[int, float] | None = None,
-        image: np.ndarray | None = None,
-        direction: np.ndarray | None = None,
     ) -> tuple[np.ndarray, dict[int, list[Kept]]]:
         """Scores on the source grid -> label map, as the bundle's ``postprocessing`` says.
 
@@ -265,7 +253,7 @@ class Engine:
         res.timings["infer"] = time.perf_counter() - t1
         t2 = time.perf_counter()
         source_scores = prepared.invert_scores(scores)
-        labels, kept = self.judged(source_scores, spacing_xyz, image=array, direction=direction)
+        labels, kept = self.postprocess(source_scores, spacing_xyz, image=array, direction=direction)
         res.candidates = {value: [k.probability for k in ks] for value, ks in kept.items()}
         if keep_probabilities:
             res.probabilities = source_scores.astype(np.float32)

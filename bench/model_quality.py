@@ -217,7 +217,7 @@ def tune(engine: Engine, first: int, count: int, matrix: int) -> None:
         spacing = tuple(case.spacing)
         for g in grid:
             lab, det, _, frac, elong = g
-            labels = variants[(frac, elong)].postprocess(res.probabilities, spacing, {NODULE: lab}, {} if det is None else {NODULE: det})
+            labels, _ = variants[(frac, elong)].postprocess(res.probabilities, spacing, {NODULE: lab}, {} if det is None else {NODULE: det})
             score_case(tallies[g], case, labels, res.probabilities[NODULE], [])
             peaks[g].append((raw.peak(labels, res.probabilities), bool((case.labels == NODULE).any())))
         print(f"  tuning scan {case.seed} done", file=sys.stderr)

@@ -140,7 +140,7 @@ def case_candidates(path: Path, engine: Any) -> dict[str, Any]:
         scores[k][argmax == k] = 1.0
     scores[NODULE] = p3
     spacing = tuple(float(v) for v in z["spacing"])
-    labels = engine.postprocess(scores, spacing)
+    labels, _ = engine.postprocess(scores, spacing)  # no image: the candidates are not judged here, they are collected
     del scores
     spacing_zyx = spacing[::-1]
     comps, x = features(labels, NODULE, p3, z["hu"], spacing_zyx, z["direction"], [1, 2])
