@@ -184,12 +184,39 @@ def volume_errors(scores: Scores) -> list[float]:
     return [(n.measured_mm3 - n.volume_mm3) / n.volume_mm3 for n in scores.big() if n.found and n.measured_mm3 and n.volume_mm3 > 0]
 
 
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95 % Wilson score interval of a proportion ``k / n`` (``n`` > 0): honest at 0 and n, unlike the normal one."""
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
+def bootstrap(values: Sequence[Any], stat: Any, rounds: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """The 95 % percentile bootstrap interval of ``stat(resampled values)``, resampling whole scans."""
+    rng = np.random.default_rng(seed)
+    n = len(values)
+    out = [stat([values[i] for i in rng.integers(0, n, n)]) for _ in range(rounds)]
+    out = [v for v in out if np.isfinite(v)]
+    return (float(np.percentile(out, 2.5)), float(np.percentile(out, 97.5))) if out else (float("nan"), float("nan"))
+
+
 def table(scores: Scores, targets: bool) -> str:
-    """The markdown table of one family."""
+    """The markdown table of one family, with 95 % intervals: Wilson for proportions, bootstrap over scans otherwise.
+
+    On 20-60 scans the intervals are wide; a difference between two models
+    inside them is not shown to be real.
+    """
 
     def sens(nodules: list[TrueNodule]) -> str:
         found = sum(n.found for n in nodules)
-        return f"{found / len(nodules):.3f} ({found}/{len(nodules)})" if nodules else "- (0)"
+        if not nodules:
+            return "- (0)"
+        lo, hi = wilson(found, len(nodules))
+        return f"{found / len(nodules):.3f} ({found}/{len(nodules)}; 95 % CI {lo:.2f}-{hi:.2f})"
+
+    def share(k: int, n: int) -> str:
+        return "{:.2f} (95 % CI {:.2f}-{:.2f})".format(k / n, *wilson(k, n)) if n else "-"
 
     fp = scores.fp_per_scan()
     vol = volume_errors(scores)
@@ -204,15 +231,18 @@ def table(scores: Scores, targets: bool) -> str:
         ("sensitivity, calcified >= 6 mm", sens(scores.big(GROUPS["calcified"])), ""),
         *((f"sensitivity, all kinds, {name}", sens(scores.big(None, lo, hi)), "") for name, (lo, hi) in SIZE_BINS.items()),
         ("sensitivity, nodules < 6 mm", sens([n for n in scores.nodules if n.diameter_mm < 6]), ""),
-        ("false-positive nodules per scan (mean)", f"{np.mean(fp):.2f}" if fp else "-", "<= 0.5"),
-        ("scans with at most 1 false positive", f"{np.mean([f <= 1 for f in fp]):.2f}" if fp else "-", ">= 0.90"),
-        ("volume within +-15 %, found nodules >= 6 mm", f"{np.mean([abs(e) <= 0.15 for e in vol]):.2f} ({len(vol)} measured; "
-         f"median error {np.median(vol) * 100:+.1f} %)" if vol else "-", ">= 0.90"),
+        ("false-positive nodules per scan (mean)", "{:.2f} (95 % CI {:.2f}-{:.2f})".format(np.mean(fp), *bootstrap(fp, np.mean))
+         if fp else "-", "<= 0.5"),
+        ("scans with at most 1 false positive", share(sum(f <= 1 for f in fp), len(fp)), ">= 0.90"),
+        ("volume within +-15 %, found nodules >= 6 mm", f"{share(sum(abs(e) <= 0.15 for e in vol), len(vol))}; {len(vol)} measured, "
+         f"median error {np.median(vol) * 100:+.1f} %" if vol else "-", ">= 0.90"),
     ]
     if scores.classifier:
         rows += [
-            ("classifier AUC, nodule present", f"{auc(scores.classifier):.3f}", ">= 0.90"),
-            ("classifier: healthy scans below 0.5", f"{np.mean([p < 0.5 for p in healthy]):.2f} ({len(healthy)})" if healthy else "-", ">= 0.90"),
+            ("classifier AUC, nodule present", "{:.3f} (95 % CI {:.2f}-{:.2f})".format(auc(scores.classifier), *bootstrap(scores.classifier, auc)),
+             ">= 0.90"),
+            ("classifier: healthy scans below 0.5", f"{share(sum(p < 0.5 for p in healthy), len(healthy))}; {len(healthy)} scans"
+             if healthy else "-", ">= 0.90"),
             ("classifier expected calibration error", f"{expected_calibration_error(scores.classifier):.3f}", ""),
         ]
     if scores.not_applicable:
