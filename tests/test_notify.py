@@ -181,6 +181,7 @@ def test_a_job_that_ended_is_announced_to_a_webhook_and_a_ris(node_db: Callable[
         [body] = _Hook.bodies
         assert (body["event"], body["job"], body["patient_name"], body["model"]) == ("job.done", job, "Müller^Jörg", "chest 1.0")
         assert [f["name"] for f in body["findings"]][:2] == ["nodule 1", "nodule 2"] and "2 finding(s): nodule 1" in body["summary"]
+        assert set(body["findings"][0]) == {"name", "volume_ml", "site", "probability"}  # None: this model judges no candidates
         assert body["intended_use"] and body["study_instance_uid"]
         [message] = ris.messages
         msg = hl7.parse(message)

@@ -111,6 +111,10 @@ def test_each_finding_reports_how_sure_the_model_is(case: tuple[list[Path], Volu
     assert got == {"nodule 1": [0.91], "nodule 2": [0.42], "lung": []}
     kos = dcmread(out[-1].path)
     assert "nodule 1: " in str(kos.to_json()) and "mL, probability 0.91, image" in str(kos.to_json())
+    from dicomnode.notify.summary import _findings
+
+    told, _ = _findings(dcmread(out[1].path))  # what a webhook or the RIS is told, read back from the SR
+    assert {f["name"]: f["probability"] for f in told} == {"nodule 1": 0.91, "nodule 2": 0.42, "lung": None}
 
 
 def test_seg_sr_and_key_images_are_valid_and_read_back(case: tuple[list[Path], Volume], tmp_path: Path) -> None:

@@ -45,7 +45,7 @@ class JobSummary:
     modality: str = ""
     series_number: int | None = None
     findings: list[dict[str, Any]] = field(default_factory=list)
-    summary: str = ""  # one line: "2 finding(s): nodule 1 (upper lobe of right lung) 0.52 mL; ..."
+    summary: str = ""  # one line: "2 finding(s): nodule 1 (upper lobe of right lung) 0.52 mL, probability 0.91; ..."
     intended_use: str = ""
 
     def as_json(self) -> dict[str, Any]:
@@ -63,13 +63,14 @@ def _findings(sr: Dataset) -> tuple[list[dict[str, Any]], str]:
     for g in content.get_volumetric_roi_measurement_groups():
         name = str(g.tracking_identifier)
         volume = next((float(m.value) for m in g.get_measurements() if m.name.meaning == "Volume"), None)
+        probability = next((float(m.value) for m in g.get_measurements() if m.name.meaning == "Probability"), None)
         site = ""
         for fs in g.finding_sites or []:
             site = str(fs.value.meaning)
             lat = fs.get("ContentSequence")
             if lat:
                 site = f"{site}, {lat[0].ConceptCodeSequence[0].CodeMeaning}".lower()
-        out.append({"name": name, "volume_ml": volume, "site": site})
+        out.append({"name": name, "volume_ml": volume, "site": site, "probability": probability})
     comment = ""
     for item in sr.ContentSequence:
         for sub in item.get("ContentSequence", []):
@@ -114,6 +115,7 @@ def summarize(engine: Engine, node: NodeConfig, job_id: int, event: str) -> JobS
     elif lesions:
         s.summary = f"{len(lesions)} finding(s): " + "; ".join(
             f"{f['name']}" + (f" ({f['site']})" if f["site"] else "") + (f" {f['volume_ml']:.2f} mL" if f["volume_ml"] is not None else "")
+            + (f", probability {f['probability']:.2f}" if f.get("probability") is not None else "")
             for f in lesions
         )
     else:
