@@ -33,6 +33,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import cc3d
 import numpy as np
 
 from ai.postprocess import border_fraction, components
@@ -63,6 +64,7 @@ SHELL_MM = (2.0, 5.0)  # where attached soft tissue is looked for
 CONTEXT_MM = 15.0
 SOFT_TISSUE_HU = -500.0
 CONTRAST_CLIP = 50.0
+MAX_CANDIDATES = 200  # judged per lesion label and scan; a chest CT has far fewer (about 3 in the default model's phantoms)
 
 
 class CandidateError(ValueError):
@@ -236,11 +238,16 @@ def judge(
     vessel in a lung), never another lesion label; so do a kept one's voxels
     outside its core, with a ``core_threshold``.
 
+    At most :data:`MAX_CANDIDATES` are judged, those the network was
+    surest of: a scan (or a hostile input) that breaks into thousands of
+    specks costs a bounded time, and the rest are dropped unjudged.
+
     Returns
     -------
     (ndarray, list of Kept)
         The new label map, and the kept candidates.
     """
+    labels = _at_most(labels, value, prob, MAX_CANDIDATES, [value, *lesion_values])
     comps, x = features(labels, value, prob, image, spacing_zyx, direction, organs)
     if not comps:
         return labels, []
@@ -263,6 +270,29 @@ def judge(
         view[drop] = surrounding_label(labels[box], comp, [value, *lesion_values])
     logger.info("label %d: the candidate classifier kept %d of %d candidates (cut %g)", value, len(kept), len(comps), model.cut)
     return out, kept
+
+
+def _at_most(labels: np.ndarray, value: int, prob: np.ndarray, limit: int, lesion_values: Sequence[int]) -> np.ndarray:
+    """``labels`` with only the ``limit`` components of ``value`` of highest peak probability; the others go to the label around."""
+    cc, n = cc3d.connected_components(labels == value, connectivity=26, return_N=True)
+    if n <= limit:
+        return labels
+    peaks = np.zeros(n + 1)
+    inside = cc > 0
+    np.maximum.at(peaks, cc[inside], prob[inside])
+    peaks[0] = np.inf
+    dropped = np.zeros(n + 1, dtype=bool)
+    dropped[np.argsort(peaks)[: n - limit]] = True  # the least probable (never 0, the background: its peak is inf)
+    logger.warning("label %d: %d candidates, more than %d; the %d least probable were dropped unjudged", value, n, limit, n - limit)
+    from scipy import ndimage  # only here, as in ai.measure
+
+    mask = dropped[cc]
+    host = np.where(np.isin(labels, lesion_values), 0, labels)
+    for _ in range(4):  # each speck takes the (largest) label around it, a voxel a step: one loop for thousands of them
+        host = np.where(mask & (host == 0), ndimage.grey_dilation(host, size=(3, 3, 3)), host)
+    out = labels.copy()
+    out[mask] = host[mask]
+    return out
 
 
 def with_probabilities(measurements: Sequence[LabelMeasurement], kept: Mapping[int, Sequence[Kept]]) -> list[LabelMeasurement]:

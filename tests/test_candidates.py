@@ -151,3 +151,23 @@ def test_the_fitting_script_runs_end_to_end(tmp_path: Path) -> None:
     assert "| cut | sensitivity >= 6 mm |" in run.stdout
     written = load_bundle(bundle)
     assert written.candidates[3].cut == 0.4 and "4240,4251" in json.loads((bundle / "manifest.json").read_text())["scan_score"]["calibration"]["fitted_on"]
+
+
+def test_thousands_of_specks_cost_a_bounded_time() -> None:
+    """A scan that breaks into thousands of candidates (noise, a hostile input) is judged on its most probable ones only."""
+    from ai import candidates
+
+    labels, image, prob = _chest()
+    rng = np.random.default_rng(0)
+    specks = (rng.uniform(size=labels.shape) < 0.02) & (labels == 1) & (np.indices(labels.shape)[2] < 20)
+    labels[specks] = 3
+    prob[specks] = 0.2
+    n = int(specks.sum())
+    assert n > 2 * candidates.MAX_CANDIDATES
+    capped = candidates._at_most(labels, 3, prob, 50, [3])
+    assert set(np.unique(capped[specks])) == {1, 3}  # specks left unjudged are lung again, not holes
+    assert (capped[labels == 2] == 2).all()  # nothing else changes
+    comps, x = features(capped, 3, prob, image, SPACING, np.eye(3), [1, 2])
+    assert len(comps) == 50 and sorted(x[:, FEATURES.index("peak")])[-2:] == pytest.approx([0.9, 0.9])  # nodule and vessel kept
+    _, kept = judge(labels, 3, prob, image, SPACING, np.eye(3), [1, 2], _model())
+    assert len(kept) <= candidates.MAX_CANDIDATES
