@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import cc3d
 import numpy as np
 
+from ai.errors import AIError
 from ai.postprocess import border_fraction, components
 from ai.shape import shape_of, sq_distance, surrounding_label
 
@@ -67,7 +68,7 @@ CONTRAST_CLIP = 50.0
 MAX_CANDIDATES = 200  # judged per lesion label and scan; a chest CT has far fewer (about 3 in the default model's phantoms)
 
 
-class CandidateError(ValueError):
+class CandidateError(AIError):
     """A manifest's ``candidates`` entry is malformed."""
 
 
@@ -187,6 +188,11 @@ def features(
         The 3x3 direction cosines (columns: the array's x, y, z axes in LPS).
     organs : sequence of int
         The labels of the organ the lesions lie in (the lungs).
+
+    Returns
+    -------
+    (list, ndarray)
+        ``(box, voxels in box)`` of each component, and a ``(components, len(FEATURES))`` array.
     """
     s = np.asarray(spacing_zyx, dtype=np.float64)
     sp = [float(v) for v in s]
