@@ -141,7 +141,7 @@ def test_the_fitting_script_runs_end_to_end(tmp_path: Path) -> None:
     for f in BUNDLE.iterdir():
         (bundle / f.name).write_bytes(f.read_bytes())
     script = [sys.executable, str(ROOT / "scripts" / "train_candidate_classifier.py")]
-    run = subprocess.run([*script, "collect", "--scratch", str(scratch), "--seeds", "4240,4251", "--matrix", "128", "--procs", "1",
+    run = subprocess.run([*script, "collect", "--scratch", str(scratch), "--seeds", "4240,4251", "--matrix", "128", "--procs", "2",
                           "--bundle", str(bundle)], capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr
     assert sorted(p.name for p in scratch.glob("*.npz")) == ["train-4240.npz", "train-4251.npz"]
