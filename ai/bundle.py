@@ -10,6 +10,7 @@ listing every problem, in words.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -105,6 +106,13 @@ class Bundle:
     preferred_kernels: tuple[str, ...] = ()  # selection.kernels: reconstruction kernels it reads best (regular expressions)
     source: str = "dicomnode"  # "monai-bundle": a MONAI bundle, run with its own transforms (ai.monai_runner)
 
+    def with_postprocessing(self, pp: dict[str, Any]) -> Bundle:
+        """This bundle with another ``postprocessing``, and the shape rules and candidate classifiers parsed from it.
+
+        For sweeps and fits over post-processing; ``pp`` is not validated.
+        """
+        return dataclasses.replace(self, postprocessing=pp, lesion_shape=_shape_rules(pp), candidates=_candidate_models(pp))
+
     @property
     def out_channels(self) -> int:
         """Network outputs: background plus one per label for segmentation, one per class otherwise."""
@@ -177,6 +185,10 @@ def _shape_rules(pp: dict[str, Any]) -> dict[int, ShapeRule]:
         int(key): ShapeRule(**{name: rule.get(name, getattr(default, name)) for name in SHAPE_KEYS})
         for key, rule in pp.get("lesion_shape", {}).items()
     }
+
+
+def _candidate_models(pp: dict[str, Any]) -> dict[int, CandidateModel]:
+    return {int(k): candidate_model(v) for k, v in pp.get("candidates", {}).items()}
 
 
 def _lesion_volume(meas: dict[str, Any]) -> LesionVolume:
@@ -307,7 +319,7 @@ def load_bundle(path: Path) -> Bundle:
         lesion_volume=_lesion_volume(m.get("measurement", {})),
         anatomy=_anatomy(m.get("anatomy")),
         scan_score=scan_score.from_manifest(m),
-        candidates={int(k): candidate_model(v) for k, v in m.get("postprocessing", {}).get("candidates", {}).items()},
+        candidates=_candidate_models(m.get("postprocessing", {})),
         procedure=coding.concept(m.get("procedure")),
         preferred_kernels=tuple((m.get("selection") or {}).get("kernels", ())),
         source=str(m.get("source", "dicomnode")),

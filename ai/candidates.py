@@ -31,17 +31,15 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import cc3d
 import numpy as np
 
 from ai.errors import AIError
+from ai.measure import GROWN_RING_MM, LabelMeasurement, background
 from ai.postprocess import border_fraction, components
 from ai.shape import shape_of, sq_distance, surrounding_label
-
-if TYPE_CHECKING:
-    from ai.measure import LabelMeasurement
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +58,7 @@ FEATURES = (
     "height",  # cranio-caudal position within the lungs (0: base, 1: apex)
     "slice_mm",  # the coarsest voxel spacing
 )
-RING_MM = (4.0, 8.0)  # the lung background of the contrast (as ai.measure's grown regions)
+RING_MM = GROWN_RING_MM  # the lung background of the contrast: 4-8 mm away, as for ai.measure's grown regions
 SHELL_MM = (2.0, 5.0)  # where attached soft tissue is looked for
 CONTEXT_MM = 15.0
 SOFT_TISSUE_HU = -500.0
@@ -208,11 +206,10 @@ def features(
         d2 = sq_distance(comp, CONTEXT_MM, sp)
         ring = (d2 > RING_MM[0] ** 2) & (d2 <= RING_MM[1] ** 2) & organ
         median = float(np.median(vals))
-        if np.count_nonzero(ring) >= 10:
-            bg_vals = img[ring]
-            bg = float(np.median(bg_vals))
-            noise = max(1.4826 * float(np.median(np.abs(bg_vals - bg))), 1.0)
-            cnr = float(np.clip((median - bg) / noise, -CONTRAST_CLIP, CONTRAST_CLIP))
+        found = background(img, ring, comp)
+        if found is not None:
+            bg, noise, _ = found
+            cnr = float(np.clip((median - bg) / max(noise, 1.0), -CONTRAST_CLIP, CONTRAST_CLIP))
         else:
             cnr = CONTRAST_CLIP  # nothing of the organ around it: as far from lung as a lesion gets
         shell = (d2 > SHELL_MM[0] ** 2) & (d2 <= SHELL_MM[1] ** 2)

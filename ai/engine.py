@@ -6,6 +6,7 @@ the outputs are on the source voxel grid.  No DICOM here.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import time
@@ -102,6 +103,12 @@ class Engine:
         if compile and self.device.type == "cuda" and isinstance(predictor, torch.nn.Module):
             predictor = torch.compile(predictor)
         self.predictor = predictor
+
+    def with_postprocessing(self, pp: dict[str, Any]) -> Engine:
+        """This engine, sharing its network, with another ``postprocessing`` (:meth:`Bundle.with_postprocessing`)."""
+        other = copy.copy(self)
+        other.bundle = self.bundle.with_postprocessing(pp)
+        return other
 
     def _cpu_predictor(self) -> Callable[[torch.Tensor], torch.Tensor]:
         return self.bundle.predictor(torch.device("cpu"))

@@ -196,8 +196,9 @@ class _Component:
     border: np.ndarray  # label counts on its one-voxel shell
 
 
-def _background(img: np.ndarray, ring: np.ndarray, comp: np.ndarray) -> tuple[float, float, float] | None:
-    """The organ's intensity on ``ring``, its robust noise SD, and +1 if the lesion ``comp`` is brighter (else -1).
+def background(img: np.ndarray, ring: np.ndarray, comp: np.ndarray) -> tuple[float, float, float] | None:
+    """The organ's intensity on ``ring`` (its median), its robust noise SD (from the median absolute deviation), and +1
+    if the lesion ``comp`` is brighter (else -1).
 
     None when the ring holds fewer than 10 voxels.
     """
@@ -221,7 +222,7 @@ def _partial_volume(
     img = image[c.box].astype(np.float64)
     near = dilate_box(c.comp, half)
     ring = dilate_box(near, half) & ~near & (lab == host)
-    found = _background(img, ring, c.comp)
+    found = background(img, ring, c.comp)
     if found is None:
         return None
     bg, noise, sign = found
@@ -271,7 +272,7 @@ def _grown(
     img = image[c.box].astype(np.float64)
     dist = ndimage.distance_transform_edt(~c.comp, sampling=spacing_zyx)
     ring = (dist > max(GROWN_RING_MM[0], cfg.grow_mm)) & (dist < max(GROWN_RING_MM[1], cfg.grow_mm + 4.0)) & (lab == host)
-    found = _background(img, ring, c.comp)
+    found = background(img, ring, c.comp)
     if found is None:
         return None
     bg, noise, sign = found

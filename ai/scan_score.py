@@ -104,24 +104,37 @@ def fit_platt(peaks: Sequence[float], truth: Sequence[bool], l2: float = 1.0) ->
     if len(x) == 0 or y.min() == y.max():
         raise ValueError("fitting a calibration needs scans with and without lesions")
     X = np.stack([x, np.ones_like(x)], axis=1)
+    a, b = fit_logistic(X, y, np.full(2, l2), start=np.array([1.0, 0.0]))
+    return float(a), float(b)
+
+
+def fit_logistic(X: np.ndarray, y: np.ndarray, penalty: np.ndarray, start: np.ndarray | None = None) -> np.ndarray:
+    """Weights of an L2-penalised logistic regression of ``y`` (0 or 1) on the columns of ``X`` (Newton's method).
+
+    ``penalty`` holds one L2 weight per column (0 leaves a column, such as
+    a bias column of ones, unpenalised); Newton steps are halved until the
+    penalised loss falls.  :func:`fit_platt` and the candidate classifier's
+    fit (``scripts/train_candidate_classifier.py``) use it.
+    """
+    pen = np.asarray(penalty, dtype=float)
 
     def loss(w: np.ndarray) -> float:
         z = X @ w
-        return float(np.sum(np.logaddexp(0.0, z) - y * z) + 0.5 * l2 * w @ w)
+        return float(np.sum(np.logaddexp(0.0, z) - y * z) + 0.5 * np.sum(pen * w * w))
 
-    w = np.array([1.0, 0.0])
+    w = np.zeros(X.shape[1]) if start is None else np.asarray(start, dtype=float)
     for _ in range(200):
         p = 1.0 / (1.0 + np.exp(-(X @ w)))
-        grad = X.T @ (p - y) + l2 * w
-        hess = (X.T * (p * (1 - p))) @ X + l2 * np.eye(2)
+        grad = X.T @ (p - y) + pen * w
+        hess = (X.T * (p * (1 - p))) @ X + np.diag(pen)
         step = np.linalg.solve(hess, grad)
         t, before = 1.0, loss(w)
-        while loss(w - t * step) > before and t > 1e-8:  # backtracking: a full Newton step can overshoot on near-separable scans
+        while loss(w - t * step) > before and t > 1e-8:  # backtracking: a full Newton step can overshoot on near-separable data
             t /= 2
         w = w - t * step
         if np.abs(t * step).max() < 1e-10:
             break
-    return float(w[0]), float(w[1])
+    return w
 
 
 KEYS = ("label", "present", "absent", "calibration")

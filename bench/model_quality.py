@@ -35,7 +35,6 @@ Usage: ``python bench/model_quality.py [--bundle DIR] [--classifier DIR] [--fami
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import sys
 import time
@@ -51,7 +50,7 @@ sys.path.insert(0, str(HERE))
 from ai.bundle import load_bundle  # noqa: E402
 from ai.engine import Engine, Result  # noqa: E402
 from bench.common import out_dir, use_quick_out  # noqa: E402
-from bench.quality import NODULE, Scores, auc, froc, plot, score_case, table, volume_errors  # noqa: E402
+from bench.quality import NODULE, Scores, auc, froc, nodule_rules, plot, score_case, table, volume_errors  # noqa: E402
 from dicomnode.jobs.models import DEFAULT_MODEL, SHIPPED_BUNDLES  # noqa: E402
 
 DEFAULT = SHIPPED_BUNDLES / DEFAULT_MODEL
@@ -134,23 +133,17 @@ def estimator_table(errors: dict[str, list[float]], shipped: str) -> str:
     return "\n".join(lines)
 
 
-def component_scores(engine: Engine, case: Any, res: Result) -> np.ndarray:
-    """Each kept nodule's score for the FROC curve: its candidate classifier probability where the bundle has one, else
-    the network's probability (``score_case`` takes each component's highest voxel)."""
-    from ai.candidates import FEATURES, features
-
+def component_scores(res: Result) -> np.ndarray:
+    """Each kept nodule's score for the FROC curve: the candidate classifier's probability that the engine gave it, where
+    the bundle has a classifier, else the network's probability (``score_case`` takes each component's highest voxel)."""
     assert res.labels is not None and res.probabilities is not None
-    model = engine.bundle.candidates.get(NODULE)
-    if model is None:
+    if NODULE not in res.candidates:
         return res.probabilities[NODULE]
-    spacing_zyx = tuple(float(v) for v in case.spacing[::-1])
-    comps, x = features(res.labels, NODULE, res.probabilities[NODULE], case.hu.astype(np.float32), spacing_zyx,
-                        np.asarray(case.direction), engine.organs(NODULE))
     out = np.zeros(res.labels.shape, dtype=np.float32)
-    if comps:
-        for (box, comp), p in zip(comps, model.probability(x[:, [FEATURES.index(f) for f in model.features]])):
-            view = out[box]
-            view[comp] = p
+    for les in next((m.lesions for m in res.measurements if m.value == NODULE), []):
+        if les.box is not None and les.mask is not None and les.probability is not None:
+            view = out[les.box]
+            view[les.mask] = les.probability
     return out
 
 
@@ -166,7 +159,7 @@ def score(name: str, cases: Iterator[Any], engine: Engine, classifier: Engine | 
             s.not_applicable.append(anatomy.reason)
         assert res.labels is not None and res.probabilities is not None
         lesions = next((m.lesions for m in res.measurements if m.value == NODULE), [])
-        score_case(s, case, res.labels, component_scores(engine, case, res), lesions)
+        score_case(s, case, res.labels, component_scores(res), lesions)
         probs = res.class_probabilities  # the bundle's own scan score, when its manifest has one
         if classifier is not None:
             probs = classifier.run(case.hu.astype(np.float32), tuple(case.spacing), np.asarray(case.direction)).class_probabilities
@@ -180,12 +173,7 @@ def score(name: str, cases: Iterator[Any], engine: Engine, classifier: Engine | 
 
 def _variant(engine: Engine, fraction: float, elongation: float) -> Engine:
     """``engine`` with another nodule ``within_fraction`` and shape ``max_elongation`` (the network is shared)."""
-    pp = dict(engine.bundle.postprocessing)
-    pp["within_fraction"] = {str(NODULE): fraction}
-    shapes = {k: dataclasses.replace(r, max_elongation=elongation) for k, r in engine.bundle.lesion_shape.items()}
-    other = copy.copy(engine)
-    other.bundle = dataclasses.replace(engine.bundle, postprocessing=pp, lesion_shape=shapes)
-    return other
+    return engine.with_postprocessing(nodule_rules(engine.bundle.postprocessing, fraction, elongation))
 
 
 Setting = tuple[float, float | None, float, float, float]  # label and detection thresholds, floor, border share, elongation

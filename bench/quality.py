@@ -74,19 +74,27 @@ class Scores:
         return [sum(1 for s in case if s >= threshold) for case in self.fp_scores]
 
 
-def _component_at(truth_cc: np.ndarray, labels: np.ndarray, case: Any, n: Any) -> int:
-    """The labelled component of nodule ``n``: at its centre, else the nearest nodule voxel within its radius."""
-    idx = [int(round(c / s)) for c, s in zip(n.centre_mm, case.spacing)]
-    nz, ny, nx = labels.shape
+def nodule_component(truth_cc: np.ndarray, spacing_xyz: Sequence[float], centre_mm: Sequence[float], diameter_mm: float) -> int:
+    """The labelled component (of ``truth_cc``, ``[z, y, x]``) of the nodule centred at ``centre_mm`` ``(x, y, z)``:
+    at its centre, else the nearest nodule voxel within its radius (off-centre shapes); 0 when none."""
+    idx = [int(round(c / s)) for c, s in zip(centre_mm, spacing_xyz)]
+    nz, ny, nx = truth_cc.shape
     z, y, x = min(max(idx[2], 0), nz - 1), min(max(idx[1], 0), ny - 1), min(max(idx[0], 0), nx - 1)
     if truth_cc[z, y, x]:
         return int(truth_cc[z, y, x])
     pts = np.argwhere(truth_cc > 0)
     if not len(pts):
         return 0
-    d = np.linalg.norm((pts - np.array([z, y, x])) * np.array(case.spacing[::-1]), axis=1)
+    d = np.linalg.norm((pts - np.array([z, y, x])) * np.array(list(spacing_xyz)[::-1]), axis=1)
     k = int(np.argmin(d))
-    return int(truth_cc[tuple(pts[k])]) if d[k] <= max(n.diameter_mm / 2, 2.0) else 0
+    return int(truth_cc[tuple(pts[k])]) if d[k] <= max(diameter_mm / 2, 2.0) else 0
+
+
+def nodule_rules(pp: dict[str, Any], fraction: float, elongation: float, **changes: Any) -> dict[str, Any]:
+    """A bundle's ``postprocessing`` ``pp`` with another nodule ``within_fraction`` and shape ``max_elongation``, and ``changes``
+    (for :meth:`ai.engine.Engine.with_postprocessing`, in sweeps and fits)."""
+    shapes = {k: {**r, "max_elongation": elongation} for k, r in pp.get("lesion_shape", {}).items()}
+    return {**pp, "within_fraction": {str(NODULE): fraction}, "lesion_shape": shapes, **changes}
 
 
 def score_case(scores: Scores, case: Any, labels: np.ndarray, nodule_prob: np.ndarray | None, lesions: Sequence[Any]) -> None:
@@ -119,7 +127,7 @@ def score_case(scores: Scores, case: Any, labels: np.ndarray, nodule_prob: np.nd
             comp_score[1:] = 1.0
     touched: set[int] = set()
     for n in case.nodules:
-        comp = _component_at(truth_cc, truth, case, n)
+        comp = nodule_component(truth_cc, case.spacing, n.centre_mm, n.diameter_mm)
         if comp == 0:
             continue
         hit_ids = np.unique(pred_cc[truth_cc == comp])

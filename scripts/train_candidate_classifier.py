@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import os
 import sys
 import time
@@ -53,6 +54,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 NODULE = 3
+logger = logging.getLogger("train_candidate_classifier")
 
 
 def _seeds(text: str) -> list[int]:
@@ -110,7 +112,7 @@ def collect(args: argparse.Namespace) -> None:
     jobs = [(s, args.matrix, str(args.scratch), str(args.bundle)) for s in _seeds(args.seeds)]
     with get_context("spawn").Pool(args.procs) as pool:
         for done, msg in enumerate(pool.imap_unordered(_collect_one, jobs), start=1):
-            print(f"[{done}/{len(jobs)}] seed {msg}", file=sys.stderr, flush=True)
+            logger.info("[%d/%d] seed %s", done, len(jobs), msg)
 
 
 # The candidate settings: the network's nodule components at a lower threshold than 0.4.1's label threshold
@@ -120,16 +122,10 @@ CANDIDATE_SETTINGS = {"threshold": 0.1, "within_fraction": 0.0, "max_elongation"
 
 def _variant(engine: Any, threshold: float, within_fraction: float, max_elongation: float) -> Any:
     """``engine`` with the candidate settings and no candidate classifier (the network is shared)."""
-    import copy
+    from bench.quality import nodule_rules
 
-    pp = dict(engine.bundle.postprocessing)
-    pp["label_thresholds"] = {str(NODULE): threshold}
-    pp["within_fraction"] = {str(NODULE): within_fraction}
-    pp.pop("candidates", None)
-    shapes = {k: dataclasses.replace(r, max_elongation=max_elongation) for k, r in engine.bundle.lesion_shape.items()}
-    other = copy.copy(engine)
-    other.bundle = dataclasses.replace(engine.bundle, postprocessing=pp, lesion_shape=shapes)
-    return other
+    pp = {k: v for k, v in engine.bundle.postprocessing.items() if k != "candidates"}
+    return engine.with_postprocessing(nodule_rules(pp, within_fraction, max_elongation, label_thresholds={str(NODULE): threshold}))
 
 
 def case_candidates(path: Path, engine: Any) -> dict[str, Any]:
@@ -137,6 +133,7 @@ def case_candidates(path: Path, engine: Any) -> dict[str, Any]:
     import cc3d
 
     from ai.candidates import features
+    from bench.quality import nodule_component
 
     z = np.load(path)
     argmax, p3 = z["argmax"], z["nodule"].astype(np.float32)
@@ -153,19 +150,11 @@ def case_candidates(path: Path, engine: Any) -> dict[str, Any]:
     hits = [set(int(v) for v in np.unique(truth_cc[box][comp]) if v) for box, comp in comps]
     nodules = []
     for n in json.loads(str(z["nodules"])):
-        idx = [int(round(c / sp)) for c, sp in zip(n["centre_mm"], spacing)][::-1]
-        idx = [min(max(i, 0), d - 1) for i, d in zip(idx, truth_cc.shape)]
-        comp = int(truth_cc[tuple(idx)])
-        if comp == 0:  # off-centre shapes: the nearest labelled voxel within its radius
-            pts = np.argwhere(truth_cc > 0)
-            if len(pts):
-                d = np.linalg.norm((pts - np.array(idx)) * np.array(spacing_zyx), axis=1)
-                k = int(np.argmin(d))
-                comp = int(truth_cc[tuple(pts[k])]) if d[k] <= max(n["diameter_mm"] / 2, 2.0) else 0
+        comp = nodule_component(truth_cc, spacing, n["centre_mm"], n["diameter_mm"])
         n["found_by"] = [i for i, h in enumerate(hits) if comp and comp in h]
         n["labelled"] = bool(comp)
         nodules.append(n)
-    return {"x": x, "positive": np.array([bool(h) for h in hits], dtype=bool), "nodules": nodules, "slice_mm": max(spacing)}
+    return {"x": x, "positive": np.array([bool(h) for h in hits], dtype=bool), "nodules": nodules}
 
 
 def _code_version() -> str:
@@ -175,33 +164,6 @@ def _code_version() -> str:
     from ai import candidates
 
     return hashlib.sha256(Path(candidates.__file__).read_bytes()).hexdigest()[:8]
-
-
-def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0, weight: np.ndarray | None = None) -> tuple[np.ndarray, float]:
-    """Weights and bias of an L2-penalised logistic regression on standardised ``x`` (Newton's method)."""
-    n, k = x.shape
-    X = np.hstack([x, np.ones((n, 1))])
-    w = np.zeros(k + 1)
-    sw = np.ones(n) if weight is None else weight
-    pen = np.full(k + 1, l2)
-    pen[-1] = 0.0
-
-    def loss(v: np.ndarray) -> float:
-        zz = X @ v
-        return float(np.sum(sw * (np.logaddexp(0.0, zz) - y * zz)) + 0.5 * np.sum(pen * v * v))
-
-    for _ in range(100):
-        p = 1.0 / (1.0 + np.exp(-(X @ w)))
-        grad = X.T @ (sw * (p - y)) + pen * w
-        hess = (X.T * (sw * p * (1 - p))) @ X + np.diag(pen) + 1e-9 * np.eye(k + 1)
-        step = np.linalg.solve(hess, grad)
-        t, before = 1.0, loss(w)
-        while loss(w - t * step) > before and t > 1e-8:
-            t /= 2
-        w = w - t * step
-        if np.abs(t * step).max() < 1e-9:
-            break
-    return w[:-1], float(w[-1])
 
 
 def _load(scratch: Path, seeds: list[int], engine: Any, setting: str) -> list[dict[str, Any]]:
@@ -231,10 +193,15 @@ def evaluate(cases: list[dict[str, Any]], probs: list[np.ndarray], cut: float) -
             "n": len(found)}
 
 
+def scan_peaks(probs: list[np.ndarray], cut: float) -> list[float]:
+    """Per scan, the probability of its most probable candidate kept at ``cut`` (0 when none): the scan score's evidence."""
+    return [float(p[p >= cut].max()) if (p >= cut).any() else 0.0 for p in probs]
+
+
 def fit(args: argparse.Namespace) -> None:
     """Fit the classifier on ``--fit`` seeds, choose the cut on ``--val`` seeds, print the trade-off."""
     from ai.candidates import FEATURES, CandidateModel
-    from ai.scan_score import fit_platt
+    from ai.scan_score import fit_logistic, fit_platt
     from bench.quality import auc
 
     base = _engine(args.bundle)
@@ -242,7 +209,7 @@ def fit(args: argparse.Namespace) -> None:
     t = time.perf_counter()
     setting = f"t{args.threshold:g}-w{args.within_fraction:g}-e{args.max_elongation:g}-{_code_version()}"
     train, val = _load(args.scratch, _seeds(args.fit), engine, setting), _load(args.scratch, _seeds(args.val), engine, setting)
-    print(f"{len(train)} fitting and {len(val)} validation cases read in {time.perf_counter() - t:.0f} s", file=sys.stderr)
+    logger.info("%d fitting and %d validation cases read in %.0f s", len(train), len(val), time.perf_counter() - t)
     names = [f for f in FEATURES if f not in args.drop]
     cols = [FEATURES.index(f) for f in names]
     if not any(len(c["x"]) for c in train):
@@ -250,7 +217,9 @@ def fit(args: argparse.Namespace) -> None:
     x = np.vstack([c["x"][:, cols] for c in train if len(c["x"])])
     y = np.concatenate([c["positive"] for c in train if len(c["x"])]).astype(float)
     mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
-    w, b = fit_logistic((x - mean) / scale, y, l2=args.l2)
+    penalty = np.append(np.full(len(names), args.l2), 0.0)  # the bias, last, is not penalised
+    *weights, b = fit_logistic(np.hstack([(x - mean) / scale, np.ones((len(x), 1))]), y, penalty)
+    w = np.asarray(weights)
     model = CandidateModel(tuple(names), tuple(map(float, mean)), tuple(map(float, scale)), tuple(map(float, w)), b, 0.5)
     print(f"\n{len(y)} fitting candidates ({int(y.sum())} touch a nodule); weights on standardised features:\n")
     for f, wi in sorted(zip(names, w), key=lambda t: -abs(t[1])):
@@ -267,9 +236,8 @@ def fit(args: argparse.Namespace) -> None:
     truth = [any(n["labelled"] for n in c["nodules"]) for c in val]
     for cut in args.cuts:
         r = evaluate(val, vp, cut)
-        peaks = [float(p[p >= cut].max()) if (p >= cut).any() else 0.0 for p in vp]
         print(f"| {cut:g} | {r['sens']:.3f} ({r['n']}) | {r['solid']:.3f} | {r['sub']:.3f} | {r['fp']:.2f} | {r['le1']:.2f} | "
-              f"{auc(list(zip(peaks, truth))):.3f} |")
+              f"{auc(list(zip(scan_peaks(vp, cut), truth))):.3f} |")
     grid = np.round(np.arange(0.02, 1.0, 0.02), 2)
     cut = args.cut if args.cut is not None else float(next((c for c in grid if evaluate(val, vp, c)["fp"] <= args.max_fp), grid[-1]))
     r = evaluate(val, vp, cut)
@@ -279,8 +247,7 @@ def fit(args: argparse.Namespace) -> None:
     if args.write is None:
         return
     chosen = dataclasses.replace(model, cut=cut, core_threshold=args.core_threshold)
-    peaks = [float(p[p >= cut].max()) if (p >= cut).any() else 0.0 for p in vp]
-    a, bb = fit_platt(peaks, truth)
+    a, bb = fit_platt(scan_peaks(vp, cut), truth)
     manifest_path = args.write / "manifest.json"
     m = json.loads(manifest_path.read_text())
     fitted = (f"scripts/train_candidate_classifier.py fit --fit {args.fit} --val {args.val} --threshold {args.threshold:g} "
@@ -323,6 +290,7 @@ def main() -> int:
     f.add_argument("--write", type=Path, help="a bundle folder whose manifest gets the classifier")
     f.add_argument("--bundle", type=Path, default=ROOT / "ai" / "bundles" / "chest-ct-lungs-nodules")
     args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if args.cmd == "collect":
         collect(args)
     elif args.cmd == "fit":
