@@ -38,7 +38,7 @@ from ai.manifest_check import (  # noqa: F401  (re-exported: the names a manifes
     TOTALSEG_SOURCE,
     problems_in,
 )
-from ai.measure import LesionVolume
+from ai.lesion_volume import LesionVolume
 from ai.candidates import CandidateModel
 from ai.candidates import from_manifest as candidate_model
 from ai.scan_score import ScanScore
@@ -205,6 +205,10 @@ def _lesion_volume(meas: dict[str, Any]) -> LesionVolume:
         grow_mm=float(lv.get("grow_mm", default.grow_mm)),
         level=float(lv.get("level", default.level)),
         grow_contrast=float(lv.get("grow_contrast", default.grow_contrast)),
+        open_mm=float(lv.get("open_mm", default.open_mm)),
+        open_fraction=float(lv.get("open_fraction", default.open_fraction)),
+        ground_glass_share=float(lv.get("ground_glass_share", default.ground_glass_share)),
+        small_core=lv.get("small_core", default.small_core),
     )
 
 

@@ -37,7 +37,8 @@ import cc3d
 import numpy as np
 
 from ai.errors import AIError
-from ai.measure import GROWN_RING_MM, LabelMeasurement, background
+from ai.lesion_volume import GROWN_RING_MM, background
+from ai.measure import LabelMeasurement
 from ai.postprocess import border_fraction, components
 from ai.shape import shape_of, sq_distance, surrounding_label
 

@@ -17,7 +17,7 @@ from typing import Any
 from ai import coding, scan_score
 from ai.candidates import CandidateError
 from ai.candidates import from_manifest as candidate_model
-from ai.measure import METHODS
+from ai.lesion_volume import METHODS, SMALL_CORES
 
 TASKS = ("segmentation", "classification")
 FORMATS = ("torchscript", "state_dict", "onnx")
@@ -90,7 +90,8 @@ def problems_in(m: dict[str, Any], path: Path) -> list[str]:
 
 
 SHAPE_KEYS = {"max_elongation": 1.0, "max_length_mm": 0.0, "min_fill": 0.0, "vessel_radius_mm": 0.0}  # key -> exclusive lower bound
-_VOLUME_KEYS = ("method", "shell_mm", "tail_mm", "core", "min_contrast", "grow_mm", "level", "grow_contrast")
+_VOLUME_KEYS = ("method", "shell_mm", "tail_mm", "core", "min_contrast", "grow_mm", "level", "grow_contrast", "open_mm", "open_fraction",
+                "ground_glass_share", "small_core")
 _ANATOMY_KEYS = ("labels", "paired", "volume_ml", "min_extent_mm", "min_fill", "partial_min_ml", "min_inside_body")
 
 
@@ -241,6 +242,14 @@ def _problems_in_anatomy_keys(m: dict[str, Any]) -> list[str]:
             problems.append(f"measurement.lesion_volume.core must be a number (the lesion's own intensity) or null, not {value!r}")
         elif key in ("shell_mm", "tail_mm", "min_contrast", "grow_mm", "grow_contrast") and not (_is_number(value) and value > 0):
             problems.append(f"measurement.lesion_volume.{key} must be a number > 0, not {value!r}")
+        elif key == "open_mm" and not (_is_number(value) and value >= 0):
+            problems.append(f"measurement.lesion_volume.open_mm must be a number >= 0 (0: no opening), not {value!r}")
+        elif key == "ground_glass_share" and not (_is_number(value) and 0 <= value <= 1):
+            problems.append(f"measurement.lesion_volume.ground_glass_share must be a share within 0..1 (0: off), not {value!r}")
+        elif key == "open_fraction" and not (_is_number(value) and 0 < value <= 1):
+            problems.append(f"measurement.lesion_volume.open_fraction must be a number within 0..1, not {value!r}")
+        elif key == "small_core" and value not in SMALL_CORES:
+            problems.append(f"measurement.lesion_volume.small_core must be one of {', '.join(SMALL_CORES)}, not {value!r}")
         elif key == "level" and not (_is_number(value) and 50 <= value <= 100):
             problems.append(f"measurement.lesion_volume.level must be a percentile from 50 to 100, not {value!r}")
     anat = m.get("anatomy")

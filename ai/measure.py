@@ -12,18 +12,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
-from typing import Literal
 
-import cc3d
 import numpy as np
 
 from ai.axes import Axes, axial_axes
+from ai.lesion_volume import Component, LesionVolume, grown, partial_volume, probability_volume
 from ai.postprocess import components, dilate_box
 
 MAX_SURFACE_POINTS = 4000  # for the maximum diameter; more are subsampled evenly
-METHODS = ("auto", "grown", "partial_volume", "probability", "voxels")
-Method = Literal["auto", "grown", "partial_volume", "probability", "voxels"]
-GROWN_RING_MM = (4.0, 8.0)  # "grown": the background is sampled this far from the component (beyond grow_mm)
 
 
 class Edge(str, Enum):
@@ -81,75 +77,6 @@ class LabelMeasurement:
     contained_ml: float = 0.0  # the part of volume_ml that is lesions inside this organ
 
 
-@dataclass(frozen=True)
-class LesionVolume:
-    """How a lesion's volume is measured (``measurement.lesion_volume`` of a bundle).
-
-    Attributes
-    ----------
-    method : str
-        ``partial_volume``: from the intensities, every voxel of the lesion
-        and of a shell around it counts with the fraction of lesion that its
-        intensity shows, between the local background (the organ around it)
-        and the lesion's core.  ``probability``: the sum of the lesion
-        class's probability over the lesion and the low-probability tail
-        around it.  ``voxels``: the voxel count.  ``auto`` (default):
-        partial volume where the lesion stands out from its background by
-        ``min_contrast`` noise standard deviations, else probability where
-        there are probabilities, else voxels.  ``grown``: the voxels of the
-        source grid, within ``grow_mm`` of the component and in the same
-        organ, that are brighter than halfway between the background and
-        the lesion's level (connected to the component), so the network's
-        boundary only seeds the region; else as ``auto``.
-    shell_mm : float
-        How far around the component partial-volume fractions are collected
-        (a box of this half-width); the background is sampled from the next
-        ``shell_mm`` out.
-    tail_mm : float
-        How far around the component the probability tail is summed: a
-        network's probability fades over a few of its own voxels.
-    core : float, optional
-        The intensity of the lesion's own tissue, for lesions too small to
-        show it (fewer than ``MIN_CORE_VOXELS`` voxels whose neighbours are
-        all lesion), e.g. 0 HU for solid lung nodules.  Without it, such a
-        lesion is measured by probability (or voxels): every one of its voxels
-        is partial, so its brightest voxel would understate its core and
-        inflate its volume.
-    min_contrast : float
-        Partial volume needs |core - background| of at least this many robust
-        noise standard deviations of the background.
-    thresholds : mapping of int to float
-        Per lesion label, the probability at which the network calls a voxel
-        that label (default 0.5): outside the component, only voxels below it
-        are the lesion's tail; above it they belong to another finding.
-    grow_mm : float
-        ``grown``: how far beyond the network's component the region may
-        reach (a network on a coarser grid misplaces the boundary by about a
-        voxel of its own); the limit also keeps vessels and the chest wall
-        that touch the lesion from being grown into.
-    level : float
-        ``grown``: the percentile of the component's intensities taken as the
-        lesion's level; the region's threshold is halfway from the
-        background to it.
-    grow_contrast : float
-        ``grown`` needs level and background to differ by this many robust
-        noise standard deviations.
-    """
-
-    method: Method = "auto"
-    shell_mm: float = 3.0
-    tail_mm: float = 5.0
-    core: float | None = None
-    min_contrast: float = 10.0
-    thresholds: Mapping[int, float] = field(default_factory=dict)
-    grow_mm: float = 2.0
-    level: float = 75.0
-    grow_contrast: float = 3.0
-
-
-MIN_CORE_VOXELS = 8
-
-
 def _surface(mask: np.ndarray) -> np.ndarray:
     inner = mask.copy()
     inner[1:-1, 1:-1, 1:-1] = (
@@ -182,145 +109,18 @@ def max_diameter_mm(mask: np.ndarray, spacing_zyx: Sequence[float]) -> float:
     return float(np.sqrt(best))
 
 
-def _inner(mask: np.ndarray) -> np.ndarray:
-    """Voxels of ``mask`` whose 26 neighbours are all in ``mask``."""
-    return mask & ~dilate_box(~np.pad(mask, 1), (1, 1, 1))[1:-1, 1:-1, 1:-1]
-
-
-@dataclass
-class _Component:
-    """One lesion component and its neighbourhood, while it is measured."""
-
-    box: tuple[slice, slice, slice]  # the neighbourhood in the volume
-    comp: np.ndarray  # the component's voxels in ``box``
-    border: np.ndarray  # label counts on its one-voxel shell
-
-
-def background(img: np.ndarray, ring: np.ndarray, comp: np.ndarray) -> tuple[float, float, float] | None:
-    """The organ's intensity on ``ring`` (its median), its robust noise SD (from the median absolute deviation), and +1
-    if the lesion ``comp`` is brighter (else -1).
-
-    None when the ring holds fewer than 10 voxels.
-    """
-    if np.count_nonzero(ring) < 10:
-        return None
-    bg_vals = img[ring]
-    bg = float(np.median(bg_vals))
-    noise = max(1.4826 * float(np.median(np.abs(bg_vals - bg))), 1e-6)
-    return bg, noise, 1.0 if float(np.median(img[comp])) >= bg else -1.0
-
-
-def _partial_volume(
-    c: _Component, labels: np.ndarray, image: np.ndarray, free: np.ndarray, cfg: LesionVolume, half: Sequence[int]
-) -> float | None:
-    """Lesion voxels (a fraction each) from intensities, or None where the contrast is too low to tell.
-
-    ``free``: the voxels of ``c.box`` that no lesion holds and no larger lesion's shell has counted.
-    """
-    host = int(c.border.argmax())  # the label around the lesion: its background
-    lab = labels[c.box]
-    img = image[c.box].astype(np.float64)
-    near = dilate_box(c.comp, half)
-    ring = dilate_box(near, half) & ~near & (lab == host)
-    found = background(img, ring, c.comp)
-    if found is None:
-        return None
-    bg, noise, sign = found
-    vals = img[c.comp]
-    # The lesion's pure voxels: those whose neighbours all show more than half its peak contrast (the
-    # component may be a little off the lesion: a network's boundary on a coarser grid).
-    peak = float(np.percentile(vals, 95 if sign > 0 else 5))
-    region = c.comp | (near & (lab == host))
-    inner = _inner(region & ((img - (bg + peak) / 2) * sign > 0))
-    if np.count_nonzero(inner) >= MIN_CORE_VOXELS:
-        core = float(np.median(img[inner]))
-    elif cfg.core is not None and (cfg.core - bg) * sign > 0:
-        core = float(cfg.core)
-    else:
-        return None  # too small to show its own intensity, and none given: every voxel is partial
-    contrast = core - bg
-    if abs(contrast) < cfg.min_contrast * noise:
-        return None
-    frac = (img - bg) / contrast
-    edge = c.comp & ~inner
-    shell = near & ~c.comp & free & (lab == host)
-    tail = frac[shell]
-    floor = 2 * noise / abs(contrast)  # below two noise SDs a shell voxel is background: no bias from clipping noise
-    return float(
-        np.count_nonzero(inner & c.comp) + np.clip(frac[edge], 0, 1).sum() + np.clip(tail[tail > floor], 0, 1).sum()
-    )
-
-
-def _grown(
-    c: _Component, labels: np.ndarray, image: np.ndarray, free: np.ndarray, cfg: LesionVolume, spacing_zyx: Sequence[float]
-) -> tuple[float, np.ndarray] | None:
-    """Lesion voxels (a fraction each) over a region grown from the component on the source grid, and the region.
-
-    None where it cannot be told.  ``free`` as for partial volume.  The
-    region is the 6-connected set of voxels, within ``cfg.grow_mm`` of the
-    component and in its organ (or the component itself), whose intensity is
-    past halfway from the organ's background to the lesion's level, that
-    touches the component.  Its pure voxels count 1; its other voxels and
-    those of its one-voxel shell count with their partial-volume fraction,
-    as in :func:`_partial_volume`: a count of voxels misses a whole slice's
-    worth on thick slices.
-    """
-    from scipy import ndimage  # only here: the rest of the node's measuring needs no scipy
-
-    host = int(c.border.argmax())
-    lab = labels[c.box]
-    img = image[c.box].astype(np.float64)
-    dist = ndimage.distance_transform_edt(~c.comp, sampling=spacing_zyx)
-    ring = (dist > max(GROWN_RING_MM[0], cfg.grow_mm)) & (dist < max(GROWN_RING_MM[1], cfg.grow_mm + 4.0)) & (lab == host)
-    found = background(img, ring, c.comp)
-    if found is None:
-        return None
-    bg, noise, sign = found
-    vals = img[c.comp]
-    level = float(np.percentile(vals, cfg.level if sign > 0 else 100.0 - cfg.level))
-    if (level - bg) * sign < cfg.grow_contrast * noise:
-        return None
-    organ = (lab == host) & free
-    allowed = c.comp | ((dist <= cfg.grow_mm) & organ)
-    above = allowed & ((img - (bg + level) / 2) * sign > 0)
-    cc = cc3d.connected_components(above, connectivity=6)
-    ids = np.unique(cc[c.comp & above])
-    ids = ids[ids > 0]
-    if not len(ids):
-        return None
-    region = np.isin(cc, ids)
-    inner = _inner(region)
-    if np.count_nonzero(inner) >= MIN_CORE_VOXELS:
-        core = float(np.median(img[inner]))
-    elif cfg.core is not None:
-        core = float(cfg.core) if (cfg.core - level) * sign > 0 else level  # never dimmer than what the lesion shows
-    else:
-        return None  # too small to show its own intensity, and none given (as for partial volume)
-    frac = np.clip((img - bg) / (core - bg), 0.0, 1.0)
-    shell = dilate_box(region, (1, 1, 1)) & ~region & organ
-    voxels = float(np.count_nonzero(inner) + frac[region & ~inner].sum() + frac[shell].sum())
-    return voxels, region | shell
-
-
-def _probability(c: _Component, prob: np.ndarray, free: np.ndarray, threshold: float, half: Sequence[int]) -> float:
-    """Lesion voxels as the sum of the lesion's probability over it and its tail (``free`` as for partial volume)."""
-    p = prob[c.box]
-    tail = dilate_box(c.comp, half) & ~c.comp & free & (p < threshold)
-    return float(p[c.comp].sum() + p[tail].sum())
-
-
 def _components(
     labels: np.ndarray, value: int, pad: Sequence[int], lesion_values: Sequence[int], top: int
-) -> tuple[list[_Component], list[tuple[float, float, float]]]:
+) -> tuple[list[Component], list[tuple[float, float, float]]]:
     """The connected components of ``value`` (26-connected), each in a box ``pad`` voxels wider, and their centroids."""
-    out: list[_Component] = []
+    out: list[Component] = []
     centroids: list[tuple[float, float, float]] = []
     others = [v for v in lesion_values if v != value]
     for _, box, comp in components(labels == value, pad):
         shell = dilate_box(comp, (1, 1, 1)) & ~comp
         values = labels[box][shell]
         values = values[(values != value) & ~np.isin(values, others)] if others else values[values != value]
-        out.append(_Component(box, comp, np.bincount(values.ravel().astype(np.int64), minlength=top + 1)))
+        out.append(Component(box, comp, np.bincount(values.ravel().astype(np.int64), minlength=top + 1)))
         cz, cy, cx = np.argwhere(comp).mean(axis=0) + [b.start for b in box]
         centroids.append((float(cz), float(cy), float(cx)))
     return out, centroids
@@ -398,9 +198,9 @@ def measure(
             if value not in lesion_values:
                 continue
             free = ~claimed[c.box] & ~np.isin(labels[c.box], lesion_set)
-            grown = _grown(c, labels, image, free, cfg, spacing_zyx) if cfg.method == "grown" and image is not None else None
-            if grown is not None:
-                (voxels, region), method = grown, "grown"
+            region_grown = grown(c, labels, image, free, cfg, spacing_zyx) if cfg.method == "grown" and image is not None else None
+            if region_grown is not None:
+                (voxels, region), method = region_grown, "grown"
                 claimed[c.box] |= region
             else:
                 voxels, method = _lesion_voxels(c, labels, value, image, probabilities, free, cfg, shell, tail)
@@ -435,7 +235,7 @@ def measure(
     return out
 
 
-def _extent(c: _Component) -> list[tuple[int, int]]:
+def _extent(c: Component) -> list[tuple[int, int]]:
     """Per axis (z, y, x), the first and last index of component ``c`` in the volume."""
     out = []
     for i, b in enumerate(c.box):
@@ -458,7 +258,7 @@ def _edges(extent: Sequence[tuple[int, int]], shape: Sequence[int]) -> tuple[Edg
 
 
 def _lesion_voxels(
-    c: _Component,
+    c: Component,
     labels: np.ndarray,
     value: int,
     image: np.ndarray | None,
@@ -470,9 +270,9 @@ def _lesion_voxels(
 ) -> tuple[float, str]:
     """How many voxels' worth of lesion one component holds, and by which method (``grown`` is measured before)."""
     if cfg.method in ("auto", "partial_volume", "grown") and image is not None:
-        v = _partial_volume(c, labels, image, free, cfg, shell)
+        v = partial_volume(c, labels, image, free, cfg, shell)
         if v is not None:
             return v, "partial_volume"
     if cfg.method in ("auto", "probability", "partial_volume", "grown") and probabilities is not None and value < len(probabilities):
-        return _probability(c, probabilities[value], free, float(cfg.thresholds.get(value, 0.5)), tail), "probability"
+        return probability_volume(c, probabilities[value], free, float(cfg.thresholds.get(value, 0.5)), tail), "probability"
     return float(np.count_nonzero(c.comp)), "voxels"

@@ -1,0 +1,316 @@
+"""How a lesion's volume is measured with sub-voxel care: the estimators behind :class:`LesionVolume`.
+
+Counting the voxels of a small component misjudges it by a good part of
+its boundary shell, which is most of a small nodule.  The estimators here
+measure one component (:class:`Component`) of a label map from the image
+(``partial_volume``, ``grown``) or from the network's probability
+(``probability``); :func:`ai.measure.measure` chooses among them as
+:class:`LesionVolume` says.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import cc3d
+import numpy as np
+
+from ai.postprocess import dilate_box
+
+METHODS = ("auto", "grown", "partial_volume", "probability", "voxels")
+Method = Literal["auto", "grown", "partial_volume", "probability", "voxels"]
+GROWN_RING_MM = (4.0, 8.0)  # "grown": the background is sampled this far from the component (beyond grow_mm)
+
+
+@dataclass(frozen=True)
+class LesionVolume:
+    """How a lesion's volume is measured (``measurement.lesion_volume`` of a bundle).
+
+    Attributes
+    ----------
+    method : str
+        ``partial_volume``: from the intensities, every voxel of the lesion
+        and of a shell around it counts with the fraction of lesion that its
+        intensity shows, between the local background (the organ around it)
+        and the lesion's core.  ``probability``: the sum of the lesion
+        class's probability over the lesion and the low-probability tail
+        around it.  ``voxels``: the voxel count.  ``auto`` (default):
+        partial volume where the lesion stands out from its background by
+        ``min_contrast`` noise standard deviations, else probability where
+        there are probabilities, else voxels.  ``grown``: the voxels of the
+        source grid, within ``grow_mm`` of the component and in the same
+        organ, that are brighter than halfway between the background and
+        the lesion's level (connected to the component), so the network's
+        boundary only seeds the region; else as ``auto``.
+    shell_mm : float
+        How far around the component partial-volume fractions are collected
+        (a box of this half-width); the background is sampled from the next
+        ``shell_mm`` out.
+    tail_mm : float
+        How far around the component the probability tail is summed: a
+        network's probability fades over a few of its own voxels.
+    core : float, optional
+        The intensity of the lesion's own tissue, for lesions too small to
+        show it (fewer than ``MIN_CORE_VOXELS`` voxels whose neighbours are
+        all lesion), e.g. 0 HU for solid lung nodules.  Without it, such a
+        lesion is measured by probability (or voxels): every one of its voxels
+        is partial, so its brightest voxel would understate its core and
+        inflate its volume.
+    min_contrast : float
+        Partial volume needs |core - background| of at least this many robust
+        noise standard deviations of the background.
+    thresholds : mapping of int to float
+        Per lesion label, the probability at which the network calls a voxel
+        that label (default 0.5): outside the component, only voxels below it
+        are the lesion's tail; above it they belong to another finding.
+    grow_mm : float
+        ``grown``: how far beyond the network's component the region may
+        reach (a network on a coarser grid misplaces the boundary by about a
+        voxel of its own); the limit also keeps vessels and the chest wall
+        that touch the lesion from being grown into.
+    level : float
+        ``grown``: the percentile of the component's intensities taken as the
+        lesion's level; the region's threshold is halfway from the
+        background to it.
+    grow_contrast : float
+        ``grown`` needs level and background to differ by this many robust
+        noise standard deviations.
+    open_mm : float
+        ``grown``: the largest radius of the ball that opens the region, so
+        that a vessel or strand thinner than the ball, grown into where it
+        touches the lesion, comes off (0: no opening).  The ball is at most
+        ``open_fraction`` of the region's equivalent-sphere radius, so a
+        small lesion is never opened away, and there is no opening where the
+        ball would be flat (smaller than the coarsest spacing: on thick
+        slices it would shave whole slices off the lesion's caps).  What lies
+        within one ball radius of the opened lesion stays: on a coarse grid
+        an opening shaves a round lesion's rim too, and dropping that rim
+        would bias every volume down.
+    open_fraction : float
+        See ``open_mm``.
+    ground_glass_share : float
+        ``grown``: when at least this share of the component's intensities
+        lie 20-65 % of the way from the background to the lesion's level (a
+        part-solid nodule: ground glass around a solid core, the core alone
+        setting the 75th percentile), the lesion's level is their median, so
+        that the region takes in the ground glass, and the ground glass is the
+        core its voxels' fractions are taken against (the solid part counts
+        whole).  0: off.
+    small_core : str
+        ``grown``, for a region too small to show its own intensity (fewer
+        than ``MIN_CORE_VOXELS`` pure voxels) and no ``core`` given:
+        ``none`` falls back as ``auto`` does; ``brightest`` takes the
+        brighter of the lesion's level and the region's 95th percentile as
+        its core (a slight overestimate on thick slices, where even the
+        brightest voxel is partial, instead of the probability's
+        inheritance of the network's errors).
+    """
+
+    method: Method = "auto"
+    shell_mm: float = 3.0
+    tail_mm: float = 5.0
+    core: float | None = None
+    min_contrast: float = 10.0
+    thresholds: Mapping[int, float] = field(default_factory=dict)
+    grow_mm: float = 2.0
+    level: float = 75.0
+    grow_contrast: float = 3.0
+    open_mm: float = 0.0
+    open_fraction: float = 0.5
+    ground_glass_share: float = 0.0
+    small_core: Literal["none", "brightest"] = "none"
+
+
+MIN_CORE_VOXELS = 8
+SMALL_CORES = ("none", "brightest")
+
+
+def inner_voxels(mask: np.ndarray) -> np.ndarray:
+    """Voxels of ``mask`` whose 26 neighbours are all in ``mask``."""
+    return mask & ~dilate_box(~np.pad(mask, 1), (1, 1, 1))[1:-1, 1:-1, 1:-1]
+
+
+@dataclass
+class Component:
+    """One lesion component and its neighbourhood, while it is measured."""
+
+    box: tuple[slice, slice, slice]  # the neighbourhood in the volume
+    comp: np.ndarray  # the component's voxels in ``box``
+    border: np.ndarray  # label counts on its one-voxel shell
+
+
+def background(img: np.ndarray, ring: np.ndarray, comp: np.ndarray) -> tuple[float, float, float] | None:
+    """The organ's intensity on ``ring`` (its median), its robust noise SD (from the median absolute deviation), and +1
+    if the lesion ``comp`` is brighter (else -1).
+
+    None when the ring holds fewer than 10 voxels.
+    """
+    if np.count_nonzero(ring) < 10:
+        return None
+    bg_vals = img[ring]
+    bg = float(np.median(bg_vals))
+    noise = max(1.4826 * float(np.median(np.abs(bg_vals - bg))), 1e-6)
+    return bg, noise, 1.0 if float(np.median(img[comp])) >= bg else -1.0
+
+
+def partial_volume(
+    c: Component, labels: np.ndarray, image: np.ndarray, free: np.ndarray, cfg: LesionVolume, half: Sequence[int]
+) -> float | None:
+    """Lesion voxels (a fraction each) from intensities, or None where the contrast is too low to tell.
+
+    ``free``: the voxels of ``c.box`` that no lesion holds and no larger lesion's shell has counted.
+    """
+    host = int(c.border.argmax())  # the label around the lesion: its background
+    lab = labels[c.box]
+    img = image[c.box].astype(np.float64)
+    near = dilate_box(c.comp, half)
+    ring = dilate_box(near, half) & ~near & (lab == host)
+    found = background(img, ring, c.comp)
+    if found is None:
+        return None
+    bg, noise, sign = found
+    vals = img[c.comp]
+    # The lesion's pure voxels: those whose neighbours all show more than half its peak contrast (the
+    # component may be a little off the lesion: a network's boundary on a coarser grid).
+    peak = float(np.percentile(vals, 95 if sign > 0 else 5))
+    region = c.comp | (near & (lab == host))
+    inner = inner_voxels(region & ((img - (bg + peak) / 2) * sign > 0))
+    if np.count_nonzero(inner) >= MIN_CORE_VOXELS:
+        core = float(np.median(img[inner]))
+    elif cfg.core is not None and (cfg.core - bg) * sign > 0:
+        core = float(cfg.core)
+    else:
+        return None  # too small to show its own intensity, and none given: every voxel is partial
+    contrast = core - bg
+    if abs(contrast) < cfg.min_contrast * noise:
+        return None
+    frac = (img - bg) / contrast
+    edge = c.comp & ~inner
+    shell = near & ~c.comp & free & (lab == host)
+    tail = frac[shell]
+    floor = 2 * noise / abs(contrast)  # below two noise SDs a shell voxel is background: no bias from clipping noise
+    return float(
+        np.count_nonzero(inner & c.comp) + np.clip(frac[edge], 0, 1).sum() + np.clip(tail[tail > floor], 0, 1).sum()
+    )
+
+
+def grown(
+    c: Component, labels: np.ndarray, image: np.ndarray, free: np.ndarray, cfg: LesionVolume, spacing_zyx: Sequence[float]
+) -> tuple[float, np.ndarray] | None:
+    """Lesion voxels (a fraction each) over a region grown from the component on the source grid, and the region.
+
+    None where it cannot be told.  ``free`` as for partial volume.  The
+    region is the 6-connected set of voxels, within ``cfg.grow_mm`` of the
+    component and in its organ (or the component itself), whose intensity is
+    past halfway from the organ's background to the lesion's level, that
+    touches the component.  Its pure voxels count 1; its other voxels and
+    those of its one-voxel shell count with their partial-volume fraction,
+    as in :func:`partial_volume`: a count of voxels misses a whole slice's
+    worth on thick slices.
+    """
+    from scipy import ndimage  # only here: the rest of the node's measuring needs no scipy
+
+    host = int(c.border.argmax())
+    lab = labels[c.box]
+    img = image[c.box].astype(np.float64)
+    dist = ndimage.distance_transform_edt(~c.comp, sampling=spacing_zyx)
+    ring = (dist > max(GROWN_RING_MM[0], cfg.grow_mm)) & (dist < max(GROWN_RING_MM[1], cfg.grow_mm + 4.0)) & (lab == host)
+    found = background(img, ring, c.comp)
+    if found is None:
+        return None
+    bg, noise, sign = found
+    vals = img[c.comp]
+    level = float(np.percentile(vals, cfg.level if sign > 0 else 100.0 - cfg.level))
+    if (level - bg) * sign < cfg.grow_contrast * noise:
+        return None
+    glass = _ground_glass(vals, bg, level, cfg.ground_glass_share) if sign > 0 else None
+    if glass is not None:
+        level = glass
+    organ = (lab == host) & free
+    allowed = c.comp | ((dist <= cfg.grow_mm) & organ)
+    above = allowed & ((img - (bg + level) / 2) * sign > 0)
+    cc = cc3d.connected_components(above, connectivity=6)
+    ids = np.unique(cc[c.comp & above])
+    ids = ids[ids > 0]
+    if not len(ids):
+        return None
+    region = np.isin(cc, ids)
+    if cfg.open_mm > 0 and sign > 0:
+        region = _without_attachments(region, c.comp, cfg, spacing_zyx)
+    inner = inner_voxels(region)
+    if glass is not None:
+        core = glass  # ground glass counts whole; the solid part, brighter, too (fractions are clipped at 1)
+    elif np.count_nonzero(inner) >= MIN_CORE_VOXELS:
+        core = float(np.median(img[inner]))
+    elif cfg.core is not None:
+        core = float(cfg.core) if (cfg.core - level) * sign > 0 else level  # never dimmer than what the lesion shows
+    elif cfg.small_core == "brightest":
+        core = max(level, float(np.percentile(img[region], 95))) if sign > 0 else min(level, float(np.percentile(img[region], 5)))
+    else:
+        return None  # too small to show its own intensity, and none given (as for partial volume)
+    frac = np.clip((img - bg) / (core - bg), 0.0, 1.0)
+    shell = dilate_box(region, (1, 1, 1)) & ~region & organ
+    voxels = float(np.count_nonzero(inner) + frac[region & ~inner].sum() + frac[shell].sum())
+    return voxels, region | shell
+
+
+GLASS_BAND = (0.2, 0.65)  # where ground glass lies, as a fraction of the way from the background to the solid level
+
+
+def _ground_glass(vals: np.ndarray, bg: float, level: float, share: float) -> float | None:
+    """The ground-glass level of a part-solid lesion (the median of its intensities in :data:`GLASS_BAND`), or None.
+
+    None unless ``share`` > 0 and at least that share of ``vals`` lies in the band: a solid lesion's partial-volume
+    rim spreads thinly over the band, a part-solid one's ground glass fills it.
+    """
+    if share <= 0 or level <= bg:
+        return None
+    rel = (vals - bg) / (level - bg)
+    band = (rel >= GLASS_BAND[0]) & (rel <= GLASS_BAND[1])
+    return float(np.median(vals[band])) if np.count_nonzero(band) and float(band.mean()) >= share else None
+
+
+def _ball(radius_mm: float, spacing_zyx: Sequence[float]) -> np.ndarray:
+    """A ball of ``radius_mm`` as a structuring element on the grid ``spacing_zyx``."""
+    h = [int(radius_mm // s) for s in spacing_zyx]
+    z, y, x = np.ogrid[-h[0]:h[0] + 1, -h[1]:h[1] + 1, -h[2]:h[2] + 1]
+    return np.asarray((z * spacing_zyx[0]) ** 2 + (y * spacing_zyx[1]) ** 2 + (x * spacing_zyx[2]) ** 2 <= radius_mm**2)
+
+
+def _without_attachments(region: np.ndarray, comp: np.ndarray, cfg: LesionVolume, spacing_zyx: Sequence[float]) -> np.ndarray:
+    """``region`` less what an opening detaches from the lesion: vessels and strands thinner than the ball (``cfg.open_mm``).
+
+    The region is eroded by the ball; the eroded piece that overlaps the
+    network's component most is the lesion's body; the body dilated by the
+    ball (the opening), and then by the ball again, within the region, is
+    kept.  The second dilation gives back the rim that the opening of a
+    round lesion shaves off on a coarse grid; a vessel keeps a stub one
+    ball radius long.
+    """
+    from scipy import ndimage
+
+    r_eq = (3.0 * np.count_nonzero(region) * float(np.prod(spacing_zyx)) / (4.0 * math.pi)) ** (1.0 / 3.0)
+    radius = min(cfg.open_mm, cfg.open_fraction * r_eq)
+    if radius < max(spacing_zyx):
+        return region  # a flat ball: it would shave whole slices off a lesion's caps
+    ball = _ball(radius, spacing_zyx)
+    eroded = ndimage.binary_erosion(region, ball)
+    pieces, n = ndimage.label(eroded)
+    if n == 0:
+        return region
+    overlap = np.bincount(pieces[comp].ravel(), minlength=n + 1)
+    overlap[0] = 0
+    if overlap.max() == 0:
+        return region
+    body = ndimage.binary_dilation(pieces == int(overlap.argmax()), ball) & region
+    return np.asarray(ndimage.binary_dilation(body, ball) & region)
+
+
+def probability_volume(c: Component, prob: np.ndarray, free: np.ndarray, threshold: float, half: Sequence[int]) -> float:
+    """Lesion voxels as the sum of the lesion's probability over it and its tail (``free`` as for partial volume)."""
+    p = prob[c.box]
+    tail = dilate_box(c.comp, half) & ~c.comp & free & (p < threshold)
+    return float(p[c.comp].sum() + p[tail].sum())
