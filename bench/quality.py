@@ -261,13 +261,13 @@ def table(scores: Scores, targets: bool) -> str:
 
 
 def plot(families: Sequence[Scores], path: str) -> None:
-    """FROC curves of every family and the classifier's reliability diagram, side by side, as a PNG."""
+    """FROC curves of every family, the classifier's reliability diagram and the found nodules' volume errors, as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(16.5, 4.5))
     thresholds = np.linspace(0.0, 1.0, 41)
     for s in families:
         pts = froc(s, thresholds)
@@ -291,6 +291,30 @@ def plot(families: Sequence[Scores], path: str) -> None:
     ax2.set_ylabel("observed fraction with a nodule")
     ax2.set_title("classifier reliability (numbers: scans per bin)")
     ax2.legend(loc="upper left")
+    _volume_panel(ax3, families)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+KIND_COLOURS = {"solid": "tab:blue", "part-solid": "tab:orange", "ground-glass": "tab:green", "calcified": "tab:grey"}
+
+
+def _volume_panel(ax: Any, families: Sequence[Scores]) -> None:
+    """Measured against true volume of each found nodule of 6 mm or more, by kind (colour) and family (marker)."""
+    for s, marker in zip(families, "o^sD"):
+        for kind, colour in KIND_COLOURS.items():
+            pts = [(n.diameter_mm, 100.0 * (n.measured_mm3 - n.volume_mm3) / n.volume_mm3) for n in s.big()
+                   if n.kind == kind and n.found and n.measured_mm3 and n.volume_mm3 > 0]
+            if pts:
+                ax.scatter([p[0] for p in pts], [float(np.clip(p[1], -95, 95)) for p in pts], marker=marker, color=colour, s=22,
+                           label=f"{kind}, {s.name.split(',')[0].split(' (')[0]}")
+    ax.axhspan(-15, 15, color="green", alpha=0.08)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xticks([6, 8, 12, 20, 30], ["6", "8", "12", "20", "30"])
+    ax.set_ylim(-100, 100)
+    ax.set_xlabel("true diameter, mm")
+    ax.set_ylabel("volume error, % (band: +-15 %)")
+    ax.set_title("found nodules >= 6 mm: measured volume")
+    ax.legend(loc="lower right", fontsize=6, ncol=2)

@@ -22,6 +22,7 @@ from dicomnode.outputs.kos import build_kos
 from dicomnode.outputs.preview import (
     EdgeLetters,
     KeyImage,
+    caption_of,
     edge_letters,
     key_images,
     patient_orientation,
@@ -109,6 +110,9 @@ def test_one_key_image_per_finding_largest_first_with_a_caption_a_radiologist_ca
         image_number = case.instance_numbers[img.slice_index]
         assert img.caption == f"nodule {f.number} · right lung · {long_short} · {f.lesion.volume_ml:.2f} mL · image {image_number} of 20"
     assert [i.finding for i in render(case, limit=1)] == [1]
+    # With a candidate classifier each finding carries its probability, on the image as in the SR.
+    sure = replace(small, lesion=replace(small.lesion, probability=0.372))
+    assert caption_of(sure, "image 7 of 20").endswith(f"{small.lesion.volume_ml:.2f} mL · probability 0.37 · image 7 of 20")
 
     # The captioned finding is drawn at full strength (thick outline and marker); the other one is dimmed.
     left, right = (saturated(img.rgb, NODULE_RGB) for img in imgs)

@@ -291,14 +291,21 @@ def _volume(ml: float) -> str:
 
 
 def caption_of(f: Finding, slice_name: str) -> str:
-    """``"nodule 1 · right lung · 14.2 × 9.8 mm · 1.02 mL · image 81 of 120"`` (and any truncation)."""
+    """``"nodule 1 · right lung · 14.2 × 9.8 mm · 1.02 mL · probability 0.91 · image 81 of 120"`` (and any truncation).
+
+    The probability is the candidate classifier's (:mod:`ai.candidates`), where the model has one: the same
+    figure as the SR's and the Key Object Selection's, so that the reader sees on the image how sure the model was.
+    """
     les = f.lesion
     parts = [f.name]
     if f.where:
         parts.append(f.where)
     if les.axes is not None:
         parts.append(f"{les.axes.long_mm:.1f} × {les.axes.short_mm:.1f} mm")
-    parts += [_volume(les.volume_ml), slice_name]
+    parts.append(_volume(les.volume_ml))
+    if les.probability is not None:
+        parts.append(f"probability {les.probability:.2f}")
+    parts.append(slice_name)
     if les.edges:
         parts.append(f"possibly truncated (touches the {' and the '.join(e.value for e in les.edges)})")
     return " · ".join(parts)
