@@ -317,4 +317,4 @@ def _volume_panel(ax: Any, families: Sequence[Scores]) -> None:
     ax.set_xlabel("true diameter, mm")
     ax.set_ylabel("volume error, % (band: +-15 %)")
     ax.set_title("found nodules >= 6 mm: measured volume")
-    ax.legend(loc="lower right", fontsize=6, ncol=2)
+    ax.legend(loc="lower left", fontsize=6, ncol=2)

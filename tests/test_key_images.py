@@ -23,6 +23,7 @@ from dicomnode.outputs.preview import (
     EdgeLetters,
     KeyImage,
     caption_of,
+    wrap_at_separators,
     edge_letters,
     key_images,
     patient_orientation,
@@ -113,6 +114,10 @@ def test_one_key_image_per_finding_largest_first_with_a_caption_a_radiologist_ca
     # With a candidate classifier each finding carries its probability, on the image as in the SR.
     sure = replace(small, lesion=replace(small.lesion, probability=0.372))
     assert caption_of(sure, "image 7 of 20").endswith(f"{small.lesion.volume_ml:.2f} mL · probability 0.37 · image 7 of 20")
+    # A caption too long for one line breaks between its parts, never inside one (unless a part is itself too long).
+    text = "nodule 1 · right lung · 26.0 × 20.6 mm · 5.84 mL · probability 0.96 · image 45 of 112"
+    assert wrap_at_separators(text, 71) == ["nodule 1 · right lung · 26.0 × 20.6 mm · 5.84 mL · probability 0.96", "image 45 of 112"]
+    assert wrap_at_separators("a · " + "b" * 30, 20) == ["a", "b" * 20, "b" * 10]
 
     # The captioned finding is drawn at full strength (thick outline and marker); the other one is dimmed.
     left, right = (saturated(img.rgb, NODULE_RGB) for img in imgs)

@@ -235,7 +235,7 @@ def _render(
         # Fixed bands (fractions of the height): banner, caption, picture, legend, notes.
         wrap = max(40, int(size / 6.2))
         banner = textwrap.wrap(intended_use_line(bundle), wrap)[:3]
-        cap = textwrap.wrap(caption, max(40, int(size / 7.2)))[:3]
+        cap = wrap_at_separators(caption, max(40, int(size / 7.2)))[:3]
         note_lines = [ln for n in notes for ln in textwrap.wrap(n, int(size / 5.2))][:4]
         banner_h = 0.012 + 0.026 * len(banner)
         cap_h = 0.012 + 0.032 * len(cap)
@@ -284,6 +284,21 @@ def _slice_names(instance_numbers: Sequence[str]) -> list[str]:
         name = f"image {s}" if s.isdigit() else s or f"slice {z + 1}"
         out.append(f"{name} of {n}" if numbered or not s else name)
     return out
+
+
+def wrap_at_separators(text: str, width: int, sep: str = " · ") -> list[str]:
+    """``text`` in lines of at most ``width`` characters, broken between its ``sep``-separated parts where it can.
+
+    A caption reads better as "... 5.84 mL · probability 0.96" over "image 45 of 112" than broken inside a part;
+    a part longer than a line is wrapped on its own.
+    """
+    lines: list[str] = []
+    for part in text.split(sep):
+        if lines and len(lines[-1]) + len(sep) + len(part) <= width:
+            lines[-1] += sep + part
+        else:
+            lines += textwrap.wrap(part, width) or [""]
+    return lines
 
 
 def _volume(ml: float) -> str:
