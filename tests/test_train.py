@@ -209,3 +209,34 @@ def test_gpu_training_script_runs_on_the_cpu(tmp_path: Path) -> None:
     cfg = TrainConfig(data="", out="", channels=(4, 8, 16), strides=(2, 2))
     build_unet(cfg).load_state_dict(torch.load(out / "tiny.pt", map_location="cpu", weights_only=True))
     assert len(json.loads((out / "cases.json").read_text())["cases"]) == 3
+
+    # A warm start from those weights, with small nodules sampled more; weights of another shape are refused in words.
+    base = [sys.executable, "scripts/train_default_model.py", "--scratch", str(tmp_path / "cases"), "--seeds", "2:4",  # with nodules
+            "--val-seeds", "6000:6001", "--matrix", "48", "--spacing", "6", "--patch", "16", "16", "16", "--minutes", "0.01",
+            "--warmup", "5", "--batch", "2", "--workers", "0", "--procs", "2", "--device", "cpu", "--small", "0.5", "--small-mm", "20"]
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([*base, "--out", str(tmp_path / "warm"), "--variant", "tiny:4,8,16", "--init", str(out / "tiny.pt")],
+                       capture_output=True, text=True, cwd=root, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    first = json.loads((tmp_path / "warm" / "tiny.jsonl").read_text().splitlines()[0])
+    assert first["init"] == str(out / "tiny.pt") and first["small"] == 0.5 and first["small_voxels"] == int(math.pi / 6 * 20**3 / 6**3)
+    assert first["small_nodules"] >= 1
+    r = subprocess.run([*base, "--out", str(tmp_path / "wrong"), "--variant", "wide:8,16,32", "--init", str(out / "tiny.pt")],
+                       capture_output=True, text=True, cwd=root, timeout=600)
+    assert r.returncode != 0 and "does not fit variant wide (channels 8,16,32)" in r.stderr
+
+    # With --small 1 every structure-centred patch of a case with a small nodule holds one.
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_default_model", root / "scripts" / "train_default_model.py")
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    cases = script.Cases(tmp_path / "cases", [2, 3])
+    small20 = script.small_nodules(cases, 20)
+    assert any(small20) and all(len(v) <= 20 for per_case in small20 for v in per_case)
+    assert all(script.small_nodules(cases, 50))  # every case has one: every patch is centred on one
+    stream = iter(script.patch_stream(cases, (16, 16, 16), 1.0, 0.0, 0, small=1.0, small_voxels=50))
+    for _ in range(10):
+        _, y = next(stream)
+        assert (y == 3).any()
