@@ -19,6 +19,7 @@ import cc3d
 import numpy as np
 
 from ai.postprocess import dilate_box
+from ai.shape import sq_distance
 
 METHODS = ("auto", "grown", "partial_volume", "probability", "voxels")
 Method = Literal["auto", "grown", "partial_volume", "probability", "voxels"]
@@ -273,13 +274,6 @@ def _ground_glass(vals: np.ndarray, bg: float, level: float, share: float) -> fl
     return float(np.median(vals[band])) if np.count_nonzero(band) and float(band.mean()) >= share else None
 
 
-def _ball(radius_mm: float, spacing_zyx: Sequence[float]) -> np.ndarray:
-    """A ball of ``radius_mm`` as a structuring element on the grid ``spacing_zyx``."""
-    h = [int(radius_mm // s) for s in spacing_zyx]
-    z, y, x = np.ogrid[-h[0]:h[0] + 1, -h[1]:h[1] + 1, -h[2]:h[2] + 1]
-    return np.asarray((z * spacing_zyx[0]) ** 2 + (y * spacing_zyx[1]) ** 2 + (x * spacing_zyx[2]) ** 2 <= radius_mm**2)
-
-
 def _without_attachments(region: np.ndarray, comp: np.ndarray, cfg: LesionVolume, spacing_zyx: Sequence[float]) -> np.ndarray:
     """``region`` less what an opening detaches from the lesion: vessels and strands thinner than the ball (``cfg.open_mm``).
 
@@ -290,23 +284,22 @@ def _without_attachments(region: np.ndarray, comp: np.ndarray, cfg: LesionVolume
     round lesion shaves off on a coarse grid; a vessel keeps a stub one
     ball radius long.
     """
-    from scipy import ndimage
-
     r_eq = (3.0 * np.count_nonzero(region) * float(np.prod(spacing_zyx)) / (4.0 * math.pi)) ** (1.0 / 3.0)
     radius = min(cfg.open_mm, cfg.open_fraction * r_eq)
     if radius < max(spacing_zyx):
         return region  # a flat ball: it would shave whole slices off a lesion's caps
-    ball = _ball(radius, spacing_zyx)
-    eroded = ndimage.binary_erosion(region, ball)
-    pieces, n = ndimage.label(eroded)
+    r2 = radius**2 + 1e-6
+    # Ball erosion and dilation as ai.shape does them (sq_distance); the pad makes the box's edge erode as outside.
+    eroded = (sq_distance(~np.pad(region, 1), radius, spacing_zyx) > r2)[1:-1, 1:-1, 1:-1]
+    pieces, n = cc3d.connected_components(eroded, connectivity=6, return_N=True)
     if n == 0:
         return region
     overlap = np.bincount(pieces[comp].ravel(), minlength=n + 1)
     overlap[0] = 0
     if overlap.max() == 0:
         return region
-    body = ndimage.binary_dilation(pieces == int(overlap.argmax()), ball) & region
-    return np.asarray(ndimage.binary_dilation(body, ball) & region)
+    body = (sq_distance(pieces == int(overlap.argmax()), radius, spacing_zyx) <= r2) & region
+    return np.asarray((sq_distance(body, radius, spacing_zyx) <= r2) & region)
 
 
 def probability_volume(c: Component, prob: np.ndarray, free: np.ndarray, threshold: float, half: Sequence[int]) -> float:

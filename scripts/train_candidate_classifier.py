@@ -259,7 +259,7 @@ def fit(args: argparse.Namespace) -> None:
     m["postprocessing"]["candidates"] = {str(NODULE): chosen.as_manifest(fitted)}
     m["scan_score"]["calibration"] = {"a": round(a, 3), "b": round(bb, 3), "fitted_on": f"{fitted}; the most probable kept candidate"}
     manifest_path.write_text(json.dumps(m, indent=2) + "\n")
-    print(f"wrote {manifest_path}: cut {cut:g}, scan score calibration a={a:.3f} b={bb:.3f}")
+    logger.info("wrote %s: cut %g, scan score calibration a=%.3f b=%.3f", manifest_path, cut, a, bb)
 
 
 def main() -> int:
