@@ -207,6 +207,8 @@ def _lesion_volume(meas: dict[str, Any]) -> LesionVolume:
         grow_contrast=float(lv.get("grow_contrast", default.grow_contrast)),
         open_mm=float(lv.get("open_mm", default.open_mm)),
         open_fraction=float(lv.get("open_fraction", default.open_fraction)),
+        open_rim=lv.get("open_rim", default.open_rim),
+        surface_cut=bool(lv.get("surface_cut", default.surface_cut)),
         ground_glass_share=float(lv.get("ground_glass_share", default.ground_glass_share)),
         small_core=lv.get("small_core", default.small_core),
     )

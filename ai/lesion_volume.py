@@ -18,6 +18,7 @@ from typing import Literal
 import cc3d
 import numpy as np
 
+from ai.organ_surface import inside_share
 from ai.postprocess import dilate_box
 from ai.shape import sq_distance
 
@@ -92,6 +93,19 @@ class LesionVolume:
         would bias every volume down.
     open_fraction : float
         See ``open_mm``.
+    open_rim : str
+        What of the opening's leftovers is given back.  ``ball`` (0.5.1):
+        everything within one ball radius of the opened lesion (a vessel
+        keeps a stub that long).  ``adjacent``: each piece the opening took
+        off that lies wholly within one voxel step of the opened lesion (the
+        rim a coarse grid shaves off a round lesion); a piece that reaches
+        further is an attachment and goes whole.
+    surface_cut : bool
+        ``grown``: a lesion that touches what lies beyond its organ (a
+        juxtapleural nodule, the chest wall) counts only on the organ's side
+        of the organ's surface, fitted around it (:mod:`ai.organ_surface`):
+        the wall has the lesion's density, and the network's component
+        spills into it.
     ground_glass_share : float
         ``grown``: when at least this share of the component's intensities
         lie 20-65 % of the way from the background to the lesion's level (a
@@ -121,12 +135,15 @@ class LesionVolume:
     grow_contrast: float = 3.0
     open_mm: float = 0.0
     open_fraction: float = 0.5
+    open_rim: Literal["ball", "adjacent"] = "ball"
+    surface_cut: bool = False
     ground_glass_share: float = 0.0
     small_core: Literal["none", "brightest"] = "none"
 
 
 MIN_CORE_VOXELS = 8
 SMALL_CORES = ("none", "brightest")
+OPEN_RIMS = ("ball", "adjacent")
 
 
 def inner_voxels(mask: np.ndarray) -> np.ndarray:
@@ -241,6 +258,11 @@ def grown(
     region = np.isin(cc, ids)
     if cfg.open_mm > 0 and sign > 0:
         region = _without_attachments(region, c.comp, cfg, spacing_zyx)
+    share = None
+    if cfg.surface_cut and sign > 0:
+        share = inside_share(c.comp, lab == host, free & (lab != host), img, dist, spacing_zyx, bg, noise)
+        if share is not None:
+            region &= share > 0
     inner = inner_voxels(region)
     if glass is not None:
         core = glass  # ground glass counts whole; the solid part, brighter, too (fractions are clipped at 1)
@@ -254,7 +276,10 @@ def grown(
         return None  # too small to show its own intensity, and none given (as for partial volume)
     frac = np.clip((img - bg) / (core - bg), 0.0, 1.0)
     shell = dilate_box(region, (1, 1, 1)) & ~region & organ
-    voxels = float(np.count_nonzero(inner) + frac[region & ~inner].sum() + frac[shell].sum())
+    whole = np.ones_like(frac)
+    if share is not None:  # each voxel counts only with its share on the organ's side of the surface
+        frac, whole = frac * share, share
+    voxels = float(whole[inner].sum() + frac[region & ~inner].sum() + frac[shell].sum())
     return voxels, region | shell
 
 
@@ -279,10 +304,13 @@ def _without_attachments(region: np.ndarray, comp: np.ndarray, cfg: LesionVolume
 
     The region is eroded by the ball; the eroded piece that overlaps the
     network's component most is the lesion's body; the body dilated by the
-    ball (the opening), and then by the ball again, within the region, is
-    kept.  The second dilation gives back the rim that the opening of a
-    round lesion shaves off on a coarse grid; a vessel keeps a stub one
-    ball radius long.
+    ball (the opening) is kept, and of the rest what ``cfg.open_rim``
+    gives back: the rim that the opening of a round lesion shaves off on a
+    coarse grid.  ``ball`` dilates the opened body by the ball again, within
+    the region (a vessel keeps a stub one ball radius long); ``adjacent``
+    gives back each piece taken off that lies wholly within one voxel step
+    of the opened body (a rim), and none of a piece that reaches further
+    (an attachment).
     """
     r_eq = (3.0 * np.count_nonzero(region) * float(np.prod(spacing_zyx)) / (4.0 * math.pi)) ** (1.0 / 3.0)
     radius = min(cfg.open_mm, cfg.open_fraction * r_eq)
@@ -299,6 +327,11 @@ def _without_attachments(region: np.ndarray, comp: np.ndarray, cfg: LesionVolume
     if overlap.max() == 0:
         return region
     body = (sq_distance(pieces == int(overlap.argmax()), radius, spacing_zyx) <= r2) & region
+    if cfg.open_rim == "adjacent":
+        removed = region & ~body
+        taken = cc3d.connected_components(removed, connectivity=26)
+        far = np.unique(taken[removed & ~dilate_box(body, (1, 1, 1))])
+        return np.asarray(body | (removed & ~np.isin(taken, far[far > 0])))
     return np.asarray((sq_distance(body, radius, spacing_zyx) <= r2) & region)
 
 
