@@ -209,6 +209,7 @@ def _lesion_volume(meas: dict[str, Any]) -> LesionVolume:
         open_fraction=float(lv.get("open_fraction", default.open_fraction)),
         open_rim=lv.get("open_rim", default.open_rim),
         surface_cut=bool(lv.get("surface_cut", default.surface_cut)),
+        shell_edge_only=bool(lv.get("shell_edge_only", default.shell_edge_only)),
         ground_glass_share=float(lv.get("ground_glass_share", default.ground_glass_share)),
         small_core=lv.get("small_core", default.small_core),
     )

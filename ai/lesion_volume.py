@@ -100,6 +100,13 @@ class LesionVolume:
         off that lies wholly within one voxel step of the opened lesion (the
         rim a coarse grid shaves off a round lesion); a piece that reaches
         further is an attachment and goes whole.
+    shell_edge_only : bool
+        ``grown``: the one-voxel shell around the region counts only the
+        lesion's own edge.  A shell voxel past the region's threshold with
+        another such voxel just beyond it belongs to a structure that goes
+        on past the lesion (a vessel the region stopped at, ``grow_mm`` from
+        the component) and counts nothing; a lone bright shell voxel, such as
+        a nodule's cap on the next thick slice, still counts its fraction.
     surface_cut : bool
         ``grown``: a lesion that touches what lies beyond its organ (a
         juxtapleural nodule, the chest wall) counts only on the organ's side
@@ -137,6 +144,7 @@ class LesionVolume:
     open_fraction: float = 0.5
     open_rim: Literal["ball", "adjacent"] = "ball"
     surface_cut: bool = False
+    shell_edge_only: bool = False
     ground_glass_share: float = 0.0
     small_core: Literal["none", "brightest"] = "none"
 
@@ -279,7 +287,12 @@ def grown(
     whole = np.ones_like(frac)
     if share is not None:  # each voxel counts only with its share on the organ's side of the surface
         frac, whole = frac * share, share
-    voxels = float(whole[inner].sum() + frac[region & ~inner].sum() + frac[shell].sum())
+    frac_shell = frac[shell]
+    if cfg.shell_edge_only:  # a bright shell voxel beside another further out: a structure going on past the lesion
+        bright = (img - (bg + level) / 2) * sign > 0
+        beyond = dilate_box(region | shell, (1, 1, 1)) & ~region & ~shell & organ & bright
+        frac_shell = np.where((dilate_box(beyond, (1, 1, 1)) & bright)[shell], 0.0, frac_shell)
+    voxels = float(whole[inner].sum() + frac[region & ~inner].sum() + frac_shell.sum())
     return voxels, region | shell
 
 

@@ -91,7 +91,7 @@ def problems_in(m: dict[str, Any], path: Path) -> list[str]:
 
 SHAPE_KEYS = {"max_elongation": 1.0, "max_length_mm": 0.0, "min_fill": 0.0, "vessel_radius_mm": 0.0}  # key -> exclusive lower bound
 _VOLUME_KEYS = ("method", "shell_mm", "tail_mm", "core", "min_contrast", "grow_mm", "level", "grow_contrast", "open_mm", "open_fraction",
-                "open_rim", "surface_cut", "ground_glass_share", "small_core")
+                "open_rim", "surface_cut", "shell_edge_only", "ground_glass_share", "small_core")
 _ANATOMY_KEYS = ("labels", "paired", "volume_ml", "min_extent_mm", "min_fill", "partial_min_ml", "min_inside_body")
 
 
@@ -252,8 +252,8 @@ def _problems_in_anatomy_keys(m: dict[str, Any]) -> list[str]:
             problems.append(f"measurement.lesion_volume.small_core must be one of {', '.join(SMALL_CORES)}, not {value!r}")
         elif key == "open_rim" and value not in OPEN_RIMS:
             problems.append(f"measurement.lesion_volume.open_rim must be one of {', '.join(OPEN_RIMS)}, not {value!r}")
-        elif key == "surface_cut" and not isinstance(value, bool):
-            problems.append(f"measurement.lesion_volume.surface_cut must be true or false, not {value!r}")
+        elif key in ("surface_cut", "shell_edge_only") and not isinstance(value, bool):
+            problems.append(f"measurement.lesion_volume.{key} must be true or false, not {value!r}")
         elif key == "level" and not (_is_number(value) and 50 <= value <= 100):
             problems.append(f"measurement.lesion_volume.level must be a percentile from 50 to 100, not {value!r}")
     anat = m.get("anatomy")
