@@ -271,6 +271,8 @@ def grown(
         share = inside_share(c.comp, lab == host, free & (lab != host), img, dist, spacing_zyx, bg, noise)
         if share is not None:
             region &= share > 0
+            if not region.any():
+                return None  # all of it beyond the organ's surface: nothing of the image to measure it by
     inner = inner_voxels(region)
     if glass is not None:
         core = glass  # ground glass counts whole; the solid part, brighter, too (fractions are clipped at 1)

@@ -165,3 +165,4 @@ def test_a_manifest_turns_them_on() -> None:
                                            "shell_edge_only": True}})
     assert lv == LesionVolume("grown", open_mm=3.0, open_rim="adjacent", surface_cut=True, shell_edge_only=True)
     assert _lesion_volume({}) == LesionVolume()
+
