@@ -207,6 +207,7 @@ def _lesion_volume(meas: dict[str, Any]) -> LesionVolume:
         grow_contrast=float(lv.get("grow_contrast", default.grow_contrast)),
         open_mm=float(lv.get("open_mm", default.open_mm)),
         open_fraction=float(lv.get("open_fraction", default.open_fraction)),
+        open_contrast=float(lv.get("open_contrast", default.open_contrast)),
         open_rim=lv.get("open_rim", default.open_rim),
         surface_cut=bool(lv.get("surface_cut", default.surface_cut)),
         shell_edge_only=bool(lv.get("shell_edge_only", default.shell_edge_only)),

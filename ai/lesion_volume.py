@@ -93,6 +93,12 @@ class LesionVolume:
         would bias every volume down.
     open_fraction : float
         See ``open_mm``.
+    open_contrast : float
+        ``grown``: the opening runs only on a lesion whose level stands this
+        many noise SDs above the background (0: always).  A faint lesion in
+        heavy noise (ground glass at 250 HU of contrast and 50-80 HU of
+        noise) thresholds into a ragged region that any ball erodes apart,
+        and the vessels an opening is for are solid, far above that.
     open_rim : str
         What of the opening's leftovers is given back.  ``ball`` (0.5.1):
         everything within one ball radius of the opened lesion (a vessel
@@ -142,6 +148,7 @@ class LesionVolume:
     grow_contrast: float = 3.0
     open_mm: float = 0.0
     open_fraction: float = 0.5
+    open_contrast: float = 0.0
     open_rim: Literal["ball", "adjacent"] = "ball"
     surface_cut: bool = False
     shell_edge_only: bool = False
@@ -264,7 +271,7 @@ def grown(
     if not len(ids):
         return None
     region = np.isin(cc, ids)
-    if cfg.open_mm > 0 and sign > 0:
+    if cfg.open_mm > 0 and sign > 0 and level - bg >= cfg.open_contrast * noise:
         region = _without_attachments(region, c.comp, cfg, spacing_zyx)
     share = None
     if cfg.surface_cut and sign > 0:
@@ -333,7 +340,13 @@ def _without_attachments(region: np.ndarray, comp: np.ndarray, cfg: LesionVolume
         return region  # a flat ball: it would shave whole slices off a lesion's caps
     r2 = radius**2 + 1e-6
     # Ball erosion and dilation as ai.shape does them (sq_distance); the pad makes the box's edge erode as outside.
-    eroded = (sq_distance(~np.pad(region, 1), radius, spacing_zyx) > r2)[1:-1, 1:-1, 1:-1]
+    # The erosion runs on the region with its enclosed holes filled: in a noisy, faint lesion (ground glass at 50-80
+    # HU of noise) single voxels below the threshold are scattered all through it, and a ball erodes away everything
+    # within its radius of any of them.
+    from scipy import ndimage
+
+    solid = ndimage.binary_fill_holes(region)
+    eroded = (sq_distance(~np.pad(solid, 1), radius, spacing_zyx) > r2)[1:-1, 1:-1, 1:-1]
     pieces, n = cc3d.connected_components(eroded, connectivity=6, return_N=True)
     if n == 0:
         return region

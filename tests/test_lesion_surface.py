@@ -166,3 +166,36 @@ def test_a_manifest_turns_them_on() -> None:
     assert lv == LesionVolume("grown", open_mm=3.0, open_rim="adjacent", surface_cut=True, shell_edge_only=True)
     assert _lesion_volume({}) == LesionVolume()
 
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 0.7, 0.7), (2.5, 0.8, 0.8), (2.0, 1.8, 1.8)])
+def test_the_opening_leaves_a_noisy_ground_glass_nodule_whole(spacing: tuple[float, float, float]) -> None:
+    """Ground glass (-600 HU in -850 HU lung) under 80 HU of noise thresholds into a ragged region with holes all
+    through it; a ball erodes that apart: 0.5.1's opening lost up to 90 % of such nodules, and 0.5.2's options before
+    the fix up to 99 % (a 12 mm one at 50 HU: -86 % against -3 % unopened).
+    The erosion runs on the region with its holes filled, and with ``open_contrast`` a lesion this faint against its
+    noise is not opened at all: within 3 % of the unopened volume (measured: 0-2.1 %, from the shell rule's speckles)."""
+    for d in (8.0, 12.0, 20.0):
+        sc = scene(d, (1.3, 1.6), spacing)
+        img = sc.ct(seed=3, core=-600.0, psf_mm=1.0, noise=80.0)
+        labels = np.where(cc3d.largest_k(sc.network(1.0, grid_mm=2.0) >= 0.5, 1, connectivity=26) > 0, 3, 1).astype(np.uint8)
+        kw = {"small_core": "brightest"}
+        plain, _ = _lesion_error(labels, spacing, sc.true_mm3, image=img, lesion_volume=LesionVolume("grown", **kw))  # type: ignore[arg-type]
+        opened, methods = _lesion_error(labels, spacing, sc.true_mm3, image=img, lesion_volume=LesionVolume(
+            "grown", open_mm=3.0, open_contrast=6.0, open_rim="adjacent", shell_edge_only=True, **kw))  # type: ignore[arg-type]
+        assert methods == ["grown"]
+        assert abs(opened - plain) <= 0.03, (spacing, d, plain, opened)
+
+
+def test_filled_holes_keep_a_ball_opening_from_eroding_ground_glass_apart() -> None:
+    """Without the contrast gate, the ball opening of 0.5.1 keeps a noisy 12 mm ground-glass nodule within 10 % of the
+    unopened volume once the erosion ignores its noise holes (before: -48 % against -3 % unopened at 50 HU of noise)."""
+    spacing = (1.0, 0.7, 0.7)
+    for noise in (50.0, 80.0):
+        sc = scene(12.0, (1.3, 1.6), spacing)
+        img = sc.ct(seed=3, core=-600.0, psf_mm=1.0, noise=noise)
+        labels = np.where(cc3d.largest_k(sc.network(1.0, grid_mm=2.0) >= 0.5, 1, connectivity=26) > 0, 3, 1).astype(np.uint8)
+        plain, _ = _lesion_error(labels, spacing, sc.true_mm3, image=img, lesion_volume=LesionVolume("grown", small_core="brightest"))
+        opened, _ = _lesion_error(labels, spacing, sc.true_mm3, image=img,
+                                  lesion_volume=LesionVolume("grown", small_core="brightest", open_mm=3.0))
+        assert abs(opened - plain) <= 0.10, (noise, plain, opened)
