@@ -264,7 +264,8 @@ def grown(
         level = glass
     organ = (lab == host) & free
     allowed = c.comp | ((dist <= cfg.grow_mm) & organ)
-    above = allowed & ((img - (bg + level) / 2) * sign > 0)
+    bright = (img - (bg + level) / 2) * sign > 0  # past halfway from the background to the level
+    above = allowed & bright
     cc = cc3d.connected_components(above, connectivity=6)
     ids = np.unique(cc[c.comp & above])
     ids = ids[ids > 0]
@@ -293,15 +294,14 @@ def grown(
         return None  # too small to show its own intensity, and none given (as for partial volume)
     frac = np.clip((img - bg) / (core - bg), 0.0, 1.0)
     shell = dilate_box(region, (1, 1, 1)) & ~region & organ
-    whole = np.ones_like(frac)
+    pure = float(np.count_nonzero(inner))
     if share is not None:  # each voxel counts only with its share on the organ's side of the surface
-        frac, whole = frac * share, share
+        frac, pure = frac * share, float(share[inner].sum())
     frac_shell = frac[shell]
     if cfg.shell_edge_only:  # a bright shell voxel beside another further out: a structure going on past the lesion
-        bright = (img - (bg + level) / 2) * sign > 0
         beyond = dilate_box(region | shell, (1, 1, 1)) & ~region & ~shell & organ & bright
         frac_shell = np.where((dilate_box(beyond, (1, 1, 1)) & bright)[shell], 0.0, frac_shell)
-    voxels = float(whole[inner].sum() + frac[region & ~inner].sum() + frac_shell.sum())
+    voxels = pure + float(frac[region & ~inner].sum() + frac_shell.sum())
     return voxels, region | shell
 
 

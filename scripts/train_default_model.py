@@ -133,19 +133,21 @@ def small_nodules(cases: Cases, max_voxels: int) -> list[list[np.ndarray]]:
 
 
 def patch_stream(
-    cases: Cases, patch: tuple[int, int, int], fg: float, hard_fraction: float, seed: int, small: float = 0.0, small_voxels: int = 0,
+    cases: Cases, patch: tuple[int, int, int], fg: float, hard_fraction: float, seed: int, small: float = 0.0,
+    smalls: list[list[np.ndarray]] | None = None,
 ) -> Any:
     """An IterableDataset of raw patches (float16 image, uint8 labels); augmentation happens on the GPU.
 
-    ``small``: the share of the structure-centred patches that are centred on a small nodule (at most
-    ``small_voxels`` voxels), in a case that has one: the nodules the network misses most (6-8 mm, next to vessels).
+    ``small``: the share of the structure-centred patches that are centred on a small nodule (``smalls``, per case,
+    from :func:`small_nodules`), in a case that has one: the nodules the network misses most (6-8 mm, next to vessels).
     """
     import torch
     from torch.utils.data import IterableDataset
 
     from ai.training.sampling import component_centre, patch_slices, random_voxel, worker_rng
 
-    smalls = small_nodules(cases, small_voxels) if small > 0 else [[] for _ in cases.comps]
+    if small <= 0 or smalls is None:
+        smalls = [[] for _ in cases.comps]
 
     class Stream(IterableDataset):  # type: ignore[type-arg]
         def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -196,7 +198,8 @@ def train_variant(args: argparse.Namespace) -> int:
     cfg.strides = (2,) * (len(cfg.channels) - 1)
     train_cases = Cases(Path(args.scratch), _seeds(args.seeds))
     small_voxels = int(math.pi / 6 * args.small_mm**3 / args.spacing**3)
-    loader = DataLoader(patch_stream(train_cases, patch, args.fg, args.hard, args.seed, args.small, small_voxels), batch_size=args.batch,
+    smalls = small_nodules(train_cases, small_voxels)
+    loader = DataLoader(patch_stream(train_cases, patch, args.fg, args.hard, args.seed, args.small, smalls), batch_size=args.batch,
                         num_workers=args.workers, pin_memory=cuda, prefetch_factor=4 if args.workers else None,
                         persistent_workers=args.workers > 0)
     model = build_unet(cfg)
@@ -226,7 +229,7 @@ def train_variant(args: argparse.Namespace) -> int:
     log.write(json.dumps({"variant": name, "channels": cfg.channels, "params": params, "strides": cfg.strides, "device": str(device),
                           "patch": patch, "batch": args.batch, "spacing": args.spacing, "cases": len(train_cases.img),
                           "init": args.init or None, "small": args.small, "small_voxels": small_voxels,
-                          "small_nodules": sum(len(v) for v in small_nodules(train_cases, small_voxels))}) + "\n")
+                          "small_nodules": sum(len(v) for v in smalls)}) + "\n")
     t0 = time.perf_counter()
     last_save, losses, step = t0, [], 0
     batches = iter(loader)

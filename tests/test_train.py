@@ -236,7 +236,7 @@ def test_gpu_training_script_runs_on_the_cpu(tmp_path: Path) -> None:
     small20 = script.small_nodules(cases, 20)
     assert any(small20) and all(len(v) <= 20 for per_case in small20 for v in per_case)
     assert all(script.small_nodules(cases, 50))  # every case has one: every patch is centred on one
-    stream = iter(script.patch_stream(cases, (16, 16, 16), 1.0, 0.0, 0, small=1.0, small_voxels=50))
+    stream = iter(script.patch_stream(cases, (16, 16, 16), 1.0, 0.0, 0, small=1.0, smalls=script.small_nodules(cases, 50)))
     for _ in range(10):
         _, y = next(stream)
         assert (y == 3).any()
