@@ -41,6 +41,8 @@ from ai.manifest_check import (  # noqa: F401  (re-exported: the names a manifes
 from ai.lesion_volume import LesionVolume
 from ai.candidates import CandidateModel
 from ai.candidates import from_manifest as candidate_model
+from ai.dot_candidates import DotSettings
+from ai.dot_candidates import settings_from_manifest as dot_settings
 from ai.scan_score import ScanScore
 from ai.shape import ShapeRule
 
@@ -102,6 +104,7 @@ class Bundle:
     anatomy: AnatomySpec | None = None  # the plausibility gate; None: no gate
     scan_score: ScanScore | None = None  # class probabilities derived from the lesions; None: none
     candidates: Mapping[int, CandidateModel] = field(default_factory=dict)  # postprocessing.candidates: lesion label -> classifier
+    dot_candidates: Mapping[int, DotSettings] = field(default_factory=dict)  # postprocessing.dot_candidates: a second candidate source
     procedure: Concept | None = None  # the imaging procedure its reports are about (e.g. LN 24627-2 CT Chest)
     preferred_kernels: tuple[str, ...] = ()  # selection.kernels: reconstruction kernels it reads best (regular expressions)
     source: str = "dicomnode"  # "monai-bundle": a MONAI bundle, run with its own transforms (ai.monai_runner)
@@ -111,7 +114,8 @@ class Bundle:
 
         For sweeps and fits over post-processing; ``pp`` is not validated.
         """
-        return dataclasses.replace(self, postprocessing=pp, lesion_shape=_shape_rules(pp), candidates=_candidate_models(pp))
+        return dataclasses.replace(self, postprocessing=pp, lesion_shape=_shape_rules(pp), candidates=_candidate_models(pp),
+                                   dot_candidates=_dot_settings(pp))
 
     @property
     def out_channels(self) -> int:
@@ -189,6 +193,10 @@ def _shape_rules(pp: dict[str, Any]) -> dict[int, ShapeRule]:
 
 def _candidate_models(pp: dict[str, Any]) -> dict[int, CandidateModel]:
     return {int(k): candidate_model(v) for k, v in pp.get("candidates", {}).items()}
+
+
+def _dot_settings(pp: dict[str, Any]) -> dict[int, DotSettings]:
+    return {int(k): dot_settings(v) for k, v in pp.get("dot_candidates", {}).items()}
 
 
 def _lesion_volume(meas: dict[str, Any]) -> LesionVolume:
@@ -328,6 +336,7 @@ def load_bundle(path: Path) -> Bundle:
         anatomy=_anatomy(m.get("anatomy")),
         scan_score=scan_score.from_manifest(m),
         candidates=_candidate_models(m.get("postprocessing", {})),
+        dot_candidates=_dot_settings(m.get("postprocessing", {})),
         procedure=coding.concept(m.get("procedure")),
         preferred_kernels=tuple((m.get("selection") or {}).get("kernels", ())),
         source=str(m.get("source", "dicomnode")),

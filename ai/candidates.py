@@ -97,8 +97,8 @@ class CandidateModel:
                 **({} if self.core_threshold is None else {"core_threshold": self.core_threshold}), "fitted_on": fitted_on}
 
 
-def from_manifest(entry: Mapping[str, Any]) -> CandidateModel:
-    """The :class:`CandidateModel` of one ``postprocessing.candidates`` entry.
+def from_manifest(entry: Mapping[str, Any], known: Sequence[str] = FEATURES) -> CandidateModel:
+    """The :class:`CandidateModel` of one ``postprocessing.candidates`` entry (over the features ``known``).
 
     Raises
     ------
@@ -112,9 +112,9 @@ def from_manifest(entry: Mapping[str, Any]) -> CandidateModel:
         core = None if entry.get("core_threshold") is None else float(entry["core_threshold"])
     except (KeyError, TypeError, ValueError) as exc:
         raise CandidateError(f"candidates needs features, mean, scale, weights, bias and cut: {exc}") from exc
-    unknown = [f for f in feats if f not in FEATURES]
+    unknown = [f for f in feats if f not in known]
     if unknown:
-        raise CandidateError(f"candidates has unknown features {unknown} (known: {', '.join(FEATURES)})")
+        raise CandidateError(f"candidates has unknown features {unknown} (known: {', '.join(known)})")
     if any(len(c) != len(feats) for c in cols):
         raise CandidateError("candidates: features, mean, scale and weights must have the same length")
     if not all(math.isfinite(v) for c in cols for v in c) or not math.isfinite(bias) or not 0.0 <= cut <= 1.0:

@@ -20,12 +20,13 @@ import torch
 from ai.anatomy import AnatomyVerdict, assess, inside_body
 from ai.bundle import MONAI_SOURCE, NNUNET_SOURCE, TOTALSEG_SOURCE, Bundle, Label
 from ai.candidates import Kept, judge, with_probabilities
+from ai.dot_candidates import judge_dots
 from ai.errors import AIError
 from ai.findings import Finding, findings
 from ai.inference import WindowConfig, optimize_predictor, select_device, sliding_window
 from ai.measure import LabelMeasurement, measure
 from ai.monai_runner import MonaiRunner
-from ai.postprocess import fill_holes, keep_largest, keep_within, min_voxels, remove_small, to_labels
+from ai.postprocess import dilate_box, fill_holes, keep_largest, keep_within, min_voxels, remove_small, to_labels
 from ai.shape import filter_shapes
 from ai.preprocess import prepare, to_roi
 
@@ -162,11 +163,18 @@ class Engine:
             labels = keep_within(labels, int(child), [int(p) for p in parent] if isinstance(parent, list) else int(parent),
                                  min_fraction=float(fractions.get(str(child), fractions.get(child, 0.0))))
         kept: dict[int, list[Kept]] = {}
-        if self.bundle.candidates and image is not None and direction is not None:
-            lesions = [lb.value for lb in self.bundle.labels if lb.lesion]
-            for value, model in self.bundle.candidates.items():
-                labels, kept[value] = judge(labels, value, source_scores[value], image, spacing_zyx, direction, self.organs(value),
-                                            model, lesions)
+        if image is None or direction is None:
+            return labels, kept
+        lesions = [lb.value for lb in self.bundle.labels if lb.lesion]
+        network = {value: labels == value for value in self.bundle.dot_candidates}  # before judging: every network candidate
+        for value, model in self.bundle.candidates.items():
+            labels, kept[value] = judge(labels, value, source_scores[value], image, spacing_zyx, direction, self.organs(value),
+                                        model, lesions)
+        for value, cfg in self.bundle.dot_candidates.items():  # then spots the network left out, judged by their own classifier
+            exclude = dilate_box(network[value], (1, 1, 1))
+            labels, more = judge_dots(labels, value, source_scores[value], image, spacing_zyx, direction, self.organs(value),
+                                      exclude, cfg)
+            kept.setdefault(value, []).extend(more)
         return labels, kept
 
     def organs(self, value: int) -> list[int]:

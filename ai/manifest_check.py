@@ -17,6 +17,7 @@ from typing import Any
 from ai import coding, scan_score
 from ai.candidates import CandidateError
 from ai.candidates import from_manifest as candidate_model
+from ai.dot_candidates import settings_from_manifest as dot_settings
 from ai.lesion_volume import METHODS, OPEN_RIMS, SMALL_CORES
 
 TASKS = ("segmentation", "classification")
@@ -124,22 +125,24 @@ def _label_ref(key: object, known: dict[int, bool]) -> int | None:
     return value if value in known else None
 
 
-def _candidate_problems(entries: object, within: dict[str, Any], ref: Callable[..., int | None]) -> list[str]:
-    """Problems of ``postprocessing.candidates``: lesion labels with a valid classifier and organs (``within``) to look in."""
+def _candidate_problems(
+    entries: object, within: dict[str, Any], ref: Callable[..., int | None], key_name: str = "candidates"
+) -> list[str]:
+    """Problems of ``postprocessing.candidates`` (or ``dot_candidates``): lesion labels with a valid classifier and organs to look in."""
     if not isinstance(entries, dict):
-        return ["postprocessing.candidates must map lesion labels to classifiers"]
+        return [f"postprocessing.{key_name} must map lesion labels to classifiers"]
     out: list[str] = []
     for key, entry in entries.items():
-        ref("postprocessing.candidates", key, lesion=True)
+        ref(f"postprocessing.{key_name}", key, lesion=True)
         if str(key) not in {str(k) for k in within}:
-            out.append(f"postprocessing.candidates[{key!r}]: the label needs a postprocessing.within entry (the organs its candidates lie in)")
+            out.append(f"postprocessing.{key_name}[{key!r}]: the label needs a postprocessing.within entry (the organs its candidates lie in)")
         if not isinstance(entry, dict):
-            out.append(f"postprocessing.candidates[{key!r}] must be an object")
+            out.append(f"postprocessing.{key_name}[{key!r}] must be an object")
             continue
         try:
-            candidate_model(entry)
+            candidate_model(entry) if key_name == "candidates" else dot_settings(entry)
         except CandidateError as exc:
-            out.append(f"postprocessing.candidates[{key!r}]: {exc}")
+            out.append(f"postprocessing.{key_name}[{key!r}]: {exc}")
     return out
 
 
@@ -189,6 +192,7 @@ def _problems_in_anatomy_keys(m: dict[str, Any]) -> list[str]:
             if not (_is_number(share) and 0 <= share <= 1):
                 problems.append(f"postprocessing.within_fraction[{child!r}] must be a number from 0 to 1, not {share!r}")
     problems += _candidate_problems(pp.get("candidates", {}), within if isinstance(within, dict) else {}, ref)
+    problems += _candidate_problems(pp.get("dot_candidates", {}), within if isinstance(within, dict) else {}, ref, "dot_candidates")
     shapes = pp.get("lesion_shape", {})
     if not isinstance(shapes, dict):
         problems.append("postprocessing.lesion_shape must map lesion labels to rules")
