@@ -262,6 +262,138 @@ def fit(args: argparse.Namespace) -> None:
     logger.info("wrote %s: cut %g, scan score calibration a=%.3f b=%.3f", manifest_path, cut, a, bb)
 
 
+DOT_SEARCH = {"min_dot": 30.0, "max_candidates": 300}  # the bundle's settings too: the fit and the cut see what the engine will
+
+
+def dot_case(path: Path, engine: Any, search: Any) -> dict[str, Any]:
+    """The dot filter's candidates of one collected case beyond the network's candidates (at the candidate settings):
+    features over DOT_FEATURES, whether each touches a true nodule, and which find each nodule; with the network's."""
+    import cc3d
+    from scipy import ndimage
+
+    from ai.dot_candidates import propose
+    from bench.quality import nodule_component
+
+    net = case_candidates(path, engine)
+    z = np.load(path)
+    argmax, p3 = z["argmax"], z["nodule"].astype(np.float32)
+    scores = np.zeros((4, *argmax.shape), dtype=np.float32)
+    for k in range(3):
+        scores[k][argmax == k] = 1.0
+    scores[NODULE] = p3
+    spacing = tuple(float(v) for v in z["spacing"])
+    labels, _ = engine.postprocess(scores, spacing)
+    del scores
+    exclude = ndimage.binary_dilation(labels == NODULE, iterations=1)  # as the engine: the network's candidates and a voxel
+    regions, _, x = propose(labels, NODULE, p3, z["hu"], spacing[::-1], z["direction"], [1, 2], exclude, search)
+    truth_cc = cc3d.connected_components(z["truth"] == NODULE, connectivity=26)
+    hits = [set(int(v) for v in np.unique(truth_cc[box][comp]) if v) for box, comp in regions]
+    for n in net["nodules"]:
+        comp = nodule_component(truth_cc, spacing, n["centre_mm"], n["diameter_mm"])
+        n["dot_by"] = [i for i, h in enumerate(hits) if comp and comp in h]
+    return {"x": x, "positive": np.array([bool(h) for h in hits], dtype=bool), "nodules": net["nodules"],
+            "net_x": net["x"], "net_positive": net["positive"]}
+
+
+def _load_dots(scratch: Path, seeds: list[int], engine: Any, search: Any) -> list[dict[str, Any]]:
+    """:func:`dot_case` of each collected seed, cached beside it."""
+    import hashlib
+    import pickle
+
+    from ai import dot_candidates
+
+    version = hashlib.sha256(Path(dot_candidates.__file__).read_bytes()).hexdigest()[:8] + _code_version()
+    out = []
+    for seed in seeds:
+        path, table = scratch / f"train-{seed}.npz", scratch / f"dots-{seed}-{version}.pkl"
+        if table.exists():
+            out.append(pickle.loads(table.read_bytes()))
+        elif path.exists():
+            out.append(dot_case(path, engine, search))
+            table.write_bytes(pickle.dumps(out[-1]))
+    return out
+
+
+def evaluate_both(cases: list[dict[str, Any]], net: list[np.ndarray], net_cut: float, dots: list[np.ndarray], cut: float) -> dict[str, float]:
+    """:func:`evaluate` with the network's candidates kept at ``net_cut`` and the dot filter's at ``cut``."""
+    big = [(n, a, d) for c, a, d in zip(cases, net, dots) for n in c["nodules"] if n["diameter_mm"] >= 6.0]
+    found = [any(a[i] >= net_cut for i in n["found_by"]) or any(d[i] >= cut for i in n["dot_by"]) for n, a, d in big]
+    solid = [f for (n, _, _), f in zip(big, found) if n["kind"] == "solid"]
+    sub = [f for (n, _, _), f in zip(big, found) if n["kind"] in ("part-solid", "ground-glass")]
+    fps = [int(np.sum((a >= net_cut) & ~c["net_positive"])) + int(np.sum((d >= cut) & ~c["positive"]))
+           for c, a, d in zip(cases, net, dots)]
+    return {"sens": float(np.mean(found)) if found else float("nan"), "solid": float(np.mean(solid)) if solid else float("nan"),
+            "sub": float(np.mean(sub)) if sub else float("nan"), "fp": float(np.mean(fps)), "le1": float(np.mean([f <= 1 for f in fps])),
+            "n": len(found), "added": float(np.mean([int(np.sum(d >= cut)) for d in dots]))}
+
+
+def fit_dots(args: argparse.Namespace) -> None:
+    """Fit the dot filter's classifier on ``--fit`` seeds; choose its cut on ``--val`` seeds with the network's classifier on."""
+    from ai.candidates import FEATURES, CandidateModel, from_manifest
+    from ai.dot_candidates import DOT_FEATURES, DotSettings
+    from ai.scan_score import fit_logistic
+
+    base = _engine(args.bundle)
+    engine = _variant(base, CANDIDATE_SETTINGS["threshold"], CANDIDATE_SETTINGS["within_fraction"], CANDIDATE_SETTINGS["max_elongation"])
+    net = base.bundle.candidates[NODULE]
+    placeholder = from_manifest({"features": ["dot"], "mean": [0], "scale": [1], "weights": [1], "bias": 0, "cut": 1}, known=DOT_FEATURES)
+    search = DotSettings(placeholder, **DOT_SEARCH)
+    t = time.perf_counter()
+    train, val = _load_dots(args.scratch, _seeds(args.fit), engine, search), _load_dots(args.scratch, _seeds(args.val), engine, search)
+    logger.info("%d fitting and %d validation cases read in %.0f s", len(train), len(val), time.perf_counter() - t)
+    names = [f for f in DOT_FEATURES if f not in args.drop]
+    cols = [DOT_FEATURES.index(f) for f in names]
+    ncols = [FEATURES.index(f) for f in net.features]
+    x = np.vstack([c["x"][:, cols] for c in train if len(c["x"])])
+    y = np.concatenate([c["positive"] for c in train if len(c["x"])]).astype(float)
+    mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
+    penalty = np.append(np.full(len(names), args.l2), 0.0)
+    *weights, b = fit_logistic(np.hstack([(x - mean) / scale, np.ones((len(x), 1))]), y, penalty)
+    model = CandidateModel(tuple(names), tuple(map(float, mean)), tuple(map(float, scale)), tuple(map(float, weights)), b, 1.0)
+    print(f"\n{len(y)} fitting candidates of the dot filter ({int(y.sum())} touch a nodule); weights on standardised features:\n")
+    for f, wi in sorted(zip(names, weights), key=lambda t: -abs(t[1])):
+        print(f"  {f:16s} {wi:+.3f}")
+    net_p = [net.probability(c["net_x"][:, ncols]) if len(c["net_x"]) else np.zeros(0) for c in val]
+    dot_p = [model.probability(c["x"][:, cols]) if len(c["x"]) else np.zeros(0) for c in val]
+    print(f"\nvalidation seeds {args.val} ({len(val)} scans): the network's candidates at its cut {net.cut:g}, and the dot filter's "
+          f"at each cut (1: none)\n")
+    print("| dot cut | sensitivity >= 6 mm | solid | part-solid/GGO | FP per scan | scans with <= 1 FP | dot candidates kept per scan |")
+    print("|---|---|---|---|---|---|---|")
+    without = evaluate_both(val, net_p, net.cut, dot_p, 1.01)
+    for cut in [1.01, *args.cuts]:
+        r = evaluate_both(val, net_p, net.cut, dot_p, cut)
+        print(f"| {min(cut, 1):g} | {r['sens']:.3f} ({r['n']}) | {r['solid']:.3f} | {r['sub']:.3f} | {r['fp']:.2f} | {r['le1']:.2f} | "
+              f"{r['added']:.2f} |")
+    grid = np.round(np.arange(0.98, 0.0, -0.02), 2)
+    allowed = [(r["sens"], c) for c in grid if (r := evaluate_both(val, net_p, net.cut, dot_p, c))["fp"] - without["fp"] <= args.max_added_fp]
+    cut = args.cut if args.cut is not None else float(max(allowed)[1] if allowed else 1.0)  # most found; of those, the highest cut
+    r = evaluate_both(val, net_p, net.cut, dot_p, cut)
+    print(f"\nchosen cut {cut:g}" + ("" if args.cut is not None else f" (of the cuts adding at most {args.max_added_fp:g} false "
+          f"positives per validation scan, the highest of those that find the most)") + f": sensitivity >= 6 mm {without['sens']:.3f} -> {r['sens']:.3f}, solid {r['solid']:.3f}, "
+          f"part-solid/GGO {r['sub']:.3f}, {without['fp']:.2f} -> {r['fp']:.2f} FP per scan")
+    if args.write is None:
+        return
+    fitted = (f"scripts/train_candidate_classifier.py fit-dots --fit {args.fit} --val {args.val}: the dot filter's candidates beyond the "
+              f"network's on training-family seeds {args.fit} (fit), {args.val} (cut: " +
+              (f"given, {cut:g})" if args.cut is not None else f"of those adding <= {args.max_added_fp:g} FP per scan, the highest finding the most)"))
+    manifest_path = args.write / "manifest.json"
+    m = json.loads(manifest_path.read_text())
+    chosen = dataclasses.replace(model, cut=cut)
+    # the scan score's evidence is now the most probable kept candidate of either source: its calibration is fitted again
+    from ai.scan_score import fit_platt
+
+    peaks = [max([float(a[a >= net.cut].max()) if (a >= net.cut).any() else 0.0, float(d[d >= cut].max()) if (d >= cut).any() else 0.0])
+             for a, d in zip(net_p, dot_p)]
+    a_, b_ = fit_platt(peaks, [any(n["labelled"] for n in c["nodules"]) for c in val])
+    m["scan_score"]["calibration"] = {"a": round(a_, 3), "b": round(b_, 3),
+                                      "fitted_on": f"{fitted}; the most probable kept candidate of the network's and the dot filter's"}
+    m["postprocessing"]["dot_candidates"] = {str(NODULE): {
+        "sigmas_mm": list(search.sigmas_mm), "grid_mm": search.grid_mm, "min_dot": search.min_dot, "max_candidates": search.max_candidates,
+        "model": chosen.as_manifest(fitted)}}
+    manifest_path.write_text(json.dumps(m, indent=2) + "\n")
+    logger.info("wrote %s: dot filter cut %g", manifest_path, cut)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -289,12 +421,26 @@ def main() -> int:
                         "the independent family showed 2.7 times the training family's in 0.4.0)")
     f.add_argument("--write", type=Path, help="a bundle folder whose manifest gets the classifier")
     f.add_argument("--bundle", type=Path, default=ROOT / "ai" / "bundles" / "chest-ct-lungs-nodules")
+    d = sub.add_parser("fit-dots", help="fit the dot filter's classifier (ai.dot_candidates), choose its cut, optionally write it")
+    d.add_argument("--scratch", type=Path, required=True)
+    d.add_argument("--fit", required=True, help="A:B, collected seeds to fit on")
+    d.add_argument("--val", required=True, help="A:B, collected seeds to choose the cut on")
+    d.add_argument("--l2", type=float, default=1.0)
+    d.add_argument("--drop", nargs="*", default=[], help="features to leave out")
+    d.add_argument("--cuts", type=float, nargs="*", default=[0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1])
+    d.add_argument("--cut", type=float, help="the cut to write (default: of the cuts adding at most --max-added-fp, the highest of those finding the most)")
+    d.add_argument("--max-added-fp", type=float, default=0.1,
+                   help="false positives per validation scan the dot filter may add (default: %(default)s)")
+    d.add_argument("--write", type=Path, help="a bundle folder whose manifest gets the dot filter")
+    d.add_argument("--bundle", type=Path, default=ROOT / "ai" / "bundles" / "chest-ct-lungs-nodules")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if args.cmd == "collect":
         collect(args)
     elif args.cmd == "fit":
         fit(args)
+    elif args.cmd == "fit-dots":
+        fit_dots(args)
     return 0
 
 

@@ -151,6 +151,13 @@ def test_the_fitting_script_runs_end_to_end(tmp_path: Path) -> None:
     assert "| cut | sensitivity >= 6 mm |" in run.stdout
     written = load_bundle(bundle)
     assert written.candidates[3].cut == 0.4 and "4240,4251" in json.loads((bundle / "manifest.json").read_text())["scan_score"]["calibration"]["fitted_on"]
+    run = subprocess.run([*script, "fit-dots", "--scratch", str(scratch), "--fit", "4240,4251", "--val", "4240,4251", "--cut", "0.6",
+                          "--write", str(bundle), "--bundle", str(bundle)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    assert "| dot cut | sensitivity >= 6 mm |" in run.stdout
+    written = load_bundle(bundle)
+    assert written.dot_candidates[3].model.cut == 0.6 and written.candidates[3].cut == 0.4
+    assert "dot filter" in json.loads((bundle / "manifest.json").read_text())["scan_score"]["calibration"]["fitted_on"]
 
 
 def test_thousands_of_specks_cost_a_bounded_time() -> None:

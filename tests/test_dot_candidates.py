@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from ai.bundle import BundleError, load_bundle
 from ai.candidates import CandidateError, from_manifest
 from ai.dot_candidates import DOT_FEATURES, DotSettings, judge_dots, maxima, region, settings_from_manifest
+from tests.test_anatomy import _three_labels
 
 LUNG, SOFT = -850.0, 40.0
 SPACING = (2.0, 1.0, 1.0)  # z, y, x mm
@@ -114,3 +117,18 @@ def test_a_malformed_entry_says_what_is_wrong(change: dict[str, object], message
     assert settings_from_manifest(entry).sigmas_mm == (1.5, 2.5)
     with pytest.raises(CandidateError, match=message):
         settings_from_manifest({**entry, **change})
+
+
+def test_a_bundle_refuses_a_malformed_dot_filter_in_words(tmp_path: Path) -> None:
+    entry = {"model": {"features": ["dot", "colour"], "mean": [0, 0], "scale": [1, 1], "weights": [1, 1], "bias": 0, "cut": 0.5}}
+    with pytest.raises(BundleError, match=r"postprocessing.dot_candidates\['3'\]: .*unknown features \['colour'\]"):
+        load_bundle(_three_labels(tmp_path, postprocessing__dot_candidates={"3": entry}))
+
+
+def test_the_shipped_bundle_looks_for_what_the_network_missed() -> None:
+    from tests.test_default_bundle import BUNDLE
+
+    b = load_bundle(BUNDLE)
+    assert set(b.dot_candidates) == {3}
+    cfg = b.dot_candidates[3]
+    assert 0.0 < cfg.model.cut < 1.0 and set(cfg.model.features) <= set(DOT_FEATURES)
