@@ -19,8 +19,11 @@ twice the blob's radius from it.  A logistic regression
 (:class:`ai.candidates.CandidateModel`) over :data:`DOT_FEATURES`, fitted
 like the network's candidate classifier on phantoms that trained nothing
 else (``scripts/train_candidate_classifier.py``), keeps the nodules among
-them.  The cost is bounded: the filter runs on a coarse grid over the
-lungs' box, and at most ``max_candidates`` maxima are judged.
+them.  Everything is found and judged on a grid of ``grid_mm`` over the
+lungs' box (:class:`Grid`), so that the features read the same whatever the
+source's spacing; a kept region goes back to the source grid.  The cost is
+bounded: it follows the chest, not the matrix, and at most
+``max_candidates`` maxima are judged.
 
 ``dot_candidates`` in a bundle's manifest (under ``postprocessing``)::
 
@@ -138,37 +141,86 @@ def _hessian(img: np.ndarray, idx: tuple[np.ndarray, ...], grid_mm: float) -> di
     return {k: v / grid_mm**2 for k, v in h.items()}
 
 
-def maxima(image: np.ndarray, spacing_zyx: Sequence[float], organ: np.ndarray, cfg: DotSettings) -> list[Maximum]:
-    """The dot filter's local maxima of at least ``cfg.min_dot`` inside ``organ``, strongest first.
+@dataclass(frozen=True)
+class Grid:
+    """The organ's box of the source volume resampled to about ``mm`` per voxel: where candidates are found and judged.
 
-    The image is resampled (linearly) to ``cfg.grid_mm`` over the organ's box
-    with a margin; each scale's Hessian is the second differences of the image
+    Grid voxel ``j`` along an axis lies on source voxel ``box.start + j / per_voxel`` (the ends coincide); the image
+    is interpolated linearly, the labels, probabilities and ``exclude`` are taken at the nearest source voxel.
+    """
+
+    box: tuple[slice, slice, slice]
+    mm: float
+    per_voxel: tuple[float, float, float]  # grid voxels per source voxel, per axis
+    image: np.ndarray
+    labels: np.ndarray
+    prob: np.ndarray
+    exclude: np.ndarray
+
+    def to_source(self, gbox: tuple[slice, slice, slice], comp: np.ndarray) -> tuple[tuple[slice, slice, slice], np.ndarray]:
+        """A grid region (``comp`` in grid box ``gbox``) on the source grid: each source voxel takes its nearest grid voxel."""
+        ranges, local = [], []
+        for b, f, sb in zip(gbox, self.per_voxel, self.box):
+            lo = sb.start + max(int(math.floor((b.start - 0.5) / f)), 0)
+            hi = min(sb.start + int(math.ceil((b.stop - 0.5) / f)) + 1, sb.stop)
+            j = np.rint((np.arange(lo, hi) - sb.start) * f).astype(np.int64) - b.start
+            ranges.append(slice(lo, hi))
+            local.append(j)
+        ok = [(j >= 0) & (j < n) for j, n in zip(local, comp.shape)]
+        picked = comp[np.ix_(*[np.clip(j, 0, n - 1) for j, n in zip(local, comp.shape)])]
+        mask = picked & ok[0][:, None, None] & ok[1][None, :, None] & ok[2][None, None, :]
+        return (ranges[0], ranges[1], ranges[2]), mask
+
+
+def grid(
+    image: np.ndarray, labels: np.ndarray, prob: np.ndarray, exclude: np.ndarray, spacing_zyx: Sequence[float],
+    organ_values: Sequence[int], cfg: DotSettings,
+) -> Grid | None:
+    """The :class:`Grid` over the box of ``organ_values`` (with room for the filter's largest scale); None when there is none."""
+    import torch
+    import torch.nn.functional as F
+
+    sp = np.asarray(spacing_zyx, dtype=np.float64)
+    organ = np.isin(labels, list(organ_values))
+    spans = [np.flatnonzero(organ.any(axis=tuple(k for k in range(3) if k != a))) for a in range(3)]  # cheaper than argwhere
+    if not len(spans[0]):
+        return None
+    margin = np.ceil((3 * max(cfg.sigmas_mm) + 4.0) / sp).astype(int)
+    lo = [max(int(p[0]) - int(m), 0) for p, m in zip(spans, margin)]
+    hi = [min(int(p[-1]) + int(m) + 1, n) for p, m, n in zip(spans, margin, labels.shape)]
+    box = (slice(lo[0], hi[0]), slice(lo[1], hi[1]), slice(lo[2], hi[2]))
+    size = [max(2, int(round((b - a) * s / cfg.grid_mm))) for a, b, s in zip(lo, hi, sp)]
+    per = tuple((n - 1) / max(b - 1 - a, 1) for a, b, n in zip(lo, hi, size))
+    index = [np.rint(a + np.arange(n) / f).astype(np.int64) for a, n, f in zip(lo, size, per)]
+    src = torch.from_numpy(np.clip(image[box], *SOFT_HU).astype(np.float32))[None, None]
+    img = F.interpolate(src, size=tuple(size), mode="trilinear", align_corners=True)[0, 0].numpy()
+    pick = np.ix_(*index)
+    return Grid(box, cfg.grid_mm, (per[0], per[1], per[2]), img, labels[pick], prob[pick].astype(np.float32), exclude[pick])
+
+
+def maxima(g: Grid, organ: np.ndarray, cfg: DotSettings) -> list[Maximum]:
+    """The dot filter's local maxima of at least ``cfg.min_dot`` inside ``organ`` (on the grid), strongest first.
+
+    Each scale's Hessian is the second differences of the grid's image
     smoothed by a Gaussian of that scale, taken only where its trace is negative.
     """
     from scipy import ndimage  # only here: the receiver never needs it
 
-    sp = np.asarray(spacing_zyx, dtype=np.float64)
-    pts = np.argwhere(organ)
-    if not len(pts):
-        return []
-    margin = np.ceil(3 * max(cfg.sigmas_mm) / sp).astype(int) + 1
-    lo = np.maximum(pts.min(axis=0) - margin, 0)
-    hi = np.minimum(pts.max(axis=0) + margin + 1, organ.shape)
-    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
-    zoom = sp / cfg.grid_mm
-    img = ndimage.zoom(np.clip(image[box], *SOFT_HU).astype(np.float32), zoom, order=1)
-    inside = ndimage.zoom(organ[box].astype(np.uint8), zoom, order=0).astype(bool)
-    inside[[0, -1], :, :] = inside[:, [0, -1], :] = inside[:, :, [0, -1]] = False  # differences need both neighbours
+    img = g.image
+    inside = organ.copy()
+    inside[[0, -1], :, :] = False  # differences need both neighbours
+    inside[:, [0, -1], :] = False
+    inside[:, :, [0, -1]] = False
     idx = np.nonzero(inside)
     best = np.zeros(len(idx[0]), dtype=np.float32)
     scale = np.zeros_like(best)
     ratios = np.zeros((len(best), 2), dtype=np.float32)
     for s in cfg.sigmas_mm:
-        smooth = ndimage.gaussian_filter(img, s / cfg.grid_mm)
+        smooth = ndimage.gaussian_filter(img, s / g.mm)
         lap = sum(ndimage.correlate1d(smooth, [1.0, -2.0, 1.0], axis=a)[idx] for a in range(3))
         bright = np.nonzero(lap < 0)[0]  # a bright blob's three eigenvalues are negative, so is their sum
         sub = tuple(v[bright] for v in idx)
-        lam = _eigenvalues(_hessian(smooth, sub, cfg.grid_mm))  # lam[:, 0] the most negative
+        lam = _eigenvalues(_hessian(smooth, sub, g.mm))  # lam[:, 0] the most negative
         big, mid, small = lam[:, 0], lam[:, 1], lam[:, 2]
         dot = np.where(small < 0, small**2 / np.maximum(-big, 1e-6), 0.0) * s * s
         better = dot > best[bright]
@@ -179,39 +231,35 @@ def maxima(image: np.ndarray, spacing_zyx: Sequence[float], organ: np.ndarray, c
     field = np.zeros(img.shape, dtype=np.float32)
     field[idx] = best
     peak = (field == ndimage.maximum_filter(field, size=3)) & (field >= cfg.min_dot) & inside
-    where = np.argwhere(peak)
     lookup = np.full(img.shape, -1, dtype=np.int64)
     lookup[idx] = np.arange(len(best))
     found = []
-    for p in where:
+    for p in np.argwhere(peak):
         k = int(lookup[tuple(p)])
-        voxel = tuple(int(min(round(v * cfg.grid_mm / s_), n - 1)) + b.start
-                      for v, s_, n, b in zip(p, sp, np.subtract(hi, lo), box))
-        found.append(Maximum((voxel[0], voxel[1], voxel[2]), float(best[k]), float(scale[k]), float(ratios[k, 0]), float(ratios[k, 1])))
+        found.append(Maximum((int(p[0]), int(p[1]), int(p[2])), float(best[k]), float(scale[k]), float(ratios[k, 0]), float(ratios[k, 1])))
     found.sort(key=lambda m: -m.dot)
     return found
 
 
-def region(
-    image: np.ndarray, organ: np.ndarray, taken: np.ndarray, m: Maximum, spacing_zyx: Sequence[float]
-) -> tuple[tuple[slice, slice, slice], np.ndarray] | None:
-    """The candidate around maximum ``m``: in its box, the voxels brighter than half way from the lung around to its peak,
-    connected to it, in the organ, not ``taken``, and at most twice the blob's radius away."""
+def region(g: Grid, organ: np.ndarray, taken: np.ndarray, m: Maximum) -> tuple[tuple[slice, slice, slice], np.ndarray] | None:
+    """The candidate around maximum ``m`` on the grid, in its box: the voxels brighter than half way from the lung around
+    to its peak, connected to it, in the organ, not ``taken``, and at most twice the blob's radius away."""
     import cc3d
 
-    sp = np.asarray(spacing_zyx, dtype=np.float64)
+    mm = [g.mm] * 3
     radius = max(m.sigma_mm * math.sqrt(3.0), 2.0)
     reach = 2.0 * radius
-    half = np.ceil((reach + 8.0) / sp).astype(int)
-    box = tuple(slice(max(v - h, 0), min(v + h + 1, n)) for v, h, n in zip(m.voxel, half, image.shape))
-    img = image[box].astype(np.float64)
+    half = int(math.ceil((reach + 8.0) / g.mm))
+    z, y, x = (slice(max(v - half, 0), min(v + half + 1, n)) for v, n in zip(m.voxel, g.image.shape))
+    box = (z, y, x)
+    img = g.image[box].astype(np.float64)
     centre = tuple(v - b.start for v, b in zip(m.voxel, box))
     point = np.zeros(img.shape, dtype=bool)
     point[centre] = True
-    d2 = sq_distance(point, reach + 8.0, [float(v) for v in sp])
+    d2 = sq_distance(point, reach + 8.0, mm)
     org = organ[box] & ~taken[box]
     ring = (d2 > reach**2) & (d2 <= (reach + 6.0) ** 2) & org
-    core = d2 <= (0.5 * radius) ** 2
+    core = d2 <= max(0.5 * radius, g.mm) ** 2
     if np.count_nonzero(ring) < 10:
         return None
     bg = float(np.median(img[ring]))
@@ -226,7 +274,7 @@ def region(
     if not seed:  # the maximum itself fell under half way (noise): the component nearest to it
         near = np.where(above, d2, np.inf)
         seed = cc[np.unravel_index(int(np.argmin(near)), near.shape)]
-        if d2[cc == seed].min() > (0.5 * radius) ** 2:
+        if d2[cc == seed].min() > max(0.5 * radius, g.mm) ** 2:
             return None
     return box, cc == seed
 
@@ -234,26 +282,33 @@ def region(
 def propose(
     labels: np.ndarray, value: int, prob: np.ndarray, image: np.ndarray, spacing_zyx: Sequence[float], direction: np.ndarray,
     organs: Sequence[int], exclude: np.ndarray, cfg: DotSettings,
-) -> tuple[list[tuple[tuple[slice, slice, slice], np.ndarray]], list[Maximum], np.ndarray]:
+) -> tuple[Grid | None, list[tuple[tuple[slice, slice, slice], np.ndarray]], np.ndarray]:
     """The dot filter's candidates in ``organs`` outside ``exclude`` (the network's candidates), and their features.
+
+    Everything is found and measured on the :class:`Grid` (``cfg.grid_mm``), so that the features read the same
+    whatever the source's spacing, and the cost follows the chest, not the matrix.
 
     Returns
     -------
-    (list, list, ndarray)
-        ``(box, voxels in box)`` of each candidate, its maximum, and a ``(candidates, len(DOT_FEATURES))`` array.
+    (Grid, list, ndarray)
+        The grid (None without organs), ``(box, voxels in box)`` of each candidate on it, and a
+        ``(candidates, len(DOT_FEATURES))`` array.
     """
     from scipy import ndimage
 
-    organ = np.isin(labels, [*organs, value])
+    empty = np.zeros((0, len(DOT_FEATURES)))
+    g = grid(image, labels, prob, exclude, spacing_zyx, [*organs, value], cfg)
+    if g is None:
+        return None, [], empty
+    organ = np.isin(g.labels, [*organs, value])
     organ = ndimage.binary_closing(organ, iterations=2) | organ  # nodules at the lung's edge lie in it too
-    found = [m for m in maxima(image, spacing_zyx, organ, cfg) if not exclude[m.voxel]]
-    found = found[: cfg.max_candidates]
-    scratch = labels.copy()
-    scratch[labels == value] = organs[0] if organs else 0  # the network's candidates count as lung around these
-    taken = exclude.copy()
+    found = [m for m in maxima(g, organ, cfg) if not g.exclude[m.voxel]][: cfg.max_candidates]
+    scratch = g.labels.copy()
+    scratch[g.labels == value] = organs[0] if organs else 0  # the network's candidates count as lung around these
+    taken = g.exclude.copy()
     kept_max: list[Maximum] = []
     for m in found:
-        got = region(image, organ, taken, m, spacing_zyx)
+        got = region(g, organ, taken, m)
         if got is None:
             continue
         box, comp = got
@@ -261,11 +316,11 @@ def propose(
         scratch[box][comp] = SCRATCH
         kept_max.append(m)
     if not kept_max:
-        return [], [], np.zeros((0, len(DOT_FEATURES)))
-    regions, x = features(scratch, SCRATCH, prob, image, spacing_zyx, direction, list(organs))
+        return g, [], empty
+    regions, x = features(scratch, SCRATCH, g.prob, g.image, [g.mm] * 3, direction, list(organs))
     order = [_owner(box, comp, kept_max) for box, comp in regions]  # features() walks the regions in its own order
     extra = np.array([[kept_max[i].dot, kept_max[i].sigma_mm, kept_max[i].roundness, kept_max[i].tube] for i in order])
-    return regions, [kept_max[i] for i in order], np.hstack([x, extra.reshape(len(order), 4)])
+    return g, regions, np.hstack([x, extra.reshape(len(order), 4)])
 
 
 def _owner(box: tuple[slice, slice, slice], comp: np.ndarray, found: Sequence[Maximum]) -> int:
@@ -282,17 +337,23 @@ def judge_dots(
     labels: np.ndarray, value: int, prob: np.ndarray, image: np.ndarray, spacing_zyx: Sequence[float], direction: np.ndarray,
     organs: Sequence[int], exclude: np.ndarray, cfg: DotSettings,
 ) -> tuple[np.ndarray, list[Kept]]:
-    """``labels`` with the dot filter's candidates that ``cfg.model`` keeps labelled ``value``; those kept."""
-    regions, _, x = propose(labels, value, prob, image, spacing_zyx, direction, organs, exclude, cfg)
-    if not regions:
+    """``labels`` with the dot filter's candidates that ``cfg.model`` keeps labelled ``value`` (on the source grid); those kept.
+
+    A kept region takes the source voxels nearest to its grid voxels, where they are in the organ (or unlabelled).
+    """
+    g, regions, x = propose(labels, value, prob, image, spacing_zyx, direction, organs, exclude, cfg)
+    if g is None or not regions:
         return labels, []
     cols = [DOT_FEATURES.index(f) for f in cfg.model.features]
     p = cfg.model.probability(x[:, cols])
     out = labels.copy()
     kept = []
     for (box, comp), pk in zip(regions, p):
-        if pk >= cfg.model.cut:
-            out[box][comp] = value
-            kept.append(Kept(box, comp, float(pk)))
+        if pk < cfg.model.cut:
+            continue
+        sbox, mask = g.to_source(box, comp)
+        mask &= np.isin(labels[sbox], [*organs, 0])
+        out[sbox][mask] = value
+        kept.append(Kept(sbox, mask, float(pk)))
     logger.info("label %d: the dot filter kept %d of %d candidates (cut %g)", value, len(kept), len(regions), cfg.model.cut)
     return out, kept

@@ -269,9 +269,9 @@ def dot_case(path: Path, engine: Any, search: Any) -> dict[str, Any]:
     """The dot filter's candidates of one collected case beyond the network's candidates (at the candidate settings):
     features over DOT_FEATURES, whether each touches a true nodule, and which find each nodule; with the network's."""
     import cc3d
-    from scipy import ndimage
 
     from ai.dot_candidates import propose
+    from ai.postprocess import dilate_box
     from bench.quality import nodule_component
 
     net = case_candidates(path, engine)
@@ -284,34 +284,66 @@ def dot_case(path: Path, engine: Any, search: Any) -> dict[str, Any]:
     spacing = tuple(float(v) for v in z["spacing"])
     labels, _ = engine.postprocess(scores, spacing)
     del scores
-    exclude = ndimage.binary_dilation(labels == NODULE, iterations=1)  # as the engine: the network's candidates and a voxel
-    regions, _, x = propose(labels, NODULE, p3, z["hu"], spacing[::-1], z["direction"], [1, 2], exclude, search)
+    exclude = dilate_box(labels == NODULE, (1, 1, 1))  # as the engine: the network's candidates and a voxel around
+    g, regions, x = propose(labels, NODULE, p3, z["hu"], spacing[::-1], z["direction"], [1, 2], exclude, search)
     truth_cc = cc3d.connected_components(z["truth"] == NODULE, connectivity=26)
-    hits = [set(int(v) for v in np.unique(truth_cc[box][comp]) if v) for box, comp in regions]
+    hits = []
+    for box, comp in regions:  # a grid region touches a nodule when its source voxels do
+        assert g is not None
+        sbox, mask = g.to_source(box, comp)
+        hits.append(set(int(v) for v in np.unique(truth_cc[sbox][mask]) if v))
     for n in net["nodules"]:
-        comp = nodule_component(truth_cc, spacing, n["centre_mm"], n["diameter_mm"])
-        n["dot_by"] = [i for i, h in enumerate(hits) if comp and comp in h]
+        which = nodule_component(truth_cc, spacing, n["centre_mm"], n["diameter_mm"])
+        n["dot_by"] = [i for i, h in enumerate(hits) if which and which in h]
     return {"x": x, "positive": np.array([bool(h) for h in hits], dtype=bool), "nodules": net["nodules"],
             "net_x": net["x"], "net_positive": net["positive"]}
 
 
-def _load_dots(scratch: Path, seeds: list[int], engine: Any, search: Any) -> list[dict[str, Any]]:
-    """:func:`dot_case` of each collected seed, cached beside it."""
+_DOT_ENGINE: Any = None
+
+
+def _dot_table(job: tuple[str, str, str]) -> str:
+    """Compute one case's :func:`dot_case` table in a worker process (the engine loaded once per process)."""
+    global _DOT_ENGINE
+    import pickle
+
+    import torch
+
+    torch.set_num_threads(1)
+    path, table, bundle = job
+    if _DOT_ENGINE is None:
+        base = _engine(Path(bundle))
+        _DOT_ENGINE = (_variant(base, CANDIDATE_SETTINGS["threshold"], CANDIDATE_SETTINGS["within_fraction"],
+                                CANDIDATE_SETTINGS["max_elongation"]), _dot_search())
+    tmp = Path(table).with_suffix(".tmp")
+    tmp.write_bytes(pickle.dumps(dot_case(Path(path), *_DOT_ENGINE)))
+    os.replace(tmp, table)
+    return Path(path).name
+
+
+def _dot_search() -> Any:
+    from ai.candidates import from_manifest
+    from ai.dot_candidates import DOT_FEATURES, DotSettings
+
+    placeholder = from_manifest({"features": ["dot"], "mean": [0], "scale": [1], "weights": [1], "bias": 0, "cut": 1}, known=DOT_FEATURES)
+    return DotSettings(placeholder, min_dot=float(DOT_SEARCH["min_dot"]), max_candidates=int(DOT_SEARCH["max_candidates"]))
+
+
+def _load_dots(scratch: Path, seeds: list[int], bundle: Path, procs: int) -> list[dict[str, Any]]:
+    """:func:`dot_case` of each collected seed, cached beside it (computed by ``procs`` processes)."""
     import hashlib
     import pickle
 
     from ai import dot_candidates
 
     version = hashlib.sha256(Path(dot_candidates.__file__).read_bytes()).hexdigest()[:8] + _code_version()
-    out = []
-    for seed in seeds:
-        path, table = scratch / f"train-{seed}.npz", scratch / f"dots-{seed}-{version}.pkl"
-        if table.exists():
-            out.append(pickle.loads(table.read_bytes()))
-        elif path.exists():
-            out.append(dot_case(path, engine, search))
-            table.write_bytes(pickle.dumps(out[-1]))
-    return out
+    tables = {seed: scratch / f"dots-{seed}-{version}.pkl" for seed in seeds if (scratch / f"train-{seed}.npz").exists()}
+    todo = [(str(scratch / f"train-{seed}.npz"), str(t), str(bundle)) for seed, t in tables.items() if not t.exists()]
+    if todo:
+        with get_context("spawn").Pool(procs) as pool:
+            for done, name in enumerate(pool.imap_unordered(_dot_table, todo), start=1):
+                logger.info("[%d/%d] dot filter candidates of %s", done, len(todo), name)
+    return [pickle.loads(t.read_bytes()) for t in tables.values()]
 
 
 def evaluate_both(cases: list[dict[str, Any]], net: list[np.ndarray], net_cut: float, dots: list[np.ndarray], cut: float) -> dict[str, float]:
@@ -329,17 +361,15 @@ def evaluate_both(cases: list[dict[str, Any]], net: list[np.ndarray], net_cut: f
 
 def fit_dots(args: argparse.Namespace) -> None:
     """Fit the dot filter's classifier on ``--fit`` seeds; choose its cut on ``--val`` seeds with the network's classifier on."""
-    from ai.candidates import FEATURES, CandidateModel, from_manifest
-    from ai.dot_candidates import DOT_FEATURES, DotSettings
+    from ai.candidates import FEATURES, CandidateModel
+    from ai.dot_candidates import DOT_FEATURES
     from ai.scan_score import fit_logistic
 
-    base = _engine(args.bundle)
-    engine = _variant(base, CANDIDATE_SETTINGS["threshold"], CANDIDATE_SETTINGS["within_fraction"], CANDIDATE_SETTINGS["max_elongation"])
-    net = base.bundle.candidates[NODULE]
-    placeholder = from_manifest({"features": ["dot"], "mean": [0], "scale": [1], "weights": [1], "bias": 0, "cut": 1}, known=DOT_FEATURES)
-    search = DotSettings(placeholder, **DOT_SEARCH)
+    net = _engine(args.bundle).bundle.candidates[NODULE]
+    search = _dot_search()
     t = time.perf_counter()
-    train, val = _load_dots(args.scratch, _seeds(args.fit), engine, search), _load_dots(args.scratch, _seeds(args.val), engine, search)
+    train = _load_dots(args.scratch, _seeds(args.fit), args.bundle, args.procs)
+    val = _load_dots(args.scratch, _seeds(args.val), args.bundle, args.procs)
     logger.info("%d fitting and %d validation cases read in %.0f s", len(train), len(val), time.perf_counter() - t)
     names = [f for f in DOT_FEATURES if f not in args.drop]
     cols = [DOT_FEATURES.index(f) for f in names]
@@ -426,6 +456,7 @@ def main() -> int:
     d.add_argument("--fit", required=True, help="A:B, collected seeds to fit on")
     d.add_argument("--val", required=True, help="A:B, collected seeds to choose the cut on")
     d.add_argument("--l2", type=float, default=1.0)
+    d.add_argument("--procs", type=int, default=2, help="processes finding the candidates of uncached cases (default: %(default)s)")
     d.add_argument("--drop", nargs="*", default=[], help="features to leave out")
     d.add_argument("--cuts", type=float, nargs="*", default=[0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1])
     d.add_argument("--cut", type=float, help="the cut to write (default: of the cuts adding at most --max-added-fp, the highest of those finding the most)")

@@ -10,7 +10,7 @@ import pytest
 
 from ai.bundle import BundleError, load_bundle
 from ai.candidates import CandidateError, from_manifest
-from ai.dot_candidates import DOT_FEATURES, DotSettings, judge_dots, maxima, region, settings_from_manifest
+from ai.dot_candidates import DOT_FEATURES, DotSettings, Grid, grid, judge_dots, maxima, region, settings_from_manifest
 from tests.test_anatomy import _three_labels
 
 LUNG, SOFT = -850.0, 40.0
@@ -49,33 +49,49 @@ def _model(cut: float = 0.5) -> DotSettings:
     return DotSettings(from_manifest(entry, known=DOT_FEATURES), min_dot=20.0)
 
 
-def _at(voxel: tuple[int, int, int]) -> np.ndarray:
-    return (np.asarray(voxel) + 0.5) * SPACING
+def _grid(labels: np.ndarray, img: np.ndarray) -> Grid:
+    g = grid(img, labels, np.zeros(labels.shape, np.float32), np.zeros(labels.shape, bool), SPACING, [1], _model())
+    assert g is not None
+    return g
+
+
+def _at(g: Grid, voxel: tuple[int, int, int]) -> np.ndarray:
+    """Source mm (z, y, x; voxel centres) of a grid voxel."""
+    return np.array([(b.start + v / f + 0.5) * s for v, f, b, s in zip(voxel, g.per_voxel, g.box, SPACING)])
 
 
 def test_the_nodule_is_the_strongest_round_spot_and_the_vessel_is_not_one() -> None:
     """The filter's strongest maximum is the nodule's centre (within a voxel), round; the vessel, a tube, gives no maximum
     near the nodule's strength (all three eigenvalues of a ball are alike, a tube has one near zero)."""
     labels, img = _scene()
-    found = maxima(img, SPACING, labels == 1, _model())
+    g = _grid(labels, img)
+    assert g.image.shape == (40, 40, 40)  # 2 mm: 80 mm across
+    found = maxima(g, g.labels == 1, _model())
     assert found, "no maximum at all"
     top = found[0]
-    assert np.linalg.norm(_at(top.voxel) - NODULE_AT) <= 2.5, top
+    assert np.linalg.norm(_at(g, top.voxel) - NODULE_AT) <= 2.5, top
     assert top.roundness > 0.5 and top.dot > 100.0, top  # measured 144 for the 890 HU contrast, about a sixth of it
-    on_vessel = [m for m in found if abs(_at(m.voxel)[2] - 60.0) < 5.0]
+    on_vessel = [m for m in found if abs(_at(g, m.voxel)[2] - 60.0) < 5.0]
     assert all(m.dot < top.dot / 3 for m in on_vessel), on_vessel[:3]
 
 
 def test_the_region_of_a_nodule_is_its_own_volume() -> None:
-    """Half way from the lung to the nodule's peak, connected to its centre: the sphere's volume within 25 %."""
+    """Half way from the lung to the nodule's peak, connected to its centre: about the sphere, on the 2 mm grid and back
+    on the source grid, where it is where the nodule is."""
     labels, img = _scene()
-    top = maxima(img, SPACING, labels == 1, _model())[0]
-    got = region(img, labels == 1, np.zeros(labels.shape, bool), top, SPACING)
+    g = _grid(labels, img)
+    top = maxima(g, g.labels == 1, _model())[0]
+    got = region(g, g.labels == 1, np.zeros(g.labels.shape, bool), top)
     assert got is not None
     box, comp = got
-    volume = float(comp.sum()) * math.prod(SPACING)
     truth = math.pi / 6 * NODULE_D**3
-    assert abs(volume - truth) / truth < 0.25, (volume, truth)
+    volume = float(comp.sum()) * 2.0**3  # on the grid (measured: -4.5 %)
+    assert abs(volume - truth) / truth < 0.15, (volume, truth)
+    sbox, mask = g.to_source(box, comp)  # on the source grid (the same)
+    volume = float(mask.sum()) * math.prod(SPACING)
+    assert abs(volume - truth) / truth < 0.15, (volume, truth)
+    centre = (np.argwhere(mask).mean(axis=0) + [b.start for b in sbox] + 0.5) * SPACING
+    assert np.linalg.norm(centre - NODULE_AT) <= 1.5, centre
 
 
 def test_judge_keeps_the_nodule_and_not_the_vessel_nor_what_the_network_had() -> None:
@@ -97,7 +113,9 @@ def test_judge_keeps_the_nodule_and_not_the_vessel_nor_what_the_network_had() ->
 
 def test_no_organ_no_candidates_and_a_bounded_count() -> None:
     labels, img = _scene()
-    assert maxima(img, SPACING, np.zeros(labels.shape, bool), _model()) == []
+    g = _grid(labels, img)
+    assert maxima(g, np.zeros(g.labels.shape, bool), _model()) == []
+    assert grid(img, labels, img, labels > 0, SPACING, [2], _model()) is None  # no organ: no grid
     noise = np.random.default_rng(3).normal(LUNG, 200, labels.shape).astype(np.float32)  # speckle: many maxima
     cfg = DotSettings(_model().model, min_dot=1.0, max_candidates=5)
     out, kept = judge_dots(labels, 3, np.zeros(labels.shape, np.float32), noise, SPACING, np.eye(3), [1],
@@ -132,3 +150,27 @@ def test_the_shipped_bundle_looks_for_what_the_network_missed() -> None:
     assert set(b.dot_candidates) == {3}
     cfg = b.dot_candidates[3]
     assert 0.0 < cfg.model.cut < 1.0 and set(cfg.model.features) <= set(DOT_FEATURES)
+
+
+def test_the_engine_adds_what_the_network_missed_once(tmp_path: Path) -> None:
+    """Post-processing with ``dot_candidates``: a nodule the network did not label is found, labelled and carries the dot
+    model's probability; one the network did label is not found a second time."""
+    from ai.engine import Engine
+
+    entry = {"model": {**_model().model.as_manifest("a test"), "fitted_on": "a test"}, "min_dot": 20}
+    engine = Engine(load_bundle(_three_labels(tmp_path, postprocessing__dot_candidates={"3": entry})), device="cpu")
+    labels, img = _scene()
+    scores = np.zeros((4, *labels.shape), np.float32)
+    scores[1] = 1.0  # the network saw lung everywhere, and no nodule
+    spacing_xyz = (SPACING[2], SPACING[1], SPACING[0])
+    out, kept = engine.postprocess(scores, spacing_xyz, image=img, direction=np.eye(3))
+    assert len(kept[3]) == 1 and kept[3][0].probability >= 0.5
+    centre = (np.argwhere(out == 3).mean(axis=0) + 0.5) * SPACING
+    assert np.linalg.norm(centre - NODULE_AT) <= 1.5
+    volume = float((out == 3).sum()) * math.prod(SPACING)
+    assert 0.6 < volume / (math.pi / 6 * NODULE_D**3) < 1.4
+    seen = scores.copy()
+    seen[3][out == 3], seen[1][out == 3] = 1.0, 0.0  # now the network found it
+    again, kept_again = engine.postprocess(seen, spacing_xyz, image=img, direction=np.eye(3))
+    assert kept_again[3] == [] and np.array_equal(again == 3, out == 3)
+    assert engine.postprocess(scores, spacing_xyz)[1] == {}  # no image: no candidates of either kind
