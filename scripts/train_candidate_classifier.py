@@ -18,7 +18,11 @@ Three steps, each its own subcommand, so that the expensive one runs once:
    regression fitted on the ``--fit`` seeds, and the cut and the scan score's
    calibration chosen on the ``--val`` seeds only, printed as a table;
 3. ``--write BUNDLE`` (with ``fit``) puts the classifier, its cut and the
-   scan score's calibration into the bundle's manifest.
+   scan score's calibration into the bundle's manifest;
+4. ``fit-dots``: the same for the dot filter's candidates
+   (:mod:`ai.dot_candidates`: round spots the network left out), fitted on
+   the ``--fit`` seeds with the network's candidates excluded, its cut chosen
+   on the ``--val`` seeds with the network's classifier on.
 
 The independent family (``bench/evalset``) is never read here.
 
@@ -33,6 +37,10 @@ Example (the run recorded in the model card; about 25 minutes on 2 cores)::
     python scripts/train_candidate_classifier.py collect --scratch /tmp/cc --seeds 3000:3128 --procs 2
     python scripts/train_candidate_classifier.py fit --scratch /tmp/cc --fit 3000:3128 --val 6000:6060 \\
         --write ai/bundles/chest-ct-lungs-nodules
+
+The dot filter's trial (docs/models.md; not shipped), after collecting seeds 3128:3256 too::
+
+    python scripts/train_candidate_classifier.py fit-dots --scratch /tmp/cc --fit 3000:3256 --val 6000:6060
 """
 
 from __future__ import annotations

@@ -143,13 +143,12 @@ def test_a_bundle_refuses_a_malformed_dot_filter_in_words(tmp_path: Path) -> Non
         load_bundle(_three_labels(tmp_path, postprocessing__dot_candidates={"3": entry}))
 
 
-def test_the_shipped_bundle_looks_for_what_the_network_missed() -> None:
+def test_the_shipped_bundle_does_not_use_it() -> None:
+    """Fitted for the default bundle, it found 5 more of 105 validation nodules at no added false positive, but added
+    0.44 false positives per scan on the independent family for 2 more of 64 nodules (docs/models.md): not shipped."""
     from tests.test_default_bundle import BUNDLE
 
-    b = load_bundle(BUNDLE)
-    assert set(b.dot_candidates) == {3}
-    cfg = b.dot_candidates[3]
-    assert 0.0 < cfg.model.cut < 1.0 and set(cfg.model.features) <= set(DOT_FEATURES)
+    assert load_bundle(BUNDLE).dot_candidates == {}
 
 
 def test_the_engine_adds_what_the_network_missed_once(tmp_path: Path) -> None:
