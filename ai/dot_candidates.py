@@ -93,7 +93,7 @@ def settings_from_manifest(entry: Mapping[str, Any]) -> DotSettings:
 
 @dataclass(frozen=True)
 class Maximum:
-    """One local maximum of the dot filter: a voxel ``[z, y, x]`` of the source grid, its value and scale."""
+    """One local maximum of the dot filter: a voxel ``[z, y, x]`` of the :class:`Grid`, its value, scale and eigenvalue ratios."""
 
     voxel: tuple[int, int, int]
     dot: float

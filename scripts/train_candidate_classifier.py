@@ -136,6 +136,18 @@ def _variant(engine: Any, threshold: float, within_fraction: float, max_elongati
     return engine.with_postprocessing(nodule_rules(pp, within_fraction, max_elongation, label_thresholds={str(NODULE): threshold}))
 
 
+def _candidate_labels(z: Any, engine: Any) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+    """A collected case's label map at the candidate settings (no image: nothing is judged), its nodule probability and spacing."""
+    argmax, p3 = z["argmax"], z["nodule"].astype(np.float32)
+    scores = np.zeros((4, *argmax.shape), dtype=np.float32)
+    for k in range(3):
+        scores[k][argmax == k] = 1.0
+    scores[NODULE] = p3
+    spacing = tuple(float(v) for v in z["spacing"])
+    labels, _ = engine.postprocess(scores, spacing)
+    return labels, p3, spacing
+
+
 def case_candidates(path: Path, engine: Any) -> dict[str, Any]:
     """The candidates of one collected case: features, whether each touches a true nodule, and which find each nodule."""
     import cc3d
@@ -144,14 +156,7 @@ def case_candidates(path: Path, engine: Any) -> dict[str, Any]:
     from bench.quality import nodule_component
 
     z = np.load(path)
-    argmax, p3 = z["argmax"], z["nodule"].astype(np.float32)
-    scores = np.zeros((4, *argmax.shape), dtype=np.float32)
-    for k in range(3):
-        scores[k][argmax == k] = 1.0
-    scores[NODULE] = p3
-    spacing = tuple(float(v) for v in z["spacing"])
-    labels, _ = engine.postprocess(scores, spacing)  # no image: the candidates are not judged here, they are collected
-    del scores
+    labels, p3, spacing = _candidate_labels(z, engine)
     spacing_zyx = spacing[::-1]
     comps, x = features(labels, NODULE, p3, z["hu"], spacing_zyx, z["direction"], [1, 2])
     truth_cc = cc3d.connected_components(z["truth"] == NODULE, connectivity=26)
@@ -284,14 +289,7 @@ def dot_case(path: Path, engine: Any, search: Any) -> dict[str, Any]:
 
     net = case_candidates(path, engine)
     z = np.load(path)
-    argmax, p3 = z["argmax"], z["nodule"].astype(np.float32)
-    scores = np.zeros((4, *argmax.shape), dtype=np.float32)
-    for k in range(3):
-        scores[k][argmax == k] = 1.0
-    scores[NODULE] = p3
-    spacing = tuple(float(v) for v in z["spacing"])
-    labels, _ = engine.postprocess(scores, spacing)
-    del scores
+    labels, p3, spacing = _candidate_labels(z, engine)
     exclude = dilate_box(labels == NODULE, (1, 1, 1))  # as the engine: the network's candidates and a voxel around
     g, regions, x = propose(labels, NODULE, p3, z["hu"], spacing[::-1], z["direction"], [1, 2], exclude, search)
     truth_cc = cc3d.connected_components(z["truth"] == NODULE, connectivity=26)
