@@ -42,7 +42,6 @@ from typing import Any
 import numpy as np
 
 from ai.candidates import FEATURES, CandidateError, CandidateModel, Kept, features, from_manifest
-from ai.shape import sq_distance
 
 logger = logging.getLogger(__name__)
 
@@ -123,22 +122,22 @@ def _eigenvalues(h: Mapping[tuple[int, int], np.ndarray]) -> np.ndarray:
     return np.stack([low, 3 * q - high - low, high], axis=1)
 
 
-def _hessian(img: np.ndarray, idx: tuple[np.ndarray, ...], grid_mm: float) -> dict[tuple[int, int], np.ndarray]:
-    """Second differences (central) of ``img`` at the voxels ``idx`` (none on the array's edge), per mm2."""
-    z, y, x = idx
+def _shifted(img: np.ndarray, idx: tuple[np.ndarray, ...], steps: Mapping[int, int]) -> np.ndarray:
+    """``img`` at the voxels ``idx`` moved by ``steps`` (axis -> voxels)."""
+    return img[tuple(v + steps.get(a, 0) for a, v in enumerate(idx))]
+
+
+def _second_differences(img: np.ndarray, idx: tuple[np.ndarray, ...]) -> dict[tuple[int, int], np.ndarray]:
+    """The diagonal of the Hessian (central second differences, per voxel step squared) at the voxels ``idx``."""
     c = img[idx]
-    h = {}
-    for i in range(3):
-        up, down = list(idx), list(idx)
-        up[i], down[i] = idx[i] + 1, idx[i] - 1
-        h[i, i] = img[tuple(up)] + img[tuple(down)] - 2 * c
-    for i, j in ((0, 1), (0, 2), (1, 2)):
-        def at(di: int, dj: int, i: int = i, j: int = j) -> np.ndarray:
-            k = [z, y, x]
-            k[i], k[j] = k[i] + di, k[j] + dj
-            return img[tuple(k)]
-        h[i, j] = (at(1, 1) - at(1, -1) - at(-1, 1) + at(-1, -1)) / 4
-    return {k: v / grid_mm**2 for k, v in h.items()}
+    return {(a, a): _shifted(img, idx, {a: 1}) + _shifted(img, idx, {a: -1}) - 2 * c for a in range(3)}
+
+
+def _cross_differences(img: np.ndarray, idx: tuple[np.ndarray, ...]) -> dict[tuple[int, int], np.ndarray]:
+    """The Hessian's off-diagonal entries (central differences, per voxel step squared) at the voxels ``idx``."""
+    return {(i, j): (_shifted(img, idx, {i: 1, j: 1}) - _shifted(img, idx, {i: 1, j: -1})
+                     - _shifted(img, idx, {i: -1, j: 1}) + _shifted(img, idx, {i: -1, j: -1})) / 4
+            for i, j in ((0, 1), (0, 2), (1, 2))}
 
 
 @dataclass(frozen=True)
@@ -217,10 +216,11 @@ def maxima(g: Grid, organ: np.ndarray, cfg: DotSettings) -> list[Maximum]:
     ratios = np.zeros((len(best), 2), dtype=np.float32)
     for s in cfg.sigmas_mm:
         smooth = ndimage.gaussian_filter(img, s / g.mm)
-        lap = sum(ndimage.correlate1d(smooth, [1.0, -2.0, 1.0], axis=a)[idx] for a in range(3))
-        bright = np.nonzero(lap < 0)[0]  # a bright blob's three eigenvalues are negative, so is their sum
+        diagonal = _second_differences(smooth, idx)
+        bright = np.nonzero(sum(diagonal.values()) < 0)[0]  # a bright blob's three eigenvalues are negative, so is their sum
         sub = tuple(v[bright] for v in idx)
-        lam = _eigenvalues(_hessian(smooth, sub, g.mm))  # lam[:, 0] the most negative
+        h = {k: v[bright] for k, v in diagonal.items()} | _cross_differences(smooth, sub)
+        lam = _eigenvalues({k: v / g.mm**2 for k, v in h.items()})  # lam[:, 0] the most negative
         big, mid, small = lam[:, 0], lam[:, 1], lam[:, 2]
         dot = np.where(small < 0, small**2 / np.maximum(-big, 1e-6), 0.0) * s * s
         better = dot > best[bright]
@@ -246,7 +246,6 @@ def region(g: Grid, organ: np.ndarray, taken: np.ndarray, m: Maximum) -> tuple[t
     to its peak, connected to it, in the organ, not ``taken``, and at most twice the blob's radius away."""
     import cc3d
 
-    mm = [g.mm] * 3
     radius = max(m.sigma_mm * math.sqrt(3.0), 2.0)
     reach = 2.0 * radius
     half = int(math.ceil((reach + 8.0) / g.mm))
@@ -254,9 +253,9 @@ def region(g: Grid, organ: np.ndarray, taken: np.ndarray, m: Maximum) -> tuple[t
     box = (z, y, x)
     img = g.image[box].astype(np.float64)
     centre = tuple(v - b.start for v, b in zip(m.voxel, box))
-    point = np.zeros(img.shape, dtype=bool)
-    point[centre] = True
-    d2 = sq_distance(point, reach + 8.0, mm)
+    zz, yy, xx = np.ogrid[tuple(slice(0, n) for n in img.shape)]
+    # mm2 from the maximum; float32, so that the radii below compare as they do against ai.shape.sq_distance's distances
+    d2 = (((zz - centre[0]) ** 2 + (yy - centre[1]) ** 2 + (xx - centre[2]) ** 2) * g.mm**2).astype(np.float32)
     org = organ[box] & ~taken[box]
     ring = (d2 > reach**2) & (d2 <= (reach + 6.0) ** 2) & org
     core = d2 <= max(0.5 * radius, g.mm) ** 2
