@@ -217,7 +217,8 @@ def maxima(g: Grid, organ: np.ndarray, cfg: DotSettings) -> list[Maximum]:
     for s in cfg.sigmas_mm:
         smooth = ndimage.gaussian_filter(img, s / g.mm)
         diagonal = _second_differences(smooth, idx)
-        bright = np.nonzero(sum(diagonal.values()) < 0)[0]  # a bright blob's three eigenvalues are negative, so is their sum
+        trace = diagonal[0, 0] + diagonal[1, 1] + diagonal[2, 2]
+        bright = np.flatnonzero(trace < 0)  # a bright blob's three eigenvalues are negative, so is their sum
         sub = tuple(v[bright] for v in idx)
         h = {k: v[bright] for k, v in diagonal.items()} | _cross_differences(smooth, sub)
         lam = _eigenvalues({k: v / g.mm**2 for k, v in h.items()})  # lam[:, 0] the most negative
