@@ -152,14 +152,17 @@ def case_candidates(path: Path, engine: Any) -> dict[str, Any]:
     """The candidates of one collected case: features, whether each touches a true nodule, and which find each nodule."""
     import cc3d
 
+    z = np.load(path)
+    labels, p3, spacing = _candidate_labels(z, engine)
+    return _network_candidates(z, labels, p3, spacing, cc3d.connected_components(z["truth"] == NODULE, connectivity=26))
+
+
+def _network_candidates(z: Any, labels: np.ndarray, p3: np.ndarray, spacing: tuple[float, ...], truth_cc: np.ndarray) -> dict[str, Any]:
+    """:func:`case_candidates` of a case already read and labelled (``truth_cc``: its true nodules' components)."""
     from ai.candidates import features
     from bench.quality import nodule_component
 
-    z = np.load(path)
-    labels, p3, spacing = _candidate_labels(z, engine)
-    spacing_zyx = spacing[::-1]
-    comps, x = features(labels, NODULE, p3, z["hu"], spacing_zyx, z["direction"], [1, 2])
-    truth_cc = cc3d.connected_components(z["truth"] == NODULE, connectivity=26)
+    comps, x = features(labels, NODULE, p3, z["hu"], spacing[::-1], z["direction"], [1, 2])
     hits = [set(int(v) for v in np.unique(truth_cc[box][comp]) if v) for box, comp in comps]
     nodules = []
     for n in json.loads(str(z["nodules"])):
@@ -198,9 +201,13 @@ def evaluate(cases: list[dict[str, Any]], probs: list[np.ndarray], cut: float) -
     """Sensitivity (>= 6 mm: all; part-solid and ground-glass), false positives per scan and the share with <= 1, at ``cut``."""
     big = [(n, p) for c, p in zip(cases, probs) for n in c["nodules"] if n["diameter_mm"] >= 6.0]
     found = [bool(any(p[i] >= cut for i in n["found_by"])) for n, p in big]
-    sub = [f for (n, _), f in zip(big, found) if n["kind"] in ("part-solid", "ground-glass")]
-    solid = [f for (n, _), f in zip(big, found) if n["kind"] == "solid"]
-    fps = [int(np.sum((p >= cut) & ~c["positive"])) for c, p in zip(cases, probs)]
+    return _rates([n for n, _ in big], found, [int(np.sum((p >= cut) & ~c["positive"])) for c, p in zip(cases, probs)])
+
+
+def _rates(big: list[dict[str, Any]], found: list[bool], fps: list[int]) -> dict[str, float]:
+    """The figures of :func:`evaluate` from each nodule >= 6 mm found or not and each scan's false positives."""
+    solid = [f for n, f in zip(big, found) if n["kind"] == "solid"]
+    sub = [f for n, f in zip(big, found) if n["kind"] in ("part-solid", "ground-glass")]
     return {"sens": float(np.mean(found)) if found else float("nan"), "solid": float(np.mean(solid)) if solid else float("nan"),
             "sub": float(np.mean(sub)) if sub else float("nan"), "fp": float(np.mean(fps)), "le1": float(np.mean([f <= 1 for f in fps])),
             "n": len(found)}
@@ -287,12 +294,12 @@ def dot_case(path: Path, engine: Any, search: Any) -> dict[str, Any]:
     from ai.postprocess import dilate_box
     from bench.quality import nodule_component
 
-    net = case_candidates(path, engine)
     z = np.load(path)
     labels, p3, spacing = _candidate_labels(z, engine)
+    truth_cc = cc3d.connected_components(z["truth"] == NODULE, connectivity=26)
+    net = _network_candidates(z, labels, p3, spacing, truth_cc)
     exclude = dilate_box(labels == NODULE, (1, 1, 1))  # as the engine: the network's candidates and a voxel around
     g, regions, x = propose(labels, NODULE, p3, z["hu"], spacing[::-1], z["direction"], [1, 2], exclude, search)
-    truth_cc = cc3d.connected_components(z["truth"] == NODULE, connectivity=26)
     hits = []
     for box, comp in regions:  # a grid region touches a nodule when its source voxels do
         assert g is not None
@@ -356,13 +363,9 @@ def evaluate_both(cases: list[dict[str, Any]], net: list[np.ndarray], net_cut: f
     """:func:`evaluate` with the network's candidates kept at ``net_cut`` and the dot filter's at ``cut``."""
     big = [(n, a, d) for c, a, d in zip(cases, net, dots) for n in c["nodules"] if n["diameter_mm"] >= 6.0]
     found = [any(a[i] >= net_cut for i in n["found_by"]) or any(d[i] >= cut for i in n["dot_by"]) for n, a, d in big]
-    solid = [f for (n, _, _), f in zip(big, found) if n["kind"] == "solid"]
-    sub = [f for (n, _, _), f in zip(big, found) if n["kind"] in ("part-solid", "ground-glass")]
     fps = [int(np.sum((a >= net_cut) & ~c["net_positive"])) + int(np.sum((d >= cut) & ~c["positive"]))
            for c, a, d in zip(cases, net, dots)]
-    return {"sens": float(np.mean(found)) if found else float("nan"), "solid": float(np.mean(solid)) if solid else float("nan"),
-            "sub": float(np.mean(sub)) if sub else float("nan"), "fp": float(np.mean(fps)), "le1": float(np.mean([f <= 1 for f in fps])),
-            "n": len(found), "added": float(np.mean([int(np.sum(d >= cut)) for d in dots]))}
+    return {**_rates([n for n, _, _ in big], found, fps), "added": float(np.mean([int(np.sum(d >= cut)) for d in dots]))}
 
 
 def fit_dots(args: argparse.Namespace) -> None:
@@ -418,8 +421,7 @@ def fit_dots(args: argparse.Namespace) -> None:
     # the scan score's evidence is now the most probable kept candidate of either source: its calibration is fitted again
     from ai.scan_score import fit_platt
 
-    peaks = [max([float(a[a >= net.cut].max()) if (a >= net.cut).any() else 0.0, float(d[d >= cut].max()) if (d >= cut).any() else 0.0])
-             for a, d in zip(net_p, dot_p)]
+    peaks = [max(a, d) for a, d in zip(scan_peaks(net_p, net.cut), scan_peaks(dot_p, cut))]
     a_, b_ = fit_platt(peaks, [any(n["labelled"] for n in c["nodules"]) for c in val])
     m["scan_score"]["calibration"] = {"a": round(a_, 3), "b": round(b_, 3),
                                       "fitted_on": f"{fitted}; the most probable kept candidate of the network's and the dot filter's"}
