@@ -126,7 +126,8 @@ def _label_ref(key: object, known: dict[int, bool]) -> int | None:
 
 
 def _candidate_problems(
-    entries: object, within: dict[str, Any], ref: Callable[..., int | None], key_name: str = "candidates"
+    entries: object, within: dict[str, Any], ref: Callable[..., int | None], key_name: str = "candidates",
+    parse: Callable[[Any], object] = candidate_model,
 ) -> list[str]:
     """Problems of ``postprocessing.candidates`` (or ``dot_candidates``): lesion labels with a valid classifier and organs to look in."""
     if not isinstance(entries, dict):
@@ -140,7 +141,7 @@ def _candidate_problems(
             out.append(f"postprocessing.{key_name}[{key!r}] must be an object")
             continue
         try:
-            candidate_model(entry) if key_name == "candidates" else dot_settings(entry)
+            parse(entry)
         except CandidateError as exc:
             out.append(f"postprocessing.{key_name}[{key!r}]: {exc}")
     return out
@@ -192,7 +193,7 @@ def _problems_in_anatomy_keys(m: dict[str, Any]) -> list[str]:
             if not (_is_number(share) and 0 <= share <= 1):
                 problems.append(f"postprocessing.within_fraction[{child!r}] must be a number from 0 to 1, not {share!r}")
     problems += _candidate_problems(pp.get("candidates", {}), within if isinstance(within, dict) else {}, ref)
-    problems += _candidate_problems(pp.get("dot_candidates", {}), within if isinstance(within, dict) else {}, ref, "dot_candidates")
+    problems += _candidate_problems(pp.get("dot_candidates", {}), within if isinstance(within, dict) else {}, ref, "dot_candidates", dot_settings)
     shapes = pp.get("lesion_shape", {})
     if not isinstance(shapes, dict):
         problems.append("postprocessing.lesion_shape must map lesion labels to rules")
