@@ -131,7 +131,8 @@ class Engine:
         floor), ``fill_holes``, ``within`` (with ``within_fraction``, the share of a
         lesion's border that must be its parents), then ``candidates`` (each
         remaining lesion component judged by the bundle's candidate classifier,
-        :mod:`ai.candidates`; it needs the source ``image`` and ``direction``).
+        :mod:`ai.candidates`), then ``dot_candidates`` (round spots beyond the network's
+        candidates, :mod:`ai.dot_candidates`); both need the source ``image`` and ``direction``.
         ``label_thresholds`` and ``detection_thresholds`` override the bundle's (for tuning them).
 
         Returns
