@@ -21,8 +21,10 @@ import io
 import json
 import logging
 import os
+import shutil
 import tempfile
 import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -99,6 +101,8 @@ class TotalSegmentatorModel:
             )
         self.device = "gpu" if device == "cuda" else f"gpu:{device.split(':')[1]}" if device.startswith("cuda:") else "cpu"
         self.home = private_home()
+        # The home folder lives as long as the model: removed when it is collected or the process exits.
+        self._cleanup = weakref.finalize(self, shutil.rmtree, self.home, ignore_errors=True)
         logger.info("TotalSegmentator task %s ready on %s", self.task, self.device)
 
     def run(

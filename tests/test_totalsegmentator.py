@@ -166,3 +166,18 @@ def test_the_five_part_total_task_is_combined_by_totalsegmentator(weights: Path,
     assert float((res.labels[ball] == inv["spleen"]).mean()) > 0.6
     assert float((res.labels[~ball] == inv[rest]).mean()) > 0.95
     assert {m.name for m in res.measurements if m.voxels} == {"spleen", rest}
+
+
+def test_the_private_home_folder_goes_with_the_model(weights: Path, tmp_path: Path) -> None:
+    """Each loaded task has a home folder in the temporary directory; it must not outlive the model (one per load)."""
+    import gc
+
+    from ai.totalseg_runner import TotalSegmentatorModel
+
+    dest, _ = install_model(weights, "ts-fast", tmp_path / "models", task="total", fast=True)
+    model = TotalSegmentatorModel(dest)
+    home = model.home
+    assert json.loads((home / "config.json").read_text())["send_usage_stats"] is False
+    del model
+    gc.collect()
+    assert not home.exists()
