@@ -58,7 +58,7 @@ def test_two_steps_then_resume(data: Path, tmp_path: Path) -> None:
 
 def test_ddp_on_two_cpu_processes(data: Path, tmp_path: Path) -> None:
     out = tmp_path / "ddp"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", TMPDIR=str(tmp_path))  # torchrun's agent leaves a torchelastic_* folder there
     r = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "dicomnode", "train",
          "--data", str(data), "--out", str(out), *TRAIN],
@@ -97,7 +97,7 @@ def test_classifier_two_steps_then_resume_and_ddp(data: Path, tmp_path: Path) ->
     r = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "dicomnode", "train",
          "--data", str(data), "--out", str(ddp), *CLASSIFY],
-        capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=240,
+        capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1", TMPDIR=str(tmp_path)), timeout=240,
     )
     assert r.returncode == 0, r.stderr[-3000:]
     assert log_of(ddp)[0]["world"] == 2
