@@ -102,7 +102,7 @@ class TotalSegmentatorModel:
         self.device = "gpu" if device == "cuda" else f"gpu:{device.split(':')[1]}" if device.startswith("cuda:") else "cpu"
         self.home = private_home()
         # The home folder lives as long as the model: removed when it is collected or the process exits.
-        self._cleanup = weakref.finalize(self, shutil.rmtree, self.home, ignore_errors=True)
+        weakref.finalize(self, shutil.rmtree, self.home, ignore_errors=True)  # the finalizer keeps itself alive
         logger.info("TotalSegmentator task %s ready on %s", self.task, self.device)
 
     def run(

@@ -9,6 +9,7 @@ the parts into its 117 classes is exercised, not just one model.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
@@ -170,8 +171,6 @@ def test_the_five_part_total_task_is_combined_by_totalsegmentator(weights: Path,
 
 def test_the_private_home_folder_goes_with_the_model(weights: Path, tmp_path: Path) -> None:
     """Each loaded task has a home folder in the temporary directory; it must not outlive the model (one per load)."""
-    import gc
-
     from ai.totalseg_runner import TotalSegmentatorModel
 
     dest, _ = install_model(weights, "ts-fast", tmp_path / "models", task="total", fast=True)
