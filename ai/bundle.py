@@ -211,6 +211,8 @@ def _lesion_volume(meas: dict[str, Any]) -> LesionVolume:
         core=None if core is None else float(core),
         min_contrast=float(lv.get("min_contrast", default.min_contrast)),
         grow_mm=float(lv.get("grow_mm", default.grow_mm)),
+        grow_max_mm=float(lv.get("grow_max_mm", default.grow_max_mm)),
+        grow_on_share=float(lv.get("grow_on_share", default.grow_on_share)),
         level=float(lv.get("level", default.level)),
         grow_contrast=float(lv.get("grow_contrast", default.grow_contrast)),
         open_mm=float(lv.get("open_mm", default.open_mm)),

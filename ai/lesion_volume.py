@@ -73,6 +73,19 @@ class LesionVolume:
         reach (a network on a coarser grid misplaces the boundary by about a
         voxel of its own); the limit also keeps vessels and the chest wall
         that touch the lesion from being grown into.
+    grow_max_mm : float
+        ``grown``: how far the region may reach in all, when the lesion goes
+        on past ``grow_mm`` (0: no further).  Where most of what stopped the
+        region (at least ``grow_on_share`` of the organ's voxels just outside
+        it) is as bright as the region and lies past the limit, the network's
+        component covered only part of the lesion (a part-solid nodule's
+        ground glass, a faint nodule of which the network saw only the
+        core); the region is grown again ``grow_mm`` further, with the
+        background sampled further out too, until it stops on its own or
+        reaches ``grow_max_mm``.  A touching vessel or the chest wall stops
+        the region on a small share of its outside only.
+    grow_on_share : float
+        See ``grow_max_mm``.
     level : float
         ``grown``: the percentile of the component's intensities taken as the
         lesion's level; the region's threshold is halfway from the
@@ -144,6 +157,8 @@ class LesionVolume:
     min_contrast: float = 10.0
     thresholds: Mapping[int, float] = field(default_factory=dict)
     grow_mm: float = 2.0
+    grow_max_mm: float = 0.0
+    grow_on_share: float = 0.5
     level: float = 75.0
     grow_contrast: float = 3.0
     open_mm: float = 0.0
@@ -232,8 +247,8 @@ def partial_volume(
 
 def grown(
     c: Component, labels: np.ndarray, image: np.ndarray, free: np.ndarray, cfg: LesionVolume, spacing_zyx: Sequence[float]
-) -> tuple[float, np.ndarray] | None:
-    """Lesion voxels (a fraction each) over a region grown from the component on the source grid, and the region.
+) -> tuple[float, np.ndarray, tuple[slice, ...]] | None:
+    """Lesion voxels (a fraction each) over a region grown from the component on the source grid, the region and its box.
 
     None where it cannot be told.  ``free`` as for partial volume.  The
     region is the 6-connected set of voxels, within ``cfg.grow_mm`` of the
@@ -247,36 +262,33 @@ def grown(
     from scipy import ndimage  # only here: the rest of the node's measuring needs no scipy
 
     host = int(c.border.argmax())
-    lab = labels[c.box]
-    img = image[c.box].astype(np.float64)
-    dist = ndimage.distance_transform_edt(~c.comp, sampling=spacing_zyx)
-    ring = (dist > max(GROWN_RING_MM[0], cfg.grow_mm)) & (dist < max(GROWN_RING_MM[1], cfg.grow_mm + 4.0)) & (lab == host)
-    found = background(img, ring, c.comp)
-    if found is None:
-        return None
-    bg, noise, sign = found
-    vals = img[c.comp]
-    level = float(np.percentile(vals, cfg.level if sign > 0 else 100.0 - cfg.level))
-    if (level - bg) * sign < cfg.grow_contrast * noise:
-        return None
-    glass = _ground_glass(vals, bg, level, cfg.ground_glass_share) if sign > 0 else None
-    if glass is not None:
-        level = glass
+    box: tuple[slice, ...] = c.box
+    comp = c.comp
+    lab = labels[box]
+    img = image[box].astype(np.float64)
+    dist = ndimage.distance_transform_edt(~comp, sampling=spacing_zyx)
     organ = (lab == host) & free
-    allowed = c.comp | ((dist <= cfg.grow_mm) & organ)
-    bright = (img - (bg + level) / 2) * sign > 0  # past halfway from the background to the level
-    above = allowed & bright
-    cc = cc3d.connected_components(above, connectivity=6)
-    ids = np.unique(cc[c.comp & above])
-    ids = ids[ids > 0]
-    if not len(ids):
+    reach = cfg.grow_mm
+    step = _grow(comp, img, lab == host, organ, dist, reach, cfg)
+    if step is not None and reach < cfg.grow_max_mm and step[-1] >= cfg.grow_on_share:
+        # The lesion goes on past the limit: the component was a part of it.  Grow further, in a box with room for the
+        # region and the background beyond it.
+        box, comp, free = _widened(c, free, labels.shape, spacing_zyx, max(GROWN_RING_MM[1], cfg.grow_max_mm + 4.0))
+        lab = labels[box]
+        img = image[box].astype(np.float64)
+        dist = ndimage.distance_transform_edt(~comp, sampling=spacing_zyx)
+        organ = (lab == host) & free
+        while step is not None and reach < cfg.grow_max_mm and step[-1] >= cfg.grow_on_share:
+            reach = min(reach + cfg.grow_mm, cfg.grow_max_mm)
+            step = _grow(comp, img, lab == host, organ, dist, reach, cfg)
+    if step is None:
         return None
-    region = np.isin(cc, ids)
+    region, bright, bg, noise, sign, level, glass, _ = step
     if cfg.open_mm > 0 and sign > 0 and level - bg >= cfg.open_contrast * noise:
-        region = _without_attachments(region, c.comp, cfg, spacing_zyx)
+        region = _without_attachments(region, comp, cfg, spacing_zyx)
     share = None
     if cfg.surface_cut and sign > 0:
-        share = inside_share(c.comp, lab == host, free & (lab != host), img, dist, spacing_zyx, bg, noise)
+        share = inside_share(comp, lab == host, free & (lab != host), img, dist, spacing_zyx, bg, noise)
         if share is not None:
             region &= share > 0
             if not region.any():
@@ -302,7 +314,65 @@ def grown(
         beyond = dilate_box(region | shell, (1, 1, 1)) & ~region & ~shell & organ & bright
         frac_shell = np.where((dilate_box(beyond, (1, 1, 1)) & bright)[shell], 0.0, frac_shell)
     voxels = pure + float(frac[region & ~inner].sum() + frac_shell.sum())
-    return voxels, region | shell
+    return voxels, region | shell, box
+
+
+def _widened(c: Component, free: np.ndarray, shape: Sequence[int], spacing_zyx: Sequence[float],
+             mm: float) -> tuple[tuple[slice, ...], np.ndarray, np.ndarray]:
+    """A box reaching ``mm`` beyond component ``c`` (and holding ``c.box``), the component and ``free`` in it.
+
+    Outside ``c.box`` every voxel is free: the organ's label alone keeps other lesions out.
+    """
+    hit = np.argwhere(c.comp)
+    lo = [max(0, min(b.start, b.start + int(h) - math.ceil(mm / s) - 1)) for b, h, s in zip(c.box, hit.min(0), spacing_zyx)]
+    hi = [min(n, max(b.stop, b.start + int(h) + math.ceil(mm / s) + 2)) for b, h, s, n in zip(c.box, hit.max(0), spacing_zyx, shape)]
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    inner = tuple(slice(b.start - a, b.stop - a) for b, a in zip(c.box, lo))
+    comp = np.zeros([b - a for a, b in zip(lo, hi)], dtype=bool)
+    comp[inner] = c.comp
+    wide_free = np.ones(comp.shape, dtype=bool)
+    wide_free[inner] = free
+    return box, comp, wide_free
+
+
+Grown = tuple[np.ndarray, np.ndarray, float, float, float, float, float | None, float]
+
+
+def _grow(comp: np.ndarray, img: np.ndarray, host: np.ndarray, organ: np.ndarray, dist: np.ndarray, reach: float,
+          cfg: LesionVolume) -> Grown | None:
+    """One growth of :func:`grown`'s region, to ``reach`` mm from the component ``comp`` (``dist``: the distance to it).
+
+    Returns the region, the voxels past its threshold, the background, its
+    noise SD, the sign of the contrast, the lesion's level, the ground-glass
+    level (or None) and the share of the organ's voxels just outside the
+    region that are past the threshold and beyond ``reach``: where the limit,
+    not the image, stopped the region.  None where it cannot be told.
+    """
+    ring = (dist > max(GROWN_RING_MM[0], reach)) & (dist < max(GROWN_RING_MM[1], reach + 4.0)) & host
+    found = background(img, ring, comp)
+    if found is None:
+        return None
+    bg, noise, sign = found
+    vals = img[comp]
+    level = float(np.percentile(vals, cfg.level if sign > 0 else 100.0 - cfg.level))
+    if (level - bg) * sign < cfg.grow_contrast * noise:
+        return None
+    glass = _ground_glass(vals, bg, level, cfg.ground_glass_share) if sign > 0 else None
+    if glass is not None:
+        level = glass
+    allowed = comp | ((dist <= reach) & organ)
+    bright = (img - (bg + level) / 2) * sign > 0  # past halfway from the background to the level
+    above = allowed & bright
+    cc = cc3d.connected_components(above, connectivity=6)
+    ids = np.unique(cc[comp & above])
+    ids = ids[ids > 0]
+    if not len(ids):
+        return None
+    region = np.isin(cc, ids)
+    outside = dilate_box(region, (1, 1, 1)) & ~region & organ
+    n_out = int(np.count_nonzero(outside))
+    stopped = float(np.count_nonzero(outside & bright & (dist > reach))) / n_out if n_out else 0.0
+    return region, bright, bg, noise, sign, level, glass, stopped
 
 
 GLASS_BAND = (0.2, 0.65)  # where ground glass lies, as a fraction of the way from the background to the solid level

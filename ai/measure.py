@@ -200,8 +200,8 @@ def measure(
             free = ~claimed[c.box] & ~np.isin(labels[c.box], lesion_set)
             region_grown = grown(c, labels, image, free, cfg, spacing_zyx) if cfg.method == "grown" and image is not None else None
             if region_grown is not None:
-                (voxels, region), method = region_grown, "grown"
-                claimed[c.box] |= region
+                (voxels, region, region_box), method = region_grown, "grown"
+                claimed[region_box] |= region
             else:
                 voxels, method = _lesion_voxels(c, labels, value, image, probabilities, free, cfg, shell, tail)
                 if method != "voxels":

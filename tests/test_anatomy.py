@@ -197,6 +197,8 @@ def test_a_three_label_manifest_loads(tmp_path: Path) -> None:
         ({"measurement__lesion_volume": {"small_core": "dim"}}, "measurement.lesion_volume.small_core must be one of none, brightest"),
         ({"measurement__lesion_volume": {"open_rim": "wide"}}, "measurement.lesion_volume.open_rim must be one of ball, adjacent"),
         ({"measurement__lesion_volume": {"open_contrast": -1}}, "measurement.lesion_volume.open_contrast must be a number >= 0"),
+        ({"measurement__lesion_volume": {"grow_max_mm": -1}}, "measurement.lesion_volume.grow_max_mm must be a number >= 0"),
+        ({"measurement__lesion_volume": {"grow_on_share": 0}}, "measurement.lesion_volume.grow_on_share must be a share within 0..1"),
         ({"measurement__lesion_volume": {"surface_cut": "yes"}}, "measurement.lesion_volume.surface_cut must be true or false"),
         ({"measurement__lesion_volume": {"shell_edge_only": 1}}, "measurement.lesion_volume.shell_edge_only must be true or false"),
         ({"measurement__volumes": {}}, "measurement: unknown key 'volumes'"),
