@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import cc3d
 import numpy as np
 
 from ai.postprocess import dilate_box
@@ -41,6 +42,25 @@ def _boundary(organ: np.ndarray, outside: np.ndarray) -> np.ndarray:
         out[tuple(lo)] |= organ[tuple(lo)] & outside[tuple(hi)]
         out[tuple(hi)] |= organ[tuple(hi)] & outside[tuple(lo)]
     return out
+
+
+def _walls(outside: np.ndarray, dist: np.ndarray) -> np.ndarray:
+    """The parts of ``outside`` that are a wall: those reaching the box's edge or beyond the fitting annulus.
+
+    A network leaves a few voxels at a lesion's rim labelled neither organ
+    nor lesion (its coarser grid's partial volume); such an island beside an
+    isolated nodule is no wall, and a surface fitted to it would run through
+    the nodule.
+    """
+    pieces = cc3d.connected_components(outside, connectivity=26)
+    edge = np.zeros(outside.shape, dtype=bool)
+    for axis in range(3):
+        for end in (0, -1):
+            idx = [slice(None)] * 3
+            idx[axis] = slice(end, None) if end == -1 else slice(0, 1)
+            edge[tuple(idx)] = True
+    keep = np.unique(pieces[(edge | (dist > ANNULUS_MM[1])) & outside])
+    return np.isin(pieces, keep[keep > 0])
 
 
 def inside_share(
@@ -74,6 +94,7 @@ def inside_share(
         poor fit).
     """
     sp = np.asarray(spacing_zyx, dtype=np.float64)
+    outside = _walls(outside, dist)
     if not (dilate_box(comp, (1, 1, 1)) & outside).any():
         return None  # not on the wall
     lateral = (dist >= ANNULUS_MM[0]) & (dist <= ANNULUS_MM[1])
