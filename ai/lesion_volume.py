@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import cc3d
@@ -254,7 +254,9 @@ def grown(
     region is the 6-connected set of voxels, within ``cfg.grow_mm`` of the
     component and in its organ (or the component itself), whose intensity is
     past halfway from the organ's background to the lesion's level, that
-    touches the component.  Its pure voxels count 1; its other voxels and
+    touches the component; where the limit rather than the image stopped it,
+    it is grown further, up to ``cfg.grow_max_mm`` (the box returned is then
+    wider than the component's).  Its pure voxels count 1; its other voxels and
     those of its one-voxel shell count with their partial-volume fraction,
     as in :func:`partial_volume`: a count of voxels misses a whole slice's
     worth on thick slices.
@@ -270,20 +272,25 @@ def grown(
     organ = (lab == host) & free
     reach = cfg.grow_mm
     step = _grow(comp, img, lab == host, organ, dist, reach, cfg)
-    if step is not None and reach < cfg.grow_max_mm and step[-1] >= cfg.grow_on_share:
+    if step is None:
+        return None
+    if reach < cfg.grow_max_mm and step.stopped >= cfg.grow_on_share:
         # The lesion goes on past the limit: the component was a part of it.  Grow further, in a box with room for the
-        # region and the background beyond it.
+        # region and the background beyond it; the last growth that could be told stands.
         box, comp, free = _widened(c, free, labels.shape, spacing_zyx, max(GROWN_RING_MM[1], cfg.grow_max_mm + 4.0))
         lab = labels[box]
         img = image[box].astype(np.float64)
         dist = ndimage.distance_transform_edt(~comp, sampling=spacing_zyx)
         organ = (lab == host) & free
-        while step is not None and reach < cfg.grow_max_mm and step[-1] >= cfg.grow_on_share:
+        step = step.widened(c.box, box)
+        while reach < cfg.grow_max_mm and step.stopped >= cfg.grow_on_share:
             reach = min(reach + cfg.grow_mm, cfg.grow_max_mm)
-            step = _grow(comp, img, lab == host, organ, dist, reach, cfg)
-    if step is None:
-        return None
-    region, bright, bg, noise, sign, level, glass, _ = step
+            further = _grow(comp, img, lab == host, organ, dist, reach, cfg)
+            if further is None:
+                break
+            step = further
+    region, bright = step.region, step.bright
+    bg, noise, sign, level, glass = step.background, step.noise, step.sign, step.level, step.glass
     if cfg.open_mm > 0 and sign > 0 and level - bg >= cfg.open_contrast * noise:
         region = _without_attachments(region, comp, cfg, spacing_zyx)
     share = None
@@ -335,18 +342,34 @@ def _widened(c: Component, free: np.ndarray, shape: Sequence[int], spacing_zyx: 
     return box, comp, wide_free
 
 
-Grown = tuple[np.ndarray, np.ndarray, float, float, float, float, float | None, float]
+@dataclass(frozen=True)
+class Growth:
+    """One growth of :func:`grown`'s region and what it was grown against."""
+
+    region: np.ndarray  # the region, in its box
+    bright: np.ndarray  # the box's voxels past the region's threshold
+    background: float  # the organ's intensity around the lesion
+    noise: float  # its robust noise SD
+    sign: float  # +1 where the lesion is brighter than its organ, else -1
+    level: float  # the lesion's level (its ground glass for a part-solid one)
+    glass: float | None  # the ground-glass level of a part-solid lesion
+    stopped: float  # share of the organ's voxels just outside the region past its threshold and beyond the reach
+
+    def widened(self, old: tuple[slice, ...], new: tuple[slice, ...]) -> Growth:
+        """The same growth in the larger box ``new`` that holds ``old``."""
+        inner = tuple(slice(o.start - n.start, o.stop - n.start) for o, n in zip(old, new))
+        shape = tuple(n.stop - n.start for n in new)
+        region = np.zeros(shape, dtype=bool)
+        bright = np.zeros(shape, dtype=bool)
+        region[inner], bright[inner] = self.region, self.bright
+        return replace(self, region=region, bright=bright)
 
 
 def _grow(comp: np.ndarray, img: np.ndarray, host: np.ndarray, organ: np.ndarray, dist: np.ndarray, reach: float,
-          cfg: LesionVolume) -> Grown | None:
+          cfg: LesionVolume) -> Growth | None:
     """One growth of :func:`grown`'s region, to ``reach`` mm from the component ``comp`` (``dist``: the distance to it).
 
-    Returns the region, the voxels past its threshold, the background, its
-    noise SD, the sign of the contrast, the lesion's level, the ground-glass
-    level (or None) and the share of the organ's voxels just outside the
-    region that are past the threshold and beyond ``reach``: where the limit,
-    not the image, stopped the region.  None where it cannot be told.
+    None where it cannot be told: too little organ around it, or too little contrast.
     """
     ring = (dist > max(GROWN_RING_MM[0], reach)) & (dist < max(GROWN_RING_MM[1], reach + 4.0)) & host
     found = background(img, ring, comp)
@@ -372,7 +395,7 @@ def _grow(comp: np.ndarray, img: np.ndarray, host: np.ndarray, organ: np.ndarray
     outside = dilate_box(region, (1, 1, 1)) & ~region & organ
     n_out = int(np.count_nonzero(outside))
     stopped = float(np.count_nonzero(outside & bright & (dist > reach))) / n_out if n_out else 0.0
-    return region, bright, bg, noise, sign, level, glass, stopped
+    return Growth(region, bright, bg, noise, sign, level, glass, stopped)
 
 
 GLASS_BAND = (0.2, 0.65)  # where ground glass lies, as a fraction of the way from the background to the solid level

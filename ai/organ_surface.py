@@ -53,12 +53,8 @@ def _walls(outside: np.ndarray, dist: np.ndarray) -> np.ndarray:
     the nodule.
     """
     pieces = cc3d.connected_components(outside, connectivity=26)
-    edge = np.zeros(outside.shape, dtype=bool)
-    for axis in range(3):
-        for end in (0, -1):
-            idx = [slice(None)] * 3
-            idx[axis] = slice(end, None) if end == -1 else slice(0, 1)
-            edge[tuple(idx)] = True
+    edge = np.ones(outside.shape, dtype=bool)
+    edge[1:-1, 1:-1, 1:-1] = False
     keep = np.unique(pieces[(edge | (dist > ANNULUS_MM[1])) & outside])
     return np.isin(pieces, keep[keep > 0])
 
