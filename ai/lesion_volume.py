@@ -266,26 +266,30 @@ def grown(
     host = int(c.border.argmax())
     box: tuple[slice, ...] = c.box
     comp = c.comp
-    lab = labels[box]
+    in_host = labels[box] == host
     img = image[box].astype(np.float64)
     dist = ndimage.distance_transform_edt(~comp, sampling=spacing_zyx)
-    organ = (lab == host) & free
+    organ = in_host & free
     reach = cfg.grow_mm
-    step = _grow(comp, img, lab == host, organ, dist, reach, cfg)
+    step = _grow(comp, img, in_host, organ, dist, reach, cfg)
     if step is None:
         return None
     if reach < cfg.grow_max_mm and step.stopped >= cfg.grow_on_share:
         # The lesion goes on past the limit: the component was a part of it.  Grow further, in a box with room for the
         # region and the background beyond it; the last growth that could be told stands.
-        box, comp, free = _widened(c, free, labels.shape, spacing_zyx, max(GROWN_RING_MM[1], cfg.grow_max_mm + 4.0))
-        lab = labels[box]
+        box, at = _wider_box(c, labels.shape, spacing_zyx, max(GROWN_RING_MM[1], cfg.grow_max_mm + 4.0))
+        wide = tuple(b.stop - b.start for b in box)
+        comp = _pasted(c.comp, at, wide, fill=False)
+        free = _pasted(free, at, wide, fill=True)  # beyond c.box the organ's label alone keeps other lesions out
+        step = replace(step, region=_pasted(step.region, at, wide, fill=False),
+                       bright=_pasted(step.bright, at, wide, fill=False))
+        in_host = labels[box] == host
         img = image[box].astype(np.float64)
         dist = ndimage.distance_transform_edt(~comp, sampling=spacing_zyx)
-        organ = (lab == host) & free
-        step = step.widened(c.box, box)
+        organ = in_host & free
         while reach < cfg.grow_max_mm and step.stopped >= cfg.grow_on_share:
             reach = min(reach + cfg.grow_mm, cfg.grow_max_mm)
-            further = _grow(comp, img, lab == host, organ, dist, reach, cfg)
+            further = _grow(comp, img, in_host, organ, dist, reach, cfg)
             if further is None:
                 break
             step = further
@@ -295,7 +299,7 @@ def grown(
         region = _without_attachments(region, comp, cfg, spacing_zyx)
     share = None
     if cfg.surface_cut and sign > 0:
-        share = inside_share(comp, lab == host, free & (lab != host), img, dist, spacing_zyx, bg, noise)
+        share = inside_share(comp, in_host, free & ~in_host, img, dist, spacing_zyx, bg, noise)
         if share is not None:
             region &= share > 0
             if not region.any():
@@ -324,22 +328,20 @@ def grown(
     return voxels, region | shell, box
 
 
-def _widened(c: Component, free: np.ndarray, shape: Sequence[int], spacing_zyx: Sequence[float],
-             mm: float) -> tuple[tuple[slice, ...], np.ndarray, np.ndarray]:
-    """A box reaching ``mm`` beyond component ``c`` (and holding ``c.box``), the component and ``free`` in it.
-
-    Outside ``c.box`` every voxel is free: the organ's label alone keeps other lesions out.
-    """
+def _wider_box(c: Component, shape: Sequence[int], spacing_zyx: Sequence[float],
+               mm: float) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+    """A box reaching ``mm`` beyond component ``c`` and holding ``c.box``, and where ``c.box`` lies in it."""
     hit = np.argwhere(c.comp)
     lo = [max(0, min(b.start, b.start + int(h) - math.ceil(mm / s) - 1)) for b, h, s in zip(c.box, hit.min(0), spacing_zyx)]
     hi = [min(n, max(b.stop, b.start + int(h) + math.ceil(mm / s) + 2)) for b, h, s, n in zip(c.box, hit.max(0), spacing_zyx, shape)]
-    box = tuple(slice(a, b) for a, b in zip(lo, hi))
-    inner = tuple(slice(b.start - a, b.stop - a) for b, a in zip(c.box, lo))
-    comp = np.zeros([b - a for a, b in zip(lo, hi)], dtype=bool)
-    comp[inner] = c.comp
-    wide_free = np.ones(comp.shape, dtype=bool)
-    wide_free[inner] = free
-    return box, comp, wide_free
+    return tuple(slice(a, b) for a, b in zip(lo, hi)), tuple(slice(b.start - a, b.stop - a) for b, a in zip(c.box, lo))
+
+
+def _pasted(a: np.ndarray, inner: tuple[slice, ...], shape: Sequence[int], fill: bool) -> np.ndarray:
+    """Boolean ``a`` at ``inner`` of a new array of ``shape``, ``fill`` elsewhere."""
+    out = np.full(tuple(shape), fill, dtype=bool)
+    out[inner] = a
+    return out
 
 
 @dataclass(frozen=True)
@@ -354,15 +356,6 @@ class Growth:
     level: float  # the lesion's level (its ground glass for a part-solid one)
     glass: float | None  # the ground-glass level of a part-solid lesion
     stopped: float  # share of the organ's voxels just outside the region past its threshold and beyond the reach
-
-    def widened(self, old: tuple[slice, ...], new: tuple[slice, ...]) -> Growth:
-        """The same growth in the larger box ``new`` that holds ``old``."""
-        inner = tuple(slice(o.start - n.start, o.stop - n.start) for o, n in zip(old, new))
-        shape = tuple(n.stop - n.start for n in new)
-        region = np.zeros(shape, dtype=bool)
-        bright = np.zeros(shape, dtype=bool)
-        region[inner], bright[inner] = self.region, self.bright
-        return replace(self, region=region, bright=bright)
 
 
 def _grow(comp: np.ndarray, img: np.ndarray, host: np.ndarray, organ: np.ndarray, dist: np.ndarray, reach: float,
