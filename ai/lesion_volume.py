@@ -271,7 +271,7 @@ def grown(
     dist = ndimage.distance_transform_edt(~comp, sampling=spacing_zyx)
     organ = in_host & free
     reach = cfg.grow_mm
-    step = _grow(comp, img, in_host, organ, dist, reach, cfg, spacing_zyx)
+    step = _grow(comp, img, in_host, organ, dist, reach, cfg)
     if step is None:
         return None
     if reach < cfg.grow_max_mm and step.stopped >= cfg.grow_on_share:
@@ -289,7 +289,7 @@ def grown(
         organ = in_host & free
         while reach < cfg.grow_max_mm and step.stopped >= cfg.grow_on_share:
             reach = min(reach + cfg.grow_mm, cfg.grow_max_mm)
-            further = _grow(comp, img, in_host, organ, dist, reach, cfg, spacing_zyx)
+            further = _grow(comp, img, in_host, organ, dist, reach, cfg)
             if further is None:
                 break
             step = further
@@ -355,11 +355,11 @@ class Growth:
     sign: float  # +1 where the lesion is brighter than its organ, else -1
     level: float  # the lesion's level (its ground glass for a part-solid one)
     glass: float | None  # the ground-glass level of a part-solid lesion
-    stopped: float  # share of the region's surface towards the organ (by area) past its threshold and beyond the reach
+    stopped: float  # share of the organ's voxels just outside the region past its threshold and beyond the reach
 
 
 def _grow(comp: np.ndarray, img: np.ndarray, host: np.ndarray, organ: np.ndarray, dist: np.ndarray, reach: float,
-          cfg: LesionVolume, spacing_zyx: Sequence[float]) -> Growth | None:
+          cfg: LesionVolume) -> Growth | None:
     """One growth of :func:`grown`'s region, to ``reach`` mm from the component ``comp`` (``dist``: the distance to it).
 
     None where it cannot be told: too little organ around it, or too little contrast.
@@ -385,28 +385,10 @@ def _grow(comp: np.ndarray, img: np.ndarray, host: np.ndarray, organ: np.ndarray
     if not len(ids):
         return None
     region = np.isin(cc, ids)
-    stopped = _stopped_share(region, organ, bright & (dist > reach), spacing_zyx)
+    outside = dilate_box(region, (1, 1, 1)) & ~region & organ
+    n_out = int(np.count_nonzero(outside))
+    stopped = float(np.count_nonzero(outside & bright & (dist > reach))) / n_out if n_out else 0.0
     return Growth(region, bright, bg, noise, sign, level, glass, stopped)
-
-
-def _stopped_share(region: np.ndarray, organ: np.ndarray, past: np.ndarray, spacing_zyx: Sequence[float]) -> float:
-    """The share of ``region``'s surface towards ``organ`` (by area) whose outer voxel is in ``past``.
-
-    Measured on the faces between the region and the organ voxels beside it, each weighted by its area: on thin
-    slices a voxel count would weigh the region's sides three times its caps, and a count of its 26 neighbours
-    would add the corners a ragged region leaves everywhere.
-    """
-    total = hit = 0.0
-    for axis in range(3):
-        area = float(np.prod([s for a, s in enumerate(spacing_zyx) if a != axis]))
-        lo = [slice(None)] * 3
-        hi = [slice(None)] * 3
-        lo[axis], hi[axis] = slice(None, -1), slice(1, None)
-        for inner, outer in ((tuple(lo), tuple(hi)), (tuple(hi), tuple(lo))):
-            face = region[inner] & ~region[outer] & organ[outer]
-            total += area * np.count_nonzero(face)
-            hit += area * np.count_nonzero(face & past[outer])
-    return hit / total if total else 0.0
 
 
 GLASS_BAND = (0.2, 0.65)  # where ground glass lies, as a fraction of the way from the background to the solid level

@@ -11,7 +11,7 @@ from tests.test_postprocess_measure import Scene, _lesion_error, _vessel_scene, 
 
 SHIPPED = {"small_core": "brightest", "open_mm": 3.0, "open_contrast": 6.0, "open_rim": "adjacent", "surface_cut": True,
            "shell_edge_only": True, "ground_glass_share": 0.35}
-REACH = {"grow_max_mm": 8.0, "grow_on_share": 0.5}
+REACH = {"grow_max_mm": 8.0, "grow_on_share": 0.4}
 
 
 def _core_of(sc: Scene, share: float) -> np.ndarray:
@@ -34,7 +34,7 @@ def test_a_component_holding_only_the_core_is_grown_to_the_whole_nodule(
 ) -> None:
     """The network saw only the central 40 % of the radius (a faint nodule, a part-solid one's solid core): a region
     grown 2 mm past it misses most of the nodule (measured: -73 to -79 %); grown on while the limit, not the image,
-    stops it, it is within 10 % (measured: -0.9 to -0.4 %), for a solid nodule and a ground-glass one."""
+    stops it, it is within 10 % (measured: -6.5 to -0.5 %), for a solid nodule and a ground-glass one."""
     sc = scene(diameter, (1.0, 1.0), spacing)
     img = sc.ct(seed=5, core=core_hu)
     labels = _core_of(sc, 0.4)
@@ -42,40 +42,6 @@ def test_a_component_holding_only_the_core_is_grown_to_the_whole_nodule(
     reached = _volume(labels, sc, img, **SHIPPED, **REACH)
     assert plain < -0.4, plain
     assert abs(reached) <= 0.10, (plain, reached)
-
-
-@pytest.mark.parametrize(("diameter", "spacing"), [(10.0, (0.625, 1.953125, 1.953125)), (12.0, (0.8, 1.6, 1.6))])
-def test_a_component_holding_only_the_middle_slice_is_grown_along_the_slices(
-    diameter: float, spacing: tuple[float, float, float]
-) -> None:
-    """On thin slices the network saw only a nodule's middle slice: what stops the region at 2 mm is mostly its caps.
-    The share that turns further growth on is taken by surface area, so the caps weigh as much as they cover; 0.5.3
-    counted the voxels outside among the 26 neighbours, which weighed the sides about three times the caps on these
-    slices, and left the region at 2 mm (measured: -36 % and -50 %, as without the reach); now it is within 10 %
-    (measured: -1.2 % and -8.0 %)."""
-    sc = scene(diameter, (1.0, 1.0), spacing)
-    img = sc.ct(seed=7, psf_mm=1.0)
-    pos = (np.arange(sc.shape[0]) + 0.5) * sc.spacing[0]
-    middle = (_core_of(sc, 1.0) == 3) & (np.abs(pos - sc.centre[0]) <= 0.3)[:, None, None]
-    labels = np.where(middle, 3, 1).astype(np.uint8)
-    plain = _volume(labels, sc, img, **SHIPPED)
-    reached = _volume(labels, sc, img, **SHIPPED, **REACH)
-    assert plain < -0.3, plain
-    assert abs(reached) <= 0.10, (plain, reached)
-
-
-def test_the_stopped_share_is_by_surface_area() -> None:
-    """A cube of 4 voxels on 0.5 x 2 x 2 mm voxels whose caps only are bright beyond it: its caps are 2/3 of its
-    surface (128 of 192 mm2), though only a third of its faces and under half of its 26 neighbours outside."""
-    from ai.lesion_volume import _stopped_share
-
-    region = np.zeros((6, 6, 6), bool)
-    region[1:5, 1:5, 1:5] = True
-    past = np.zeros_like(region)
-    past[0, 1:5, 1:5] = past[5, 1:5, 1:5] = True
-    assert _stopped_share(region, np.ones_like(region), past, (0.5, 2.0, 2.0)) == pytest.approx(128 / 192)
-    assert _stopped_share(region, np.ones_like(region), past, (1.0, 1.0, 1.0)) == pytest.approx(1 / 3)
-    assert _stopped_share(region, np.zeros_like(region), past, (1.0, 1.0, 1.0)) == 0.0
 
 
 @pytest.mark.parametrize("spacing", [(1.0, 0.7, 0.7), (2.5, 0.8, 0.8), (5.0, 0.8, 0.8)])
