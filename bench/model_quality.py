@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import sys
 import time
 from collections.abc import Iterator
@@ -58,11 +59,27 @@ TRAIN_HELD_OUT = 7000  # seeds of the training family that no training or tuning
 TUNE_SEEDS = 6000  # validation seeds of the training family, for --tune
 
 
-def _cached(kind: str, seed: int, matrix: int, make: Any) -> Any:
-    """A generated case, from the cache when it was made before (generation takes seconds each)."""
+@functools.lru_cache(maxsize=None)
+def _source_digest(package: str) -> str:
+    """A short digest of a package's Python sources: a cached case is stale once its generator changes."""
+    import hashlib
+    import importlib
+
+    root = Path(importlib.import_module(package).__file__ or "").parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:12]
+
+
+def _cached(kind: str, seed: int, matrix: int, make: Any, generator: str) -> Any:
+    """A generated case, from the cache when the same generator made it before (generation takes seconds each).
+
+    The file's name holds the digest of ``generator``'s sources, so a changed generator never reads an old case.
+    """
     import pickle
 
-    path = out_dir() / "quality-cache" / f"{kind}-{seed}-{matrix}.pkl"
+    path = out_dir() / "quality-cache" / f"{kind}-{seed}-{matrix}-{_source_digest(generator)}.pkl"
     if path.exists():
         with path.open("rb") as f:
             return pickle.load(f)
@@ -80,7 +97,7 @@ def train_cases(first: int, count: int, matrix: int) -> Iterator[Any]:
     from ai.phantoms import generate
 
     for seed in range(first, first + count):
-        yield _cached("train", seed, matrix, lambda seed=seed: generate(seed, matrix=matrix))
+        yield _cached("train", seed, matrix, lambda seed=seed: generate(seed, matrix=matrix), "ai.phantoms")
 
 
 def eval_cases(matrix: int, limit: int | None = None) -> Iterator[Any]:
@@ -91,7 +108,8 @@ def eval_cases(matrix: int, limit: int | None = None) -> Iterator[Any]:
     if limit is not None:  # a smoke run: some with nodules and some without
         cases = [c for c in cases if not c[1]][: (limit + 1) // 2] + [c for c in cases if c[1]][: limit // 2]
     for seed, healthy in cases:
-        yield _cached("eval", seed, matrix, lambda seed=seed, healthy=healthy: generate_case(seed, healthy=healthy, matrix=matrix))
+        yield _cached("eval", seed, matrix, lambda seed=seed, healthy=healthy: generate_case(seed, healthy=healthy, matrix=matrix),
+                      "bench.evalset")
 
 
 def run(engine: Engine, case: Any) -> tuple[Result, float]:
