@@ -258,3 +258,33 @@ def test_preview_png(tmp_path: Path) -> None:
 
     out = render_preview(generate(4, matrix=64, slices=30, hard_negatives=True), tmp_path / "p.png")
     assert out.stat().st_size > 10_000
+
+
+def test_calcified_nodules_come_in_patterns_with_the_calcification_inside() -> None:
+    """Diffuse, central and eccentric calcification, about as often as drawn; a partly calcified nodule is soft
+    tissue around a calcified part that lies wholly inside it, and which pattern a nodule gets draws nothing from
+    the phantom's own stream."""
+    from collections import Counter
+
+    from ai.phantoms.lesions import CALCIFICATION, _calcification, make_blob
+
+    rng = np.random.default_rng(11)
+    seen: Counter[str] = Counter()
+    for i in range(300):
+        shape = ["sphere", "ellipsoid", "lobulated"][i % 3]
+        blob = make_blob(rng, shape, np.pi / 6 * rng.uniform(4, 12) ** 3, centre=rng.uniform(-150, 150, 3))
+        hu, core_hu, core = _calcification(blob, 600.0)
+        assert _calcification(blob, 600.0)[:2] == (hu, core_hu)  # its own stream, seeded by the nodule
+        if core is None:
+            seen["diffuse"] += 1
+            assert hu == 600.0
+            continue
+        assert -20 <= hu <= 80 and core_hu == 600.0
+        off = float(np.linalg.norm(core.centre - blob.centre)) / blob.bound
+        seen["central" if off < 0.15 else "eccentric"] += 1
+        pts = core.surface(200)
+        inside = blob.sdf(*(pts[:, k].astype(np.float32) for k in range(3)))
+        assert (inside > 0).all(), (shape, float(inside.min()))
+        assert 0.25 < core.volume() ** (1 / 3) / blob.volume() ** (1 / 3) < 0.65
+    for pattern, p in CALCIFICATION.items():
+        assert abs(seen[pattern] / 300 - p) < 0.08, seen

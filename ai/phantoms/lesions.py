@@ -155,6 +155,31 @@ def _attenuation(rng: np.random.Generator, kind: NoduleKind) -> tuple[float, flo
     return float(rng.uniform(-20, 80)), 0.0
 
 
+CALCIFICATION = {"diffuse": 0.4, "central": 0.4, "eccentric": 0.2}  # patterns and how often each is drawn
+
+
+def _calcification(blob: Blob, calcium_hu: float) -> tuple[float, float, Blob | None]:
+    """A calcified nodule's pattern: its density, the calcification's and the calcified part (None: all of it).
+
+    Diffuse: calcified throughout.  Central and eccentric: a soft-tissue nodule with a calcified part of 30-60 %
+    of its size at or off its centre, as real calcified granulomas often are.  The part is the nodule scaled by
+    ``s`` and moved ``t`` of the way to a point of its surface, with ``s + t`` under 1, so it stays inside.  Drawn
+    from a stream of its own, seeded by the nodule's centre, so that every other draw of the phantom is the same
+    as before patterns existed.
+    """
+    rng = np.random.default_rng(np.frombuffer(np.asarray(blob.centre, np.float64).tobytes(), np.uint32))
+    pattern = str(rng.choice(list(CALCIFICATION), p=list(CALCIFICATION.values())))
+    if pattern == "diffuse":
+        return calcium_hu, 0.0, None
+    soft = float(rng.uniform(-20, 80))
+    toward = blob.surface()[int(rng.integers(160))] - blob.centre
+    if pattern == "central":
+        scale, shift = float(rng.uniform(0.3, 0.6)), float(rng.uniform(0.0, 0.1))
+    else:
+        scale, shift = float(rng.uniform(0.3, 0.45)), float(rng.uniform(0.3, 0.4))
+    return soft, calcium_hu, blob.scaled(scale, blob.centre + shift * toward)
+
+
 def place_nodules(
     rng: np.random.Generator, count: int, lungs: LungQuery, vessels: Capsules, avoid: list[tuple[np.ndarray, float]],
     blocked: object = None,
@@ -200,6 +225,8 @@ def place_nodules(
         if kind == NoduleKind.PART_SOLID:
             off = rng.normal(0, 0.15, 3) * blob.bound
             core = blob.scaled(float(rng.uniform(0.35, 0.65)), blob.centre + off)
+        elif kind == NoduleKind.CALCIFIED:
+            hu, core_hu, core = _calcification(blob, hu)
         plans.append(NodulePlan(blob, kind, site, shape, "right" if side == 1 else "left", hu, core, core_hu, clipped, vol, centroid))
         taken.append((blob.centre, blob.bound))
     return plans
