@@ -223,6 +223,7 @@ def _lesion_volume(meas: dict[str, Any]) -> LesionVolume:
         shell_edge_only=bool(lv.get("shell_edge_only", default.shell_edge_only)),
         ground_glass_share=float(lv.get("ground_glass_share", default.ground_glass_share)),
         small_core=lv.get("small_core", default.small_core),
+        calcium=None if lv.get("calcium") is None else float(lv["calcium"]),
     )
 
 

@@ -148,6 +148,21 @@ class LesionVolume:
         its core (a slight overestimate on thick slices, where even the
         brightest voxel is partial, instead of the probability's
         inheritance of the network's errors).
+    calcium : float, optional
+        ``grown``: the densest a lesion's soft tissue is (e.g. 150 HU);
+        voxels brighter than this by two noise SDs are calcification.  A
+        partly calcified nodule (a share of its component's voxels within
+        ``CALCIFIED_SHARE`` calcified, and a plateau of soft tissue:
+        ``SOFT_SHARE_MIN`` of them within ``SOFT_TISSUE_BAND`` below
+        ``calcium``) takes its level and core from its soft tissue alone,
+        and is never taken for a part-solid one: the calcified part counts
+        whole, and its edge's fractions are taken against the soft tissue
+        that the edge is, not against a core that the calcium raised, which
+        counts the edge short.  Its core is the median of its pure
+        soft-tissue voxels, or, with too few of them (on thick slices the
+        calcified centre holds most pure voxels), ``core`` or else its soft
+        tissue's 95th percentile.  A nodule calcified throughout is measured
+        as any other.  None: off.
     """
 
     method: Method = "auto"
@@ -169,9 +184,15 @@ class LesionVolume:
     shell_edge_only: bool = False
     ground_glass_share: float = 0.0
     small_core: Literal["none", "brightest"] = "none"
+    calcium: float | None = None
 
 
 MIN_CORE_VOXELS = 8
+CALCIFIED_SHARE = (0.02, 0.5)  # a partly calcified component has this share of its voxels calcified: fewer are noise, more
+# are a nodule calcified throughout (its rim partial)
+CALCIUM_NOISE_SDS = 2.0  # calcification is this many noise SDs brighter than the densest soft tissue
+SOFT_TISSUE_BAND = 200.0  # soft tissue lies within this much below ``calcium`` (for 150 HU: -50 to 150 HU)
+SOFT_SHARE_MIN = 0.25  # a partly calcified lesion: at least this share of its component's voxels is in that band
 SMALL_CORES = ("none", "brightest")
 OPEN_RIMS = ("ball", "adjacent")
 
@@ -295,6 +316,7 @@ def grown(
             step = further
     region, bright = step.region, step.bright
     bg, noise, sign, level, glass = step.background, step.noise, step.sign, step.level, step.glass
+    calcified = step.calcified
     if cfg.open_mm > 0 and sign > 0 and level - bg >= cfg.open_contrast * noise:
         region = _without_attachments(region, comp, cfg, spacing_zyx)
     share = None
@@ -307,6 +329,8 @@ def grown(
     inner = inner_voxels(region)
     if glass is not None:
         core = glass  # ground glass counts whole; the solid part, brighter, too (fractions are clipped at 1)
+    elif calcified is not None:
+        core = _soft_core(img, region, inner, calcified, level, cfg)  # the calcified part counts whole (clipped at 1)
     elif np.count_nonzero(inner) >= MIN_CORE_VOXELS:
         core = float(np.median(img[inner]))
     elif cfg.core is not None:
@@ -326,6 +350,21 @@ def grown(
         frac_shell = np.where((dilate_box(beyond, (1, 1, 1)) & bright)[shell], 0.0, frac_shell)
     voxels = pure + float(frac[region & ~inner].sum() + frac_shell.sum())
     return voxels, region | shell, box
+
+
+def _soft_core(img: np.ndarray, region: np.ndarray, inner: np.ndarray, calcified: float, level: float,
+               cfg: LesionVolume) -> float:
+    """The soft tissue's intensity of a partly calcified lesion: the median of its pure soft-tissue voxels, else
+    ``cfg.core``, else the 95th percentile of its soft tissue (never dimmer than its level)."""
+    pure = img[inner]
+    pure = pure[pure <= calcified]
+    if len(pure) >= MIN_CORE_VOXELS:
+        return float(np.median(pure))
+    if cfg.core is not None:
+        return max(float(cfg.core), level)
+    soft = img[region]
+    soft = soft[soft <= calcified]
+    return max(level, float(np.percentile(soft, 95))) if len(soft) else level
 
 
 def _wider_box(c: Component, shape: Sequence[int], spacing_zyx: Sequence[float],
@@ -355,6 +394,7 @@ class Growth:
     sign: float  # +1 where the lesion is brighter than its organ, else -1
     level: float  # the lesion's level (its ground glass for a part-solid one)
     glass: float | None  # the ground-glass level of a part-solid lesion
+    calcified: float | None  # a partly calcified lesion: the intensity above which its voxels are calcification
     stopped: float  # share of the organ's voxels just outside the region past its threshold and beyond the reach
 
 
@@ -370,10 +410,14 @@ def _grow(comp: np.ndarray, img: np.ndarray, host: np.ndarray, organ: np.ndarray
         return None
     bg, noise, sign = found
     vals = img[comp]
+    calcified = _calcified_above(vals, cfg.calcium, noise) if sign > 0 else None
+    if calcified is not None:
+        vals = vals[vals <= calcified]  # the level of its soft tissue
     level = float(np.percentile(vals, cfg.level if sign > 0 else 100.0 - cfg.level))
     if (level - bg) * sign < cfg.grow_contrast * noise:
         return None
-    glass = _ground_glass(vals, bg, level, cfg.ground_glass_share) if sign > 0 else None
+    # A partly calcified lesion is soft tissue around calcium, not ground glass: its band holds its partial rim.
+    glass = _ground_glass(vals, bg, level, cfg.ground_glass_share) if sign > 0 and calcified is None else None
     if glass is not None:
         level = glass
     allowed = comp | ((dist <= reach) & organ)
@@ -388,7 +432,24 @@ def _grow(comp: np.ndarray, img: np.ndarray, host: np.ndarray, organ: np.ndarray
     outside = dilate_box(region, (1, 1, 1)) & ~region & organ
     n_out = int(np.count_nonzero(outside))
     stopped = float(np.count_nonzero(outside & bright & (dist > reach))) / n_out if n_out else 0.0
-    return Growth(region, bright, bg, noise, sign, level, glass, stopped)
+    return Growth(region, bright, bg, noise, sign, level, glass, calcified, stopped)
+
+
+def _calcified_above(vals: np.ndarray, calcium: float | None, noise: float) -> float | None:
+    """For a partly calcified lesion (component intensities ``vals``), the intensity above which its voxels are
+    calcification (``calcium`` plus :data:`CALCIUM_NOISE_SDS` noise SDs); None for any other lesion.
+
+    Partly calcified: a share of its voxels within :data:`CALCIFIED_SHARE` is calcification, and at least
+    :data:`SOFT_SHARE_MIN` are soft tissue (within :data:`SOFT_TISSUE_BAND` below it).  A nodule calcified
+    throughout has most of its voxels calcified and the rest spread thinly from the lung up (its partial rim,
+    which on thick slices is most of a small nodule); a partly calcified one has a plateau of soft tissue.
+    """
+    if calcium is None or not len(vals):
+        return None
+    above = calcium + CALCIUM_NOISE_SDS * noise
+    share = float(np.mean(vals > above))
+    soft = float(np.mean((vals > calcium - SOFT_TISSUE_BAND) & (vals <= above)))
+    return above if CALCIFIED_SHARE[0] <= share < CALCIFIED_SHARE[1] and soft >= SOFT_SHARE_MIN else None
 
 
 GLASS_BAND = (0.2, 0.65)  # where ground glass lies, as a fraction of the way from the background to the solid level

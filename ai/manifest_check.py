@@ -93,7 +93,7 @@ def problems_in(m: dict[str, Any], path: Path) -> list[str]:
 SHAPE_KEYS = {"max_elongation": 1.0, "max_length_mm": 0.0, "min_fill": 0.0, "vessel_radius_mm": 0.0}  # key -> exclusive lower bound
 _VOLUME_KEYS = ("method", "shell_mm", "tail_mm", "core", "min_contrast", "grow_mm", "grow_max_mm", "grow_on_share", "level",
                 "grow_contrast", "open_mm", "open_fraction", "open_contrast", "open_rim", "surface_cut", "shell_edge_only",
-                "ground_glass_share", "small_core")
+                "ground_glass_share", "small_core", "calcium")
 _ANATOMY_KEYS = ("labels", "paired", "volume_ml", "min_extent_mm", "min_fill", "partial_min_ml", "min_inside_body")
 
 
@@ -246,6 +246,9 @@ def _problems_in_anatomy_keys(m: dict[str, Any]) -> list[str]:
             problems.append(f"measurement.lesion_volume.method must be one of {', '.join(METHODS)}, not {value!r}")
         elif key == "core" and not (value is None or _is_number(value)):
             problems.append(f"measurement.lesion_volume.core must be a number (the lesion's own intensity) or null, not {value!r}")
+        elif key == "calcium" and not (value is None or _is_number(value)):
+            problems.append("measurement.lesion_volume.calcium must be a number (the intensity above which a lesion's voxels are "
+                            f"calcification, e.g. 150 HU) or null, not {value!r}")
         elif key in ("shell_mm", "tail_mm", "min_contrast", "grow_mm", "grow_contrast") and not (_is_number(value) and value > 0):
             problems.append(f"measurement.lesion_volume.{key} must be a number > 0, not {value!r}")
         elif key == "grow_max_mm" and not (_is_number(value) and value >= 0):

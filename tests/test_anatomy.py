@@ -201,6 +201,7 @@ def test_a_three_label_manifest_loads(tmp_path: Path) -> None:
         ({"measurement__lesion_volume": {"grow_on_share": 0}}, "measurement.lesion_volume.grow_on_share must be a share within 0..1"),
         ({"measurement__lesion_volume": {"surface_cut": "yes"}}, "measurement.lesion_volume.surface_cut must be true or false"),
         ({"measurement__lesion_volume": {"shell_edge_only": 1}}, "measurement.lesion_volume.shell_edge_only must be true or false"),
+        ({"measurement__lesion_volume": {"calcium": "high"}}, "measurement.lesion_volume.calcium must be a number"),
         ({"measurement__volumes": {}}, "measurement: unknown key 'volumes'"),
         ({"anatomy__volume_ml": [4500, 500]}, "anatomy.volume_ml must be [min, max] mL with 0 <= min < max"),
         ({"anatomy__paired": [1, 1]}, "anatomy.paired must be two different labels [right, left]"),
