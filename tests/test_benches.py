@@ -56,6 +56,10 @@ TABLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         ("| transfer | seconds | studies per minute |", "| Orthanc -> dcmtk storescp (C-STORE, reference) |",
          "| dicomnode fetch, C-MOVE", "| dicomnode fetch, WADO-RS"),
     ),
+    "calcified_volume": (
+        (),
+        ("| calcification | renders |", "| throughout |", "| central |", "| eccentric |"),
+    ),
     "train_epoch": (
         (),
         ("| precision | seconds per epoch | ms per step | loss | peak GPU memory |", "| fp32 |"),
