@@ -56,6 +56,10 @@ TABLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         ("| transfer | seconds | studies per minute |", "| Orthanc -> dcmtk storescp (C-STORE, reference) |",
          "| dicomnode fetch, C-MOVE", "| dicomnode fetch, WADO-RS"),
     ),
+    "volume_sweep": (
+        (),
+        ("| setting | found nodules >= 6 mm |", "| bundle (reference) |", "| voxels |"),
+    ),
     "calcified_volume": (
         (),
         ("| calcification | renders |", "| throughout |", "| central |", "| eccentric |"),
