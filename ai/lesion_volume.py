@@ -18,6 +18,7 @@ from typing import Literal
 import cc3d
 import numpy as np
 
+from ai.lesion_calcium import calcification, soft_core
 from ai.organ_surface import inside_share
 from ai.postprocess import dilate_box
 from ai.shape import sq_distance
@@ -150,21 +151,15 @@ class LesionVolume:
         inheritance of the network's errors).
     calcium : float, optional
         ``grown``: the densest a lesion's soft tissue is (e.g. 150 HU);
-        voxels brighter than this by two noise SDs are calcification.  A
-        lesion with calcification (at least the lower bound of
-        ``CALCIFIED_SHARE`` of its component's voxels) is never taken for a
-        part-solid one, whose solid part is soft tissue: its partial rim,
-        most of a small nodule on thick slices, fills the ground-glass band.
-        A partly calcified one (fewer than the upper bound calcified, and a
-        plateau of soft tissue: ``SOFT_SHARE_MIN`` of its voxels within
-        ``SOFT_TISSUE_BAND`` below ``calcium``) takes its level and core
+        voxels brighter than this by two noise SDs are calcification
+        (:mod:`ai.lesion_calcium`).  A lesion with calcification is never
+        taken for a part-solid one, whose solid part is soft tissue: its
+        partial rim, most of a small nodule on thick slices, fills the
+        ground-glass band.  A partly calcified one takes its level and core
         from its soft tissue alone: the calcified part counts whole, and its
         edge's fractions are taken against the soft tissue that the edge
         is, not against a core that the calcium raised, which counts the
-        edge short.  Its core is the median of its pure soft-tissue voxels,
-        or, with too few of them (on thick slices the calcified centre holds
-        most pure voxels), ``core`` or else its soft tissue's 75th
-        percentile.  None: off.
+        edge short.  None: off.
     """
 
     method: Method = "auto"
@@ -190,13 +185,6 @@ class LesionVolume:
 
 
 MIN_CORE_VOXELS = 8
-CALCIFIED_SHARE = (0.02, 0.5)  # a partly calcified component has this share of its voxels calcified: fewer are noise, more
-# are a nodule calcified throughout (its rim partial)
-CALCIUM_NOISE_SDS = 2.0  # calcification is this many noise SDs brighter than the densest soft tissue
-SOFT_TISSUE_BAND = 200.0  # soft tissue lies within this much below ``calcium`` (for 150 HU: -50 to 150 HU)
-SOFT_SHARE_MIN = 0.25  # a partly calcified lesion: at least this share of its component's voxels is in that band
-VESSEL_RUN_MM = 3.0  # a structure as dense as calcium that runs this far out of a lesion's component is a vessel
-SOFT_CORE_PERCENTILE = 75.0  # a partly calcified lesion without pure soft-tissue voxels: its soft tissue's core
 SMALL_CORES = ("none", "brightest")
 OPEN_RIMS = ("ball", "adjacent")
 
@@ -320,7 +308,6 @@ def grown(
             step = further
     region, bright = step.region, step.bright
     bg, noise, sign, level, glass = step.background, step.noise, step.sign, step.level, step.glass
-    calcified = step.calcified
     if cfg.open_mm > 0 and sign > 0 and level - bg >= cfg.open_contrast * noise:
         region = _without_attachments(region, comp, cfg, spacing_zyx)
     share = None
@@ -333,8 +320,8 @@ def grown(
     inner = inner_voxels(region)
     if glass is not None:
         core = glass  # ground glass counts whole; the solid part, brighter, too (fractions are clipped at 1)
-    elif calcified is not None:
-        core = _soft_core(img, region, inner, calcified, level, cfg)  # the calcified part counts whole (clipped at 1)
+    elif step.calcified is not None:  # the calcified part counts whole (fractions are clipped at 1)
+        core = soft_core(img, region, inner, step.calcified, level, cfg.core, MIN_CORE_VOXELS)
     elif np.count_nonzero(inner) >= MIN_CORE_VOXELS:
         core = float(np.median(img[inner]))
     elif cfg.core is not None:
@@ -354,22 +341,6 @@ def grown(
         frac_shell = np.where((dilate_box(beyond, (1, 1, 1)) & bright)[shell], 0.0, frac_shell)
     voxels = pure + float(frac[region & ~inner].sum() + frac_shell.sum())
     return voxels, region | shell, box
-
-
-def _soft_core(img: np.ndarray, region: np.ndarray, inner: np.ndarray, calcified: float, level: float,
-               cfg: LesionVolume) -> float:
-    """The soft tissue's intensity of a partly calcified lesion: the median of its pure soft-tissue voxels, else
-    ``cfg.core``, else the :data:`SOFT_CORE_PERCENTILE` th percentile of its soft tissue (never dimmer than its level):
-    the 95th, as for ``small_core`` ``brightest``, takes noise and the calcification's blur for soft tissue."""
-    pure = img[inner]
-    pure = pure[pure <= calcified]
-    if len(pure) >= MIN_CORE_VOXELS:
-        return float(np.median(pure))
-    if cfg.core is not None:
-        return max(float(cfg.core), level)
-    soft = img[region]
-    soft = soft[soft <= calcified]
-    return max(level, float(np.percentile(soft, SOFT_CORE_PERCENTILE))) if len(soft) else level
 
 
 def _wider_box(c: Component, shape: Sequence[int], spacing_zyx: Sequence[float],
@@ -415,7 +386,7 @@ def _grow(comp: np.ndarray, img: np.ndarray, host: np.ndarray, organ: np.ndarray
         return None
     bg, noise, sign = found
     vals = img[comp]
-    has_calcium, calcified = _calcification(img, comp, dist, cfg.calcium, noise) if sign > 0 else (False, None)
+    has_calcium, calcified = calcification(img, comp, vals, dist, cfg.calcium, noise) if sign > 0 else (False, None)
     if calcified is not None:
         vals = vals[vals <= calcified]  # the level of its soft tissue
     level = float(np.percentile(vals, cfg.level if sign > 0 else 100.0 - cfg.level))
@@ -440,36 +411,6 @@ def _grow(comp: np.ndarray, img: np.ndarray, host: np.ndarray, organ: np.ndarray
     stopped = float(np.count_nonzero(outside & bright & (dist > reach))) / n_out if n_out else 0.0
     return Growth(region, bright, bg, noise, sign, level, glass, calcified, stopped)
 
-
-def _calcification(img: np.ndarray, comp: np.ndarray, dist: np.ndarray, calcium: float | None,
-                   noise: float) -> tuple[bool, float | None]:
-    """Whether a lesion (component ``comp`` of image box ``img``; ``dist``: the distance to it in mm) holds
-    calcification, and for a partly calcified one the intensity above which its voxels are calcification
-    (``calcium`` plus :data:`CALCIUM_NOISE_SDS` noise SDs).
-
-    Calcification lies within the lesion: a structure that bright which runs on out of the component (more than
-    :data:`VESSEL_RUN_MM` beyond it) is a contrast-enhanced vessel that the component took part of, and does not
-    count; a lesion's own calcified body may lie a little beyond a component that the network misplaced.
-    Calcified: at least the lower bound of :data:`CALCIFIED_SHARE` of its voxels (fewer are noise).  Partly
-    calcified: fewer than the upper bound, and at least :data:`SOFT_SHARE_MIN` soft tissue (within
-    :data:`SOFT_TISSUE_BAND` below ``calcium``).  A nodule calcified throughout has most of its voxels calcified and
-    the rest spread thinly from the lung up (its partial rim, which on thick slices is most of a small nodule); a
-    partly calcified one has a plateau of soft tissue.
-    """
-    if calcium is None or not comp.any():
-        return False, None
-    above = calcium + CALCIUM_NOISE_SDS * noise
-    dense = img > above
-    if not (dense & comp).any():
-        return False, None
-    pieces = cc3d.connected_components(dense, connectivity=26)
-    out = np.unique(pieces[dense & (dist > VESSEL_RUN_MM)])
-    inside = dense & comp & ~np.isin(pieces, out[out > 0])
-    vals = img[comp]
-    share = float(np.count_nonzero(inside)) / len(vals)
-    soft = float(np.mean((vals > calcium - SOFT_TISSUE_BAND) & (vals <= above)))
-    partly = CALCIFIED_SHARE[0] <= share < CALCIFIED_SHARE[1] and soft >= SOFT_SHARE_MIN
-    return share >= CALCIFIED_SHARE[0], above if partly else None
 
 
 GLASS_BAND = (0.2, 0.65)  # where ground glass lies, as a fraction of the way from the background to the solid level
