@@ -19,14 +19,14 @@ import dataclasses
 import sys
 from pathlib import Path
 
-import cc3d
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from ai.bundle import load_bundle  # noqa: E402
 from dicomnode.jobs.models import DEFAULT_MODEL, SHIPPED_BUNDLES  # noqa: E402
-from tests.test_postprocess_measure import Scene, _blur, _lesion_error, scene  # noqa: E402  (the renders of the volume tests)
+from tests.test_calcified_volume import render  # noqa: E402  (the renders of the volume tests)
+from tests.test_postprocess_measure import Scene, _lesion_error  # noqa: E402
 
 GRIDS = [(1.0, 0.7, 0.7), (1.25, 0.7, 0.7), (2.5, 0.8, 0.8), (5.0, 0.8, 0.8), (1.0, 1.5, 1.5), (3.0, 1.0, 1.0)]  # z, y, x mm
 SIZES = (6.5, 8.0, 10.0, 13.0)
@@ -35,23 +35,18 @@ CALCIUM = (300.0, 600.0, 1000.0)
 NOISE = (15.0, 50.0)
 
 
-def render(rng: np.random.Generator, spacing: tuple[float, float, float], diameter: float, pattern: str, calcium: float,
-           noise: float) -> tuple[Scene, np.ndarray, np.ndarray]:
-    """One calcified nodule: its scene, a 3 mm network grid's label map and the CT image."""
+def draw(rng: np.random.Generator, spacing: tuple[float, float, float], diameter: float, pattern: str, calcium: float,
+         noise: float) -> tuple[Scene, np.ndarray, np.ndarray]:
+    """One calcified nodule of ``pattern``: its scene, a 3 mm network grid's label map and the CT image."""
     if pattern == "throughout":
         scale, shift = 1.0, 0.0
     elif pattern == "central":
         scale, shift = rng.uniform(0.3, 0.6), rng.uniform(0.0, 0.1)
     else:
         scale, shift = rng.uniform(0.3, 0.45), rng.uniform(0.3, 0.4)
-    sc = scene(diameter, (1.0, 1.0), spacing, seed=int(rng.integers(1000)))
-    part = Scene(sc.shape, sc.spacing, sc.centre + np.array([0.0, 0.0, shift * diameter / 2]), sc.semi * scale, sc.rot)
-    whole, core = sc.fractions(sc.shape, spacing), part.fractions(sc.shape, spacing)
+    scene_seed = int(rng.integers(1000))
     soft = calcium if pattern == "throughout" else rng.uniform(-20.0, 80.0)
-    img = -850.0 + whole * (soft + 850.0) + core * (calcium - soft)
-    img = _blur(img, [0.0, 0.7 / spacing[1], 0.7 / spacing[2]]) + rng.normal(0, noise, img.shape).astype(np.float32)
-    labels = np.where(cc3d.largest_k(sc.network(0.01, grid_mm=3.0) >= 0.5, 1, connectivity=26) > 0, 3, 1).astype(np.uint8)
-    return sc, labels, img
+    return render(diameter, spacing, scale, shift, calcium, soft, noise, rng, scene_seed)
 
 
 def main() -> int:
@@ -69,7 +64,7 @@ def main() -> int:
             for pattern in PATTERNS:
                 for calcium in CALCIUM:
                     for noise in NOISE:
-                        sc, labels, img = render(rng, spacing, d, pattern, calcium, noise)
+                        sc, labels, img = draw(rng, spacing, d, pattern, calcium, noise)
                         a, _ = _lesion_error(labels, spacing, sc.true_mm3, image=img, lesion_volume=without)
                         b, _ = _lesion_error(labels, spacing, sc.true_mm3, image=img, lesion_volume=with_ca)
                         errors[pattern].append((a, b))

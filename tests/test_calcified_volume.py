@@ -13,19 +13,27 @@ SHIPPED = {"method": "grown", "small_core": "brightest", "shell_edge_only": True
            "grow_max_mm": 8.0, "grow_on_share": 0.4}  # the default bundle's other lesion_volume settings
 
 
-def _calcified(diameter: float, spacing: tuple[float, float, float], scale: float, shift: float, calcium_hu: float = 600.0,
-               soft_hu: float = 30.0, seed: int = 4) -> tuple[Scene, np.ndarray, np.ndarray]:
-    """A nodule of ``soft_hu`` with a calcified part ``scale`` of its size, moved ``shift`` of its radius off centre
-    (``scale`` 1: calcified throughout); 0.7 mm in-plane blur, 15 HU noise; a network's mask from a 3 mm grid."""
-    sc = scene(diameter, (1.0, 1.0), spacing)
+def render(diameter: float, spacing: tuple[float, float, float], scale: float, shift: float, calcium_hu: float,
+           soft_hu: float, noise_hu: float, noise_rng: np.random.Generator,
+           scene_seed: int = 0) -> tuple[Scene, np.ndarray, np.ndarray]:
+    """A nodule of ``soft_hu`` in lung (-850 HU) with a calcified part of ``calcium_hu``, ``scale`` of its size, moved
+    ``shift`` of its radius off centre; 0.7 mm in-plane blur, ``noise_hu`` of noise from ``noise_rng``; its scene, the
+    label map of a network on a 3 mm grid and the image (also ``bench/calcified_volume.py``'s renders)."""
+    sc = scene(diameter, (1.0, 1.0), spacing, seed=scene_seed)
     part = Scene(sc.shape, sc.spacing, sc.centre + np.array([0.0, 0.0, shift * diameter / 2]), sc.semi * scale, sc.rot)
     whole, core = sc.fractions(sc.shape, spacing), part.fractions(sc.shape, spacing)
-    soft = calcium_hu if scale >= 1.0 else soft_hu
-    img = -850.0 + whole * (soft + 850.0) + core * (calcium_hu - soft)
+    img = -850.0 + whole * (soft_hu + 850.0) + core * (calcium_hu - soft_hu)
     img = _blur(img, [0.0, 0.7 / spacing[1], 0.7 / spacing[2]])
-    img = img + np.random.default_rng(seed).normal(0, 15, img.shape).astype(np.float32)
+    img = img + noise_rng.normal(0, noise_hu, img.shape).astype(np.float32)
     labels = np.where(cc3d.largest_k(sc.network(0.01, grid_mm=3.0) >= 0.5, 1, connectivity=26) > 0, 3, 1).astype(np.uint8)
     return sc, labels, img
+
+
+def _calcified(diameter: float, spacing: tuple[float, float, float], scale: float, shift: float, calcium_hu: float = 600.0,
+               soft_hu: float = 30.0, seed: int = 4) -> tuple[Scene, np.ndarray, np.ndarray]:
+    """:func:`render` with 15 HU of noise (``scale`` 1: calcified throughout)."""
+    soft = calcium_hu if scale >= 1.0 else soft_hu
+    return render(diameter, spacing, scale, shift, calcium_hu, soft, 15.0, np.random.default_rng(seed))
 
 
 @pytest.mark.parametrize("spacing", [(1.25, 0.7, 0.7), (2.5, 0.8, 0.8)])
