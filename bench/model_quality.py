@@ -50,6 +50,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 from ai.bundle import load_bundle  # noqa: E402
 from ai.engine import Engine, Result  # noqa: E402
+from ai.lesion_volume import LesionVolume  # noqa: E402
 from bench.common import out_dir, use_quick_out  # noqa: E402
 from bench.quality import NODULE, Scores, auc, froc, nodule_rules, plot, score_case, table, volume_errors  # noqa: E402
 from dicomnode.jobs.models import DEFAULT_MODEL, SHIPPED_BUNDLES  # noqa: E402
@@ -122,18 +123,26 @@ def run(engine: Engine, case: Any) -> tuple[Result, float]:
 ESTIMATORS = ("voxels", "probability", "auto", "grown")  # lesion volume methods compared on the same label maps
 
 
-def estimator_errors(engine: Engine, case: Any, res: Result, errors: dict[str, list[float]]) -> None:
-    """Add the volume errors of each estimator in :data:`ESTIMATORS` on this case's label map to ``errors``."""
+def nodule_lesions(engine: Engine, case: Any, labels: np.ndarray, probabilities: np.ndarray | None, image: np.ndarray,
+                   lesion_volume: LesionVolume) -> list[Any]:
+    """The nodules of a label map of ``case``, measured with ``lesion_volume`` (the engine's network is not run)."""
     from ai.measure import measure
 
     b = engine.bundle
     names = {lb.value: lb.name for lb in b.labels}
+    ms = measure(labels, tuple(case.spacing), names, image=image, lesion_values=[NODULE], probabilities=probabilities,
+                 contains=b.contains, lesion_volume=lesion_volume)
+    return next((m.lesions for m in ms if m.value == NODULE), [])
+
+
+def estimator_errors(engine: Engine, case: Any, res: Result, errors: dict[str, list[float]]) -> None:
+    """Add the volume errors of each estimator in :data:`ESTIMATORS` on this case's label map to ``errors``."""
+    assert res.labels is not None
+    image = case.hu.astype(np.float32)
     for method in ESTIMATORS:
-        lv = dataclasses.replace(b.lesion_volume, method=method, thresholds=engine.tail_thresholds())
-        ms = measure(res.labels, tuple(case.spacing), names, image=case.hu.astype(np.float32), lesion_values=[NODULE],
-                     probabilities=res.probabilities, contains=b.contains, lesion_volume=lv)
+        lv = dataclasses.replace(engine.bundle.lesion_volume, method=method, thresholds=engine.tail_thresholds())
         one = Scores(method)
-        score_case(one, case, res.labels, None, next((m.lesions for m in ms if m.value == NODULE), []))
+        score_case(one, case, res.labels, None, nodule_lesions(engine, case, res.labels, res.probabilities, image, lv))
         errors.setdefault(method, []).extend(volume_errors(one))
 
 

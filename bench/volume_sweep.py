@@ -43,9 +43,8 @@ sys.path.insert(0, str(HERE))
 from ai.bundle import load_bundle  # noqa: E402
 from ai.engine import Engine  # noqa: E402
 from ai.lesion_volume import LesionVolume  # noqa: E402
-from ai.measure import measure  # noqa: E402
 from bench.common import out_dir, use_quick_out  # noqa: E402
-from bench.model_quality import DEFAULT, _source_digest, eval_cases, run, train_cases  # noqa: E402
+from bench.model_quality import DEFAULT, _source_digest, eval_cases, nodule_lesions, run, train_cases  # noqa: E402
 from bench.quality import NODULE, Scores, TrueNodule, score_case  # noqa: E402
 
 KINDS = ("solid", "part-solid", "ground-glass", "calcified")
@@ -94,17 +93,13 @@ def error(n: TrueNodule) -> float:
 def sweep(engine: Engine, bundle: Path, family: str, cases: Iterator[Any], matrix: int,
           settings: dict[str, LesionVolume]) -> dict[str, Scores]:
     """Every setting's scores on the same label maps."""
-    b = engine.bundle
-    names = {lb.value: lb.name for lb in b.labels}
     scores = {name: Scores(name) for name in settings}
     for case, labels, prob in outputs(engine, bundle, family, cases, matrix):
         probs = np.zeros((NODULE + 1, *labels.shape), np.float32)
         probs[NODULE] = prob
         image = case.hu.astype(np.float32)
         for name, lv in settings.items():
-            ms = measure(labels, tuple(case.spacing), names, image=image, lesion_values=[NODULE], probabilities=probs,
-                         contains=b.contains, lesion_volume=lv)
-            score_case(scores[name], case, labels, None, next((m.lesions for m in ms if m.value == NODULE), []))
+            score_case(scores[name], case, labels, None, nodule_lesions(engine, case, labels, probs, image, lv))
     return scores
 
 
@@ -122,8 +117,8 @@ def report(scores: dict[str, Scores], reference: str) -> str:
             kinds.append(f"{sum(k)}/{len(k)}" if k else "-")
         changed, gained, lost = 0, 0, 0
         # The same true nodules in the same order, found by the same label maps; only the measurements differ.
-        ref_found = [id(a) for a in big(scores[reference])]
-        this_found = [id(n) for n in found]
+        ref_found = {id(a) for a in big(scores[reference])}
+        this_found = {id(n) for n in found}
         pairs = [(a, n) for a, n in zip(scores[reference].nodules, s.nodules) if id(a) in ref_found and id(n) in this_found]
         for a, n in pairs:
             if abs(error(a) - error(n)) > 1e-9:
