@@ -16,8 +16,11 @@ For each family: right and left lung Dice; nodule sensitivity by kind
 with at most one); the share of found nodules whose measured volume is
 within +-15 % of the truth; the "nodule present" probability's AUC, the share of
 healthy scans it puts below 0.5 and its calibration: the bundle's own
-``scan_score`` (:mod:`ai.scan_score`), or ``--classifier DIR``.  ``--plots DIR`` writes
-the FROC curves and the classifier's reliability diagram as one PNG.
+``scan_score`` (:mod:`ai.scan_score`), or ``--classifier DIR``; and what the
+false positives are (:mod:`bench.fp_census`: hilar or peripheral, size,
+density, per scan).  ``--plots DIR`` writes the FROC curves and the
+classifier's reliability diagram as one PNG, and a montage of each family's
+false positives (``false-positives-train.png``, ``false-positives-eval.png``).
 
 ``--tune SEED`` sweeps the nodule thresholds on training-family *validation*
 seeds SEED.. (use 6000), fits the scan score's calibration at each and prints
@@ -52,6 +55,7 @@ from ai.bundle import load_bundle  # noqa: E402
 from ai.engine import Engine, Result  # noqa: E402
 from ai.lesion_volume import LesionVolume  # noqa: E402
 from bench.common import out_dir, use_quick_out  # noqa: E402
+from bench.fp_census import census, montage  # noqa: E402
 from bench.quality import NODULE, Scores, auc, froc, nodule_rules, plot, score_case, table, volume_errors  # noqa: E402
 from dicomnode.jobs.models import DEFAULT_MODEL, SHIPPED_BUNDLES  # noqa: E402
 
@@ -186,7 +190,7 @@ def score(name: str, cases: Iterator[Any], engine: Engine, classifier: Engine | 
             s.not_applicable.append(anatomy.reason)
         assert res.labels is not None and res.probabilities is not None
         lesions = next((m.lesions for m in res.measurements if m.value == NODULE), [])
-        score_case(s, case, res.labels, component_scores(res), lesions)
+        score_case(s, case, res.labels, component_scores(res), lesions, describe_fps=True)
         probs = res.class_probabilities  # the bundle's own scan score, when its manifest has one
         if classifier is not None:
             probs = classifier.run(case.hu.astype(np.float32), tuple(case.spacing), np.asarray(case.direction)).class_probabilities
@@ -290,10 +294,14 @@ def main() -> int:
         op = froc(s, [0.0])[0]
         print(f"\noperating point: sensitivity >= 6 mm {op[1]:.3f} at {op[2]:.2f} FP per scan\n")
         print(estimator_table(s.estimators, engine.bundle.lesion_volume.method) + "\n")
+        print(census(s.false_positives, s.cases) + "\n")
     if args.plots is not None:
         args.plots.mkdir(parents=True, exist_ok=True)
         plot(families, str(args.plots / "quality.png"))
         print(f"wrote {args.plots / 'quality.png'}")
+        for s, short in zip(families, [f for f in ("train", "eval") if args.family in ("both", f)]):
+            montage(s.false_positives, str(args.plots / f"false-positives-{short}.png"), s.name)
+            print(f"wrote {args.plots / f'false-positives-{short}.png'}")
     return 0
 
 

@@ -59,6 +59,7 @@ class Scores:
     not_applicable: list[str] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
     estimators: dict[str, list[float]] = field(default_factory=dict)  # lesion volume method -> relative volume errors
+    false_positives: list[Any] = field(default_factory=list)  # bench.fp_census.FalsePositive, when score_case describes them
 
     @property
     def cases(self) -> int:
@@ -97,7 +98,8 @@ def nodule_rules(pp: dict[str, Any], fraction: float, elongation: float, **chang
     return {**pp, "within_fraction": {str(NODULE): fraction}, "lesion_shape": shapes, **changes}
 
 
-def score_case(scores: Scores, case: Any, labels: np.ndarray, nodule_prob: np.ndarray | None, lesions: Sequence[Any]) -> None:
+def score_case(scores: Scores, case: Any, labels: np.ndarray, nodule_prob: np.ndarray | None, lesions: Sequence[Any],
+               describe_fps: bool = False) -> None:
     """Add one case: lung Dice, each true nodule found or not (with the measured volume), false positives.
 
     Parameters
@@ -112,6 +114,9 @@ def score_case(scores: Scores, case: Any, labels: np.ndarray, nodule_prob: np.nd
         The nodule probability on the same grid (scores of components; 1.0 without it).
     lesions : sequence
         The model's lesion measurements of the nodule label (``centroid_voxel`` ``[z, y, x]`` and ``volume_ml``).
+    describe_fps : bool
+        Also describe each false positive (:func:`bench.fp_census.describe`: where, size, density, a crop) into
+        ``scores.false_positives``.
     """
     i = scores.cases
     truth = case.labels
@@ -147,7 +152,12 @@ def score_case(scores: Scores, case: Any, labels: np.ndarray, nodule_prob: np.nd
         ))
     # Predicted components touching a nodule we did not list (e.g. merged ones) are not false positives either.
     touched.update(int(h) for h in np.unique(pred_cc[truth_cc > 0]) if h > 0)
-    scores.fp_scores.append([float(comp_score[k]) for k in range(1, n_pred + 1) if k not in touched])
+    fp_ids = [k for k in range(1, n_pred + 1) if k not in touched]
+    scores.fp_scores.append([float(comp_score[k]) for k in fp_ids])
+    if describe_fps:
+        from bench.fp_census import describe
+
+        scores.false_positives.extend(describe(i, case.hu, labels, pred_cc, fp_ids, case.spacing))
 
 
 def froc(scores: Scores, thresholds: Sequence[float]) -> list[tuple[float, float, float]]:
