@@ -31,6 +31,7 @@ from ai.phantoms.geometry import (
 from ai.phantoms.lesions import place_nodules
 from ai.phantoms.lobes import draw_fissures
 from ai.phantoms.lungs import LungQuery
+from ai.phantoms.hilar_nodes import hilar_nodes
 from ai.phantoms.mediastinum import build_mediastinum
 from ai.phantoms.organs import build_organs
 from ai.phantoms.raster import Capsules
@@ -39,7 +40,8 @@ from ai.phantoms.render import Scene, render
 from ai.phantoms.skeleton import build_skeleton
 from ai.phantoms.vessels import build_trees, bundle_capsules
 
-_STREAMS = ("protocol", "anatomy", "vessels", "airways", "confounders", "nodules", "textures", "noise")
+# Append only: each name's stream is the seed's child in this order, so a new name leaves the others' draws alone.
+_STREAMS = ("protocol", "anatomy", "vessels", "airways", "confounders", "nodules", "textures", "noise", "hilar_nodes")
 
 
 def scan_protocol(
@@ -167,7 +169,8 @@ def generate(
     count = 0 if healthy else int(rn.integers(1, max_nodules + 1))
     plans = place_nodules(rn, count, lungs, vessel_caps, conf.avoid(), conf.blocked(anat))
 
-    caps = Capsules.concat([med.caps, med.excl, skel.caps, vessel_caps, bronchi]).to_patient(pose)
+    nodes = hilar_nodes(rs["hilar_nodes"], med.hila, plans)
+    caps = Capsules.concat([med.caps, med.excl, skel.caps, vessel_caps, bronchi, nodes]).to_patient(pose)
     scene = Scene(grid, pose, proto, T, anat, org, skel, fis, conf, plans, caps)
     out = render(scene, rs["textures"], hard_negatives)
     hu = out.hu

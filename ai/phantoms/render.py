@@ -230,7 +230,7 @@ def _chunk(
         st[vessel] |= VESSEL
         st[(ch[Ch.AW_WALL] > 0.3) & (ch[Ch.AW_LUMEN] < 0.6)] |= AIRWAY
         st[fc > 0.2] |= FISSURE
-        confm = fluid | rim | depb
+        confm = fluid | rim | depb | ((ch[Ch.SOFT] > 0.3) & lung)  # soft tissue in the lung: hilar lymph nodes
         if conf_cov is not None:
             confm |= conf_cov > 0.4
         st[confm] |= CONFOUNDER
