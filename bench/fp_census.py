@@ -133,7 +133,8 @@ def montage(fps: Sequence[FalsePositive], path: str, title: str) -> None:
     shown: list[Any] = sorted((f for f in fps if f.crop is not None and f.crop.size), key=lambda f: -f.volume_ml)[:MAX_CROPS]
     cols = 8
     rows = max(1, (len(shown) + cols - 1) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.0 * cols, 2.2 * rows + 0.6), squeeze=False)
+    height = 2.2 * rows + 0.6
+    fig, axes = plt.subplots(rows, cols, figsize=(2.0 * cols, height), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for ax, f in zip(axes.ravel(), shown):
@@ -144,6 +145,6 @@ def montage(fps: Sequence[FalsePositive], path: str, title: str) -> None:
         ax.set_title(f"scan {f.case}: {f.volume_ml:.2f} mL\n{f.hu_median:+.0f} HU, {where}", fontsize=7)
     fig.suptitle(f"{title}: {len(fps)} false positives" + (f", the {len(shown)} largest shown" if len(shown) < len(fps) else "")
                  + f" ({CROP_MM:g} mm crops)", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0.0, 0.0, 1.0, 1.0 - 0.45 / height))  # the title above the first row's captions
     fig.savefig(path, dpi=80)
     plt.close(fig)
