@@ -36,6 +36,8 @@ from typing import Any
 import cc3d
 import numpy as np
 
+from ai.boosted_trees import BoostedTrees, TreesError
+from ai.boosted_trees import from_manifest as boosted_from_manifest
 from ai.errors import AIError
 from ai.lesion_volume import GROWN_RING_MM, background
 from ai.measure import LabelMeasurement
@@ -58,12 +60,14 @@ FEATURES = (
     "medial",  # |left-right offset from the lungs' midline| / their half width (0: midline, 1: the ribs)
     "height",  # cranio-caudal position within the lungs (0: base, 1: apex)
     "slice_mm",  # the coarsest voxel spacing
+    "mediastinum_mm",  # distance of its centre from the mediastinum (the gap between the lungs), mm, at most 100
 )
 RING_MM = GROWN_RING_MM  # the lung background of the contrast: 4-8 mm away, as for ai.measure's grown regions
 SHELL_MM = (2.0, 5.0)  # where attached soft tissue is looked for
 CONTEXT_MM = 15.0
 SOFT_TISSUE_HU = -500.0
 CONTRAST_CLIP = 50.0
+MEDIASTINUM_CLIP_MM = 100.0  # mediastinum_mm at most this (also where no two lungs show a mediastinum)
 MAX_CANDIDATES = 200  # judged per lesion label and scan; a chest CT has far fewer (about 3 in the default model's phantoms)
 
 
@@ -73,7 +77,8 @@ class CandidateError(AIError):
 
 @dataclass(frozen=True)
 class CandidateModel:
-    """A logistic regression over :data:`FEATURES` (standardised by ``mean`` and ``scale``) and its cut."""
+    """A classifier over :data:`FEATURES` and its cut: a logistic regression (on features standardised by ``mean``
+    and ``scale``), or, with ``trees``, gradient-boosted trees (:mod:`ai.boosted_trees`) on the raw features."""
 
     features: tuple[str, ...]
     mean: tuple[float, ...]
@@ -82,19 +87,25 @@ class CandidateModel:
     bias: float
     cut: float
     core_threshold: float | None = None
+    trees: BoostedTrees | None = None
 
     def probability(self, x: np.ndarray) -> np.ndarray:
         """P(nodule) of each row of ``x`` (one column per :attr:`features`)."""
-        z = (np.asarray(x, dtype=np.float64) - np.asarray(self.mean)) / np.asarray(self.scale)
-        logit = z @ np.asarray(self.weights) + self.bias
+        if self.trees is not None:
+            logit = self.trees.log_odds(np.asarray(x, dtype=np.float64).reshape(-1, len(self.features)))
+        else:
+            z = (np.asarray(x, dtype=np.float64) - np.asarray(self.mean)) / np.asarray(self.scale)
+            logit = z @ np.asarray(self.weights) + self.bias
         return np.asarray(1.0 / (1.0 + np.exp(-np.clip(logit, -50, 50))))
 
     def as_manifest(self, fitted_on: str) -> dict[str, Any]:
         """The manifest entry of this model."""
+        core = {} if self.core_threshold is None else {"core_threshold": self.core_threshold}
+        if self.trees is not None:
+            return {"features": list(self.features), "trees": self.trees.as_manifest(), "cut": self.cut, **core, "fitted_on": fitted_on}
         return {"features": list(self.features), "mean": [round(v, 6) for v in self.mean],
                 "scale": [round(v, 6) for v in self.scale], "weights": [round(v, 6) for v in self.weights],
-                "bias": round(self.bias, 6), "cut": self.cut,
-                **({} if self.core_threshold is None else {"core_threshold": self.core_threshold}), "fitted_on": fitted_on}
+                "bias": round(self.bias, 6), "cut": self.cut, **core, "fitted_on": fitted_on}
 
 
 def from_manifest(entry: Mapping[str, Any], known: Sequence[str] = FEATURES) -> CandidateModel:
@@ -105,25 +116,53 @@ def from_manifest(entry: Mapping[str, Any], known: Sequence[str] = FEATURES) -> 
     CandidateError
         Unknown features, lengths that differ, or values that are not finite numbers.
     """
+    if "trees" in entry:
+        return _boosted(entry, known)
     try:
         feats = tuple(str(f) for f in entry["features"])
         cols = [tuple(float(v) for v in entry[k]) for k in ("mean", "scale", "weights")]
         bias, cut = float(entry["bias"]), float(entry["cut"])
         core = None if entry.get("core_threshold") is None else float(entry["core_threshold"])
     except (KeyError, TypeError, ValueError) as exc:
-        raise CandidateError(f"candidates needs features, mean, scale, weights, bias and cut: {exc}") from exc
-    unknown = [f for f in feats if f not in known]
-    if unknown:
-        raise CandidateError(f"candidates has unknown features {unknown} (known: {', '.join(known)})")
+        raise CandidateError(f"candidates needs features, mean, scale, weights, bias and cut (or features, trees and cut): {exc}") from exc
+    _known(feats, known)
     if any(len(c) != len(feats) for c in cols):
         raise CandidateError("candidates: features, mean, scale and weights must have the same length")
     if not all(math.isfinite(v) for c in cols for v in c) or not math.isfinite(bias) or not 0.0 <= cut <= 1.0:
         raise CandidateError("candidates: mean, scale, weights and bias must be finite, and cut within 0..1")
     if any(s <= 0 for s in cols[1]):
         raise CandidateError("candidates: every scale must be positive")
+    _core(core)
+    return CandidateModel(feats, cols[0], cols[1], cols[2], bias, cut, core)
+
+
+def _boosted(entry: Mapping[str, Any], known: Sequence[str]) -> CandidateModel:
+    """A ``candidates`` entry with ``trees``: gradient-boosted trees over ``features``."""
+    try:
+        feats = tuple(str(f) for f in entry["features"])
+        cut = float(entry["cut"])
+        core = None if entry.get("core_threshold") is None else float(entry["core_threshold"])
+        trees = boosted_from_manifest(entry["trees"], len(feats))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CandidateError(f"candidates with trees needs features, trees and cut: {exc}") from exc
+    except TreesError as exc:
+        raise CandidateError(f"candidates: {exc}") from exc
+    _known(feats, known)
+    if not 0.0 <= cut <= 1.0:
+        raise CandidateError(f"candidates: cut must be within 0..1, not {cut!r}")
+    _core(core)
+    return CandidateModel(feats, (), (), (), 0.0, cut, core, trees)
+
+
+def _known(feats: Sequence[str], known: Sequence[str]) -> None:
+    unknown = [f for f in feats if f not in known]
+    if unknown:
+        raise CandidateError(f"candidates has unknown features {unknown} (known: {', '.join(known)})")
+
+
+def _core(core: float | None) -> None:
     if core is not None and not 0.0 < core <= 1.0:
         raise CandidateError(f"candidates: core_threshold must be within 0..1, not {core!r}")
-    return CandidateModel(feats, cols[0], cols[1], cols[2], bias, cut, core)
 
 
 @dataclass(frozen=True)
@@ -157,6 +196,34 @@ def _lungs(labels: np.ndarray, organs: Sequence[int], spacing_zyx: np.ndarray, d
     patient = _to_patient(pts, spacing_zyx, direction)
     lo, hi = patient.min(axis=0), patient.max(axis=0)
     return _Lungs(float(lo[0] + hi[0]) / 2, max(float(hi[0] - lo[0]) / 2, 1.0), float(lo[2]), max(float(hi[2]), float(lo[2]) + 1.0))
+
+
+def mediastinum(labels: np.ndarray, right: int, left: int) -> np.ndarray:
+    """The voxels between two organs (the lungs), row by row: on each ``[z, y]`` row that holds both, those between
+    the facing edges of the two, whichever side of the image each lies on.  Where the hila are, the mediastinum is
+    nearest."""
+    a, b = labels == right, labels == left
+    if not a.any() or not b.any():
+        return np.zeros(labels.shape, dtype=bool)
+    xs = np.arange(labels.shape[2])
+    if float(np.argwhere(a)[:, 2].mean()) > float(np.argwhere(b)[:, 2].mean()):
+        a, b = b, a  # a: the organ on the image's left
+    a_edge = np.where(a, xs, -1).max(axis=2)  # each row's rightmost voxel of a
+    b_edge = np.where(b, xs, labels.shape[2]).min(axis=2)  # and leftmost of b
+    both = (a_edge >= 0) & (b_edge < labels.shape[2])
+    return both[..., None] & (xs > a_edge[..., None]) & (xs < b_edge[..., None]) & ~a & ~b
+
+
+def _mediastinum_distance(labels: np.ndarray, organs: Sequence[int], spacing_zyx: np.ndarray) -> np.ndarray | None:
+    """The distance in mm from the mediastinum on a grid of every second voxel (``None`` without two organs)."""
+    from scipy import ndimage
+
+    if len(organs) != 2:
+        return None
+    med = mediastinum(labels[::2, ::2, ::2], organs[0], organs[1])
+    if not med.any():
+        return None
+    return np.asarray(ndimage.distance_transform_edt(~med, sampling=2 * spacing_zyx), dtype=np.float32)
 
 
 def _to_patient(idx_zyx: np.ndarray, spacing_zyx: np.ndarray, direction: np.ndarray) -> np.ndarray:
@@ -196,6 +263,7 @@ def features(
     s = np.asarray(spacing_zyx, dtype=np.float64)
     sp = [float(v) for v in s]
     lungs = _lungs(labels, organs, s, direction)
+    to_mediastinum = _mediastinum_distance(labels, organs, s) if (labels == value).any() else None
     pad = [int(math.ceil(CONTEXT_MM / v)) + 1 for v in s]
     comps: list[tuple[tuple[slice, slice, slice], np.ndarray]] = []
     rows: list[list[float]] = []
@@ -224,9 +292,14 @@ def features(
             height = (float(c[2]) - lungs.z_low) / (lungs.z_high - lungs.z_low)
         else:
             medial, height = 0.5, 0.5
+        hilum = MEDIASTINUM_CLIP_MM
+        if to_mediastinum is not None:
+            at = tuple(min(int(round(v)) // 2, n - 1) for v, n in zip(centre, to_mediastinum.shape))
+            hilum = min(float(to_mediastinum[at]), MEDIASTINUM_CLIP_MM)
         rows.append([
             math.log(max(shape.volume_mm3, 1e-3)), float(p.max()), float(p.mean()), math.log(max(shape.elongation, 1.0)),
             float(shape.fill), border_fraction(comp, organ), median, cnr, attached, context, medial, height, float(s.max()),
+            hilum,
         ])
         comps.append((box, comp))
     return comps, np.asarray(rows, dtype=np.float64).reshape(len(rows), len(FEATURES))

@@ -57,6 +57,22 @@ def test_features_tell_a_round_nodule_from_a_vessel() -> None:
     assert nod["contrast_noise"] == 50.0  # 880 HU over a noiseless lung: clipped
     assert nod["peak"] == pytest.approx(0.9) and nod["slice_mm"] == 2.0
     assert 0.0 < nod["height"] < 1.0 and 0.0 <= nod["medial"] <= 1.0
+    # The mediastinum is the gap between the lungs (x 44-51): the nodule's centre (x 24.7) is 29 mm from it and the
+    # tube's (x 70.5) 29 mm too, on the feature's grid of every second voxel.
+    assert nod["mediastinum_mm"] == pytest.approx((44 - 24.7) * 1.5, abs=3.0)
+    assert ves["mediastinum_mm"] == pytest.approx((70.5 - 51) * 1.5, abs=3.0)
+
+
+def test_the_mediastinum_is_between_the_lungs_whichever_side_each_lies() -> None:
+    from ai.candidates import MEDIASTINUM_CLIP_MM, mediastinum
+
+    labels, image, prob = _chest()
+    med = mediastinum(labels, 1, 2)
+    assert med[20, 30].nonzero()[0].tolist() == list(range(44, 52)) and not (med & (labels > 0)).any()
+    assert not med[:, :8].any() and not med[:2].any()  # rows without both lungs have none
+    assert np.array_equal(mediastinum(labels[:, :, ::-1], 1, 2), med[:, :, ::-1])  # a feet-first or prone scan
+    _, x = features(labels, 3, prob, image, SPACING, np.eye(3), [1])  # one organ: no mediastinum to find
+    assert (x[:, FEATURES.index("mediastinum_mm")] == MEDIASTINUM_CLIP_MM).all()
 
 
 def test_judge_sends_the_vessel_back_to_its_lung_and_keeps_the_nodule() -> None:
@@ -158,6 +174,12 @@ def test_the_fitting_script_runs_end_to_end(tmp_path: Path) -> None:
     written = load_bundle(bundle)
     assert written.dot_candidates[3].model.cut == 0.6 and written.candidates[3].cut == 0.4
     assert "dot filter" in json.loads((bundle / "manifest.json").read_text())["scan_score"]["calibration"]["fitted_on"]
+    run = subprocess.run([*script, "fit", "--model", "boosted", "--scratch", str(scratch), "--fit", "4240,4251", "--val", "4240,4251",
+                          "--cut", "0.3", "--write", str(bundle), "--bundle", str(bundle)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    assert "boosted trees of at most 16 leaves" in run.stdout
+    written = load_bundle(bundle)
+    assert written.candidates[3].cut == 0.3 and written.candidates[3].trees is not None
 
 
 def test_thousands_of_specks_cost_a_bounded_time() -> None:
