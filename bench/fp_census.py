@@ -30,6 +30,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from ai.candidates import mediastinum as ai_mediastinum
+
 HILAR_MM = 20.0  # a false positive whose centre lies this close to the mediastinum is hilar
 SIZE_ML = (0.5, 2.0)  # size bins: under 0.5 mL, 0.5-2 mL, 2 mL and more
 DENSE_HU = 300.0  # median at or above this: calcium or contrast
@@ -65,18 +67,9 @@ class FalsePositive:
 
 
 def mediastinum(labels: np.ndarray) -> np.ndarray:
-    """The voxels between the two lungs, row by row: on each ``[z, y]`` row that holds both lungs, the gap between the
-    right lung's medial edge and the left lung's (whichever side of the image each lies on)."""
-    out = np.zeros(labels.shape, dtype=bool)
-    r, lft = labels == RIGHT, labels == LEFT
-    both = r.any(2) & lft.any(2)
-    xs = np.arange(labels.shape[2])
-    for z, y in zip(*np.nonzero(both)):
-        a, b = xs[r[z, y]], xs[lft[z, y]]
-        lo, hi = (a.max() + 1, b.min()) if a.mean() < b.mean() else (b.max() + 1, a.min())
-        if lo < hi:
-            out[z, y, lo:hi] = True
-    return out & (labels != RIGHT) & (labels != LEFT)
+    """The voxels between the two lungs, row by row (:func:`ai.candidates.mediastinum`, which the candidate classifier's
+    ``mediastinum_mm`` feature uses too)."""
+    return ai_mediastinum(labels, RIGHT, LEFT)
 
 
 def describe(case_index: int, hu: np.ndarray, labels: np.ndarray, components: np.ndarray, ids: Sequence[int],
