@@ -198,32 +198,46 @@ def _lungs(labels: np.ndarray, organs: Sequence[int], spacing_zyx: np.ndarray, d
     return _Lungs(float(lo[0] + hi[0]) / 2, max(float(hi[0] - lo[0]) / 2, 1.0), float(lo[2]), max(float(hi[2]), float(lo[2]) + 1.0))
 
 
+def _facing_edges(labels: np.ndarray, right: int, left: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Per ``[z, y]`` row, the last voxel of the organ on the image's left and the first of the one on its right
+    (whichever of ``right`` and ``left`` each is), and whether the row holds both with a gap between them."""
+    a, b = labels == right, labels == left
+    xs = np.arange(labels.shape[2])
+    ca, cb = a.sum(axis=(0, 1)), b.sum(axis=(0, 1))
+    if not ca.any() or not cb.any():
+        return None
+    if float(ca @ xs) / float(ca.sum()) > float(cb @ xs) / float(cb.sum()):
+        a, b = b, a  # a: the organ on the image's left
+    w = labels.shape[2]
+    a_edge = (w - 1) - np.argmax(a[..., ::-1], axis=2)  # argmax of booleans: no volume-sized index array
+    b_edge = np.argmax(b, axis=2)
+    return a_edge, b_edge, a.any(axis=2) & b.any(axis=2) & (b_edge > a_edge + 1)
+
+
 def mediastinum(labels: np.ndarray, right: int, left: int) -> np.ndarray:
     """The voxels between two organs (the lungs), row by row: on each ``[z, y]`` row that holds both, those between
     the facing edges of the two, whichever side of the image each lies on.  Where the hila are, the mediastinum is
     nearest."""
-    a, b = labels == right, labels == left
-    if not a.any() or not b.any():
+    edges = _facing_edges(labels, right, left)
+    if edges is None:
         return np.zeros(labels.shape, dtype=bool)
+    a_edge, b_edge, both = edges
     xs = np.arange(labels.shape[2])
-    if float(np.argwhere(a)[:, 2].mean()) > float(np.argwhere(b)[:, 2].mean()):
-        a, b = b, a  # a: the organ on the image's left
-    a_edge = np.where(a, xs, -1).max(axis=2)  # each row's rightmost voxel of a
-    b_edge = np.where(b, xs, labels.shape[2]).min(axis=2)  # and leftmost of b
-    both = (a_edge >= 0) & (b_edge < labels.shape[2])
-    return both[..., None] & (xs > a_edge[..., None]) & (xs < b_edge[..., None]) & ~a & ~b
+    return both[..., None] & (xs > a_edge[..., None]) & (xs < b_edge[..., None])
 
 
-def _mediastinum_distance(labels: np.ndarray, organs: Sequence[int], spacing_zyx: np.ndarray) -> np.ndarray | None:
-    """The distance in mm from the mediastinum on a grid of every second voxel (``None`` without two organs)."""
-    from scipy import ndimage
-
+def _mediastinum_edges(labels: np.ndarray, organs: Sequence[int], spacing_zyx: np.ndarray) -> np.ndarray | None:
+    """The mediastinum's two lateral edges on every second row and slice, in mm (``[z, y, x]`` times the spacing), or
+    ``None`` without two organs: a candidate's distance from the mediastinum is its distance from the nearest."""
     if len(organs) != 2:
         return None
-    med = mediastinum(labels[::2, ::2, ::2], organs[0], organs[1])
-    if not med.any():
+    edges = _facing_edges(labels[::2, ::2], organs[0], organs[1])
+    if edges is None or not edges[2].any():
         return None
-    return np.asarray(ndimage.distance_transform_edt(~med, sampling=2 * spacing_zyx), dtype=np.float32)
+    a_edge, b_edge, both = edges
+    z, y = np.nonzero(both)
+    pts = np.concatenate([np.stack([2 * z, 2 * y, a_edge[z, y] + 1], axis=1), np.stack([2 * z, 2 * y, b_edge[z, y] - 1], axis=1)])
+    return pts.astype(np.float64) * spacing_zyx
 
 
 def _to_patient(idx_zyx: np.ndarray, spacing_zyx: np.ndarray, direction: np.ndarray) -> np.ndarray:
@@ -263,7 +277,7 @@ def features(
     s = np.asarray(spacing_zyx, dtype=np.float64)
     sp = [float(v) for v in s]
     lungs = _lungs(labels, organs, s, direction)
-    to_mediastinum = _mediastinum_distance(labels, organs, s) if (labels == value).any() else None
+    gap = _mediastinum_edges(labels, organs, s) if (labels == value).any() else None
     pad = [int(math.ceil(CONTEXT_MM / v)) + 1 for v in s]
     comps: list[tuple[tuple[slice, slice, slice], np.ndarray]] = []
     rows: list[list[float]] = []
@@ -293,9 +307,8 @@ def features(
         else:
             medial, height = 0.5, 0.5
         hilum = MEDIASTINUM_CLIP_MM
-        if to_mediastinum is not None:
-            at = tuple(min(int(round(v)) // 2, n - 1) for v, n in zip(centre, to_mediastinum.shape))
-            hilum = min(float(to_mediastinum[at]), MEDIASTINUM_CLIP_MM)
+        if gap is not None:
+            hilum = min(float(np.sqrt(((gap - centre * s) ** 2).sum(axis=1).min())), MEDIASTINUM_CLIP_MM)
         rows.append([
             math.log(max(shape.volume_mm3, 1e-3)), float(p.max()), float(p.mean()), math.log(max(shape.elongation, 1.0)),
             float(shape.fill), border_fraction(comp, organ), median, cnr, attached, context, medial, height, float(s.max()),
