@@ -10,11 +10,14 @@ hard negatives yellow).  Slices are shown in the radiological convention
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 import numpy as np
 
 from ai.phantoms.records import LEFT_LUNG, NODULE, RIGHT_LUNG, Phantom
+
+logger = logging.getLogger(__name__)
 
 
 def to_lps(p: Phantom, arr: np.ndarray) -> np.ndarray:
@@ -106,8 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--slice-mm", type=float, nargs=2, default=(0.625, 5.0))
     ap.add_argument("--zoom", type=int, default=0)
     a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # configured here: this is the command line
     p = generate(a.seed, matrix=a.matrix, slices=a.slices, slice_mm=tuple(a.slice_mm), hard_negatives=True)
-    print(render_preview(p, a.out, zoom=a.zoom))
+    logger.info("wrote %s", render_preview(p, a.out, zoom=a.zoom))
     return 0
 
 
