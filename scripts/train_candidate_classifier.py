@@ -228,8 +228,8 @@ def scan_peaks(probs: list[np.ndarray], cut: float) -> list[float]:
 
 def fit(args: argparse.Namespace) -> None:
     """Fit the classifier on ``--fit`` seeds, choose the cut on ``--val`` seeds, print the trade-off."""
-    from ai.candidates import FEATURES, CandidateModel
-    from ai.scan_score import fit_logistic, fit_platt
+    from ai.candidates import FEATURES
+    from ai.scan_score import fit_platt
     from bench.quality import auc
 
     base = _engine(args.bundle)
@@ -244,18 +244,13 @@ def fit(args: argparse.Namespace) -> None:
         raise SystemExit(f"no candidates in the fitting cases {args.fit} under {args.scratch}: collect them first")
     x = np.vstack([c["x"][:, cols] for c in train if len(c["x"])])
     y = np.concatenate([c["positive"] for c in train if len(c["x"])]).astype(float)
-    if args.model == "boosted":
-        model = _boosted(x, y, names)
-        print(f"\n{len(y)} fitting candidates ({int(y.sum())} touch a nodule); {len(model.trees.trees) if model.trees else 0} "
-              f"boosted trees of at most {BOOSTED['max_leaf_nodes']} leaves")
+    model = _boosted(x, y, names) if args.model == "boosted" else _logistic(x, y, names, args.l2)
+    head = f"\n{len(y)} fitting candidates ({int(y.sum())} touch a nodule); "
+    if model.trees is not None:
+        print(head + f"{len(model.trees.trees)} boosted trees of at most {BOOSTED['max_leaf_nodes']} leaves")
     else:
-        mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
-        penalty = np.append(np.full(len(names), args.l2), 0.0)  # the bias, last, is not penalised
-        *weights, b = fit_logistic(np.hstack([(x - mean) / scale, np.ones((len(x), 1))]), y, penalty)
-        w = np.asarray(weights)
-        model = CandidateModel(tuple(names), tuple(map(float, mean)), tuple(map(float, scale)), tuple(map(float, w)), b, 0.5)
-        print(f"\n{len(y)} fitting candidates ({int(y.sum())} touch a nodule); weights on standardised features:\n")
-        for f, wi in sorted(zip(names, w), key=lambda t: -abs(t[1])):
+        print(head + "weights on standardised features:\n")
+        for f, wi in sorted(zip(names, model.weights), key=lambda t: -abs(t[1])):
             print(f"  {f:16s} {wi:+.3f}")
 
     def probs_of(cases: list[dict[str, Any]]) -> list[np.ndarray]:
@@ -300,6 +295,16 @@ def fit(args: argparse.Namespace) -> None:
 BOOSTED = {"max_leaf_nodes": 16, "max_iter": 100, "learning_rate": 0.05, "l2_regularization": 1.0, "random_state": 0}
 
 
+def _logistic(x: np.ndarray, y: np.ndarray, names: list[str], l2: float) -> Any:
+    """A logistic regression on the features standardised over the fitting candidates (the bias is not penalised)."""
+    from ai.candidates import CandidateModel
+    from ai.scan_score import fit_logistic
+
+    mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
+    *weights, b = fit_logistic(np.hstack([(x - mean) / scale, np.ones((len(x), 1))]), y, np.append(np.full(len(names), l2), 0.0))
+    return CandidateModel(tuple(names), tuple(map(float, mean)), tuple(map(float, scale)), tuple(map(float, weights)), b, 0.5)
+
+
 def _boosted(x: np.ndarray, y: np.ndarray, names: list[str]) -> Any:
     """Gradient-boosted trees on the raw features (scikit-learn fits them; :mod:`ai.boosted_trees` runs them)."""
     from sklearn.ensemble import HistGradientBoostingClassifier
@@ -309,7 +314,7 @@ def _boosted(x: np.ndarray, y: np.ndarray, names: list[str]) -> Any:
 
     if len(np.unique(y)) < 2:
         raise SystemExit("boosted trees need candidates that touch a nodule and candidates that do not: collect more seeds")
-    fitted = HistGradientBoostingClassifier(**BOOSTED).fit(x, y.astype(int))  # type: ignore[arg-type]
+    fitted = HistGradientBoostingClassifier(**BOOSTED).fit(x, y.astype(int))
     return CandidateModel(tuple(names), (), (), (), 0.0, 0.5, trees=from_sklearn(fitted))
 
 

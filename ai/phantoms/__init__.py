@@ -3,8 +3,9 @@
 Anatomy with pulmonary vessel and bronchial trees, fissures, ribs, spine,
 scapulae, heart, aorta, diaphragm domes, body habitus and arms; nodules of
 four kinds at three kinds of sites; confounders (emphysema, consolidation,
-atelectasis, effusion, hilar lymph nodes in the lung root); and the acquisition (field of view, slice spacing,
-kernel, noise, padding, patient position with its direction cosines).
+atelectasis, effusion, hilar lymph nodes in the lung root); and the
+acquisition (field of view, slice spacing, kernel, noise, padding, patient
+position with its direction cosines).
 
 Labels: 0 background, 1 right lung, 2 left lung, 3 nodule (the patient's
 right and left).  ``generate(seed)`` is deterministic.

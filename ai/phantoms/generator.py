@@ -28,10 +28,10 @@ from ai.phantoms.geometry import (
     streams,
     to_image,
 )
+from ai.phantoms.hilar_nodes import hilar_nodes
 from ai.phantoms.lesions import place_nodules
 from ai.phantoms.lobes import draw_fissures
 from ai.phantoms.lungs import LungQuery
-from ai.phantoms.hilar_nodes import hilar_nodes
 from ai.phantoms.mediastinum import build_mediastinum
 from ai.phantoms.organs import build_organs
 from ai.phantoms.raster import Capsules
