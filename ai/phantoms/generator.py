@@ -29,6 +29,7 @@ from ai.phantoms.geometry import (
     to_image,
 )
 from ai.phantoms.hilar_nodes import hilar_nodes
+from ai.phantoms.hilar_vessels import hilar_vessels
 from ai.phantoms.lesions import place_nodules
 from ai.phantoms.lobes import draw_fissures
 from ai.phantoms.lungs import LungQuery
@@ -41,7 +42,7 @@ from ai.phantoms.skeleton import build_skeleton
 from ai.phantoms.vessels import build_trees, bundle_capsules
 
 # Append only: each name's stream is the seed's child in this order, so a new name leaves the others' draws alone.
-_STREAMS = ("protocol", "anatomy", "vessels", "airways", "confounders", "nodules", "textures", "noise", "hilar_nodes")
+_STREAMS = ("protocol", "anatomy", "vessels", "airways", "confounders", "nodules", "textures", "noise", "hilar_nodes", "hilar_vessels")
 
 
 def scan_protocol(
@@ -170,7 +171,8 @@ def generate(
     plans = place_nodules(rn, count, lungs, vessel_caps, conf.avoid(), conf.blocked(anat))
 
     nodes = hilar_nodes(rs["hilar_nodes"], med.hila, plans)
-    caps = Capsules.concat([med.caps, med.excl, skel.caps, vessel_caps, bronchi, nodes]).to_patient(pose)
+    widenings = hilar_vessels(rs["hilar_vessels"], bundles, plans)
+    caps = Capsules.concat([med.caps, med.excl, skel.caps, vessel_caps, widenings, bronchi, nodes]).to_patient(pose)
     scene = Scene(grid, pose, proto, T, anat, org, skel, fis, conf, plans, caps)
     out = render(scene, rs["textures"], hard_negatives)
     hu = out.hu
