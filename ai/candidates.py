@@ -61,6 +61,7 @@ FEATURES = (
     "height",  # cranio-caudal position within the lungs (0: base, 1: apex)
     "slice_mm",  # the coarsest voxel spacing
     "mediastinum_mm",  # distance of its centre from the mediastinum (the gap between the lungs), mm, at most 100
+    "above_blood",  # its median density minus the blood's (the mediastinum's), HU: about 0 for a vessel, contrast or not
 )
 RING_MM = GROWN_RING_MM  # the lung background of the contrast: 4-8 mm away, as for ai.measure's grown regions
 SHELL_MM = (2.0, 5.0)  # where attached soft tissue is looked for
@@ -68,6 +69,9 @@ CONTEXT_MM = 15.0
 SOFT_TISSUE_HU = -500.0
 CONTRAST_CLIP = 50.0
 MEDIASTINUM_CLIP_MM = 100.0  # mediastinum_mm at most this (also where no two lungs show a mediastinum)
+BLOOD_HU = (0.0, 600.0)  # the mediastinum's voxels that are blood, heart or vessel wall (not fat, air nor cortex)
+BLOOD_DEFAULT_HU = 40.0  # unenhanced blood: where no mediastinum shows
+BLOOD_MIN_VOXELS = 200
 MAX_CANDIDATES = 200  # judged per lesion label and scan; a chest CT has far fewer (about 3 in the default model's phantoms)
 
 
@@ -240,6 +244,21 @@ def _mediastinum_edges(labels: np.ndarray, organs: Sequence[int], spacing_zyx: n
     return pts.astype(np.float64) * spacing_zyx
 
 
+def blood_hu(labels: np.ndarray, image: np.ndarray, organs: Sequence[int]) -> float:
+    """The blood's density in this scan, HU: the median of the mediastinum's voxels between 0 and 600 HU (on every
+    second voxel), which the heart and the great vessels dominate; :data:`BLOOD_DEFAULT_HU` without a mediastinum.
+
+    A vessel at the hilum is as dense as that, enhanced or not; a nodule is near it only without contrast.
+    """
+    if len(organs) != 2:
+        return BLOOD_DEFAULT_HU
+    sub = (slice(None, None, 2),) * 3
+    between = mediastinum(labels[sub], organs[0], organs[1])
+    vals = image[sub][between]
+    vals = vals[(vals >= BLOOD_HU[0]) & (vals <= BLOOD_HU[1])]
+    return float(np.median(vals)) if vals.size >= BLOOD_MIN_VOXELS else BLOOD_DEFAULT_HU
+
+
 def _to_patient(idx_zyx: np.ndarray, spacing_zyx: np.ndarray, direction: np.ndarray) -> np.ndarray:
     """Patient (LPS) mm of voxel indices ``[z, y, x]``, origin at voxel 0."""
     xyz = np.asarray(idx_zyx, dtype=np.float64)[:, ::-1] * spacing_zyx[::-1]
@@ -278,6 +297,7 @@ def features(
     sp = [float(v) for v in s]
     lungs = _lungs(labels, organs, s, direction)
     gap = _mediastinum_edges(labels, organs, s) if (labels == value).any() else None
+    blood = blood_hu(labels, image, organs) if gap is not None else BLOOD_DEFAULT_HU
     pad = [int(math.ceil(CONTEXT_MM / v)) + 1 for v in s]
     comps: list[tuple[tuple[slice, slice, slice], np.ndarray]] = []
     rows: list[list[float]] = []
@@ -312,7 +332,7 @@ def features(
         rows.append([
             math.log(max(shape.volume_mm3, 1e-3)), float(p.max()), float(p.mean()), math.log(max(shape.elongation, 1.0)),
             float(shape.fill), border_fraction(comp, organ), median, cnr, attached, context, medial, height, float(s.max()),
-            hilum,
+            hilum, median - blood,
         ])
         comps.append((box, comp))
     return comps, np.asarray(rows, dtype=np.float64).reshape(len(rows), len(FEATURES))

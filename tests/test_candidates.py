@@ -75,6 +75,23 @@ def test_the_mediastinum_is_between_the_lungs_whichever_side_each_lies() -> None
     assert (x[:, FEATURES.index("mediastinum_mm")] == MEDIASTINUM_CLIP_MM).all()
 
 
+def test_above_blood_is_a_candidates_density_against_the_mediastinums_blood() -> None:
+    from ai.candidates import BLOOD_DEFAULT_HU, blood_hu
+
+    labels, image, prob = _chest()
+    assert blood_hu(labels, image, [1, 2]) == 40.0  # the soft tissue between the lungs, unenhanced
+    _, x = features(labels, 3, prob, image, SPACING, np.eye(3), [1, 2])
+    assert np.allclose(x[:, FEATURES.index("above_blood")], 30.0 - 40.0)
+    enhanced = image.copy()
+    med = (labels == 0) & (np.arange(96)[None, None, :] >= 44) & (np.arange(96)[None, None, :] < 52)
+    enhanced[med] = 250.0  # contrast in the heart and great vessels
+    enhanced[med & (np.arange(64)[None, :, None] < 20)] = -100.0  # and fat, which is not blood
+    assert blood_hu(labels, enhanced, [1, 2]) == 250.0
+    _, x = features(labels, 3, prob, enhanced, SPACING, np.eye(3), [1, 2])
+    assert np.allclose(x[:, FEATURES.index("above_blood")], 30.0 - 250.0)  # far below the blood: no vessel
+    assert blood_hu(labels, image, [1]) == BLOOD_DEFAULT_HU  # one lung: no mediastinum to read
+
+
 def test_judge_sends_the_vessel_back_to_its_lung_and_keeps_the_nodule() -> None:
     labels, image, prob = _chest()
     out, kept = judge(labels, 3, prob, image, SPACING, np.eye(3), [1, 2], _model())
