@@ -136,7 +136,9 @@ def from_sklearn(model: Any) -> BoostedTrees:
     for (predictor,) in model._predictors:
         nodes = predictor.nodes
         leaf = nodes["is_leaf"].astype(bool)
-        trees.append(Tree(np.where(leaf, -1, nodes["feature_idx"]).astype(np.int64), nodes["num_threshold"].astype(np.float64),
-                          np.where(leaf, -1, nodes["left"]).astype(np.int64), np.where(leaf, -1, nodes["right"]).astype(np.int64),
+        # The node fields are unsigned: cast before writing -1 for a leaf, or it wraps to 2**32 - 1.
+        index = {k: nodes[k].astype(np.int64) for k in ("feature_idx", "left", "right")}
+        trees.append(Tree(np.where(leaf, -1, index["feature_idx"]), nodes["num_threshold"].astype(np.float64),
+                          np.where(leaf, -1, index["left"]), np.where(leaf, -1, index["right"]),
                           np.where(leaf, nodes["value"], 0.0).astype(np.float64)))
     return BoostedTrees(float(np.ravel(model._baseline_prediction)[0]), tuple(trees))

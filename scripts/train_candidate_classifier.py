@@ -279,7 +279,8 @@ def fit(args: argparse.Namespace) -> None:
     manifest_path = args.write / "manifest.json"
     m = json.loads(manifest_path.read_text())
     fitted = (f"scripts/train_candidate_classifier.py fit --model {args.model} --fit {args.fit} --val {args.val} --threshold {args.threshold:g} "
-              f"--within-fraction {args.within_fraction:g} --max-elongation {args.max_elongation:g}: training-family seeds {args.fit} "
+              f"--within-fraction {args.within_fraction:g} --max-elongation {args.max_elongation:g} --max-fp {args.max_fp:g}: "
+              f"training-family seeds {args.fit} "
               f"(fit), {args.val} (cut: " + (f"given, {cut:g})" if args.cut is not None else f"the lowest with <= {args.max_fp:g} FP per scan)"))
     m["postprocessing"]["label_thresholds"] = {str(NODULE): args.threshold}
     m["postprocessing"]["within_fraction"] = {str(NODULE): args.within_fraction}

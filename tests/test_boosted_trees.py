@@ -34,6 +34,10 @@ def test_the_trees_give_scikit_learns_probabilities() -> None:
     p = 1.0 / (1.0 + np.exp(-trees.log_odds(x)))
     assert p == pytest.approx(model.predict_proba(x)[:, 1], abs=1e-9)  # type: ignore[attr-defined]
     assert len(trees.trees) == 40 and all(t.feature[0] >= 0 for t in trees.trees)
+    for t in trees.trees:  # a leaf has no children: -1, as the manifest documents (not an unsigned -1, 2**32 - 1)
+        leaf = t.feature < 0
+        assert leaf.any() and (t.left[leaf] == -1).all() and (t.right[leaf] == -1).all()
+        assert (t.left[~leaf] > 0).all() and (t.right[~leaf] < len(t.feature)).all()
 
 
 def test_the_trees_survive_the_manifest() -> None:

@@ -215,7 +215,7 @@ def test_a_lobe_model_beside_the_nodule_model_through_the_worker(node_factory: C
         assert storescu(node.cfg.node.port, files).returncode == 0
         [job] = wait_for(lambda: [j for j in jobs_of(node) if j.state in ("done", "failed")] or None, 240, what="the job")
         assert job.state == "done", job.error
-        assert job.model == "chest-ct-lungs-nodules 0.5.4 + lobes-demo 0.5.4"
+        assert job.model == "chest-ct-lungs-nodules 0.5.5 + lobes-demo 0.5.5"
         wait_for(lambda: len([f for f in pacs.files() if dcmread(f, stop_before_pixels=True).SOPClassUID in (SEG, SR)]) >= 4,
                  120, what="two SEGs and two reports at the PACS")
         got = {}
