@@ -222,6 +222,9 @@ def test_the_outputs_page_is_generated_from_a_real_run(tmp_path: Path) -> None:
     require_tool("dsrdump")
     doc = tmp_path / "outputs.md"
     root = Path(__file__).resolve().parents[1]
+    stale = tmp_path / "images" / "outputs-key-image-9.png"  # an earlier run's, which found more findings
+    stale.parent.mkdir()
+    stale.write_bytes(b"old")
     r = subprocess.run(
         [sys.executable, str(root / "scripts" / "document_outputs.py"), "--matrix", "96", "--doc", str(doc)],
         capture_output=True, text=True, timeout=300, check=False,
@@ -232,6 +235,7 @@ def test_the_outputs_page_is_generated_from_a_real_run(tmp_path: Path) -> None:
         assert part in text
     for picture in re.findall(r"\]\((images/[^)]+\.png)\)", text):
         assert (tmp_path / picture).stat().st_size > 1000
+    assert not stale.exists()  # the page's pictures only
 
 
 def test_a_series_completed_incomplete_is_said_in_the_outputs() -> None:
