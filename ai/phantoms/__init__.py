@@ -3,7 +3,8 @@
 Anatomy with pulmonary vessel and bronchial trees, fissures, ribs, spine,
 scapulae, heart, aorta, diaphragm domes, body habitus and arms; nodules of
 four kinds at three kinds of sites; confounders (emphysema, consolidation,
-atelectasis, effusion, hilar lymph nodes in the lung root); and the
+atelectasis, effusion, and in the lung root hilar lymph nodes and vessel
+confluences); and the
 acquisition (field of view, slice spacing, kernel, noise, padding, patient
 position with its direction cosines).
 
