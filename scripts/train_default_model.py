@@ -23,7 +23,9 @@ A later GPU lease can go on from the shipped weights instead of starting
 again (``--init ai/bundles/chest-ct-lungs-nodules/model.pt``, with the
 ``base`` widths), and spend more of its patches on the nodules the network
 misses most, the small ones (``--small 0.3``: three in ten structure-centred
-patches on a nodule of at most ``--small-mm`` 10 mm).
+patches on a nodule of at most ``--small-mm`` 10 mm), and on the lung root,
+where its false positives are (``--hilar 0.5``: half the hard-negative patches
+centred on a vessel, vessel confluence or lymph node within 40 mm of a hilum).
 
 Everything runs on the CPU too (``--device cpu``, for a rehearsal with tiny
 numbers).  Example (the run recorded in the model card)::
@@ -56,11 +58,27 @@ LABELS = {1: "right lung", 2: "left lung", 3: "nodule"}
 logger = logging.getLogger("train_default_model")
 MAX_CENTRES = 4000  # sampled voxels kept per component (a centre is a uniform voxel of one: a sample is as good)
 MAX_HARD = 40000  # hard-negative voxels kept per case
+HILAR_MM = 40.0  # a hard negative within this of a hilum (a main bronchus's end) is one of the lung root's (``--hilar``)
 
 
 def _seeds(text: str) -> list[int]:
     a, _, b = text.partition(":")
     return list(range(int(a), int(b))) if b else [int(a)]
+
+
+def hilar_mask(ph: Any, radius_mm: float = HILAR_MM) -> np.ndarray:
+    """The phantom's hard negatives within ``radius_mm`` of either hilum (``meta["hila_lps"]``), on its own grid:
+    the lung root's vessels, their confluences and lymph nodes, where the independent family's false positives are."""
+    near = np.zeros(ph.hard_negatives.shape, dtype=bool)
+    idx = np.argwhere(ph.hard_negatives)
+    if not len(idx):
+        return near
+    lps = ph.index_to_lps(idx[:, ::-1])
+    hila = np.asarray(list(ph.meta["hila_lps"].values()), dtype=float)
+    d = np.min(np.linalg.norm(lps[:, None, :] - hila[None], axis=2), axis=1)
+    keep = idx[d <= radius_mm]
+    near[tuple(keep.T)] = True
+    return near
 
 
 def make_case(job: tuple[int, int, tuple[float, float, float], str]) -> dict[str, Any]:
@@ -79,9 +97,12 @@ def make_case(job: tuple[int, int, tuple[float, float, float], str]) -> dict[str
     img, lab = case_arrays(ph.hu, ph.labels, ph.spacing, ph.direction, spacing)
     assert ph.hard_negatives is not None
     hard = np.argwhere(resize_like(ph.hard_negatives, ph.spacing, ph.direction, img.shape) > 0)
+    hilar = np.argwhere(resize_like(hilar_mask(ph), ph.spacing, ph.direction, img.shape) > 0)
     rng = np.random.default_rng(seed)
     if len(hard) > MAX_HARD:
         hard = hard[rng.choice(len(hard), MAX_HARD, replace=False)]
+    if len(hilar) > MAX_HARD:
+        hilar = hilar[rng.choice(len(hilar), MAX_HARD, replace=False)]
     comps = []
     for label, parts in _components(lab).items():
         for vox in parts:
@@ -92,6 +113,7 @@ def make_case(job: tuple[int, int, tuple[float, float, float], str]) -> dict[str
     np.save(f"{base}_img.npy", img)
     np.save(f"{base}_lab.npy", lab)
     np.save(f"{base}_hard.npy", hard.astype(np.int16))
+    np.save(f"{base}_hilar.npy", hilar.astype(np.int16))
     for k, (label, vox) in enumerate(comps):
         np.save(f"{base}_c{k:02d}_l{label}.npy", vox.astype(np.int16))
     nodules = [n.kind.value for n in ph.nodules]
@@ -116,6 +138,8 @@ class Cases:
         self.img = [np.load(folder / f"{s:05d}_img.npy", mmap_mode="r") for s in seeds]
         self.lab = [np.load(folder / f"{s:05d}_lab.npy", mmap_mode="r") for s in seeds]
         self.hard = [np.load(folder / f"{s:05d}_hard.npy") for s in seeds]
+        # The lung root's hard negatives; a folder made before they were saved has none.
+        self.hilar = [np.load(f) if (f := folder / f"{s:05d}_hilar.npy").exists() else np.zeros((0, 3), np.int16) for s in seeds]
         self.comps: list[dict[int, list[np.ndarray]]] = []
         for s in seeds:
             by: dict[int, list[np.ndarray]] = {}
@@ -134,12 +158,14 @@ def small_nodules(cases: Cases, max_voxels: int) -> list[list[np.ndarray]]:
 
 def patch_stream(
     cases: Cases, patch: tuple[int, int, int], fg: float, hard_fraction: float, seed: int, small: float = 0.0,
-    smalls: list[list[np.ndarray]] | None = None,
+    smalls: list[list[np.ndarray]] | None = None, hilar: float = 0.0,
 ) -> Any:
     """An IterableDataset of raw patches (float16 image, uint8 labels); augmentation happens on the GPU.
 
     ``small``: the share of the structure-centred patches that are centred on a small nodule (``smalls``, per case,
     from :func:`small_nodules`), in a case that has one: the nodules the network misses most (6-8 mm, next to vessels).
+    ``hilar``: the share of the hard-negative patches centred on one of the lung root's (``Cases.hilar``), in a case
+    that has one: vessel confluences and lymph nodes beside the mediastinum, which the network calls nodules most.
     """
     import torch
     from torch.utils.data import IterableDataset
@@ -160,6 +186,8 @@ def patch_stream(
                     centre = component_centre({NODULE: smalls[i]}, patch, rng)
                 elif r < fg and cases.comps[i]:
                     centre = component_centre(cases.comps[i], patch, rng)
+                elif r < fg + hard_fraction and len(cases.hilar[i]) and rng.random() < hilar:
+                    centre = cases.hilar[i][int(rng.integers(len(cases.hilar[i])))].astype(np.int64)
                 elif r < fg + hard_fraction and len(cases.hard[i]):
                     centre = cases.hard[i][int(rng.integers(len(cases.hard[i])))].astype(np.int64)
                 else:
@@ -199,7 +227,7 @@ def train_variant(args: argparse.Namespace) -> int:
     train_cases = Cases(Path(args.scratch), _seeds(args.seeds))
     small_voxels = int(math.pi / 6 * args.small_mm**3 / args.spacing**3)
     smalls = small_nodules(train_cases, small_voxels)
-    loader = DataLoader(patch_stream(train_cases, patch, args.fg, args.hard, args.seed, args.small, smalls), batch_size=args.batch,
+    loader = DataLoader(patch_stream(train_cases, patch, args.fg, args.hard, args.seed, args.small, smalls, args.hilar), batch_size=args.batch,
                         num_workers=args.workers, pin_memory=cuda, prefetch_factor=4 if args.workers else None,
                         persistent_workers=args.workers > 0)
     model = build_unet(cfg)
@@ -229,7 +257,8 @@ def train_variant(args: argparse.Namespace) -> int:
     log.write(json.dumps({"variant": name, "channels": cfg.channels, "params": params, "strides": cfg.strides, "device": str(device),
                           "patch": patch, "batch": args.batch, "spacing": args.spacing, "cases": len(train_cases.img),
                           "init": args.init or None, "small": args.small, "small_voxels": small_voxels,
-                          "small_nodules": sum(len(v) for v in smalls)}) + "\n")
+                          "small_nodules": sum(len(v) for v in smalls), "hilar": args.hilar,
+                          "hilar_voxels": sum(len(v) for v in train_cases.hilar)}) + "\n")
     t0 = time.perf_counter()
     last_save, losses, step = t0, [], 0
     batches = iter(loader)
@@ -314,6 +343,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--small", type=float, default=0.0,
                    help="share of the structure-centred patches centred on a small nodule (see --small-mm; default: %(default)s)")
     p.add_argument("--small-mm", type=float, default=10.0, help="a small nodule: equivalent diameter up to this (default: %(default)s mm)")
+    p.add_argument("--hilar", type=float, default=0.0,
+                   help=f"share of the hard-negative patches centred on one within {HILAR_MM:g} mm of a hilum: the lung root's vessel "
+                        "confluences and lymph nodes (default: %(default)s)")
     p.add_argument("--init", default="", help="a state_dict to start every variant from (a warm start from the shipped model.pt)")
     p.add_argument("--workers", type=int, default=6, help="DataLoader workers per variant")
     p.add_argument("--procs", type=int, default=os.cpu_count() or 2, help="phantom generator processes")

@@ -213,14 +213,15 @@ def test_gpu_training_script_runs_on_the_cpu(tmp_path: Path) -> None:
     # A warm start from those weights, with small nodules sampled more; weights of another shape are refused in words.
     base = [sys.executable, "scripts/train_default_model.py", "--scratch", str(tmp_path / "cases"), "--seeds", "2:4",  # with nodules
             "--val-seeds", "6000:6001", "--matrix", "48", "--spacing", "6", "--patch", "16", "16", "16", "--minutes", "0.01",
-            "--warmup", "5", "--batch", "2", "--workers", "0", "--procs", "2", "--device", "cpu", "--small", "0.5", "--small-mm", "20"]
+            "--warmup", "5", "--batch", "2", "--workers", "0", "--procs", "2", "--device", "cpu", "--small", "0.5", "--small-mm", "20",
+            "--hilar", "0.5"]
     root = Path(__file__).resolve().parents[1]
     r = subprocess.run([*base, "--out", str(tmp_path / "warm"), "--variant", "tiny:4,8,16", "--init", str(out / "tiny.pt")],
                        capture_output=True, text=True, cwd=root, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     first = json.loads((tmp_path / "warm" / "tiny.jsonl").read_text().splitlines()[0])
     assert first["init"] == str(out / "tiny.pt") and first["small"] == 0.5 and first["small_voxels"] == int(math.pi / 6 * 20**3 / 6**3)
-    assert first["small_nodules"] >= 1
+    assert first["small_nodules"] >= 1 and first["hilar"] == 0.5 and first["hilar_voxels"] >= 1
     r = subprocess.run([*base, "--out", str(tmp_path / "wrong"), "--variant", "wide:8,16,32", "--init", str(out / "tiny.pt")],
                        capture_output=True, text=True, cwd=root, timeout=600)
     assert r.returncode != 0 and "does not fit variant wide (channels 8,16,32)" in r.stderr
@@ -240,3 +241,31 @@ def test_gpu_training_script_runs_on_the_cpu(tmp_path: Path) -> None:
     for _ in range(10):
         _, y = next(stream)
         assert (y == 3).any()
+    # The lung root's hard negatives are hard negatives, and fewer than all of them.
+    for hard, hilar in zip(cases.hard, cases.hilar):
+        assert 0 < len(hilar) < len(hard) and {tuple(v) for v in hilar} <= {tuple(v) for v in hard}
+
+
+def test_the_lung_roots_hard_negatives_lie_near_the_hila() -> None:
+    """``hilar_mask``: the hard negatives within HILAR_MM of a hilum, on the phantom's own grid (scripts/train_default_model.py)."""
+    import importlib.util
+
+    from ai.phantoms import generate
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("train_default_model", root / "scripts" / "train_default_model.py")
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    ph = generate(6005, matrix=96, slice_mm=(3.0, 3.0), hard_negatives=True, noise=False)
+    near = script.hilar_mask(ph)
+    assert near.any() and not (near & ~ph.hard_negatives).any()
+    hila = np.asarray(list(ph.meta["hila_lps"].values()))
+
+    def dist(mask: np.ndarray) -> np.ndarray:
+        lps = ph.index_to_lps(np.argwhere(mask)[:, ::-1])
+        return np.min(np.linalg.norm(lps[:, None, :] - hila[None], axis=2), axis=1)
+
+    assert dist(near).max() <= script.HILAR_MM
+    assert dist(ph.hard_negatives & ~near).min() > script.HILAR_MM  # every hard negative that near leaves out is farther
+    assert 0.02 < near.sum() / ph.hard_negatives.sum() < 0.5  # the lung root, not the lungs
