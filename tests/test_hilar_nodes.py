@@ -10,7 +10,7 @@ import ai.phantoms.hilar_nodes as hn
 from ai.phantoms import CONFOUNDER, generate
 from ai.phantoms.lesions import Blob, NodulePlan
 from ai.phantoms.mediastinum import Hilum
-from ai.phantoms.records import NoduleKind, NoduleSite
+from ai.phantoms.records import NoduleKind, NoduleSite, Phantom
 
 
 def _hilum(side: str, x: float) -> Hilum:
@@ -48,6 +48,18 @@ def test_nodes_lie_along_the_bronchi_at_the_hila_and_clear_of_nodules() -> None:
             assert np.linalg.norm(a - plan.blob.centre) >= plan.blob.bound + reach + hn.CLEAR_MM
 
 
+def changed_near_hila(a: Phantom, b: Phantom) -> tuple[np.ndarray, np.ndarray]:
+    """Two renders of one phantom, with and without a lung-root structure: they must have the same labels and nodules.
+    Returns the voxels whose image differs, and the distance (mm) of each from the nearer hilum."""
+    assert np.array_equal(a.labels, b.labels)
+    assert [n.centre_mm for n in a.nodules] == [n.centre_mm for n in b.nodules]
+    changed = a.hu != b.hu
+    assert changed.any()
+    lps = a.index_to_lps(np.argwhere(changed)[:, ::-1])
+    hila = np.asarray(list(a.meta["hila_lps"].values()))
+    return changed, np.min(np.linalg.norm(lps[:, None, :] - hila[None], axis=2), axis=1)
+
+
 @pytest.mark.parametrize("seed", [6005, 6010])
 def test_nodes_change_only_the_lung_root_and_are_no_nodules(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """The same phantom without the nodes has the same labels and nodules; the image differs only near the hila, and
@@ -56,13 +68,7 @@ def test_nodes_change_only_the_lung_root_and_are_no_nodules(seed: int, monkeypat
     with_nodes = generate(seed, **kw)  # type: ignore[arg-type]
     monkeypatch.setattr(hn, "NODES_PER_HILUM", (0, 0))
     without = generate(seed, **kw)  # type: ignore[arg-type]
-    assert np.array_equal(with_nodes.labels, without.labels)
-    assert [n.centre_mm for n in with_nodes.nodules] == [n.centre_mm for n in without.nodules]
-    changed = with_nodes.hu != without.hu
-    assert changed.any()
-    lps = with_nodes.index_to_lps(np.argwhere(changed)[:, ::-1])
-    hila = np.asarray(list(with_nodes.meta["hila_lps"].values()))
-    near = np.min(np.linalg.norm(lps[:, None, :] - hila[None], axis=2), axis=1)
+    changed, near = changed_near_hila(with_nodes, without)
     reach = hn.ALONG_MM[1] + 1.8 * hn.RADIUS_MM[1] + 5.0 + 12.0  # along the bronchus, the node, the gap, the bronchus's radius
     assert near.max() < reach + 6.0  # plus the slices' blur
     in_lung = changed & (with_nodes.labels > 0) & (with_nodes.hu > -300)

@@ -8,11 +8,10 @@ import pytest
 
 import ai.phantoms.hilar_vessels as hv
 from ai.phantoms import VESSEL, generate
-from ai.phantoms.lesions import Blob, NodulePlan
 from ai.phantoms.raster import Ch
-from ai.phantoms.records import NoduleKind, NoduleSite
 from ai.phantoms.trees import Branches
 from ai.phantoms.vessels import Bundle
+from tests.test_hilar_nodes import _nodule_at, changed_near_hila
 
 
 def _bundle(kind: str, root: np.ndarray, end: np.ndarray, r: float) -> Bundle:
@@ -25,12 +24,6 @@ def _bundle(kind: str, root: np.ndarray, end: np.ndarray, r: float) -> Bundle:
     br = Branches(np.stack([root, end]), np.stack([end, child_end]), np.array([r, 0.7 * r]), np.array([-1, 0]),
                   np.array([0, 1]), np.zeros((2, 6)))
     return Bundle(f"right {kind}", "right", kind, br, path, radii, None, None)
-
-
-def _nodule_at(centre: np.ndarray, d_mm: float) -> NodulePlan:
-    blob = Blob(np.asarray(centre, float), np.eye(3), np.full(3, d_mm / 2), np.zeros((0, 3)), np.zeros(0))
-    return NodulePlan(blob, NoduleKind.SOLID, NoduleSite.ISOLATED, "sphere", "right", 30.0, None, 0.0, False,
-                      np.pi / 6 * d_mm**3, np.asarray(centre, float))
 
 
 def test_widenings_lie_on_the_root_branches_in_their_trees_channel_and_clear_of_nodules() -> None:
@@ -72,13 +65,7 @@ def test_widenings_change_only_the_lung_root_and_are_vessels_not_nodules(seed: i
     widened = generate(seed, **kw)  # type: ignore[arg-type]
     monkeypatch.setattr(hv, "CHANCE", 0.0)
     plain = generate(seed, **kw)  # type: ignore[arg-type]
-    assert np.array_equal(widened.labels, plain.labels)
-    assert [n.centre_mm for n in widened.nodules] == [n.centre_mm for n in plain.nodules]
-    changed = widened.hu != plain.hu
-    assert changed.any()
-    lps = widened.index_to_lps(np.argwhere(changed)[:, ::-1])
-    hila = np.asarray(list(widened.meta["hila_lps"].values()))
-    near = np.min(np.linalg.norm(lps[:, None, :] - hila[None], axis=2), axis=1)
+    changed, near = changed_near_hila(widened, plain)
     # The root branches run about 25-35 mm from the roots (which lie up to 45 mm from the bronchi's ends); the widening
     # reaches 2 x 1.9 x 7.2 mm beyond its centre, plus the slices' blur.
     assert near.max() < 45.0 + 35.0 + 2 * hv.WIDTH[1] * 7.2 + 6.0
