@@ -4,7 +4,8 @@ The network's nodule components are *candidates*; a small classifier on
 their shape, density, surroundings and position decides which are nodules
 (the false-positive reduction stage of a classic CAD system).  It needs no
 GPU: the network runs once per phantom, and the classifier is a logistic
-regression on a dozen features.
+regression or gradient-boosted trees (``--model boosted``, the default bundle's
+since 0.5.5) on fifteen features.
 
 Three steps, each its own subcommand, so that the expensive one runs once:
 
