@@ -217,3 +217,17 @@ def test_thousands_of_specks_cost_a_bounded_time() -> None:
     assert len(comps) == 50 and sorted(x[:, FEATURES.index("peak")])[-2:] == pytest.approx([0.9, 0.9])  # nodule and vessel kept
     _, kept = judge(labels, 3, prob, image, SPACING, np.eye(3), [1, 2], _model())
     assert len(kept) <= candidates.MAX_CANDIDATES
+
+
+def test_models_show_says_what_decides_which_candidates_are_reported(capsys: pytest.CaptureFixture[str]) -> None:
+    """`dicomnode models show` on the shipped bundle names its candidate classifier, its cut and its scan score."""
+    from dicomnode.cli.main import main
+
+    bundle = load_bundle(ROOT / "ai" / "bundles" / "chest-ct-lungs-nodules")
+    model = bundle.candidates[3]
+    assert main(["models", "show", str(bundle.path)]) == 0
+    out = capsys.readouterr().out
+    kind = "gradient-boosted trees" if model.trees is not None else "logistic regression"
+    assert f"label 3 candidates: {kind}" in out and f"on {len(model.features)} features" in out
+    assert f"kept at probability {model.cut:g} or more" in out
+    assert bundle.scan_score is not None and f"calibrated a={bundle.scan_score.a:g}" in out

@@ -179,6 +179,14 @@ def cmd_models(args: argparse.Namespace) -> int:
         for lb in b.labels:
             code = f"SNOMED CT {lb.snomed_code} {lb.snomed_meaning}" if lb.snomed_code else "no code"
             print(f"  label {lb.value}: {lb.name} ({code}), colour {lb.color}{', lesion' if lb.lesion else ''}")
+        for value, model in sorted(b.candidates.items()):  # what decides which lesion candidates are reported
+            how = f"gradient-boosted trees ({len(model.trees.trees)})" if model.trees is not None else "logistic regression"
+            print(f"  label {value} candidates: {how} on {len(model.features)} features ({', '.join(model.features)}), "
+                  f"kept at probability {model.cut:g} or more")
+        if b.scan_score is not None:
+            sc = b.scan_score
+            print(f"  scan score: '{sc.present}' / '{sc.absent}' from label {sc.label}'s most probable lesion, "
+                  f"calibrated a={sc.a:g} b={sc.b:g}")
         print(f"  intended use: {b.intended_use or '(not stated)'}")
         return EXIT_OK
     from ai.monai_bundle import is_monai_bundle
