@@ -110,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
             Image.fromarray(ds.pixel_array).save(images / name)
             pictures.append(f"![key image {i}: {ds.ImageComments.split('. ')[0]}](images/{name})")
         for stale in images.glob("outputs-key-image-*.png"):  # an earlier run's, when this one found fewer
-            if stale.stem.rsplit("-", 1)[-1].isdigit() and int(stale.stem.rsplit("-", 1)[-1]) > len(pictures):
+            number = stale.stem.rsplit("-", 1)[-1]
+            if number.isdigit() and int(number) > len(pictures):
                 stale.unlink()
     found = ", ".join(
         f"{f.name} ({f.where}, {f.lesion.axes.long_mm:.1f} x {f.lesion.axes.short_mm:.1f} mm)" if f.lesion.axes else f.name

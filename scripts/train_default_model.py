@@ -73,10 +73,7 @@ def hilar_mask(ph: Any, radius_mm: float = HILAR_MM) -> np.ndarray:
     idx = np.argwhere(ph.hard_negatives)
     if not len(idx):
         return near
-    lps = ph.index_to_lps(idx[:, ::-1])
-    hila = np.asarray(list(ph.meta["hila_lps"].values()), dtype=float)
-    d = np.min(np.linalg.norm(lps[:, None, :] - hila[None], axis=2), axis=1)
-    keep = idx[d <= radius_mm]
+    keep = idx[ph.hilum_distance_mm(idx[:, ::-1]) <= radius_mm]
     near[tuple(keep.T)] = True
     return near
 

@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -182,6 +183,17 @@ def test_in_memory_case_is_the_nifti_case(tmp_path: Path) -> None:
     assert len(positions) == 2
 
 
+def _training_script() -> Any:
+    """scripts/train_default_model.py as a module (it is a script, not part of a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_default_model", Path(__file__).resolve().parents[1] / "scripts" / "train_default_model.py")
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
 def test_gpu_training_script_runs_on_the_cpu(tmp_path: Path) -> None:
     """scripts/train_default_model.py (the GPU recipe of the default bundle) end to end with tiny numbers.
 
@@ -227,12 +239,7 @@ def test_gpu_training_script_runs_on_the_cpu(tmp_path: Path) -> None:
     assert r.returncode != 0 and "does not fit variant wide (channels 8,16,32)" in r.stderr
 
     # With --small 1 every structure-centred patch of a case with a small nodule holds one.
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("train_default_model", root / "scripts" / "train_default_model.py")
-    assert spec is not None and spec.loader is not None
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = _training_script()
     cases = script.Cases(tmp_path / "cases", [2, 3])
     small20 = script.small_nodules(cases, 20)
     assert any(small20) and all(len(v) <= 20 for per_case in small20 for v in per_case)
@@ -248,15 +255,9 @@ def test_gpu_training_script_runs_on_the_cpu(tmp_path: Path) -> None:
 
 def test_the_lung_roots_hard_negatives_lie_near_the_hila() -> None:
     """``hilar_mask``: the hard negatives within HILAR_MM of a hilum, on the phantom's own grid (scripts/train_default_model.py)."""
-    import importlib.util
-
     from ai.phantoms import generate
 
-    root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("train_default_model", root / "scripts" / "train_default_model.py")
-    assert spec is not None and spec.loader is not None
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = _training_script()
     ph = generate(6005, matrix=96, slice_mm=(3.0, 3.0), hard_negatives=True, noise=False)
     near = script.hilar_mask(ph)
     assert near.any() and not (near & ~ph.hard_negatives).any()

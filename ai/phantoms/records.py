@@ -179,6 +179,12 @@ class Phantom:
         ijk = np.asarray(ijk, dtype=float)
         return ijk @ (self.direction * np.asarray(self.spacing)[None, :]).T + np.asarray(self.origin)
 
+    def hilum_distance_mm(self, ijk: np.ndarray) -> np.ndarray:
+        """Distance in mm of voxel indices ``(n, 3)`` given as (x, y, z) from the nearer hilum (``meta["hila_lps"]``)."""
+        hila = np.asarray(list(self.meta["hila_lps"].values()), dtype=float)
+        lps = self.index_to_lps(np.asarray(ijk).reshape(-1, 3))
+        return np.asarray(np.min(np.linalg.norm(lps[:, None, :] - hila[None], axis=2), axis=1))
+
     def nodule_index(self, nodule: Nodule) -> tuple[int, int, int]:
         """The voxel ``(z, y, x)`` at a nodule's centre."""
         idx = [round(c / s) for c, s in zip(nodule.centre_mm, self.spacing)]
