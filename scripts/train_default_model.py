@@ -321,7 +321,17 @@ def train_variant(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+VALIDATION_RESERVE_S = 45.0  # --budget-minutes: what validation on a few phantoms and the last save take after training
+MIN_TRAINING_MINUTES = 0.01  # never a negative time (the schedule's warm-up steps run in any case)
+
+
+def training_minutes(budget_minutes: float, generate_s: float) -> float:
+    """The training time per variant that a whole run of ``budget_minutes`` leaves after ``generate_s`` of generation."""
+    return max(MIN_TRAINING_MINUTES, budget_minutes - (generate_s + VALIDATION_RESERVE_S) / 60.0)
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line (``scripts/device_retrain.sh plan`` must be one it accepts)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="folder for VARIANT.pt, VARIANT.jsonl and cases.json")
     p.add_argument("--scratch", default="/dev/shm/dicomnode-cases", help="where the generated cases go (fast, temporary)")
@@ -332,6 +342,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--patch", type=int, nargs=3, default=[64, 112, 112], metavar=("Z", "Y", "X"))
     p.add_argument("--variant", action="append", default=[], metavar="NAME:C1,C2,C3,C4", help="network widths to train side by side")
     p.add_argument("--minutes", type=float, default=6.0, help="training time per variant (they run at the same time)")
+    p.add_argument("--budget-minutes", type=float, default=None,
+                   help="the whole run's time instead: the variants train for what generating the phantoms leaves of it, less "
+                        f"{VALIDATION_RESERVE_S:g} s for validation (for a lent GPU whose commands have a time limit)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--warmup", type=int, default=100, help="steps of linear learning-rate warm-up")
@@ -349,7 +362,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--child", default="", help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if args.child:
         return train_variant(args)
@@ -361,10 +378,14 @@ def main(argv: list[str] | None = None) -> int:
     gen_s = time.perf_counter() - t0
     (out / "cases.json").write_text(json.dumps({"generate_seconds": gen_s, "procs": args.procs, "cases": cases}))
     logger.info("%d phantoms in %.0f s", len(cases), gen_s)
+    minutes = args.minutes
+    if args.budget_minutes is not None:
+        minutes = training_minutes(args.budget_minutes, gen_s)
+        logger.info("%.2f of the %.2f minutes left for training", minutes, args.budget_minutes)
     variants = args.variant or ["base:16,32,64,128"]
     children = []
     for v in variants:
-        cmd = [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:]), "--child", v]
+        cmd = [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:]), "--minutes", f"{minutes:g}", "--child", v]
         children.append(subprocess.Popen(cmd))
     codes = [c.wait() for c in children]
     logger.info("variants %s ended %s after %.0f s", variants, codes, time.perf_counter() - t0)

@@ -198,7 +198,7 @@ def test_gpu_training_script_runs_on_the_cpu(tmp_path: Path) -> None:
     """scripts/train_default_model.py (the GPU recipe of the default bundle) end to end with tiny numbers.
 
     Phantoms straight onto the grid, one variant's weights that build_unet loads, the step rate
-    planned, validation Dice in the log.
+    planned, validation Dice in the log; the training time is what generation leaves of the budget.
     """
     import torch
 
@@ -209,10 +209,11 @@ def test_gpu_training_script_runs_on_the_cpu(tmp_path: Path) -> None:
     r = subprocess.run(
         [sys.executable, "scripts/train_default_model.py", "--out", str(out), "--scratch", str(tmp_path / "cases"),
          "--seeds", "0:2", "--val-seeds", "6000:6001", "--matrix", "48", "--spacing", "6", "--patch", "16", "16", "16",
-         "--variant", "tiny:4,8,16", "--minutes", "0.02", "--warmup", "5", "--batch", "2", "--workers", "0", "--procs", "2", "--device", "cpu"],
+         "--variant", "tiny:4,8,16", "--budget-minutes", "0.05", "--warmup", "5", "--batch", "2", "--workers", "0", "--procs", "2", "--device", "cpu"],
         capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=600,
     )
     assert r.returncode == 0, r.stderr[-3000:]
+    assert "0.01 of the 0.05 minutes left for training" in r.stderr  # generation took the budget: the floor
     log = [json.loads(line) for line in (out / "tiny.jsonl").read_text().splitlines()]
     assert log[0]["channels"] == [4, 8, 16] and log[0]["cases"] == 2
     assert any("planned_steps" in e for e in log)
@@ -270,3 +271,34 @@ def test_the_lung_roots_hard_negatives_lie_near_the_hila() -> None:
     assert dist(near).max() <= script.HILAR_MM
     assert dist(ph.hard_negatives & ~near).min() > script.HILAR_MM  # every hard negative that near leaves out is farther
     assert 0.02 < near.sum() / ph.hard_negatives.sum() < 0.5  # the lung root, not the lungs
+
+
+def test_the_device_run_is_a_command_the_training_script_accepts() -> None:
+    """scripts/device_retrain.sh (the next GPU lease's one command) plans a run the training script takes.
+
+    Its defaults: a warm start from the shipped weights, small nodules and the lung root sampled more, on the GPU,
+    within the device's 10-minute command limit; each number can be overridden from the environment.
+    """
+    root = Path(__file__).resolve().parents[1]
+    script = _training_script()
+
+    def plan(**env: str) -> Any:
+        r = subprocess.run(["bash", "scripts/device_retrain.sh", "plan"], capture_output=True, text=True, cwd=root, timeout=60,
+                           env={**os.environ, **env})
+        assert r.returncode == 0, r.stderr
+        words = r.stdout.split()
+        assert words[:2] == ["python3", "scripts/train_default_model.py"]
+        return script.parser().parse_args(words[2:])
+
+    args = plan()
+    assert args.init == "ai/bundles/chest-ct-lungs-nodules/model.pt" and (root / args.init).is_file()
+    assert args.variant == ["base:16,32,64,128"] and args.device == "cuda" and args.small == 0.3 and args.hilar == 0.5
+    assert args.budget_minutes * 60 < 600  # the device's command limit
+    assert plan(BUDGET_MINUTES="2", DEVICE="cpu").budget_minutes == 2.0
+    # The training gets what generation leaves, less the validation's reserve, and never nothing.
+    assert script.training_minutes(9.2, 120.0) == pytest.approx(9.2 - (120.0 + script.VALIDATION_RESERVE_S) / 60)
+    assert script.training_minutes(1.0, 600.0) == script.MIN_TRAINING_MINUTES
+    r = subprocess.run(["bash", "scripts/device_retrain.sh"], capture_output=True, text=True, cwd=root, timeout=60)
+    assert r.returncode == 2 and "carry=[\".whl\"]" in r.stdout  # without a step it explains itself
+    r = subprocess.run(["bash", "scripts/device_retrain.sh", "after"], capture_output=True, text=True, cwd=root, timeout=60)
+    assert r.returncode == 0 and "train_candidate_classifier.py fit" in r.stdout and "model_quality.py" in r.stdout
