@@ -200,6 +200,37 @@ def patch_stream(
     return Stream()
 
 
+VARIANT_KEYS = ("small", "hilar", "hard", "fg", "lr")  # what a variant may set for itself (``NAME:CHANNELS:small=0,hilar=0.5``)
+
+
+def variant_spec(text: str) -> tuple[str, tuple[int, ...], dict[str, float]]:
+    """``NAME:C1,C2,...[:KEY=VALUE,...]``: a variant's name, its widths and what it sets for itself of :data:`VARIANT_KEYS`.
+
+    Raises
+    ------
+    ValueError
+        The text is none of these, in words.
+    """
+    name, _, rest = text.partition(":")
+    chans, _, sets = rest.partition(":")
+    try:
+        channels = tuple(int(c) for c in chans.split(","))
+    except ValueError:
+        raise ValueError(f"variant {text!r}: widths must be whole numbers, as in base:16,32,64,128") from None
+    overrides: dict[str, float] = {}
+    for item in filter(None, sets.split(",")):
+        key, eq, value = item.partition("=")
+        if key not in VARIANT_KEYS or not eq:
+            raise ValueError(f"variant {text!r}: {item!r} is not KEY=VALUE with KEY one of {', '.join(VARIANT_KEYS)}")
+        try:
+            overrides[key] = float(value)
+        except ValueError:
+            raise ValueError(f"variant {text!r}: {key} must be a number, not {value!r}") from None
+    if not name or len(channels) < 2:
+        raise ValueError(f"variant {text!r}: a name and at least two widths, as in base:16,32,64,128")
+    return name, channels, overrides
+
+
 def train_variant(args: argparse.Namespace) -> int:
     """One variant's training process (``--child``)."""
     import torch
@@ -210,7 +241,9 @@ def train_variant(args: argparse.Namespace) -> int:
     from ai.training.config import TrainConfig
     from ai.training.tasks.segmentation import build_unet, dice_per_label
 
-    name, _, chans = args.child.partition(":")
+    name, channels, overrides = variant_spec(args.child)
+    for key, value in overrides.items():  # this variant's own sampling
+        setattr(args, key, value)
     out = Path(args.out)
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     cuda = device.type == "cuda"
@@ -219,7 +252,7 @@ def train_variant(args: argparse.Namespace) -> int:
         torch.backends.cudnn.benchmark = True
     patch = tuple(args.patch)
     cfg = TrainConfig(data=str(args.scratch), out=str(out), patch=patch, spacing=(args.spacing,) * 3,  # type: ignore[arg-type]
-                      channels=tuple(int(c) for c in chans.split(",")), labels=dict(LABELS), batch_size=args.batch)
+                      channels=channels, labels=dict(LABELS), batch_size=args.batch)
     cfg.strides = (2,) * (len(cfg.channels) - 1)
     train_cases = Cases(Path(args.scratch), _seeds(args.seeds))
     small_voxels = int(math.pi / 6 * args.small_mm**3 / args.spacing**3)
@@ -232,7 +265,7 @@ def train_variant(args: argparse.Namespace) -> int:
         try:  # a warm start: go on training the shipped network instead of starting again
             model.load_state_dict(torch.load(args.init, map_location="cpu", weights_only=True))
         except (OSError, RuntimeError) as exc:
-            raise SystemExit(f"--init {args.init} does not fit variant {name} (channels {chans}): {exc}") from exc
+            raise SystemExit(f"--init {args.init} does not fit variant {name} (channels {','.join(map(str, channels))}): {exc}") from exc
     model = model.to(device)
     if cuda:
         model = model.to(memory_format=torch.channels_last_3d)
@@ -340,7 +373,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--matrix", type=int, default=256)
     p.add_argument("--spacing", type=float, default=2.0, help="isotropic training grid, mm")
     p.add_argument("--patch", type=int, nargs=3, default=[64, 112, 112], metavar=("Z", "Y", "X"))
-    p.add_argument("--variant", action="append", default=[], metavar="NAME:C1,C2,C3,C4", help="network widths to train side by side")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME:C1,C2,C3,C4[:KEY=VALUE,...]",
+                   help="network widths to train side by side, each with its own sampling if given (KEY: "
+                        f"{', '.join(VARIANT_KEYS)}; e.g. nosmall:16,32,64,128:small=0)")
     p.add_argument("--minutes", type=float, default=6.0, help="training time per variant (they run at the same time)")
     p.add_argument("--budget-minutes", type=float, default=None,
                    help="the whole run's time instead: the variants train for what generating the phantoms leaves of it, less "
@@ -370,6 +405,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if args.child:
         return train_variant(args)
+    variants = args.variant or ["base:16,32,64,128"]
+    for v in variants:  # a typo fails now, not after the phantoms
+        try:
+            variant_spec(v)
+        except ValueError as exc:
+            parser().error(str(exc))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -382,7 +423,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.budget_minutes is not None:
         minutes = training_minutes(args.budget_minutes, gen_s)
         logger.info("%.2f of the %.2f minutes left for training", minutes, args.budget_minutes)
-    variants = args.variant or ["base:16,32,64,128"]
     children = []
     for v in variants:
         cmd = [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:]), "--minutes", f"{minutes:g}", "--child", v]

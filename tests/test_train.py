@@ -226,10 +226,11 @@ def test_gpu_training_script_runs_on_the_cpu(tmp_path: Path) -> None:
     # A warm start from those weights, with small nodules sampled more; weights of another shape are refused in words.
     base = [sys.executable, "scripts/train_default_model.py", "--scratch", str(tmp_path / "cases"), "--seeds", "2:4",  # with nodules
             "--val-seeds", "6000:6001", "--matrix", "48", "--spacing", "6", "--patch", "16", "16", "16", "--minutes", "0.01",
-            "--warmup", "5", "--batch", "2", "--workers", "0", "--procs", "2", "--device", "cpu", "--small", "0.5", "--small-mm", "20",
+            "--warmup", "5", "--batch", "2", "--workers", "0", "--procs", "2", "--device", "cpu", "--small", "0.1", "--small-mm", "20",
             "--hilar", "0.5"]
     root = Path(__file__).resolve().parents[1]
-    r = subprocess.run([*base, "--out", str(tmp_path / "warm"), "--variant", "tiny:4,8,16", "--init", str(out / "tiny.pt")],
+    # The variant sets its own share of small-nodule patches (0.5 over the command's 0.1).
+    r = subprocess.run([*base, "--out", str(tmp_path / "warm"), "--variant", "tiny:4,8,16:small=0.5", "--init", str(out / "tiny.pt")],
                        capture_output=True, text=True, cwd=root, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     first = json.loads((tmp_path / "warm" / "tiny.jsonl").read_text().splitlines()[0])
@@ -238,6 +239,10 @@ def test_gpu_training_script_runs_on_the_cpu(tmp_path: Path) -> None:
     r = subprocess.run([*base, "--out", str(tmp_path / "wrong"), "--variant", "wide:8,16,32", "--init", str(out / "tiny.pt")],
                        capture_output=True, text=True, cwd=root, timeout=600)
     assert r.returncode != 0 and "does not fit variant wide (channels 8,16,32)" in r.stderr
+    r = subprocess.run([*base, "--out", str(tmp_path / "typo"), "--variant", "tiny:4,8,16:smal=0.5"], capture_output=True, text=True,
+                       cwd=root, timeout=600)
+    assert r.returncode == 2 and "'smal=0.5' is not KEY=VALUE with KEY one of small, hilar" in r.stderr  # before any phantom
+    assert not (tmp_path / "typo").exists()
 
     # With --small 1 every structure-centred patch of a case with a small nodule holds one.
     script = _training_script()
@@ -292,9 +297,15 @@ def test_the_device_run_is_a_command_the_training_script_accepts() -> None:
 
     args = plan()
     assert args.init == "ai/bundles/chest-ct-lungs-nodules/model.pt" and (root / args.init).is_file()
-    assert args.variant == ["base:16,32,64,128"] and args.device == "cuda" and args.small == 0.3 and args.hilar == 0.5
+    assert args.device == "cuda" and args.small == 0.3 and args.hilar == 0.5
+    # Two warm starts side by side: with and without more small-nodule patches.
+    assert [script.variant_spec(v) for v in args.variant] == [("base", (16, 32, 64, 128), {}),
+                                                             ("nosmall", (16, 32, 64, 128), {"small": 0.0})]
     assert args.budget_minutes * 60 < 600  # the device's command limit
     assert plan(BUDGET_MINUTES="2", DEVICE="cpu").budget_minutes == 2.0
+    assert plan(VARIANTS="wide:24,48,96,192").variant == ["wide:24,48,96,192"]
+    with pytest.raises(ValueError, match="widths must be whole numbers"):
+        script.variant_spec("base:16,x")
     # The training gets what generation leaves, less the validation's reserve, and never nothing.
     assert script.training_minutes(9.2, 120.0) == pytest.approx(9.2 - (120.0 + script.VALIDATION_RESERVE_S) / 60)
     assert script.training_minutes(1.0, 600.0) == script.MIN_TRAINING_MINUTES
