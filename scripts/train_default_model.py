@@ -26,6 +26,11 @@ misses most, the small ones (``--small 0.3``: three in ten structure-centred
 patches on a nodule of at most ``--small-mm`` 10 mm), and on the lung root,
 where its false positives are (``--hilar 0.5``: half the hard-negative patches
 centred on a vessel, vessel confluence or lymph node within 40 mm of a hilum).
+A variant may set its own sampling (``--variant nosmall:16,32,64,128:small=0``),
+so that two recipes train side by side on the same phantoms, and
+``--budget-minutes`` gives the whole run's time instead of the training's,
+for a lease whose commands have a time limit: ``scripts/device_retrain.sh``
+is the next lease's run, planned that way.
 
 Everything runs on the CPU too (``--device cpu``, for a rehearsal with tiny
 numbers).  Example (the run recorded in the model card)::
