@@ -13,9 +13,9 @@
 #                            phantoms on 16 processes (1.5-2.5 minutes), then two warm starts from the
 #                            shipped weights side by side on the one GPU, both with the lung root sampled
 #                            more (--hilar 0.5): `base` with small nodules sampled more too (--small 0.3),
-#                            `nosmall` without (both CPU warm starts with --small 0.3 raised the
-#                            independent family's small false positives; which of the two causes it is
-#                            open). They train for what generation leaves of BUDGET_MINUTES (9.2, validation
+#                            `nosmall` without (on the CPU, without it the warm start found one more
+#                            part-solid nodule and ranked scans better; the small false positives came
+#                            either way). They train for what generation leaves of BUDGET_MINUTES (9.2, validation
 #                            on two phantoms included: --budget-minutes); the weights are saved every
 #                            minute, so a run cut short still leaves them. Its files come back from $OUT:
 #                            base.pt, base.jsonl, nosmall.pt, nosmall.jsonl, cases.json.
