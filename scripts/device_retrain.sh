@@ -27,7 +27,7 @@
 # that the training script accepts it). Every number can be overridden from the environment: SEEDS, VAL_SEEDS,
 # VARIANTS, BUDGET_MINUTES, BATCH, WORKERS, PROCS, DEVICE, LR, SMALL, HILAR, INIT, SCRATCH, OUT, MATRIX, LIMIT_S.
 # Rehearsed with the packages the device has plus the three wheels, on the CPU with tiny numbers:
-#   SEEDS=0:2 VAL_SEEDS=6000:6001 MATRIX=96 BUDGET_MINUTES=0.6 VARIANTS=base:16,32,64,128 BATCH=2 WORKERS=1 PROCS=2 DEVICE=cpu scripts/device_retrain.sh train
+#   SEEDS=0:2 VAL_SEEDS=6000:6001 MATRIX=96 BUDGET_MINUTES=0.8 VARIANTS=base:16,32,64,128 BATCH=2 WORKERS=1 PROCS=2 DEVICE=cpu scripts/device_retrain.sh train
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -98,7 +98,7 @@ python bench/model_quality.py --bundle /tmp/candidate --family both --count 20 -
 EOF
         ;;
     *)
-        sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'
+        awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"  # the header, whatever its length
         exit 2
         ;;
 esac

@@ -406,7 +406,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if args.child:
         return train_variant(args)
@@ -415,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             variant_spec(v)
         except ValueError as exc:
-            parser().error(str(exc))
+            p.error(str(exc))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

@@ -311,5 +311,6 @@ def test_the_device_run_is_a_command_the_training_script_accepts() -> None:
     assert script.training_minutes(1.0, 600.0) == script.MIN_TRAINING_MINUTES
     r = subprocess.run(["bash", "scripts/device_retrain.sh"], capture_output=True, text=True, cwd=root, timeout=60)
     assert r.returncode == 2 and "carry=[\".whl\"]" in r.stdout  # without a step it explains itself
+    assert "Rehearsed with the packages the device has" in r.stdout and "set -euo" not in r.stdout  # the whole header, no code
     r = subprocess.run(["bash", "scripts/device_retrain.sh", "after"], capture_output=True, text=True, cwd=root, timeout=60)
     assert r.returncode == 0 and "train_candidate_classifier.py fit" in r.stdout and "model_quality.py" in r.stdout
